@@ -1,0 +1,1 @@
+"""The foblab command line: the only place that combines firmware_sim and validator, and that prints."""

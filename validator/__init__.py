@@ -1,0 +1,1 @@
+"""The validator: verification core, encrypted store, seed-file import, and the daemon."""
