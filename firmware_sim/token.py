@@ -1,0 +1,297 @@
+"""The token's state and what each button, display and QA operation does to it. Pure.
+
+Every operation takes the state and the true time (`now_ms`, Unix milliseconds) and returns
+a result and/or a new state; nothing here reads a clock, touches a file or a port. Refusals
+are raised as `Refused` with the name of the protocol error code, which `device.py` turns into
+an ERROR reply.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from firmware_sim import otp
+from firmware_sim.clock import Clock, Drift
+from firmware_sim.models import Hash, Kind, Model, validate_params
+
+ErrorName = Literal[
+    "BAD_ARGUMENT", "NOT_PERMITTED", "ALREADY_PROVISIONED", "NOT_PROVISIONED", "BATTERY_DEAD",
+]
+STATE_VERSION = 1
+MAX_SEED_BYTES = 64
+MAX_PEEK = 16
+
+
+class Refused(Exception):
+    """The token refuses a request; `code` names the protocol error code."""
+
+    def __init__(self, code: ErrorName, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code: ErrorName = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Display:
+    """What the LCD shows: a code until `until_ms` (true time), or nothing."""
+
+    code: str = ""
+    until_ms: int = 0
+
+
+@dataclass(frozen=True)
+class TokenState:
+    """Everything a token remembers. `display` lives in RAM only; the rest is persisted."""
+
+    serial: str
+    model: str
+    firmware: str
+    clock: Clock
+    kind: Kind = "totp"
+    hash: Hash = "sha1"
+    digits: int = 6
+    period: int = 30
+    counter: int = 0
+    """HOTP: the counter the next press uses."""
+    seed: bytes | None = field(default=None, repr=False)
+    locked: bool = False
+    battery_ok: bool = True
+    qa_mode: bool = False
+    display_timeout_s: int = 30
+    display: Display = Display()
+
+    @property
+    def provisioned(self) -> bool:
+        return self.seed is not None
+
+    # -- persistence -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "serial": self.serial,
+            "model": self.model,
+            "firmware": self.firmware,
+            "kind": self.kind,
+            "hash": self.hash,
+            "digits": self.digits,
+            "period": self.period,
+            "counter": self.counter,
+            "seed": None if self.seed is None else self.seed.hex(),
+            "locked": self.locked,
+            "battery_ok": self.battery_ok,
+            "display_timeout_s": self.display_timeout_s,
+            "clock": self.clock.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, qa_mode: bool = False) -> TokenState:
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported state version {data.get('version')!r}")
+        seed = data["seed"]
+        return cls(
+            serial=str(data["serial"]),
+            model=str(data["model"]),
+            firmware=str(data["firmware"]),
+            clock=Clock.from_dict(data["clock"]),
+            kind=data["kind"],
+            hash=data["hash"],
+            digits=int(data["digits"]),
+            period=int(data["period"]),
+            counter=int(data["counter"]),
+            seed=None if seed is None else bytes.fromhex(seed),
+            locked=bool(data["locked"]),
+            battery_ok=bool(data["battery_ok"]),
+            qa_mode=qa_mode,
+            display_timeout_s=int(data["display_timeout_s"]),
+        )
+
+
+def new_token(
+    model: Model,
+    now_ms: int,
+    *,
+    serial: str | None = None,
+    seed: bytes | None = None,
+    counter: int = 0,
+    drift: Drift | None = None,
+    qa_mode: bool = False,
+    rng: random.Random | None = None,
+) -> TokenState:
+    """A token fresh from the factory: seeded and locked if `seed` is given, else blank."""
+    if seed is not None:
+        _check_seed(seed)
+    if counter < 0:
+        raise ValueError("counter must be >= 0")
+    return TokenState(
+        serial=serial or model.make_serial(rng or random.Random()),
+        model=model.name,
+        firmware=model.firmware,
+        clock=Clock(anchor_true_ms=now_ms, drift=drift or Drift(), aging_start_ms=now_ms),
+        kind=model.kind,
+        hash=model.hash,
+        digits=model.digits,
+        period=model.period,
+        counter=counter,
+        seed=seed,
+        locked=seed is not None,
+        qa_mode=qa_mode,
+        display_timeout_s=model.display_timeout_s,
+    )
+
+
+def _check_seed(seed: bytes) -> None:
+    if not 1 <= len(seed) <= MAX_SEED_BYTES:
+        raise ValueError(f"seed must be 1..{MAX_SEED_BYTES} bytes")
+
+
+def _need_code(state: TokenState) -> bytes:
+    if not state.battery_ok:
+        raise Refused("BATTERY_DEAD", "the battery is dead")
+    if state.seed is None:
+        raise Refused("NOT_PROVISIONED", "the token has no seed")
+    return state.seed
+
+
+def _need_qa(state: TokenState) -> None:
+    if not state.qa_mode:
+        raise Refused("NOT_PERMITTED", "QA commands need a token in QA mode")
+
+
+def code_at(state: TokenState, token_ms: int) -> str:
+    """The TOTP code for a token time (the seed never leaves this module but as a code)."""
+    seed = _need_code(state)
+    return otp.totp(seed, token_ms, digits=state.digits, hash=state.hash, period=state.period)
+
+
+# -- the button and the display ------------------------------------------------------
+@dataclass(frozen=True)
+class Shown:
+    """A code on the display and its countdown (TOTP: the step; HOTP: the display timer)."""
+
+    code: str
+    seconds_left: int
+
+
+def press(state: TokenState, now_ms: int) -> tuple[TokenState, Shown, bool]:
+    """The button. Returns the new state, what the display shows, and whether the state
+    must be persisted before the code is shown (HOTP: the counter moved)."""
+    seed = _need_code(state)
+    until = now_ms + state.display_timeout_s * 1000
+    if state.kind == "hotp":
+        code = otp.hotp(seed, state.counter, digits=state.digits, hash=state.hash)
+        new = replace(state, counter=state.counter + 1, display=Display(code, until))
+        return new, Shown(code, state.display_timeout_s), True
+    token_ms = state.clock.token_ms(now_ms)
+    code = code_at(state, token_ms)
+    new = replace(state, display=Display(code, until))
+    return new, Shown(code, otp.seconds_left(token_ms, state.period)), False
+
+
+def display(state: TokenState, now_ms: int) -> Shown:
+    """What the display shows now: blank ("", 0) once it timed out or with a dead battery."""
+    if not state.battery_ok or state.seed is None or now_ms >= state.display.until_ms:
+        return Shown("", 0)
+    if state.kind == "hotp":
+        return Shown(state.display.code, -(-(state.display.until_ms - now_ms) // 1000))
+    token_ms = state.clock.token_ms(now_ms)  # a lit TOTP display follows the clock
+    return Shown(code_at(state, token_ms), otp.seconds_left(token_ms, state.period))
+
+
+# -- provisioning ----------------------------------------------------------------------
+def provision(
+    state: TokenState,
+    seed: bytes,
+    kind: Kind,
+    hash: Hash,
+    digits: int,
+    period: int,
+    counter: int,
+) -> TokenState:
+    """Seed a blank token; from then on it is locked."""
+    if not state.battery_ok:
+        raise Refused("BATTERY_DEAD", "the battery is dead")
+    if state.locked or state.seed is not None:
+        raise Refused("ALREADY_PROVISIONED", "the token is locked; reseeding is refused")
+    try:
+        _check_seed(seed)
+        validate_params(kind, hash, digits, period if kind == "totp" else max(period, 1))
+        if counter < 0:
+            raise ValueError("counter must be >= 0")
+    except ValueError as exc:
+        raise Refused("BAD_ARGUMENT", str(exc)) from None
+    return replace(state, seed=seed, kind=kind, hash=hash, digits=digits,
+                   period=period if kind == "totp" else state.period,
+                   counter=counter, locked=True, display=Display())
+
+
+# -- QA ----------------------------------------------------------------------------------
+def set_drift(state: TokenState, now_ms: int, drift: Drift) -> TokenState:
+    _need_qa(state)
+    return replace(state, clock=state.clock.set_drift(now_ms, drift))
+
+
+def adjust_offset(state: TokenState, now_ms: int, delta_ms: int) -> TokenState:
+    _need_qa(state)
+    return replace(state, clock=state.clock.adjust(now_ms, delta_ms))
+
+
+def age(state: TokenState, now_ms: int, span_ms: int) -> TokenState:
+    _need_qa(state)
+    if span_ms < 0:
+        raise Refused("BAD_ARGUMENT", "cannot age by a negative span")
+    return replace(state, clock=state.clock.age(now_ms, span_ms))
+
+
+def set_time(state: TokenState, now_ms: int, token_ms: int) -> TokenState:
+    _need_qa(state)
+    if token_ms < 0:
+        raise Refused("BAD_ARGUMENT", "time before 1970")
+    return replace(state, clock=state.clock.set_time(now_ms, token_ms))
+
+
+def freeze(state: TokenState, now_ms: int) -> TokenState:
+    _need_qa(state)
+    if state.clock.frozen:
+        return state
+    return replace(state, clock=state.clock.hold(now_ms, "freeze"))
+
+
+def unfreeze(state: TokenState, now_ms: int) -> TokenState:
+    _need_qa(state)
+    return replace(state, clock=state.clock.release(now_ms, "freeze"))
+
+
+def peek(state: TokenState, now_ms: int, count: int) -> list[str]:
+    """Codes as if the button were pressed now and in each of the next count-1 steps
+    (HOTP: the next `count` presses). Changes nothing."""
+    _need_qa(state)
+    if not 1 <= count <= MAX_PEEK:
+        raise Refused("BAD_ARGUMENT", f"count must be 1..{MAX_PEEK}")
+    seed = _need_code(state)
+    if state.kind == "hotp":
+        return [otp.hotp(seed, state.counter + i, digits=state.digits, hash=state.hash)
+                for i in range(count)]
+    step = otp.time_step(state.clock.token_ms(now_ms), state.period)
+    return [otp.hotp(seed, step + i, digits=state.digits, hash=state.hash) for i in range(count)]
+
+
+def battery(state: TokenState, now_ms: int, dead: bool) -> TokenState:
+    """Kill the battery (the display blanks, the oscillator stops) or put in a new one
+    (the clock runs on from where it stopped)."""
+    _need_qa(state)
+    if dead and state.battery_ok:
+        return replace(state, battery_ok=False, display=Display(),
+                       clock=state.clock.hold(now_ms, "battery"))
+    if not dead and not state.battery_ok:
+        return replace(state, battery_ok=True, clock=state.clock.release(now_ms, "battery"))
+    return state
+
+
+def factory_reset(state: TokenState, model: Model) -> TokenState:
+    """Erase the seed and counter and unlock, back to the model's algorithm. The crystal
+    (clock and drift settings) is hardware and stays as it is."""
+    _need_qa(state)
+    return replace(state, seed=None, locked=False, counter=0, kind=model.kind, hash=model.hash,
+                   digits=model.digits, period=model.period, display=Display())
