@@ -1,0 +1,287 @@
+"""The pure verification core: token state, code, `now` and policy in; a decision out.
+
+Nothing here reads a clock, touches storage or logs. Every function returns a `Decision`
+holding the reason and the token's *new* state; the caller (the service, through the store's
+compare-and-set) decides whether that state is committed. Secrets come in as raw key bytes
+and never appear in a decision.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from validator import drift as _drift
+from validator.drift import Drift, DriftPolicy
+from validator.otp import ALGORITHMS, hotp
+
+
+class Kind(enum.StrEnum):
+    TOTP = "totp"
+    HOTP = "hotp"
+
+
+class Reason(enum.StrEnum):
+    """Why a code was accepted or refused: stable strings, safe to show and to log."""
+
+    ACCEPTED = "accepted"
+    INVALID_CODE = "invalid_code"
+    REPLAYED = "replayed"
+    LOCKED = "locked"
+    NO_DEVICE = "no_device"
+    NOT_ENABLED = "not_enabled"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Verification policy; global, with a per-token override for the TOTP window.
+
+    `window`: TOTP steps searched either side of the believed step (RFC 6238 §5.2).
+    `hotp_lookahead`: HOTP counters accepted past the next expected one.
+    `resync_seconds` / `resync_counters`: how far a resync (or enable) pair is searched.
+    `max_failures`, `lock_base`, `lock_cap`: throttling (RFC 4226 §7.3); the lock after the
+    `max_failures`-th consecutive failure lasts `lock_base` seconds, doubling per further
+    failure up to `lock_cap`. It always lifts.
+    `typing_allowance`: seconds a code may take from the token's display to the validator.
+    `max_rate_ppm`: the physical bound on a token clock's rate error.
+    `history`: drift observations kept per token.
+    """
+
+    window: int = 1
+    hotp_lookahead: int = 10
+    resync_seconds: int = 86_400
+    resync_counters: int = 1_000
+    max_failures: int = 5
+    lock_base: float = 30.0
+    lock_cap: float = 3_600.0
+    max_devices: int = 8
+    drift_policy: DriftPolicy = DriftPolicy.TRACKING
+    typing_allowance: float = 5.0
+    max_rate_ppm: float = 100.0
+    history: int = 32
+
+    def __post_init__(self) -> None:
+        if self.window < 0 or self.hotp_lookahead < 0 or self.max_failures < 1:
+            raise ValueError("window, hotp_lookahead must be >= 0 and max_failures >= 1")
+        if self.lock_base <= 0 or self.lock_cap < self.lock_base or self.history < 1:
+            raise ValueError("lock_base > 0, lock_cap >= lock_base and history >= 1 required")
+
+
+DEFAULT_POLICY = Policy()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenState:
+    """Everything the core knows about one token, except its secret.
+
+    `watermark` is the last accepted time step (TOTP) or counter (HOTP); no code at or
+    before it is ever accepted again. None: nothing accepted yet.
+    `window`: a per-token override of `Policy.window` (None: use the policy's).
+    """
+
+    kind: Kind
+    digits: int = 6
+    algorithm: str = "sha1"
+    period: int = 30
+    t0: int = 0
+    window: int | None = None
+    watermark: int | None = None
+    drift: Drift = field(default_factory=Drift)
+    failures: int = 0
+    locked_until: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 6 <= self.digits <= 10:
+            raise ValueError(f"digits must be 6 to 10, not {self.digits}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, not {self.algorithm!r}")
+        if self.period <= 0:
+            raise ValueError("period must be positive")
+        if self.window is not None and self.window < 0:
+            raise ValueError("window must be >= 0")
+
+    @property
+    def next_counter(self) -> int:
+        """HOTP: the first counter not yet used up."""
+        return 0 if self.watermark is None else self.watermark + 1
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind.value, "digits": self.digits, "algorithm": self.algorithm,
+            "period": self.period, "t0": self.t0, "window": self.window,
+            "watermark": self.watermark, "drift": self.drift.to_json(),
+            "failures": self.failures, "locked_until": self.locked_until,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TokenState:
+        return cls(
+            kind=Kind(data["kind"]), digits=int(data["digits"]),
+            algorithm=str(data["algorithm"]), period=int(data["period"]), t0=int(data["t0"]),
+            window=data.get("window"), watermark=data.get("watermark"),
+            drift=Drift.from_json(data.get("drift") or {}),
+            failures=int(data.get("failures", 0)),
+            locked_until=float(data.get("locked_until", 0.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one verification, resync or enable check.
+
+    `state` is the token's state to commit (failures counted, watermark moved, drift
+    updated). `matched` is the step or counter the code matched (None when refused);
+    `retry_after` the seconds to wait when `reason` is `locked`.
+    """
+
+    reason: Reason
+    state: TokenState
+    matched: int | None = None
+    retry_after: float = 0.0
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is Reason.ACCEPTED
+
+
+def well_formed(code: str, digits: int) -> bool:
+    """Exactly `digits` ASCII digits (no unicode digits, no spaces, no signs)."""
+    return len(code) == digits and code.isascii() and code.isdigit()
+
+
+def _locked(state: TokenState, now: float) -> Decision | None:
+    if state.locked_until > now:
+        return Decision(Reason.LOCKED, state, retry_after=state.locked_until - now)
+    return None
+
+
+def record_failure(state: TokenState, now: float, policy: Policy) -> TokenState:
+    """The state after one more consecutive failure, locked if the limit is reached."""
+    failures = state.failures + 1
+    locked_until = state.locked_until
+    if failures >= policy.max_failures:
+        delay = policy.lock_base * 2.0 ** min(failures - policy.max_failures, 64)
+        locked_until = now + min(delay, policy.lock_cap)
+    return replace(state, failures=failures, locked_until=locked_until)
+
+
+def unlock(state: TokenState) -> TokenState:
+    """An admin unlock: the failure count and any lock are cleared."""
+    return replace(state, failures=0, locked_until=0.0)
+
+
+def _fail(state: TokenState, reason: Reason, now: float, policy: Policy) -> Decision:
+    return Decision(reason, record_failure(state, now, policy))
+
+
+def _order(center: float, window: int) -> list[int]:
+    """Steps within `window` of the step holding `center` (in steps), nearest first."""
+    base = int(center // 1)
+    frac = center - base
+    steps = [base]
+    for k in range(1, window + 1):
+        if frac >= 0.5:
+            steps += [base + k, base - k]
+        else:
+            steps += [base - k, base + k]
+    return steps
+
+
+def verify(state: TokenState, key: bytes, code: str, now: float,
+           policy: Policy = DEFAULT_POLICY) -> Decision:
+    """Check one code. Refuses malformed codes without any HMAC, and locked tokens without
+    looking at the code. Accepting moves the watermark to the matched step or counter."""
+    locked = _locked(state, now)
+    if locked is not None:
+        return locked
+    digits = state.digits
+    if not well_formed(code, digits):
+        return _fail(state, Reason.INVALID_CODE, now, policy)
+    algorithm = state.algorithm
+    watermark = state.watermark
+    if state.kind is Kind.HOTP:
+        first = state.next_counter
+        for counter in range(first, first + policy.hotp_lookahead + 1):
+            if hmac.compare_digest(hotp(key, counter, digits, algorithm), code):
+                return _accept(state, counter, now, policy)
+        for counter in range(max(0, first - 1 - policy.hotp_lookahead), first):
+            if hmac.compare_digest(hotp(key, counter, digits, algorithm), code):
+                return _fail(state, Reason.REPLAYED, now, policy)
+        return _fail(state, Reason.INVALID_CODE, now, policy)
+
+    period = state.period
+    window = policy.window if state.window is None else state.window
+    center = (now + state.drift.predict(now) - state.t0) / period
+    replayed = False
+    for step in _order(center, window):
+        if hmac.compare_digest(hotp(key, step, digits, algorithm), code):
+            if watermark is not None and step <= watermark:
+                replayed = True
+                continue
+            return _accept(state, step, now, policy)
+    return _fail(state, Reason.REPLAYED if replayed else Reason.INVALID_CODE, now, policy)
+
+
+def _accept(state: TokenState, matched: int, now: float, policy: Policy) -> Decision:
+    drift = state.drift
+    if state.kind is Kind.TOTP:
+        obs = _drift.interval(matched, now, state.period, state.t0, policy.typing_allowance)
+        drift = _drift.observe(drift, obs, policy=policy.drift_policy, period=state.period,
+                               max_rate=policy.max_rate_ppm * 1e-6, history=policy.history)
+    new = replace(state, watermark=matched, drift=drift, failures=0, locked_until=0.0)
+    return Decision(Reason.ACCEPTED, new, matched=matched)
+
+
+def resync(state: TokenState, key: bytes, code1: str, code2: str, now: float,
+           policy: Policy = DEFAULT_POLICY) -> Decision:
+    """Find two consecutive codes within the resync range (±`resync_seconds` around the
+    believed clock for TOTP, `resync_counters` ahead for HOTP), nearest first, both after
+    the watermark. On success the drift is reset to what the pair shows and the watermark
+    moves to the second code, so the token's very next code is accepted."""
+    locked = _locked(state, now)
+    if locked is not None:
+        return locked
+    digits = state.digits
+    if not (well_formed(code1, digits) and well_formed(code2, digits)):
+        return _fail(state, Reason.INVALID_CODE, now, policy)
+    algorithm = state.algorithm
+    lowest = state.next_counter if state.watermark is not None else None
+
+    def pair_at(n: int) -> bool:
+        return hmac.compare_digest(hotp(key, n, digits, algorithm), code1) and \
+            hmac.compare_digest(hotp(key, n + 1, digits, algorithm), code2)
+
+    if state.kind is Kind.HOTP:
+        first = state.next_counter
+        for n in range(first, first + policy.resync_counters + 1):
+            if pair_at(n):
+                new = replace(state, watermark=n + 1, failures=0, locked_until=0.0)
+                return Decision(Reason.ACCEPTED, new, matched=n + 1)
+        return _fail(state, Reason.INVALID_CODE, now, policy)
+
+    period = state.period
+    # The pair was read with the second code current: centre the search on it.
+    center = int((now + state.drift.predict(now) - state.t0) // period)
+    reach = max(1, policy.resync_seconds // period)
+    replayed = False
+    for k in range(0, 2 * reach + 1):
+        second = center + ((k + 1) // 2 if k % 2 else -(k // 2))
+        if pair_at(second - 1):
+            if lowest is not None and second - 1 < lowest:
+                replayed = True
+                continue
+            obs = _drift.interval(second, now, period, state.t0, policy.typing_allowance)
+            drift = _drift.reset(state.drift, obs, policy=policy.drift_policy, period=period,
+                                 max_rate=policy.max_rate_ppm * 1e-6)
+            new = replace(state, watermark=second, drift=drift, failures=0, locked_until=0.0)
+            return Decision(Reason.ACCEPTED, new, matched=second)
+    return _fail(state, Reason.REPLAYED if replayed else Reason.INVALID_CODE, now, policy)
+
+
+def check_enable(state: TokenState, key: bytes, code1: str, code2: str, now: float,
+                 policy: Policy = DEFAULT_POLICY) -> Decision:
+    """Enabling needs two consecutive codes, found as a resync finds them: a token fresh out
+    of its box may have drifted, and the pair is the first thing learnt about its clock."""
+    return resync(state, key, code1, code2, now, policy)

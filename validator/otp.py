@@ -1,0 +1,36 @@
+"""HOTP (RFC 4226) and TOTP (RFC 6238) code computation on pre-decoded key bytes.
+
+The hot path of every verification: one `hmac.digest` call (the C one-shot, no HMAC object)
+and a few integer operations. Keys are raw bytes, decoded once by the caller; nothing here
+decodes base32 or reads a clock.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Final
+
+ALGORITHMS: Final = ("sha1", "sha256", "sha512")
+_POW10: Final = {n: 10**n for n in range(1, 11)}
+_FORMAT: Final = {n: f"{{:0{n}d}}" for n in range(1, 11)}
+
+
+def hotp(key: bytes, counter: int, digits: int = 6, algorithm: str = "sha1") -> str:
+    """The `digits`-digit HOTP value of `key` at `counter` (RFC 4226 §5.3 dynamic truncation)."""
+    mac = hmac.digest(key, counter.to_bytes(8, "big"), algorithm)
+    offset = mac[-1] & 0x0F
+    value = int.from_bytes(mac[offset : offset + 4], "big") & 0x7FFFFFFF
+    return _FORMAT[digits].format(value % _POW10[digits])
+
+
+def totp_step(unix_time: float, period: int = 30, t0: int = 0) -> int:
+    """The RFC 6238 time step T = floor((time - T0) / X)."""
+    return int((unix_time - t0) // period)
+
+
+def totp(
+    key: bytes, unix_time: float, digits: int = 6, algorithm: str = "sha1",
+    period: int = 30, t0: int = 0,
+) -> str:
+    """The TOTP value of `key` at `unix_time`: HOTP of the time step."""
+    return hotp(key, totp_step(unix_time, period, t0), digits, algorithm)

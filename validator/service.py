@@ -1,0 +1,466 @@
+"""The validator service: the store, the pure core and the seed box combined.
+
+Every method takes `now` (float Unix seconds); only here does it default to `time.time()`.
+Every write goes through the store's compare-and-set, so concurrent calls from a thread
+pool never lose an update and an accepted code is accepted once. Every import, enable,
+verify, resync, deactivate, unlock, delete and key rotation is audited (never a code or a
+secret). Refusals of enable/resync and administrative errors are exceptions from
+`validator.errors`; `verify` answers with a `VerifyResult` instead, since a refused code is
+an ordinary outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from validator import core
+from validator.core import DEFAULT_POLICY, Decision, Kind, Policy, Reason, TokenState
+from validator.drift import Drift
+from validator.errors import (
+    AlreadyAssigned,
+    Conflict,
+    DeleteConflict,
+    DeviceLimit,
+    DuplicateSerial,
+    InvalidAuthenticationCode,
+    InvalidParameter,
+    InvalidUser,
+    NotAssigned,
+    SeedFileError,
+    UnknownSerial,
+    ValidatorError,
+)
+from validator.importers import SeedRecord, parse_csv, parse_pskc
+from validator.otp import ALGORITHMS
+from validator.secrets_box import SecretBox
+from validator.store import (
+    AuditEntry,
+    AuditEvent,
+    Cas,
+    DuplicateSerials,
+    Durability,
+    SQLiteStore,
+    Store,
+    TokenRecord,
+)
+
+__all__ = [
+    "AlreadyAssigned", "Conflict", "DeleteConflict", "DeviceLimit", "DuplicateSerial",
+    "ImportResult", "InvalidAuthenticationCode", "InvalidParameter", "InvalidUser",
+    "NotAssigned", "SeedFileError", "TokenInfo", "UnknownSerial", "Validator",
+    "ValidatorError", "VerifyResult",
+]
+
+_USER_CHARS = re.compile(r"[A-Za-z0-9+=,.@_-]+")
+_SERIAL = re.compile(r"[\x21-\x7e]{1,128}")
+_MAX_ATTEMPTS = 64
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token's metadata and state as the API shows it. Never holds the secret."""
+
+    serial: str
+    kind: str
+    algorithm: str
+    digits: int
+    period: int
+    t0: int
+    user: str | None
+    assigned_at: float | None
+    created: float
+    watermark: int | None
+    failures: int
+    locked_until: float
+    window: int | None
+    offset_seconds: float  # believed token-clock offset at the time of the query (TOTP)
+    rate_ppm: float  # believed clock rate error (TOTP)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    accepted: bool
+    reason: Reason
+    serial: str | None = None
+    retry_after: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    imported: list[str]
+    skipped: list[str]  # duplicates left out (skip_duplicates) and non-OTP keys
+
+
+def _info(record: TokenRecord, now: float) -> TokenInfo:
+    s = record.state
+    return TokenInfo(
+        serial=record.serial, kind=s.kind.value, algorithm=s.algorithm, digits=s.digits,
+        period=s.period, t0=s.t0, user=record.user, assigned_at=record.assigned_at,
+        created=record.created, watermark=s.watermark, failures=s.failures,
+        locked_until=s.locked_until, window=s.window,
+        offset_seconds=s.drift.predict(now) if s.kind is Kind.TOTP else 0.0,
+        rate_ppm=s.drift.rate() * 1e6 if s.kind is Kind.TOTP else 0.0,
+    )
+
+
+class Validator:
+    """The validator's operations. Thread-safe when its store is (SQLiteStore is)."""
+
+    def __init__(self, store: Store, box: SecretBox, policy: Policy = DEFAULT_POLICY, *,
+                 max_user_length: int = 64,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.box = box
+        self.policy = policy
+        self.max_user_length = max_user_length
+        self._clock = clock
+
+    @classmethod
+    def open(cls, db_path: str | os.PathLike[str], key_path: str | os.PathLike[str] | None = None,
+             *, policy: Policy = DEFAULT_POLICY,
+             durability: Durability = Durability.NORMAL, max_user_length: int = 64) -> Validator:
+        """A validator on the SQLite file `db_path`, its seed key at `key_path` (default:
+        `<db_path>.key`, created 0600 on first use)."""
+        key_file = Path(key_path) if key_path is not None else Path(f"{os.fspath(db_path)}.key")
+        return cls(SQLiteStore(db_path, durability=durability), SecretBox.from_file(key_file),
+                   policy, max_user_length=max_user_length)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __repr__(self) -> str:
+        return f"Validator({self.store!r}, {self.box!r})"
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _now(self, now: float | None) -> float:
+        return self._clock() if now is None else float(now)
+
+    def _check_user(self, user: str) -> None:
+        if not isinstance(user, str) or not 1 <= len(user) <= self.max_user_length \
+                or not _USER_CHARS.fullmatch(user):
+            raise InvalidUser(f"user names are 1-{self.max_user_length} letters, digits and "
+                              "+=,.@_-")
+
+    def _record(self, serial: str) -> TokenRecord:
+        record = self.store.get(serial)
+        if record is None:
+            raise UnknownSerial(f"no token with serial {serial!r}")
+        return record
+
+    def _retry(self, attempt: Callable[[], T | None]) -> T:
+        for _ in range(_MAX_ATTEMPTS):
+            result = attempt()
+            if result is not None:
+                return result
+        raise Conflict("too many concurrent changes to the same token; try again")
+
+    # -- registry --------------------------------------------------------------------------
+
+    def register_token(self, serial: str, secret: bytes, *, kind: str = "totp",
+                       digits: int = 6, algorithm: str = "sha1", period: int = 30,
+                       t0: int = 0, counter: int = 0, drift_steps: int = 0,
+                       window: int | None = None, now: float | None = None) -> TokenInfo:
+        """Register one token with the given secret (from a seed file, or generated by the
+        caller, as AWS CreateVirtualMFADevice does)."""
+        record = SeedRecord(serial=serial, secret=bytes(secret), kind=self._kind(kind),
+                            algorithm=algorithm, digits=digits, period=period, t0=t0,
+                            counter=counter, drift_steps=drift_steps)
+        t = self._now(now)
+        self._insert([record], t, skip_duplicates=False, action="register", window=window)
+        return _info(self._record(serial), t)
+
+    @staticmethod
+    def _kind(kind: str) -> Kind:
+        try:
+            return Kind(str(kind).lower())
+        except ValueError:
+            raise InvalidParameter("kind must be totp or hotp") from None
+
+    def _state(self, r: SeedRecord, window: int | None) -> TokenState:
+        if not _SERIAL.fullmatch(r.serial):
+            raise InvalidParameter(f"serial {r.serial[:40]!r} must be 1-128 printable ASCII "
+                                   "characters without spaces")
+        if not r.secret:
+            raise InvalidParameter(f"{r.serial}: empty secret")
+        if r.algorithm not in ALGORITHMS:
+            raise InvalidParameter(f"{r.serial}: algorithm must be one of {ALGORITHMS}")
+        if r.counter < 0:
+            raise InvalidParameter(f"{r.serial}: the counter must not be negative")
+        try:
+            return TokenState(
+                kind=r.kind, digits=r.digits, algorithm=r.algorithm, period=r.period,
+                t0=r.t0, window=window,
+                watermark=(r.counter - 1 if r.kind is Kind.HOTP and r.counter > 0 else None),
+                drift=Drift(offset=float(r.drift_steps * r.period)))
+        except ValueError as exc:
+            raise InvalidParameter(f"{r.serial}: {exc}") from None
+
+    def _insert(self, records: list[SeedRecord], now: float, *, skip_duplicates: bool,
+                action: str, window: int | None = None) -> list[str]:
+        seen: set[str] = set()
+        repeated: list[str] = []
+        unique: list[SeedRecord] = []
+        for r in records:
+            if r.serial in seen:
+                repeated.append(r.serial)
+            else:
+                seen.add(r.serial)
+                unique.append(r)
+        if repeated and not skip_duplicates:
+            raise DuplicateSerial(sorted(set(repeated)))
+        rows = [TokenRecord(serial=r.serial, state=self._state(r, window),
+                            sealed=self.box.seal(r.serial, r.secret), created=now)
+                for r in unique]
+        audit = [AuditEvent(now, action, "ok", serial=r.serial) for r in unique]
+        try:
+            return self.store.insert_tokens(rows, audit, skip_existing=skip_duplicates)
+        except DuplicateSerials as exc:
+            raise DuplicateSerial(exc.serials) from None
+
+    def import_seed_file(self, content: bytes | str, format: str = "pskc", *,
+                         passphrase: str | None = None, key_hex: str | None = None,
+                         skip_duplicates: bool = False, now: float | None = None
+                         ) -> ImportResult:
+        """Import every token of a PSKC or CSV file in one transaction: a bad key or a
+        duplicate serial (unless `skip_duplicates`) imports nothing."""
+        t = self._now(now)
+        fmt = format.lower()
+        try:
+            if fmt == "pskc":
+                parsed = parse_pskc(content, passphrase=passphrase, key_hex=key_hex)
+            elif fmt == "csv":
+                parsed = parse_csv(content)
+            else:
+                raise InvalidParameter("format must be pskc or csv")
+            for r in parsed.records:
+                self._state(r, None)  # validate every key before writing any
+        except (SeedFileError, InvalidParameter) as exc:
+            self.store.add_audit([AuditEvent(t, "import", "refused", reason=exc.code)])
+            if isinstance(exc, InvalidParameter):
+                raise SeedFileError(exc.message) from None
+            raise
+        try:
+            imported = self._insert(parsed.records, t, skip_duplicates=skip_duplicates,
+                                    action="import")
+        except DuplicateSerial as exc:
+            self.store.add_audit([AuditEvent(t, "import", "refused", reason=exc.code)])
+            raise
+        left_out = [r.serial for r in parsed.records if r.serial not in set(imported)]
+        skipped = [f"{serial}: already registered" for serial in left_out] + parsed.skipped
+        return ImportResult(imported, skipped)
+
+    def list_tokens(self, *, user: str | None = None, kind: str | None = None,
+                    assigned: bool | None = None, limit: int = 100, offset: int = 0,
+                    now: float | None = None) -> list[TokenInfo]:
+        t = self._now(now)
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise InvalidParameter("limit must be 1-1000 and offset >= 0")
+        return [_info(r, t) for r in self.store.list_tokens(
+            user=user, kind=kind, assigned=assigned, limit=limit, offset=offset)]
+
+    def get_token(self, serial: str, now: float | None = None) -> TokenInfo:
+        return _info(self._record(serial), self._now(now))
+
+    def delete_token(self, serial: str, now: float | None = None) -> None:
+        """Delete an unassigned token (deactivate it first)."""
+        t = self._now(now)
+
+        def attempt() -> bool | None:
+            record = self._record(serial)
+            if record.user is not None:
+                raise DeleteConflict(f"token {serial!r} is assigned; deactivate it first")
+            audit = [AuditEvent(t, "delete", "ok", serial=serial)]
+            return True if self.store.delete(serial, record.version, audit) is Cas.OK else None
+
+        self._retry(attempt)
+
+    # -- enablement ------------------------------------------------------------------------
+
+    def enable(self, user: str, serial: str, code1: str, code2: str,
+               now: float | None = None) -> TokenInfo:
+        """Assign an unassigned token to `user`, proven by two consecutive codes."""
+        self._check_user(user)
+        t = self._now(now)
+
+        def attempt() -> TokenInfo | None:
+            record = self._record(serial)
+            if record.user is not None:
+                raise AlreadyAssigned(f"token {serial!r} is already assigned")
+            if len(self.store.tokens_of(user)) >= self.policy.max_devices:
+                raise DeviceLimit(f"user {user!r} already has {self.policy.max_devices} devices")
+            key = self.box.open(serial, record.sealed)
+            decision = core.check_enable(record.state, key, code1, code2, t, self.policy)
+            if not decision.accepted:
+                self._refuse("enable", record, user, decision, t)
+                return None
+            audit = [AuditEvent(t, "enable", "ok", Reason.ACCEPTED, serial, user)]
+            cas = self.store.compare_and_set(serial, record.version, decision.state,
+                                             user=user, assigned_at=t,
+                                             max_devices=self.policy.max_devices, audit=audit)
+            if cas is Cas.DEVICE_LIMIT:
+                raise DeviceLimit(f"user {user!r} already has {self.policy.max_devices} devices")
+            if cas is Cas.CONFLICT:
+                return None
+            return _info(self._record(serial), t)
+
+        return self._retry(attempt)
+
+    def _refuse(self, action: str, record: TokenRecord, user: str, decision: Decision,
+                now: float) -> None:
+        """Commit a refused enable/resync's failure count, then raise; returning means the
+        commit lost a race and the caller must decide again."""
+        audit = [AuditEvent(now, action, "refused", decision.reason, record.serial, user)]
+        if decision.state is record.state:
+            self.store.add_audit(audit)
+        elif self.store.compare_and_set(record.serial, record.version, decision.state,
+                                        audit=audit) is Cas.CONFLICT:
+            return
+        raise InvalidAuthenticationCode(
+            f"the codes were refused: {decision.reason.value}", decision.reason.value,
+            decision.retry_after)
+
+    def deactivate(self, user: str, serial: str, now: float | None = None) -> None:
+        """Unassign the token from `user`. Its watermark stays: old codes stay dead."""
+        self._check_user(user)
+        t = self._now(now)
+
+        def attempt() -> bool | None:
+            record = self._record(serial)
+            if record.user != user:
+                raise NotAssigned(f"token {serial!r} is not assigned to {user!r}")
+            audit = [AuditEvent(t, "deactivate", "ok", serial=serial, user=user)]
+            cas = self.store.compare_and_set(serial, record.version, record.state, user=None,
+                                             audit=audit)
+            return True if cas is Cas.OK else None
+
+        self._retry(attempt)
+
+    def list_devices(self, user: str, now: float | None = None) -> list[TokenInfo]:
+        self._check_user(user)
+        t = self._now(now)
+        return [_info(r, t) for r in self.store.tokens_of(user)]
+
+    # -- verification ----------------------------------------------------------------------
+
+    def verify(self, user: str, code: str, now: float | None = None,
+               serial: str | None = None) -> VerifyResult:
+        """Check `code` against the user's devices (or the one named by `serial`). An
+        accepted code's new state is committed before this returns."""
+        self._check_user(user)
+        t = self._now(now)
+        code = code if isinstance(code, str) else ""
+        for _ in range(_MAX_ATTEMPTS):
+            records = self.store.tokens_of(user)
+            if serial is not None:
+                records = [r for r in records if r.serial == serial]
+                if not records:
+                    return self._answer(user, serial, Reason.NOT_ENABLED, t)
+            if not records:
+                return self._answer(user, None, Reason.NO_DEVICE, t)
+            decisions = [(r, core.verify(r.state, self.box.open(r.serial, r.sealed), code, t,
+                                         self.policy)) for r in records]
+            winner = next(((r, d) for r, d in decisions if d.accepted), None)
+            if winner is not None:
+                record, decision = winner
+                audit = [AuditEvent(t, "verify", "ok", Reason.ACCEPTED, record.serial, user)]
+                if self.store.compare_and_set(record.serial, record.version, decision.state,
+                                              audit=audit) is Cas.OK:
+                    return VerifyResult(True, Reason.ACCEPTED, record.serial)
+                continue
+            if not self._commit_failures(decisions):
+                continue
+            reasons = {d.reason for _, d in decisions}
+            one = records[0].serial if len(records) == 1 else serial
+            if Reason.REPLAYED in reasons:
+                return self._answer(user, one, Reason.REPLAYED, t)
+            if Reason.INVALID_CODE in reasons:
+                return self._answer(user, one, Reason.INVALID_CODE, t)
+            wait = min(d.retry_after for _, d in decisions)
+            return self._answer(user, one, Reason.LOCKED, t, wait)
+        raise Conflict("too many concurrent changes to the same token; try again")
+
+    def _commit_failures(self, decisions: list[tuple[TokenRecord, Decision]]) -> bool:
+        """Commit every changed (failure-counting) state; False if any lost its CAS, so the
+        request must be decided again (states already committed stay: they are correct)."""
+        ok = True
+        for record, decision in decisions:
+            if decision.state is not record.state:
+                if self.store.compare_and_set(record.serial, record.version,
+                                              decision.state) is Cas.CONFLICT:
+                    ok = False
+        return ok
+
+    def _answer(self, user: str, serial: str | None, reason: Reason, now: float,
+                retry_after: float = 0.0) -> VerifyResult:
+        self.store.add_audit([AuditEvent(now, "verify", "refused", reason, serial, user)])
+        return VerifyResult(False, reason, serial, retry_after)
+
+    def resync(self, user: str, serial: str, code1: str, code2: str,
+               now: float | None = None) -> TokenInfo:
+        """Resynchronise the user's token from two consecutive codes (AWS
+        ResyncMFADevice): the drift is reset to what the pair shows and the very next code
+        is accepted."""
+        self._check_user(user)
+        t = self._now(now)
+
+        def attempt() -> TokenInfo | None:
+            record = self._record(serial)
+            if record.user != user:
+                raise NotAssigned(f"token {serial!r} is not assigned to {user!r}")
+            key = self.box.open(serial, record.sealed)
+            decision = core.resync(record.state, key, code1, code2, t, self.policy)
+            if not decision.accepted:
+                self._refuse("resync", record, user, decision, t)
+                return None
+            audit = [AuditEvent(t, "resync", "ok", Reason.ACCEPTED, serial, user)]
+            if self.store.compare_and_set(serial, record.version, decision.state,
+                                          audit=audit) is Cas.CONFLICT:
+                return None
+            return _info(self._record(serial), t)
+
+        return self._retry(attempt)
+
+    def unlock(self, serial: str, now: float | None = None) -> TokenInfo:
+        """Clear a token's failure count and lock (an administrator's action)."""
+        t = self._now(now)
+
+        def attempt() -> TokenInfo | None:
+            record = self._record(serial)
+            audit = [AuditEvent(t, "unlock", "ok", serial=serial, user=record.user)]
+            if self.store.compare_and_set(serial, record.version, core.unlock(record.state),
+                                          audit=audit) is Cas.CONFLICT:
+                return None
+            return _info(self._record(serial), t)
+
+        return self._retry(attempt)
+
+    # -- audit and keys --------------------------------------------------------------------
+
+    def audit(self, *, serial: str | None = None, user: str | None = None,
+              action: str | None = None, result: str | None = None,
+              since: float | None = None, until: float | None = None,
+              limit: int = 100, offset: int = 0) -> list[AuditEntry]:
+        """Audit entries, oldest first, filtered and paginated (limit 1-1000)."""
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise InvalidParameter("limit must be 1-1000 and offset >= 0")
+        return self.store.audit(serial=serial, user=user, action=action, result=result,
+                                since=since, until=until, limit=limit, offset=offset)
+
+    def rotate_key(self, new_key: bytes | None = None, now: float | None = None) -> int:
+        """Re-encrypt every seed under a new key (generated unless given) in one
+        transaction; returns how many. Crash-safe: see `validator.secrets_box`."""
+        t = self._now(now)
+        staged = self.box.prepare_rotation(new_key)
+        count = self.store.reseal_all(
+            lambda serial, sealed: staged.seal(serial, staged.open(serial, sealed)),
+            [AuditEvent(t, "rotate_key", "ok")])
+        self.box = staged.finish_rotation()
+        return count

@@ -1,0 +1,421 @@
+"""Token storage: the `Store` interface and its SQLite implementation.
+
+Acceptance is a compare-and-set. Every token row carries a `version` that each committed
+change increments; the service reads a row, lets the core decide, and commits the new state
+only `WHERE serial = ? AND version = ?`. Of any number of simultaneous requests that read
+the same version, exactly one commits; the others see `CONFLICT`, re-read, and the core then
+refuses their code as replayed. The state of an accepted code is committed (with its audit
+entry, in the same transaction) before the service answers.
+
+Durability: WAL mode, with `synchronous=NORMAL` by default. In WAL mode NORMAL loses no
+committed transaction when the *process* dies (SIGKILL, crash): the commit is in the WAL
+file in the OS page cache, and the next open replays it. Only a power loss or kernel crash
+can drop the last transactions, and with them could make the last accepted codes acceptable
+once more. `synchronous=FULL` fsyncs the WAL at every commit and survives that too, at the
+cost of one fsync per accepted code (see docs/benchmarks.md for both figures).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from validator.core import TokenState
+
+SCHEMA_VERSION = 1
+
+# Each migration takes the schema from version n-1 to n; appended, never edited.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE tokens (
+            serial TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            user TEXT,
+            state TEXT NOT NULL,
+            sealed BLOB NOT NULL,
+            version INTEGER NOT NULL DEFAULT 0,
+            created REAL NOT NULL,
+            assigned_at REAL
+        )""",
+        "CREATE INDEX tokens_user ON tokens(user)",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            time REAL NOT NULL,
+            serial TEXT,
+            user TEXT,
+            action TEXT NOT NULL,
+            result TEXT NOT NULL,
+            reason TEXT
+        )""",
+        "CREATE INDEX audit_serial ON audit(serial, id)",
+        "CREATE INDEX audit_user ON audit(user, id)",
+        "CREATE INDEX audit_time ON audit(time)",
+    ),
+}
+
+
+class Durability(enum.StrEnum):
+    """SQLite `synchronous` level in WAL mode: NORMAL survives a process crash, FULL also a
+    power loss."""
+
+    NORMAL = "NORMAL"
+    FULL = "FULL"
+
+
+class StoreError(Exception):
+    """The database cannot be used (a newer schema, a broken file)."""
+
+
+class DuplicateSerials(Exception):  # noqa: N818 - carries data, not a failure of the store
+    """An insert named serials that already exist; nothing was inserted."""
+
+    def __init__(self, serials: Sequence[str]) -> None:
+        self.serials = list(serials)
+        super().__init__(f"serials already registered: {', '.join(self.serials)}")
+
+
+class Cas(enum.Enum):
+    """The outcome of a compare-and-set."""
+
+    OK = "ok"
+    CONFLICT = "conflict"  # the row changed (or vanished) since it was read
+    DEVICE_LIMIT = "device_limit"  # the assignment would exceed the user's device limit
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A stored token: its state, its sealed seed and whom it is assigned to."""
+
+    serial: str
+    state: TokenState
+    sealed: bytes = field(repr=False)
+    user: str | None = None
+    version: int = 0
+    created: float = 0.0
+    assigned_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audit entry to write. Never holds a code or a secret: only these fields exist."""
+
+    time: float
+    action: str
+    result: str
+    reason: str | None = None
+    serial: str | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audit entry read back, with its id (ascending in write order)."""
+
+    id: int
+    time: float
+    action: str
+    result: str
+    reason: str | None
+    serial: str | None
+    user: str | None
+
+
+class _Keep:
+    """The `user` argument of compare_and_set meaning: leave the assignment as it is."""
+
+
+KEEP = _Keep()
+
+
+class Store(Protocol):
+    """What the service needs from storage."""
+
+    def insert_tokens(self, records: Sequence[TokenRecord], audit: Sequence[AuditEvent],
+                      *, skip_existing: bool = False) -> list[str]: ...
+
+    def get(self, serial: str) -> TokenRecord | None: ...
+
+    def tokens_of(self, user: str) -> list[TokenRecord]: ...
+
+    def list_tokens(self, *, user: str | None = None, kind: str | None = None,
+                    assigned: bool | None = None, limit: int = 100,
+                    offset: int = 0) -> list[TokenRecord]: ...
+
+    def compare_and_set(self, serial: str, version: int, state: TokenState, *,
+                        user: str | None | _Keep = KEEP, assigned_at: float | None = None,
+                        max_devices: int | None = None,
+                        audit: Sequence[AuditEvent] = ()) -> Cas: ...
+
+    def delete(self, serial: str, version: int, audit: Sequence[AuditEvent] = ()) -> Cas: ...
+
+    def add_audit(self, events: Sequence[AuditEvent]) -> None: ...
+
+    def audit(self, *, serial: str | None = None, user: str | None = None,
+              action: str | None = None, result: str | None = None,
+              since: float | None = None, until: float | None = None,
+              limit: int = 100, offset: int = 0) -> list[AuditEntry]: ...
+
+    def reseal_all(self, reseal: Callable[[str, bytes], bytes],
+                   audit: Sequence[AuditEvent] = ()) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _dumps(state: TokenState) -> str:
+    return json.dumps(state.to_json(), separators=(",", ":"))
+
+
+_COLUMNS = "serial, state, sealed, user, version, created, assigned_at"
+
+
+def _record(row: tuple[Any, ...]) -> TokenRecord:
+    serial, state, sealed, user, version, created, assigned_at = row
+    return TokenRecord(
+        serial=serial, state=TokenState.from_json(json.loads(state)), sealed=bytes(sealed),
+        user=user, version=int(version), created=float(created),
+        assigned_at=None if assigned_at is None else float(assigned_at),
+    )
+
+
+class SQLiteStore:
+    """The SQLite store: one connection per thread, WAL, a busy timeout, explicit
+    `BEGIN IMMEDIATE` transactions for every write."""
+
+    def __init__(self, path: str | os.PathLike[str], *, durability: Durability = Durability.NORMAL,
+                 busy_timeout_ms: int = 10_000) -> None:
+        self.path = os.fspath(path)
+        self.durability = Durability(durability)
+        self._busy = busy_timeout_ms
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._migrate()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r}, durability={self.durability.value})"
+
+    # -- connections and schema -------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self._busy / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.durability.value}")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def _migrate(self) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            current = 0 if row is None else int(row[0])
+            if current > SCHEMA_VERSION:
+                raise StoreError(f"database schema version {current} is newer than this "
+                                 f"validator's ({SCHEMA_VERSION}); upgrade foblab")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+            if row is None:
+                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            else:
+                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def schema_version(self) -> int:
+        row = self._conn().execute("SELECT version FROM schema_version").fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _write(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
+        if events:
+            conn.executemany(
+                "INSERT INTO audit (time, serial, user, action, result, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.time, e.serial, e.user, e.action, e.result, e.reason) for e in events])
+
+    def insert_tokens(self, records: Sequence[TokenRecord], audit: Sequence[AuditEvent],
+                      *, skip_existing: bool = False) -> list[str]:
+        """Insert all records in one transaction. Existing serials raise `DuplicateSerials`
+        (nothing inserted) unless `skip_existing`, which leaves them out. Returns the serials
+        inserted."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            serials = [r.serial for r in records]
+            existing: set[str] = set()
+            for i in range(0, len(serials), 500):
+                chunk = serials[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                existing.update(row[0] for row in conn.execute(
+                    f"SELECT serial FROM tokens WHERE serial IN ({marks})", chunk))
+            if existing and not skip_existing:
+                raise DuplicateSerials(sorted(existing))
+            fresh = [r for r in records if r.serial not in existing]
+            conn.executemany(
+                "INSERT INTO tokens (serial, kind, user, state, sealed, version, created, "
+                "assigned_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+                [(r.serial, r.state.kind.value, r.user, _dumps(r.state), r.sealed, r.created,
+                  r.assigned_at) for r in fresh])
+            inserted = {r.serial for r in fresh}
+            self._write(conn, [e for e in audit if e.serial is None or e.serial in inserted])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return [r.serial for r in fresh]
+
+    def compare_and_set(self, serial: str, version: int, state: TokenState, *,
+                        user: str | None | _Keep = KEEP, assigned_at: float | None = None,
+                        max_devices: int | None = None,
+                        audit: Sequence[AuditEvent] = ()) -> Cas:
+        """Commit `state` (and optionally a new assignment) only if the row is still at
+        `version`; with `max_devices`, only if `user` then holds fewer tokens than that."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if isinstance(user, _Keep):
+                cursor = conn.execute(
+                    "UPDATE tokens SET state = ?, version = version + 1 "
+                    "WHERE serial = ? AND version = ?", (_dumps(state), serial, version))
+            else:
+                if user is not None and max_devices is not None:
+                    (held,) = conn.execute("SELECT count(*) FROM tokens WHERE user = ? "
+                                           "AND serial != ?", (user, serial)).fetchone()
+                    if held >= max_devices:
+                        conn.execute("ROLLBACK")
+                        return Cas.DEVICE_LIMIT
+                cursor = conn.execute(
+                    "UPDATE tokens SET state = ?, user = ?, assigned_at = ?, "
+                    "version = version + 1 WHERE serial = ? AND version = ?",
+                    (_dumps(state), user, assigned_at, serial, version))
+            if cursor.rowcount != 1:
+                conn.execute("ROLLBACK")
+                return Cas.CONFLICT
+            self._write(conn, audit)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return Cas.OK
+
+    def delete(self, serial: str, version: int, audit: Sequence[AuditEvent] = ()) -> Cas:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = conn.execute("DELETE FROM tokens WHERE serial = ? AND version = ?",
+                                  (serial, version))
+            if cursor.rowcount != 1:
+                conn.execute("ROLLBACK")
+                return Cas.CONFLICT
+            self._write(conn, audit)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return Cas.OK
+
+    def add_audit(self, events: Sequence[AuditEvent]) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._write(conn, events)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def reseal_all(self, reseal: Callable[[str, bytes], bytes],
+                   audit: Sequence[AuditEvent] = ()) -> int:
+        """Replace every sealed seed by `reseal(serial, sealed)`, in one transaction."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute("SELECT serial, sealed FROM tokens").fetchall()
+            conn.executemany(
+                "UPDATE tokens SET sealed = ?, version = version + 1 WHERE serial = ?",
+                [(reseal(serial, bytes(sealed)), serial) for serial, sealed in rows])
+            self._write(conn, audit)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(rows)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, serial: str) -> TokenRecord | None:
+        row = self._conn().execute(f"SELECT {_COLUMNS} FROM tokens WHERE serial = ?",
+                                   (serial,)).fetchone()
+        return None if row is None else _record(row)
+
+    def tokens_of(self, user: str) -> list[TokenRecord]:
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM tokens WHERE user = ? ORDER BY assigned_at, serial",
+            (user,)).fetchall()
+        return [_record(row) for row in rows]
+
+    def list_tokens(self, *, user: str | None = None, kind: str | None = None,
+                    assigned: bool | None = None, limit: int = 100,
+                    offset: int = 0) -> list[TokenRecord]:
+        where, args = [], []
+        if user is not None:
+            where.append("user = ?")
+            args.append(user)
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+        if assigned is not None:
+            where.append("user IS NOT NULL" if assigned else "user IS NULL")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM tokens {clause} ORDER BY serial LIMIT ? OFFSET ?",
+            (*args, int(limit), int(offset))).fetchall()
+        return [_record(row) for row in rows]
+
+    def audit(self, *, serial: str | None = None, user: str | None = None,
+              action: str | None = None, result: str | None = None,
+              since: float | None = None, until: float | None = None,
+              limit: int = 100, offset: int = 0) -> list[AuditEntry]:
+        """Audit entries matching every given filter, oldest first, paginated."""
+        where: list[str] = []
+        args: list[object] = []
+        for column, value in (("serial", serial), ("user", user), ("action", action),
+                              ("result", result)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("time >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("time < ?")
+            args.append(until)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._conn().execute(
+            f"SELECT id, time, action, result, reason, serial, user FROM audit {clause} "
+            "ORDER BY id LIMIT ? OFFSET ?", (*args, int(limit), int(offset))).fetchall()
+        return [AuditEntry(*row) for row in rows]
