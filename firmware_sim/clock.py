@@ -8,11 +8,11 @@ time s (milliseconds) is
            + aging_ppm_per_year * (s - aging_start) / Y  linear aging, Y = 365.25 days
            - 0.034 * (T(s) - 25)**2                     tuning-fork crystal turnover curve
 
-with T(s) either constant or a daily profile T(s) = T_mean + swing/2 * sin(2*pi*(s - 9 h)/day)
-(coolest at 03:00 UTC, warmest at 15:00 UTC). Every term integrates in closed form, so the
-offset at any time is computed exactly from the anchor (no stepping, no accumulated rounding)
-and rounded once to whole microseconds. The same settings and the same true time therefore
-always give the same token time.
+with T(s) either constant or a daily profile T(s) = T_mean + swing * sin(2*pi*(s - 10 h)/day)
+(coldest at 04:00 UTC, warmest at 16:00 UTC; `swing` is the amplitude). Every term
+integrates in closed form, so the offset at any time is computed exactly from the anchor (no
+stepping, no accumulated rounding) and rounded once to whole microseconds. The same settings
+and the same true time therefore always give the same token time.
 
 "Model time" is true time plus `shift_ms`: `age()` moves the crystal through a span of
 simulated time at once, adding that span's accumulated error to the offset and advancing the
@@ -38,8 +38,8 @@ YEAR_MS = 365 * DAY_MS + DAY_MS // 4
 TEMP_COEFF_PPM = -0.034
 """ppm per degree Celsius squared, the parabolic coefficient of a 32.768 kHz tuning fork."""
 TURNOVER_C = 25.0
-DAILY_PHASE_MS = 9 * 3_600_000
-"""The daily profile crosses its mean rising at 09:00 UTC: coolest at 03:00, warmest at 15:00."""
+DAILY_PHASE_MS = 10 * 3_600_000
+"""The daily profile crosses its mean rising at 10:00 UTC: coldest at 04:00, warmest at 16:00."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Drift:
     temp_c: float = TURNOVER_C
     """Constant temperature, or the daily mean for the daily profile."""
     temp_swing_c: float = 0.0
-    """Peak-to-peak daily swing of the daily profile."""
+    """Amplitude of the daily profile: the temperature swings between mean ± this."""
 
     def __post_init__(self) -> None:
         if self.temp_mode not in TEMP_MODES:
@@ -72,13 +72,14 @@ def _error_integral_ms(drift: Drift, aging_start_ms: int, a: int, b: int) -> flo
     ppm_ms = drift.ppm * span
     if drift.aging_ppm_per_year:
         # integral of (s - e) ds = (b - a) * ((b - e) + (a - e)) / 2, kept in small numbers.
-        ppm_ms += drift.aging_ppm_per_year / YEAR_MS * span * ((b - aging_start_ms) + (a - aging_start_ms)) / 2
+        mid = ((b - aging_start_ms) + (a - aging_start_ms)) / 2
+        ppm_ms += drift.aging_ppm_per_year / YEAR_MS * span * mid
     if drift.temp_mode == "constant":
         ppm_ms += TEMP_COEFF_PPM * (drift.temp_c - TURNOVER_C) ** 2 * span
     elif drift.temp_mode == "daily":
         # (d + A sin th)^2 = d^2 + A^2/2 + 2 A d sin th - A^2/2 cos 2th, th = 2 pi (s - phase) / day
         d = drift.temp_c - TURNOVER_C
-        amp = drift.temp_swing_c / 2
+        amp = drift.temp_swing_c
         w = 2 * math.pi / DAY_MS
 
         def theta(s: int) -> float:

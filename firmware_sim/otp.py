@@ -33,7 +33,9 @@ def time_step(time_ms: int, period: int) -> int:
     return time_ms // (period * 1000)
 
 
-def totp(seed: bytes, time_ms: int, *, digits: int = 6, hash: Hash = "sha1", period: int = 30) -> str:
+def totp(
+    seed: bytes, time_ms: int, *, digits: int = 6, hash: Hash = "sha1", period: int = 30
+) -> str:
     """The RFC 6238 code at a Unix time in milliseconds."""
     return hotp(seed, time_step(time_ms, period), digits=digits, hash=hash)
 

@@ -21,7 +21,8 @@ ErrorName = Literal[
 ]
 STATE_VERSION = 1
 MAX_SEED_BYTES = 64
-MAX_PEEK = 16
+MAX_PEEK = 32
+"""Most codes a PEEK returns: 32 eight-digit codes still fit one frame."""
 
 
 class Refused(Exception):
@@ -154,7 +155,7 @@ def _need_code(state: TokenState) -> bytes:
     return state.seed
 
 
-def _need_qa(state: TokenState) -> None:
+def require_qa(state: TokenState) -> None:
     if not state.qa_mode:
         raise Refused("NOT_PERMITTED", "QA commands need a token in QA mode")
 
@@ -182,7 +183,7 @@ def press(state: TokenState, now_ms: int) -> tuple[TokenState, Shown, bool]:
     if state.kind == "hotp":
         code = otp.hotp(seed, state.counter, digits=state.digits, hash=state.hash)
         new = replace(state, counter=state.counter + 1, display=Display(code, until))
-        return new, Shown(code, state.display_timeout_s), True
+        return new, Shown(code, 0), True
     token_ms = state.clock.token_ms(now_ms)
     code = code_at(state, token_ms)
     new = replace(state, display=Display(code, until))
@@ -194,7 +195,7 @@ def display(state: TokenState, now_ms: int) -> Shown:
     if not state.battery_ok or state.seed is None or now_ms >= state.display.until_ms:
         return Shown("", 0)
     if state.kind == "hotp":
-        return Shown(state.display.code, -(-(state.display.until_ms - now_ms) // 1000))
+        return Shown(state.display.code, 0)
     token_ms = state.clock.token_ms(now_ms)  # a lit TOTP display follows the clock
     return Shown(code_at(state, token_ms), otp.seconds_left(token_ms, state.period))
 
@@ -228,59 +229,64 @@ def provision(
 
 # -- QA ----------------------------------------------------------------------------------
 def set_drift(state: TokenState, now_ms: int, drift: Drift) -> TokenState:
-    _need_qa(state)
+    require_qa(state)
     return replace(state, clock=state.clock.set_drift(now_ms, drift))
 
 
 def adjust_offset(state: TokenState, now_ms: int, delta_ms: int) -> TokenState:
-    _need_qa(state)
+    require_qa(state)
     return replace(state, clock=state.clock.adjust(now_ms, delta_ms))
 
 
 def age(state: TokenState, now_ms: int, span_ms: int) -> TokenState:
-    _need_qa(state)
+    require_qa(state)
     if span_ms < 0:
         raise Refused("BAD_ARGUMENT", "cannot age by a negative span")
     return replace(state, clock=state.clock.age(now_ms, span_ms))
 
 
 def set_time(state: TokenState, now_ms: int, token_ms: int) -> TokenState:
-    _need_qa(state)
+    require_qa(state)
     if token_ms < 0:
         raise Refused("BAD_ARGUMENT", "time before 1970")
     return replace(state, clock=state.clock.set_time(now_ms, token_ms))
 
 
 def freeze(state: TokenState, now_ms: int) -> TokenState:
-    _need_qa(state)
+    require_qa(state)
     if state.clock.frozen:
         return state
     return replace(state, clock=state.clock.hold(now_ms, "freeze"))
 
 
 def unfreeze(state: TokenState, now_ms: int) -> TokenState:
-    _need_qa(state)
+    require_qa(state)
     return replace(state, clock=state.clock.release(now_ms, "freeze"))
 
 
-def peek(state: TokenState, now_ms: int, count: int) -> list[str]:
+def peek(state: TokenState, now_ms: int, count: int) -> tuple[int, int, list[str]]:
     """Codes as if the button were pressed now and in each of the next count-1 steps
-    (HOTP: the next `count` presses). Changes nothing."""
-    _need_qa(state)
+    (HOTP: the next `count` presses), with the first step (or counter) and the seconds left
+    in it (0 for HOTP). Changes nothing."""
+    require_qa(state)
     if not 1 <= count <= MAX_PEEK:
         raise Refused("BAD_ARGUMENT", f"count must be 1..{MAX_PEEK}")
     seed = _need_code(state)
     if state.kind == "hotp":
-        return [otp.hotp(seed, state.counter + i, digits=state.digits, hash=state.hash)
-                for i in range(count)]
-    step = otp.time_step(state.clock.token_ms(now_ms), state.period)
-    return [otp.hotp(seed, step + i, digits=state.digits, hash=state.hash) for i in range(count)]
+        return state.counter, 0, [
+            otp.hotp(seed, state.counter + i, digits=state.digits, hash=state.hash)
+            for i in range(count)
+        ]
+    token_ms = state.clock.token_ms(now_ms)
+    step = otp.time_step(token_ms, state.period)
+    codes = [otp.hotp(seed, step + i, digits=state.digits, hash=state.hash) for i in range(count)]
+    return step, otp.seconds_left(token_ms, state.period), codes
 
 
 def battery(state: TokenState, now_ms: int, dead: bool) -> TokenState:
     """Kill the battery (the display blanks, the oscillator stops) or put in a new one
     (the clock runs on from where it stopped)."""
-    _need_qa(state)
+    require_qa(state)
     if dead and state.battery_ok:
         return replace(state, battery_ok=False, display=Display(),
                        clock=state.clock.hold(now_ms, "battery"))
@@ -292,6 +298,6 @@ def battery(state: TokenState, now_ms: int, dead: bool) -> TokenState:
 def factory_reset(state: TokenState, model: Model) -> TokenState:
     """Erase the seed and counter and unlock, back to the model's algorithm. The crystal
     (clock and drift settings) is hardware and stays as it is."""
-    _need_qa(state)
+    require_qa(state)
     return replace(state, seed=None, locked=False, counter=0, kind=model.kind, hash=model.hash,
                    digits=model.digits, period=model.period, display=Display())

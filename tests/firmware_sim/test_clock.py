@@ -41,7 +41,7 @@ def test_split_ageing_equals_one_span() -> None:
 def test_temperature_is_always_slow() -> None:
     cold = Clock(NOW, drift=Drift(temp_mode="constant", temp_c=5)).age(NOW, DAY_MS)
     assert cold.offset_ms(NOW) == pytest.approx(-0.034 * 400 * 86.4, abs=1)
-    daily = Clock(NOW, drift=Drift(temp_mode="daily", temp_c=25, temp_swing_c=20))
+    daily = Clock(NOW, drift=Drift(temp_mode="daily", temp_c=25, temp_swing_c=10))
     assert daily.age(NOW, DAY_MS).offset_ms(NOW) == pytest.approx(-0.034 * 50 * 86.4, abs=1)
     assert Clock(NOW, drift=Drift(temp_mode="constant", temp_c=25)).age(NOW, DAY_MS).offset_ms(
         NOW
