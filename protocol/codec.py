@@ -15,6 +15,7 @@ over every byte before it; `binascii.crc_hqx(data, 0xFFFF)` computes exactly tha
 from __future__ import annotations
 
 import binascii
+import struct as _struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -409,23 +410,43 @@ def _build(codec: _Codec, message: Any) -> bytes:
     struct, out, _ = codec
     try:
         data: bytes = struct.build(out(message))
-    except (ConstructError, ValueError, TypeError, OverflowError, UnicodeError) as exc:
+    except (
+        ConstructError,
+        _struct.error,
+        ValueError,
+        TypeError,
+        OverflowError,
+        UnicodeError,
+    ) as exc:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
     if len(data) > MAX_PAYLOAD:
         raise LocalProtocolError(f"{type(message).__name__} payload exceeds {MAX_PAYLOAD} bytes")
     return data
 
 
+# Structs without length-prefixed fields: a short payload already fails to parse.
+_FIXED_SIZE: Final = frozenset(
+    codec[0] for cls, codec in _REQUEST_CODECS.items() if cls not in (ProvisionRequest,)
+)
+
+
 def _parse(codec: _Codec, payload: bytes, what: str) -> Any:
     struct, _, into = codec
     try:
         container = struct.parse(payload)
+        # construct's compiled parsers read length-prefixed fields without checking that the
+        # bytes were there; building the result again and comparing catches a short payload.
+        exact = struct in _FIXED_SIZE or struct.build(container) == payload
     except UnicodeError:
         raise PayloadError(ErrorCode.BAD_ARGUMENT, f"{what}: text is not valid") from None
-    except ConstructError as exc:
+    except (ConstructError, _struct.error, IndexError) as exc:
         raise PayloadError(
             ErrorCode.BAD_LENGTH, f"{what}: payload of {len(payload)} bytes does not fit"
         ) from exc
+    if not exact:
+        raise PayloadError(
+            ErrorCode.BAD_LENGTH, f"{what}: payload of {len(payload)} bytes is short"
+        )
     return into(container)
 
 
