@@ -29,8 +29,11 @@ def hotp(seed: bytes, counter: int, *, digits: int = 6, hash: Hash = "sha1") -> 
 
 
 def time_step(time_ms: int, period: int) -> int:
-    """The RFC 6238 step number (T) for a Unix time in milliseconds (T0 = 0)."""
-    return time_ms // (period * 1000)
+    """The RFC 6238 step number (T) for a Unix time in milliseconds (T0 = 0).
+
+    A clock set before 1970 (QA can do that) stays in step 0, as an unsigned RTC would not
+    count below zero."""
+    return max(0, time_ms // (period * 1000))
 
 
 def totp(

@@ -13,6 +13,7 @@ a PTY and/or a TCP port on the running asyncio loop.
 
 from __future__ import annotations
 
+import logging
 import random
 import tempfile
 import time
@@ -29,6 +30,7 @@ from protocol.connection import BadRequest, DeviceConnection, NeedData
 from protocol.messages import ErrorCode, ErrorReply, Reply, Request
 
 Now = Callable[[], int]
+log = logging.getLogger(__name__)
 
 
 def wall_ms() -> int:
@@ -103,7 +105,12 @@ class TokenSession:
             if isinstance(event, BadRequest):
                 out += conn.send(event, event.error_reply())
             else:
-                out += conn.send(event, self._token.handle(event.request))
+                try:
+                    reply: Reply = self._token.handle(event.request)
+                except Exception:  # a firmware bug must not take the port down
+                    log.exception("token %s failed on %r", self._token.serial, event.request)
+                    reply = ErrorReply(ErrorCode.BUSY, "internal error")
+                out += conn.send(event, reply)
 
 
 def open_token(

@@ -1,0 +1,198 @@
+"""`foblab sim ...`: run emulated tokens until SIGTERM or Ctrl-C.
+
+`sim run` serves one token on a PTY (stable symlink, default /tmp/foblab/<SERIAL>) or on
+TCP; `sim fleet` serves many on one event loop and writes a manifest and a PSKC seed file.
+Both print one ready line (JSON with --json) once their ports exist, and remove their links
+on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from firmware_sim.clock import Drift
+from firmware_sim.fleet import Fleet, FleetSpec, load_config
+from firmware_sim.models import DEFAULT_MODEL, HASHES, KINDS, PRESETS
+from firmware_sim.runner import TokenRunner, open_token
+from firmware_sim.storage import StorageError
+from tools._args import HEX, HOST_PORT
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"foblab: error: {' '.join(message.split())}", err=True)
+    sys.exit(1)
+
+
+def default_state_dir() -> Path:
+    """$FOBLAB_STATE_DIR, else $XDG_STATE_HOME/foblab/tokens (~/.local/state/...)."""
+    if env := os.environ.get("FOBLAB_STATE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "foblab" / "tokens"
+
+
+async def _until_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+@click.group()
+def sim() -> None:
+    """Run emulated display tokens on virtual serial ports."""
+
+
+@sim.command(context_settings={"ignore_unknown_options": True})
+@click.option("--model", type=click.Choice(list(PRESETS)), default=DEFAULT_MODEL,
+              show_default=True)
+@click.option("--serial", help="Serial number (default: a new one in the model's format).")
+@click.option("--seed", type=HEX, help="The secret, hex (default: a random one).")
+@click.option("--blank", is_flag=True, help="No seed: a blank token waiting for PROVISION.")
+@click.option("--kind", type=click.Choice(KINDS), help="Override the model's kind.")
+@click.option("--hash", "hash_", type=click.Choice(HASHES), help="Override the model's hash.")
+@click.option("--digits", type=click.Choice(["6", "8"]), help="Override the model's digits.")
+@click.option("--period", type=int, help="Override the model's TOTP step, seconds.")
+@click.option("--counter", type=int, default=0, help="HOTP initial counter.")
+@click.option("--qa", is_flag=True, help="Accept QA commands (drift, age, set-time, ...).")
+@click.option("--pty-link", type=click.Path(path_type=Path),
+              help="Symlink to publish (default /tmp/foblab/<SERIAL>).")
+@click.option("--tcp", type=HOST_PORT, help="Serve on TCP HOST:PORT instead of a PTY.")
+@click.option("--state-dir", type=click.Path(path_type=Path),
+              help="Where the token's state file lives (default $FOBLAB_STATE_DIR or "
+                   "~/.local/state/foblab/tokens).")
+@click.option("--drift-ppm", type=float, default=0.0, help="Crystal error, ppm (e.g. -12.5).")
+@click.option("--baud", type=int, help="Pace replies as a UART at this baud rate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
+def run(model: str, serial: str | None, seed: bytes | None, blank: bool, kind: Any,
+        hash_: Any, digits: str | None, period: int | None, counter: int, qa: bool,
+        pty_link: Path | None, tcp: tuple[str, int] | None, state_dir: Path | None,
+        drift_ppm: float, baud: int | None, as_json: bool) -> None:
+    """Run one token until SIGTERM or Ctrl-C."""
+    if seed is not None and blank:
+        _fail("--seed and --blank exclude each other")
+    if pty_link is not None and tcp is not None:
+        _fail("--pty-link and --tcp exclude each other")
+    generated = seed is None and not blank
+    if generated:
+        hash_name = hash_ or PRESETS[model].hash
+        seed = secrets.token_bytes({"sha1": 20, "sha256": 32, "sha512": 64}[hash_name])
+    try:
+        token = open_token(
+            model, serial=serial, seed=seed, kind=kind, hash=hash_,
+            digits=None if digits is None else int(digits), period=period, counter=counter,
+            drift=Drift(ppm=drift_ppm), qa=qa,
+            state_dir=state_dir if state_dir is not None else default_state_dir(),
+        )
+    except (ValueError, StorageError, OSError) as exc:
+        _fail(str(exc))
+    runner = TokenRunner(token, pty=tcp is None, pty_link=pty_link, tcp=tcp, baud=baud)
+
+    async def main() -> None:
+        try:
+            await runner.start()
+        except OSError as exc:
+            _fail(f"cannot open the port: {exc}")
+        try:
+            st = token.state
+            ready: dict[str, Any] = {
+                "serial": st.serial, "model": st.model, "kind": st.kind, "port": runner.url,
+                "device": runner.pty.path if runner.pty else None,
+                "state_file": str(token.file.path) if token.file else None,
+                "restored": token.restored, "provisioned": st.provisioned, "qa_mode": st.qa_mode,
+            }
+            if generated and not token.restored and st.seed is not None:
+                # the factory's copy of the secret, as a vendor's seed file would carry it
+                ready["seed"] = st.seed.hex()
+            if as_json:
+                click.echo(json.dumps(ready, sort_keys=True))
+            else:
+                extra = " (restored from its state file)" if token.restored else ""
+                seed_note = f"  seed {ready['seed']}" if "seed" in ready else ""
+                click.echo(f"{st.serial} {st.model} on {runner.url}{extra}{seed_note}")
+            sys.stdout.flush()
+            await _until_signal()
+        finally:
+            await runner.close()
+
+    asyncio.run(main())
+
+
+@sim.command()
+@click.option("--count", type=click.IntRange(0, 4000), default=None,
+              help="How many tokens (with --model; or use --config).")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), required=True,
+              help="Fleet directory: manifest.json, seeds.pskc, ports/, state/.")
+@click.option("--model", type=click.Choice(list(PRESETS)), default=None)
+@click.option("--config", type=click.Path(exists=True, path_type=Path),
+              help="TOML file with [[group]] tables (model, count, drift_ppm, drift_spread).")
+@click.option("--seed", type=int, help="Random seed: the same seed gives the same fleet.")
+@click.option("--drift-ppm", type=float, default=None, help="Every token's drift, ppm.")
+@click.option("--drift-spread", type=float, default=None,
+              help="Each token's drift is --drift-ppm plus uniform(-X, +X) ppm.")
+@click.option("--qa", is_flag=True, default=None, help="Tokens accept QA commands.")
+@click.option("--pskc-passphrase", help="Encrypt the seed file with PBKDF2 from this.")
+@click.option("--baud", type=int, help="Pace replies as a UART at this baud rate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
+def fleet(count: int | None, directory: Path, model: str | None, config: Path | None,
+          seed: int | None, drift_ppm: float | None, drift_spread: float | None,
+          qa: bool | None, pskc_passphrase: str | None, baud: int | None,
+          as_json: bool) -> None:
+    """Run many tokens in one process until SIGTERM or Ctrl-C.
+
+    Options given on the command line win over the config file.
+    """
+    fields: dict[str, Any] = {}
+    if config is not None:
+        try:
+            fields.update(load_config(config))
+        except ValueError as exc:
+            _fail(str(exc))
+        if count is not None or model is not None:
+            _fail("--count/--model and --config's [[group]] tables exclude each other")
+    elif count is None:
+        _fail("give --count N (or --config FILE)")
+    else:
+        fields.update(count=count, model=model or DEFAULT_MODEL,
+                      drift_ppm=drift_ppm or 0.0, drift_spread=drift_spread or 0.0)
+    for key, value in (("seed", seed), ("qa", qa), ("pskc_passphrase", pskc_passphrase),
+                       ("baud", baud)):
+        if value is not None:
+            fields[key] = value
+    try:
+        spec = FleetSpec(directory=directory, **fields)
+        spec.all_groups()
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc))
+
+    async def main() -> None:
+        running = Fleet(spec)
+        try:
+            await running.start()
+        except (ValueError, StorageError, OSError) as exc:
+            _fail(f"cannot start the fleet: {exc}")
+        try:
+            ready = {"count": len(running.tokens), "manifest": str(running.manifest_path),
+                     "seed_file": str(running.seed_file)}
+            click.echo(json.dumps(ready) if as_json else
+                       f"{ready['count']} tokens ready; manifest {ready['manifest']}")
+            sys.stdout.flush()
+            await _until_signal()
+        finally:
+            await running.close()
+
+    asyncio.run(main())

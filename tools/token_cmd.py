@@ -1,0 +1,327 @@
+"""`foblab token ...`: talk to a token (emulated or real) on any pyserial port URL.
+
+Every command takes PORT (a device path, a PTY symlink, `socket://HOST:PORT`, ...),
+`--timeout SECONDS` and `--json`. Failures (port missing, no reply, token refused) print one
+line `foblab: error: ...` on stderr and exit 1. JSON keys are listed in docs/token.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
+
+import click
+import serial
+
+from protocol.connection import TokenClient, pyserial_reader
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    AdjustOffsetRequest,
+    AgeRequest,
+    BatteryRequest,
+    ClockReply,
+    DriftSettings,
+    FactoryResetRequest,
+    FreezeRequest,
+    HashAlg,
+    InfoReply,
+    Kind,
+    ProvisionRequest,
+    SetDriftRequest,
+    SetTimeRequest,
+    TemperatureMode,
+    UnfreezeRequest,
+)
+from tools._args import DURATION, HEX, SIGNED_DURATION, TIME, format_time_ms
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+NEGATIVE_OK = {"ignore_unknown_options": True}  # so `-12.5` and `-90s` are arguments
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"foblab: error: {' '.join(message.split())}", err=True)
+    sys.exit(1)
+
+
+@contextmanager
+def _client(port: str, timeout: float) -> Iterator[TokenClient]:
+    try:
+        link = serial.serial_for_url(port, timeout=timeout, write_timeout=timeout)
+    except (serial.SerialException, OSError, ValueError) as exc:
+        _fail(f"cannot open {port}: {exc}")
+    try:
+        yield TokenClient(pyserial_reader(link), link.write)
+    except ProtocolError as exc:
+        _fail(f"{port}: {exc}")
+    except (serial.SerialException, OSError) as exc:
+        _fail(f"{port}: {exc}")
+    finally:
+        link.close()
+
+
+def common(f: _F) -> _F:
+    f = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(f)
+    f = click.option("--timeout", type=float, default=2.0, show_default=True,
+                     help="Seconds to wait for the token.")(f)
+    f = click.argument("port")(f)
+    return f
+
+
+def _emit(as_json: bool, data: dict[str, Any], human: str) -> None:
+    click.echo(json.dumps(data, sort_keys=True) if as_json else human)
+
+
+# -- output shapes ---------------------------------------------------------------------
+def info_dict(r: InfoReply) -> dict[str, Any]:
+    return {
+        "serial": r.serial, "model": r.model, "firmware": r.firmware,
+        "protocol_version": r.protocol_version, "kind": r.kind.name.lower(),
+        "hash": r.hash.name.lower(), "digits": r.digits, "period": r.period,
+        "provisioned": r.provisioned, "locked": r.locked, "qa_mode": r.qa_mode,
+        "battery_ok": r.battery_ok,
+    }
+
+
+def info_text(r: InfoReply) -> str:
+    algo = f"{r.kind.name} {r.hash.name} {r.digits} digits"
+    if r.kind is Kind.TOTP:
+        algo += f" {r.period} s"
+    flags = [name for name, on in (("provisioned", r.provisioned), ("locked", r.locked),
+                                   ("QA", r.qa_mode)) if on]
+    flags.append("battery ok" if r.battery_ok else "BATTERY DEAD")
+    return f"{r.serial}  {r.model} (firmware {r.firmware})  {algo}  [{', '.join(flags)}]"
+
+
+def clock_dict(r: ClockReply) -> dict[str, Any]:
+    d = r.drift
+    return {
+        "token_time": r.token_time_ms / 1000, "token_time_iso": format_time_ms(r.token_time_ms),
+        "offset_s": r.offset_ms / 1000, "frozen": r.frozen, "drift_ppm": d.ppm,
+        "aging_ppm_per_year": d.aging_ppm_per_year,
+        "temperature_mode": d.temperature_mode.name.lower(), "temperature_c": d.temperature_c,
+        "temperature_swing_c": d.temperature_swing_c,
+    }
+
+
+def clock_text(r: ClockReply) -> str:
+    d = r.drift
+    parts = [f"{format_time_ms(r.token_time_ms)}", f"offset {r.offset_ms / 1000:+.3f} s",
+             f"drift {d.ppm:+.3f} ppm"]
+    if d.aging_ppm_per_year:
+        parts.append(f"aging {d.aging_ppm_per_year:+.3f} ppm/yr")
+    if d.temperature_mode is TemperatureMode.CONSTANT:
+        parts.append(f"{d.temperature_c:.2f} °C")
+    elif d.temperature_mode is TemperatureMode.DAILY:
+        parts.append(f"{d.temperature_c:.2f}±{d.temperature_swing_c:.2f} °C daily")
+    if r.frozen:
+        parts.append("FROZEN")
+    return "  ".join(parts)
+
+
+# -- commands ----------------------------------------------------------------------------
+@click.group()
+def token() -> None:
+    """Talk to a token on PORT (any pyserial URL: a device, a PTY link, socket://HOST:PORT)."""
+
+
+@token.command()
+@common
+def info(port: str, timeout: float, as_json: bool) -> None:
+    """Serial, model, algorithm and flags."""
+    with _client(port, timeout) as c:
+        r = c.info()
+    _emit(as_json, info_dict(r), info_text(r))
+
+
+@token.command()
+@common
+def press(port: str, timeout: float, as_json: bool) -> None:
+    """Press the button: the code now on the display."""
+    with _client(port, timeout) as c:
+        r = c.press()
+    _emit(as_json, {"code": r.code, "seconds_left": r.seconds_left},
+          r.code + (f"  ({r.seconds_left} s left)" if r.seconds_left else ""))
+
+
+@token.command()
+@common
+def display(port: str, timeout: float, as_json: bool) -> None:
+    """What the display shows, without pressing ("" when blank)."""
+    with _client(port, timeout) as c:
+        r = c.display()
+    _emit(as_json, {"code": r.code, "seconds_left": r.seconds_left},
+          (r.code + (f"  ({r.seconds_left} s left)" if r.seconds_left else "")) if r.code
+          else "(blank)")
+
+
+@token.command()
+@common
+def clock(port: str, timeout: float, as_json: bool) -> None:
+    """The token's own time, its offset from true time and its drift settings."""
+    with _client(port, timeout) as c:
+        r = c.clock()
+    _emit(as_json, clock_dict(r), clock_text(r))
+
+
+@token.command()
+@common
+@click.option("--interval", type=float, default=0.5, show_default=True,
+              help="Seconds between looks at the display.")
+@click.option("--count", type=int, default=0, help="Stop after this many updates (0: never).")
+@click.option("--no-press", is_flag=True, help="Only watch; do not press when the display blanks.")
+def watch(port: str, timeout: float, as_json: bool, interval: float, count: int,
+          no_press: bool) -> None:
+    """Show the display live with its countdown (presses again when it blanks). Ctrl-C stops."""
+    shown = 0
+    last: tuple[str, int] | None = None
+    with _client(port, timeout) as c:
+        try:
+            while count == 0 or shown < count:
+                r = c.display()
+                if not r.code and not no_press:
+                    pr = c.press()
+                    r_code, r_left = pr.code, pr.seconds_left
+                else:
+                    r_code, r_left = r.code, r.seconds_left
+                if (r_code, r_left) != last:
+                    last = (r_code, r_left)
+                    shown += 1
+                    _emit(as_json, {"code": r_code, "seconds_left": r_left,
+                                    "time": round(time.time(), 3)},
+                          f"{r_code or '(blank)':>8}  {r_left:3d} s" if r_code else "(blank)")
+                if count == 0 or shown < count:
+                    time.sleep(interval)
+        except KeyboardInterrupt:
+            pass
+
+
+_KINDS = {"totp": Kind.TOTP, "hotp": Kind.HOTP}
+_HASHES = {"sha1": HashAlg.SHA1, "sha256": HashAlg.SHA256, "sha512": HashAlg.SHA512}
+
+
+@token.command()
+@common
+@click.option("--seed", "seed", type=HEX, required=True, help="The secret, hex.")
+@click.option("--kind", type=click.Choice(list(_KINDS)), default="totp", show_default=True)
+@click.option("--hash", "hash_", type=click.Choice(list(_HASHES)), default="sha1",
+              show_default=True)
+@click.option("--digits", type=click.Choice(["6", "8"]), default="6", show_default=True)
+@click.option("--period", type=int, default=30, show_default=True, help="TOTP step, seconds.")
+@click.option("--counter", type=int, default=0, show_default=True, help="HOTP initial counter.")
+def provision(port: str, timeout: float, as_json: bool, seed: bytes, kind: str, hash_: str,
+              digits: str, period: int, counter: int) -> None:
+    """Seed a blank token (it locks itself; reseeding is refused)."""
+    req = ProvisionRequest(seed=seed, kind=_KINDS[kind], hash=_HASHES[hash_],
+                           digits=int(digits), period=period, counter=counter)
+    with _client(port, timeout) as c:
+        r = c.info_command(req)
+    _emit(as_json, info_dict(r), info_text(r))
+
+
+# -- QA ----------------------------------------------------------------------------------
+@token.group()
+def qa() -> None:
+    """QA commands (the token must run in QA mode): make the clock misbehave on purpose."""
+
+
+def _clock_cmd(port: str, timeout: float, as_json: bool, req: Any) -> None:
+    with _client(port, timeout) as c:
+        r = c.clock_command(req)
+    _emit(as_json, clock_dict(r), clock_text(r))
+
+
+def _info_cmd(port: str, timeout: float, as_json: bool, req: Any) -> None:
+    with _client(port, timeout) as c:
+        r = c.info_command(req)
+    _emit(as_json, info_dict(r), info_text(r))
+
+
+_TEMP = {"none": TemperatureMode.NONE, "constant": TemperatureMode.CONSTANT,
+         "daily": TemperatureMode.DAILY}
+
+
+@qa.command(context_settings=NEGATIVE_OK)
+@common
+@click.argument("ppm", type=float)
+@click.option("--aging", type=float, default=0.0, help="Aging, ppm per year.")
+@click.option("--temp-mode", type=click.Choice(list(_TEMP)), default=None,
+              help="Temperature model (default: constant if --temp is given, else none).")
+@click.option("--temp", "temp_c", type=float, default=25.0, help="°C, or the daily mean.")
+@click.option("--swing", "swing_c", type=float, default=0.0,
+              help="Daily profile amplitude, °C (implies --temp-mode daily).")
+def drift(port: str, timeout: float, as_json: bool, ppm: float, aging: float,
+          temp_mode: str | None, temp_c: float, swing_c: float) -> None:
+    """Set the crystal's drift: PPM (decimal, e.g. -12.5), aging and temperature."""
+    if temp_mode is None:
+        temp_mode = "daily" if swing_c else ("constant" if temp_c != 25.0 else "none")
+    settings = DriftSettings(ppm=ppm, aging_ppm_per_year=aging, temperature_mode=_TEMP[temp_mode],
+                             temperature_c=temp_c, temperature_swing_c=swing_c)
+    _clock_cmd(port, timeout, as_json, SetDriftRequest(settings))
+
+
+@qa.command(context_settings=NEGATIVE_OK)
+@common
+@click.argument("delta", type=SIGNED_DURATION)
+def offset(port: str, timeout: float, as_json: bool, delta: int) -> None:
+    """Step the clock by DELTA (e.g. 90s, -15m): a jump."""
+    _clock_cmd(port, timeout, as_json, AdjustOffsetRequest(delta))
+
+
+@qa.command()
+@common
+@click.argument("span", type=DURATION)
+def age(port: str, timeout: float, as_json: bool, span: int) -> None:
+    """Live through SPAN (e.g. 365d) of simulated time at once, drift applied."""
+    _clock_cmd(port, timeout, as_json, AgeRequest(span))
+
+
+@qa.command("set-time")
+@common
+@click.argument("when", type=TIME)
+def set_time(port: str, timeout: float, as_json: bool, when: int) -> None:
+    """Set the token's clock to WHEN (Unix seconds or ISO 8601)."""
+    _clock_cmd(port, timeout, as_json, SetTimeRequest(when))
+
+
+@qa.command()
+@common
+def freeze(port: str, timeout: float, as_json: bool) -> None:
+    """Stop the token's clock."""
+    _clock_cmd(port, timeout, as_json, FreezeRequest())
+
+
+@qa.command()
+@common
+def unfreeze(port: str, timeout: float, as_json: bool) -> None:
+    """Let the clock run on from where it was frozen."""
+    _clock_cmd(port, timeout, as_json, UnfreezeRequest())
+
+
+@qa.command()
+@common
+@click.option("--count", type=click.IntRange(1, 255), default=3, show_default=True)
+def peek(port: str, timeout: float, as_json: bool, count: int) -> None:
+    """Codes for the current step and the next COUNT-1 (HOTP: the next presses)."""
+    with _client(port, timeout) as c:
+        r = c.peek(count)
+    _emit(as_json, {"codes": list(r.codes), "step": r.step, "seconds_left": r.seconds_left},
+          " ".join(r.codes))
+
+
+@qa.command()
+@common
+@click.argument("state", type=click.Choice(["dead", "replaced"]))
+def battery(port: str, timeout: float, as_json: bool, state: str) -> None:
+    """Kill the battery (blank display, clock stops) or fit a new one."""
+    _info_cmd(port, timeout, as_json, BatteryRequest(dead=state == "dead"))
+
+
+@qa.command()
+@common
+def reset(port: str, timeout: float, as_json: bool) -> None:
+    """Factory reset: erase the seed and unlock (the clock keeps running)."""
+    _info_cmd(port, timeout, as_json, FactoryResetRequest())
