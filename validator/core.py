@@ -45,6 +45,8 @@ class Policy:
     `max_failures`-th consecutive failure lasts `lock_base` seconds, doubling per further
     failure up to `lock_cap`. It always lifts.
     `typing_allowance`: seconds a code may take from the token's display to the validator.
+    `fresh_allowance`: seconds the second code of an enable/resync pair is believed to have
+    been on display (a soft belief; see `validator.drift`).
     `max_rate_ppm`: the physical bound on a token clock's rate error.
     `history`: drift observations kept per token.
     """
@@ -59,6 +61,7 @@ class Policy:
     max_devices: int = 8
     drift_policy: DriftPolicy = DriftPolicy.TRACKING
     typing_allowance: float = 5.0
+    fresh_allowance: float = 5.0
     max_rate_ppm: float = 100.0
     history: int = 32
 
@@ -213,7 +216,9 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
 
     period = state.period
     window = policy.window if state.window is None else state.window
-    center = (now + state.drift.predict(now) - state.t0) / period
+    # The code on display was read up to `typing_allowance` seconds before it arrived.
+    shown = now - policy.typing_allowance / 2
+    center = (shown + state.drift.predict(shown) - state.t0) / period
     replayed = False
     for step in _order(center, window):
         if hmac.compare_digest(hotp(key, step, digits, algorithm), code):
@@ -274,7 +279,8 @@ def resync(state: TokenState, key: bytes, code1: str, code2: str, now: float,
                 continue
             obs = _drift.interval(second, now, period, state.t0, policy.typing_allowance)
             drift = _drift.reset(state.drift, obs, policy=policy.drift_policy, period=period,
-                                 max_rate=policy.max_rate_ppm * 1e-6)
+                                 max_rate=policy.max_rate_ppm * 1e-6,
+                                 fresh=policy.fresh_allowance)
             new = replace(state, watermark=second, drift=drift, failures=0, locked_until=0.0)
             return Decision(Reason.ACCEPTED, new, matched=second)
     return _fail(state, Reason.REPLAYED if replayed else Reason.INVALID_CODE, now, policy)

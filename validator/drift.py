@@ -52,10 +52,11 @@ class Drift:
     tref: float = 0.0
     poly: tuple[Vertex, ...] = ()
     history: tuple[Observation, ...] = ()
+    soft: tuple[Vertex, ...] = ()
 
     def predict(self, now: float) -> float:
         """The believed offset (token time minus true time) at `now`, in seconds."""
-        poly = self.poly
+        poly = self.soft or self.poly
         if not poly:
             return self.offset
         dt = now - self.tref
@@ -89,6 +90,7 @@ class Drift:
             "tref": self.tref,
             "poly": [list(v) for v in self.poly],
             "history": [list(o) for o in self.history],
+            "soft": [list(v) for v in self.soft],
         }
 
     @classmethod
@@ -99,6 +101,7 @@ class Drift:
             poly=tuple((float(a), float(r)) for a, r in data.get("poly", ())),
             history=tuple((float(t), float(lo), float(hi))
                           for t, lo, hi in data.get("history", ())),
+            soft=tuple((float(a), float(r)) for a, r in data.get("soft", ())),
         )
 
 
@@ -162,18 +165,27 @@ def observe(
     if drift.poly:
         poly = _add(list(drift.poly), drift.tref, obs)
         if len(poly) >= 3:
-            return replace(drift, poly=tuple(poly), history=kept)
+            soft = _add(list(drift.soft), drift.tref, obs) if drift.soft else []
+            return replace(drift, poly=tuple(poly), history=kept,
+                           soft=tuple(soft) if len(soft) >= 3 else ())
     tref, poly = _rebuild(kept, max_rate)
-    return replace(drift, tref=tref, poly=tuple(poly), history=kept)
+    return replace(drift, tref=tref, poly=tuple(poly), history=kept, soft=())
 
 
 def reset(drift: Drift, obs: Observation, *, policy: DriftPolicy, period: int,
-          max_rate: float) -> Drift:
-    """The estimate after a resync or an enable: only what the pair shows remains."""
+          max_rate: float, fresh: float) -> Drift:
+    """The estimate after a resync or an enable: only what the pair shows remains.
+
+    A pair is typed by waiting for the code to change and entering the new one, so the
+    second code was most likely shown at most `fresh` seconds before it arrived. That is a
+    belief, not a proof: it goes into the *soft* set, which predictions prefer while later
+    codes agree with it and which is dropped as soon as one does not.
+    """
     if policy is not DriftPolicy.TRACKING:
         return Drift(offset=_whole_step(obs, period))
-    return Drift(offset=(obs[1] + obs[2]) / 2, tref=obs[0], poly=tuple(_start(obs, max_rate)),
-                 history=(obs,))
+    t, lo, hi = obs
+    return Drift(offset=(lo + hi) / 2, tref=t, poly=tuple(_start(obs, max_rate)),
+                 history=(obs,), soft=tuple(_start((t, lo, min(hi, lo + fresh)), max_rate)))
 
 
 def _whole_step(obs: Observation, period: int) -> float:

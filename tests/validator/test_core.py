@@ -1,0 +1,190 @@
+"""The pure core: RFC vectors, window, replay, HOTP look-ahead, resync, throttling."""
+
+from __future__ import annotations
+
+import base64
+
+import pyotp
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from validator import core
+from validator.core import Kind, Policy, Reason, TokenState
+from validator.otp import hotp, totp
+
+RFC4226_KEY = b"12345678901234567890"
+RFC4226 = ["755224", "287082", "359152", "969429", "338314",
+           "254676", "287922", "162583", "399871", "520489"]
+RFC6238_KEYS = {
+    "sha1": b"12345678901234567890",
+    "sha256": b"12345678901234567890123456789012",
+    "sha512": b"1234567890123456789012345678901234567890123456789012345678901234",
+}
+RFC6238 = [  # (time, sha1, sha256, sha512), RFC 6238 Appendix B
+    (59, "94287082", "46119246", "90693936"),
+    (1111111109, "07081804", "68084774", "25091201"),
+    (1111111111, "14050471", "67062674", "99943326"),
+    (1234567890, "89005924", "91819424", "93441116"),
+    (2000000000, "69279037", "90698825", "38618901"),
+    (20000000000, "65353130", "77737706", "47863826"),
+]
+
+
+def test_rfc4226_vectors_through_otp_and_core() -> None:
+    state = TokenState(kind=Kind.HOTP)
+    for counter, expected in enumerate(RFC4226):
+        assert hotp(RFC4226_KEY, counter) == expected
+        decision = core.verify(state, RFC4226_KEY, expected, 0.0)
+        assert decision.accepted and decision.matched == counter
+        state = decision.state
+    assert state.watermark == 9
+
+
+@pytest.mark.parametrize("row", RFC6238)
+@pytest.mark.parametrize("index,algorithm", [(1, "sha1"), (2, "sha256"), (3, "sha512")])
+def test_rfc6238_vectors_through_core(row: tuple, index: int, algorithm: str) -> None:
+    t, expected = row[0], row[index]
+    key = RFC6238_KEYS[algorithm]
+    assert totp(key, t, 8, algorithm) == expected
+    state = TokenState(kind=Kind.TOTP, digits=8, algorithm=algorithm)
+    decision = core.verify(state, key, expected, float(t))
+    assert decision.accepted, decision.reason
+    assert decision.matched == t // 30
+
+
+def test_matches_pyotp_for_other_periods_and_t0() -> None:
+    key = bytes(range(20))
+    secret = base64.b32encode(key).decode()
+    for t in (0, 59, 61, 1_000_000_007, 1_700_000_123):
+        assert totp(key, t, 6, "sha1", period=60) == pyotp.TOTP(secret, interval=60).at(t)
+    # T0 shifts the step origin: step = (t - T0) // P
+    assert totp(key, 1000 + 45, 6, "sha1", 30, 1000) == hotp(key, 1)
+
+
+@pytest.mark.parametrize("code", ["", "12345", "1234567", "12a456", " 12345", "१२३४५६",
+                                  "+12345", "12 456"])
+def test_malformed_codes_refused_without_hmac(code: str, monkeypatch) -> None:
+    calls = []
+    real = core.hotp
+    monkeypatch.setattr(core, "hotp", lambda *a: calls.append(a) or real(*a))
+    decision = core.verify(TokenState(kind=Kind.TOTP), b"k" * 20, code, 1e9)
+    assert decision.reason is Reason.INVALID_CODE and not calls
+    assert decision.state.failures == 1
+
+
+KEY = b"0123456789abcdefghij"
+NOW = 1_700_000_000.0
+
+
+def code_at(step: int, digits: int = 6) -> str:
+    return hotp(KEY, step, digits)
+
+
+@settings(max_examples=60, deadline=None)
+@given(offset=st.integers(-6, 6), window=st.integers(0, 3), frac=st.floats(0, 29.9))
+def test_window_accepts_exactly_the_window(offset: int, window: int, frac: float) -> None:
+    """With no drift known, a code `offset` steps from now is accepted iff |offset| <= window
+    (the believed step is the one holding now - typing_allowance/2)."""
+    policy = Policy(window=window, typing_allowance=0.0)
+    now = NOW - NOW % 30 + frac
+    step = int(now // 30) + offset
+    decision = core.verify(TokenState(kind=Kind.TOTP), KEY, code_at(step), now, policy)
+    assert decision.accepted == (abs(offset) <= window)
+    if decision.accepted:
+        assert decision.matched == step
+
+
+@settings(max_examples=60, deadline=None)
+@given(first=st.integers(-1, 1), second=st.integers(-1, 1))
+def test_replay_never_accepts_at_or_before_watermark(first: int, second: int) -> None:
+    base = int(NOW // 30)
+    state = TokenState(kind=Kind.TOTP)
+    d1 = core.verify(state, KEY, code_at(base + first), NOW)
+    assert d1.accepted
+    d2 = core.verify(d1.state, KEY, code_at(base + second), NOW + 1)
+    if second <= first:
+        # Refused: as replayed while the step is in the (re-centred) window, else invalid.
+        assert d2.reason in (Reason.REPLAYED, Reason.INVALID_CODE)
+        assert d2.reason is Reason.REPLAYED or second < first
+        assert d2.state.watermark == base + first
+    elif second == first + 1:  # the token's next step is always inside the window
+        assert d2.accepted and d2.state.watermark == base + second
+    else:  # two steps past a code that showed the token behind: may fall outside
+        assert d2.state.watermark == (base + second if d2.accepted else base + first)
+
+
+def test_hotp_lookahead_and_replay() -> None:
+    state = TokenState(kind=Kind.HOTP)
+    assert core.verify(state, KEY, code_at(11), NOW).reason is Reason.INVALID_CODE
+    d = core.verify(state, KEY, code_at(10), NOW)
+    assert d.accepted and d.state.next_counter == 11
+    assert core.verify(d.state, KEY, code_at(10), NOW).reason is Reason.REPLAYED
+    assert core.verify(d.state, KEY, code_at(3), NOW).reason is Reason.REPLAYED
+    assert core.verify(d.state, KEY, code_at(11), NOW).accepted
+
+
+@settings(max_examples=40, deadline=None)
+@given(shift=st.integers(-2880, 2880))
+def test_resync_within_a_day_then_next_code_accepted(shift: int) -> None:
+    """A token `shift` steps off (up to ±24 h) resyncs from a pair, and its very next code
+    (one step later) is accepted: no dead step."""
+    state = TokenState(kind=Kind.TOTP)
+    s = int(NOW // 30) + shift
+    d = core.resync(state, KEY, code_at(s - 1), code_at(s), NOW)
+    assert d.accepted and d.state.watermark == s
+    assert core.verify(d.state, KEY, code_at(s), NOW + 1).reason is Reason.REPLAYED
+    nxt = core.verify(d.state, KEY, code_at(s + 1), NOW + 30)
+    assert nxt.accepted
+
+
+def test_resync_refuses_beyond_range_and_non_consecutive() -> None:
+    state = TokenState(kind=Kind.TOTP)
+    s = int(NOW // 30) + 2881 + 1
+    assert not core.resync(state, KEY, code_at(s - 1), code_at(s), NOW).accepted
+    s = int(NOW // 30)
+    assert not core.resync(state, KEY, code_at(s - 2), code_at(s), NOW).accepted
+
+
+def test_hotp_resync_within_1000_counters() -> None:
+    state = TokenState(kind=Kind.HOTP)
+    d = core.resync(state, KEY, code_at(999), code_at(1000), NOW)
+    assert d.accepted and d.state.next_counter == 1001
+    assert core.verify(d.state, KEY, code_at(1001), NOW).accepted
+    assert not core.resync(state, KEY, code_at(1001), code_at(1002), NOW).accepted
+
+
+def test_throttle_locks_doubles_caps_and_clears() -> None:
+    policy = Policy(lock_cap=100.0)
+    state = TokenState(kind=Kind.TOTP)
+    now = NOW
+    for _ in range(4):
+        state = core.verify(state, KEY, "000000", now, policy).state
+    assert state.locked_until == 0.0
+    state = core.verify(state, KEY, "000000", now, policy).state  # 5th failure
+    assert state.locked_until == now + 30
+    # While locked: refused as locked, even the right code, without counting a failure.
+    good = code_at(int(now // 30))
+    locked = core.verify(state, KEY, good, now + 10, policy)
+    assert locked.reason is Reason.LOCKED and locked.retry_after == pytest.approx(20)
+    assert locked.state.failures == 5
+    assert core.resync(state, KEY, good, good, now + 10, policy).reason is Reason.LOCKED
+    waits = []
+    for _ in range(4):
+        now = state.locked_until
+        state = core.verify(state, KEY, "000000", now, policy).state
+        waits.append(state.locked_until - now)
+    assert waits == [60, 100, 100, 100]  # doubling, capped
+    now = state.locked_until
+    ok = core.verify(state, KEY, code_at(int(now // 30)), now, policy)
+    assert ok.accepted and ok.state.failures == 0 and ok.state.locked_until == 0
+    assert core.unlock(state).failures == 0
+
+
+def test_state_json_roundtrip_keeps_drift() -> None:
+    state = TokenState(kind=Kind.TOTP, digits=8, algorithm="sha256", period=60, t0=5)
+    s = int((NOW - 5) // 60)
+    d = core.resync(state, KEY, hotp(KEY, s - 1, 8, "sha256"), hotp(KEY, s, 8, "sha256"),
+                    NOW)
+    assert d.accepted
+    assert TokenState.from_json(d.state.to_json()) == d.state
