@@ -1,0 +1,94 @@
+"""`foblab sim run|fleet` as real processes, and `foblab token` as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FOBLAB = str(Path(sys.executable).with_name("foblab"))
+SEED = "3132333435363738393031323334353637383930"
+
+
+def start(*args: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
+    proc = subprocess.Popen([FOBLAB, "sim", *args, "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        _, err = proc.communicate(timeout=10)
+        raise AssertionError(f"foblab sim failed: {err}")
+    return proc, json.loads(line)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=10)
+    assert proc.returncode == 0
+
+
+def token(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FOBLAB, "token", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_sim_run_and_token_subprocess(tmp_path: Path) -> None:
+    link = tmp_path / "GAHT12345678"
+    proc, ready = start("run", "--serial", "GAHT12345678", "--seed", SEED, "--digits", "8",
+                        "--qa", "--pty-link", str(link), "--state-dir", str(tmp_path / "s"))
+    try:
+        assert ready["port"] == str(link) and link.is_symlink()
+        out = token("qa", "freeze", str(link), "--json")
+        assert out.returncode == 0, out.stderr
+        token("qa", "set-time", str(link), "1234567890")
+        press = token("press", str(link), "--json")
+        assert json.loads(press.stdout)["code"] == "89005924"
+        info = json.loads(token("info", str(link), "--json").stdout)
+        assert info["serial"] == "GAHT12345678"
+    finally:
+        stop(proc)
+    assert not link.exists()
+
+
+def test_sim_run_tcp(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc, ready = start("run", "--model", "event", "--seed", SEED, "--tcp", f"127.0.0.1:{port}",
+                        "--state-dir", str(tmp_path))
+    try:
+        assert ready["port"] == f"socket://127.0.0.1:{port}"
+        press = token("press", str(ready["port"]), "--json")
+        assert json.loads(press.stdout)["code"] == "755224"
+    finally:
+        stop(proc)
+
+
+def test_sim_fleet_writes_manifest_last(tmp_path: Path) -> None:
+    proc, ready = start("fleet", "--count", "3", "--dir", str(tmp_path), "--seed", "1",
+                        "--drift-spread", "10", "--pskc-passphrase", "pw")
+    try:
+        manifest = json.loads(Path(str(ready["manifest"])).read_text())
+        assert len(manifest["tokens"]) == 3
+        for serial, entry in manifest["tokens"].items():
+            assert Path(entry["port"]).is_symlink()
+            info = token("info", entry["port"], "--json")
+            assert json.loads(info.stdout)["serial"] == serial
+        assert b"EncryptedValue" in (tmp_path / "seeds.pskc").read_bytes()
+    finally:
+        stop(proc)
+    assert not (tmp_path / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "--seed", "zz"], "not hex"),
+    (["fleet", "--dir", "/tmp"], "--count"),
+])
+def test_sim_usage_errors(args: list[str], needle: str) -> None:
+    out = subprocess.run([FOBLAB, "sim", *args], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and needle in out.stderr
+

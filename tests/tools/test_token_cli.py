@@ -1,0 +1,132 @@
+"""`foblab token ...` through click's CliRunner against an in-process token on a real PTY."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from firmware_sim.background import serve_token
+from firmware_sim.runner import TokenRunner
+from tools._args import parse_duration_ms, parse_hex, parse_host_port, parse_time_ms
+from tools.cli import main
+
+SEED = "3132333435363738393031323334353637383930"
+
+
+@pytest.fixture
+def qa_token(tmp_path: Path) -> Iterator[TokenRunner]:
+    with serve_token(seed=bytes.fromhex(SEED), digits=8, qa=True,
+                     pty_link=tmp_path / "tok") as running:
+        yield running
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def run_json(*args: str) -> dict[str, Any]:
+    code, out, err = run(*args, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert isinstance(data, dict)
+    return data
+
+
+def test_info_and_press_json(qa_token: TokenRunner) -> None:
+    info = run_json("token", "info", qa_token.url)
+    assert info["kind"] == "totp" and info["hash"] == "sha1" and info["digits"] == 8
+    assert info["period"] == 30 and str(info["serial"]).startswith("GAHT")
+    press = run_json("token", "press", qa_token.url)
+    assert len(str(press["code"])) == 8
+    assert len(str(run_json("token", "display", qa_token.url)["code"])) == 8
+
+
+def test_rfc_vector_via_cli(qa_token: TokenRunner) -> None:
+    run_json("token", "qa", "freeze", qa_token.url)
+    clock = run_json("token", "qa", "set-time", qa_token.url, "2033-05-18T03:33:20Z")
+    assert clock["token_time"] == 2_000_000_000.0 and clock["frozen"] is True
+    assert run_json("token", "press", qa_token.url)["code"] == "69279037"
+    assert run_json("token", "qa", "peek", qa_token.url, "--count", "2")["codes"][0] == "69279037"
+    assert run_json("token", "qa", "set-time", qa_token.url, "59")["token_time"] == 59.0
+    assert run_json("token", "press", qa_token.url)["code"] == "94287082"
+
+
+def test_drift_age_offset(qa_token: TokenRunner) -> None:
+    assert run_json("token", "qa", "drift", qa_token.url, "-12.5")["drift_ppm"] == -12.5
+    run_json("token", "qa", "drift", qa_token.url, "40")
+    before = run_json("token", "clock", qa_token.url)["offset_s"]
+    after = run_json("token", "qa", "age", qa_token.url, "365d")["offset_s"]
+    assert 1261 <= float(after) - float(before) <= 1262.1
+    stepped = run_json("token", "qa", "offset", qa_token.url, "-90s")["offset_s"]
+    assert abs(float(stepped) - float(after) + 90) < 0.5
+    daily = run_json("token", "qa", "drift", qa_token.url, "0", "--temp", "10", "--swing", "8")
+    assert daily["temperature_mode"] == "daily" and daily["temperature_swing_c"] == 8
+
+
+def test_battery_and_reset_and_provision(qa_token: TokenRunner) -> None:
+    assert run_json("token", "qa", "battery", qa_token.url, "dead")["battery_ok"] is False
+    code, _, err = run("token", "press", qa_token.url)
+    assert code == 1 and "battery_dead" in err and len(err.strip().splitlines()) == 1
+    run_json("token", "qa", "battery", qa_token.url, "replaced")
+    code, _, err = run("token", "provision", qa_token.url, "--seed", "00ff")
+    assert code == 1 and "already_provisioned" in err
+    assert run_json("token", "qa", "reset", qa_token.url)["provisioned"] is False
+    info = run_json("token", "provision", qa_token.url, "--seed", SEED, "--kind", "hotp")
+    assert info["kind"] == "hotp" and info["locked"] is True
+    assert run_json("token", "press", qa_token.url)["code"] == "755224"
+
+
+def test_watch_shows_the_countdown(qa_token: TokenRunner) -> None:
+    code, out, err = run("token", "watch", qa_token.url, "--count", "2", "--interval", "0.05",
+                         "--json")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 2 and all(len(x["code"]) == 8 for x in lines)
+
+
+def test_failures_are_one_line_and_nonzero(tmp_path: Path) -> None:
+    code, _, err = run("token", "info", str(tmp_path / "missing"))
+    assert code == 1 and err.startswith("foblab: error: cannot open")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_qa_refused_without_qa_mode(tmp_path: Path) -> None:
+    with serve_token(seed=bytes.fromhex(SEED), pty_link=tmp_path / "tok") as running:
+        code, _, err = run("token", "qa", "age", running.url, "1d", "--timeout", "1")
+        assert code == 1 and "not_permitted" in err
+
+
+def test_timeout_when_nobody_answers(tmp_path: Path) -> None:
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        code, _, err = run("token", "info", os.ttyname(slave), "--timeout", "0.2")
+        assert code == 1 and "no reply" in err
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_argument_parsing() -> None:
+    assert parse_duration_ms("90s") == 90_000
+    assert parse_duration_ms("15m") == 900_000
+    assert parse_duration_ms("12h") == 43_200_000
+    assert parse_duration_ms("365d") == 31_536_000_000
+    assert parse_duration_ms("-90s", signed=True) == -90_000
+    with pytest.raises(ValueError):
+        parse_duration_ms("-90s")
+    with pytest.raises(ValueError):
+        parse_duration_ms("soon")
+    assert parse_time_ms("2033-05-18T03:33:20Z") == 2_000_000_000_000
+    assert parse_time_ms("1111111109") == 1_111_111_109_000
+    assert parse_time_ms("2009-03-18T01:58:29+00:00") == 1_237_341_509_000
+    assert parse_hex("0x31 32") == b"12"
+    assert parse_host_port("127.0.0.1:7001") == ("127.0.0.1", 7001)
