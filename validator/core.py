@@ -176,6 +176,11 @@ def unlock(state: TokenState) -> TokenState:
 
 
 def _fail(state: TokenState, reason: Reason, now: float, policy: Policy) -> Decision:
+    # A replayed code was valid once: it proves nothing wrong about the caller (a double
+    # submit, a losing concurrent request), and counting it would let anyone who saw one
+    # old code lock the token out. Only wrong codes count toward the throttle.
+    if reason is Reason.REPLAYED:
+        return Decision(reason, state)
     return Decision(reason, record_failure(state, now, policy))
 
 
