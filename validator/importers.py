@@ -145,16 +145,17 @@ def parse_pskc(content: bytes | str, *, passphrase: str | None = None,
 def parse_csv(content: bytes | str) -> ParsedFile:
     """Read the CSV format above. Every line is checked; the first bad one is named."""
     text = content.decode("utf-8-sig") if isinstance(content, bytes) else content
-    lines = [line for line in text.splitlines() if line.strip() and
-             not line.lstrip().startswith("#")]
-    rows = list(csv.reader(lines))
+    # Keep the file's own line numbers, so an error names the line an editor shows.
+    rows = [(number, next(csv.reader([line])))
+            for number, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
     if not rows:
         raise SeedFileError("the CSV file is empty")
-    header = tuple(cell.strip().lower() for cell in rows[0])
+    header = tuple(cell.strip().lower() for cell in rows[0][1])
     if header != CSV_HEADER:
         raise SeedFileError(f"the CSV header must be {','.join(CSV_HEADER)}")
     records: list[SeedRecord] = []
-    for number, row in enumerate(rows[1:], 2):
+    for number, row in rows[1:]:
         cells = [cell.strip() for cell in row]
         where = f"line {number}"
         if len(cells) != len(CSV_HEADER):

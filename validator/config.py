@@ -1,0 +1,183 @@
+"""The daemon's configuration: `foblab.toml`, written by `foblab validator init`.
+
+    [validator]
+    database = "validator.db"          # paths are relative to the config file's folder
+    seed_key_file = "seed.key"         # AES-256-GCM key of the seeds at rest (0600)
+    admin_key_file = "admin.key"       # API key of the admin role (0600)
+    verifier_key_file = "verifier.key" # API key of the verifier role (0600)
+    host = "127.0.0.1"
+    port = 8700
+    durability = "normal"              # or "full": fsync every accepted code
+    max_body_bytes = 16384             # every request body but seed-file imports
+    max_import_bytes = 16777216        # POST /v1/tokens/import
+    station_timeout = 2.0              # seconds to wait for a token's reply on a station
+    access_log = true
+
+    [policy]                           # validator.core.Policy fields; all optional
+    window = 1
+    max_devices = 8
+
+    [stations]                         # name = pyserial URL; the only ports ever opened
+    bench1 = "/dev/ttyUSB0"
+
+    [aws]                              # handed to validator.aws as it is
+
+Unknown keys are refused (a typo must not silently fall back to a default). Precedence:
+command-line options, then this file, then the defaults here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from validator.core import Policy
+from validator.drift import DriftPolicy
+from validator.store import Durability
+
+CONFIG_NAME = "foblab.toml"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8700
+STATION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `serve` needs, paths resolved."""
+
+    database: Path
+    seed_key_file: Path
+    admin_key_file: Path
+    verifier_key_file: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    durability: Durability = Durability.NORMAL
+    max_body_bytes: int = 16 * 1024
+    max_import_bytes: int = 16 * 1024 * 1024
+    station_timeout: float = 2.0
+    access_log: bool = True
+    policy: Policy = field(default_factory=Policy)
+    stations: dict[str, str] = field(default_factory=dict)
+    aws: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None  # the config file, for messages
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_FILE_KEYS = ("database", "seed_key_file", "admin_key_file", "verifier_key_file")
+_DEFAULT_FILES = {"database": "validator.db", "seed_key_file": "seed.key",
+                  "admin_key_file": "admin.key", "verifier_key_file": "verifier.key"}
+_SCALARS: dict[str, type] = {"host": str, "port": int, "durability": str,
+                             "max_body_bytes": int, "max_import_bytes": int,
+                             "station_timeout": float, "access_log": bool}
+_POLICY_TYPES: dict[str, type] = {
+    f.name: str if f.name == "drift_policy" else type(getattr(Policy(), f.name))
+    for f in dataclasses.fields(Policy)}
+
+
+def _typed(section: str, key: str, value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"[{section}] {key} must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def check_station(name: str, url: str) -> None:
+    if not STATION_NAME.fullmatch(name):
+        raise ConfigError(f"station name {name!r} must be 1-64 letters, digits, '_', '.', '-'")
+    if not isinstance(url, str) or not url or len(url) > 1024:
+        raise ConfigError(f"station {name!r} needs a port URL (a device path, a PTY "
+                          "symlink or socket://HOST:PORT)")
+
+
+def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Settings:
+    """Settings from a parsed TOML document; relative paths are resolved against `base`."""
+    unknown = set(data) - {"validator", "policy", "stations", "aws"}
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
+    main = dict(data.get("validator", {}))
+    extra = set(main) - set(_FILE_KEYS) - set(_SCALARS)
+    if extra:
+        raise ConfigError(f"unknown key(s) in [validator]: {', '.join(sorted(extra))}")
+    values: dict[str, Any] = {}
+    for key in _FILE_KEYS:
+        raw = main.get(key, _DEFAULT_FILES[key])
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError(f"[validator] {key} must be a path")
+        path = Path(raw).expanduser()
+        values[key] = path if path.is_absolute() else base / path
+    for key, kind in _SCALARS.items():
+        if key in main:
+            values[key] = _typed("validator", key, main[key], kind)
+    try:
+        values["durability"] = Durability(str(values.get("durability", "normal")).upper())
+    except ValueError:
+        raise ConfigError("[validator] durability must be \"normal\" or \"full\"") from None
+    if not 0 <= values.get("port", DEFAULT_PORT) <= 65535:
+        raise ConfigError("[validator] port must be 0-65535")
+    for key in ("max_body_bytes", "max_import_bytes"):
+        if values.get(key, 1) < 1024:
+            raise ConfigError(f"[validator] {key} must be at least 1024")
+    if values.get("station_timeout", 1.0) <= 0:
+        raise ConfigError("[validator] station_timeout must be positive")
+
+    policy_raw = dict(data.get("policy", {}))
+    extra = set(policy_raw) - set(_POLICY_TYPES)
+    if extra:
+        raise ConfigError(f"unknown key(s) in [policy]: {', '.join(sorted(extra))}")
+    policy_args = {k: _typed("policy", k, v, _POLICY_TYPES[k]) for k, v in policy_raw.items()}
+    if "drift_policy" in policy_args:
+        try:
+            policy_args["drift_policy"] = DriftPolicy(policy_args["drift_policy"])
+        except ValueError:
+            raise ConfigError("[policy] drift_policy must be one of "
+                              f"{', '.join(p.value for p in DriftPolicy)}") from None
+    try:
+        values["policy"] = Policy(**policy_args)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[policy] {exc}") from None
+
+    stations = dict(data.get("stations", {}))
+    for name, url in stations.items():
+        check_station(name, url)
+    values["stations"] = stations
+    values["aws"] = dict(data.get("aws", {}))
+    return Settings(source=source, **values)
+
+
+def load(path: str | Path) -> Settings:
+    """Read and check a config file; every problem is a one-line `ConfigError`."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse(data, path.resolve().parent, source=path)
+
+
+def default_document(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> dict[str, Any]:
+    """What `init` writes: every [validator] key with its default, empty [stations]."""
+    return {
+        "validator": {**_DEFAULT_FILES, "host": host, "port": port, "durability": "normal",
+                      "max_body_bytes": 16 * 1024, "max_import_bytes": 16 * 1024 * 1024,
+                      "station_timeout": 2.0, "access_log": True},
+        "policy": {"window": 1, "max_failures": 5, "lock_base": 30.0, "lock_cap": 3600.0,
+                   "max_devices": 8},
+        "stations": {},
+        "aws": {},
+    }
