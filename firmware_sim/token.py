@@ -191,8 +191,11 @@ def press(state: TokenState, now_ms: int) -> tuple[TokenState, Shown, bool]:
 
 
 def display(state: TokenState, now_ms: int) -> Shown:
-    """What the display shows now: blank ("", 0) once it timed out or with a dead battery."""
-    if not state.battery_ok or state.seed is None or now_ms >= state.display.until_ms:
+    """What the display shows now: blank ("", 0) once it timed out or with a dead battery.
+    A blank (unprovisioned) token refuses with NOT_PROVISIONED, as protocol.md says."""
+    if state.seed is None:
+        raise Refused("NOT_PROVISIONED", "the token has no seed")
+    if not state.battery_ok or now_ms >= state.display.until_ms:
         return Shown("", 0)
     if state.kind == "hotp":
         return Shown(state.display.code, 0)

@@ -69,9 +69,10 @@ def test_qa_refused_outside_qa_mode(clock: FakeClock) -> None:
 def test_blank_token_provisioned_once_then_locked(clock: FakeClock) -> None:
     c = client(open_token(now=clock))
     assert not c.info().provisioned
-    with pytest.raises(TokenRefused) as err:
-        c.press()
-    assert err.value.code is ErrorCode.NOT_PROVISIONED
+    for req in (PressRequest(), DisplayRequest()):
+        with pytest.raises(TokenRefused) as err:
+            c.call(req)
+        assert err.value.code is ErrorCode.NOT_PROVISIONED
     info = c.info_command(ProvisionRequest(seed=RFC_SEED_SHA1))
     assert info.provisioned and info.locked
     with pytest.raises(TokenRefused) as err:
