@@ -1,1 +1,4 @@
-"""The foblab command line: the only place that combines firmware_sim and validator, and that prints."""
+"""The foblab command line.
+
+The only package that combines firmware_sim and validator, and the only one that prints.
+"""

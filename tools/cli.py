@@ -58,3 +58,7 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="foblab")
 def main() -> None:
     """foblab: emulated hardware OTP tokens and the validator that checks them."""
+
+
+if __name__ == "__main__":
+    main()
