@@ -122,10 +122,19 @@ def _clip(poly: list[Vertex], dt: float, bound: float, sign: float) -> list[Vert
         fq = sign * (q[0] + q[1] * dt - bound)
         if fp >= 0:
             out.append(p)
-        if (fp >= 0) != (fq >= 0):
+        if (fp > 0 > fq) or (fp < 0 < fq):  # a strict crossing: one new vertex
             k = fp / (fp - fq)
             out.append((p[0] + k * (q[0] - p[0]), p[1] + k * (q[1] - p[1])))
-    return out
+    # Drop vertices that coincide (a constraint through a vertex, rounding): without this
+    # the polygon would gain a vertex with nearly every code.
+    kept: list[Vertex] = []
+    for v in out:
+        if not kept or abs(v[0] - kept[-1][0]) > 1e-7 or abs(v[1] - kept[-1][1]) > 1e-13:
+            kept.append(v)
+    while len(kept) > 1 and abs(kept[0][0] - kept[-1][0]) <= 1e-7 and \
+            abs(kept[0][1] - kept[-1][1]) <= 1e-13:
+        kept.pop()
+    return kept
 
 
 def _add(poly: list[Vertex], tref: float, obs: Observation) -> list[Vertex]:
@@ -162,9 +171,12 @@ def observe(
     if policy is DriftPolicy.WHOLE_STEP:
         return replace(drift, offset=_whole_step(obs, period))
     kept = (drift.history + (obs,))[-history:]
+    if not drift.history:  # the first code: a rectangle, nothing to clip
+        poly = _start(obs, max_rate)
+        return Drift(drift.offset, obs[0], tuple(poly), kept, ())
     if drift.poly:
         poly = _add(list(drift.poly), drift.tref, obs)
-        if len(poly) >= 3:
+        if 3 <= len(poly) <= 2 * history + 4:  # else rebuild: bounds the vertex count
             soft = _add(list(drift.soft), drift.tref, obs) if drift.soft else []
             return replace(drift, poly=tuple(poly), history=kept,
                            soft=tuple(soft) if len(soft) >= 3 else ())

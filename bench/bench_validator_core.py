@@ -1,0 +1,109 @@
+"""Validator core: verifications per second, in-process and through the SQLite store.
+
+1. Pure core, valid current codes (TOTP, SHA-1, 6 digits, ±1 window), against
+   `pyotp.TOTP(secret).verify(code, for_time=t, valid_window=1)` on the same codes in the
+   same run, with raw `hmac.digest` (one HMAC per code) as the bound.
+2. Accepted verifications per second through `Validator` + `SQLiteStore`, one thread,
+   every acceptance committed (WAL), for synchronous=NORMAL and FULL.
+
+Medians of several repeats. Run: python -m bench validator_core
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pyotp
+
+from validator import core
+from validator.core import Kind, TokenState
+from validator.otp import hotp
+from validator.service import Validator
+from validator.store import Durability
+
+N_CODES = 20_000
+REPEATS = 5
+T = 1_700_000_000.0
+
+
+def _rate(fn, n: int) -> float:
+    started = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - started)
+
+
+def core_vs_pyotp() -> dict[str, float]:
+    key = bytes(range(20))
+    secret = base64.b32encode(key).decode()
+    times = [T + 37.0 * i for i in range(N_CODES)]
+    codes = [hotp(key, int(t // 30)) for t in times]
+    state = TokenState(kind=Kind.TOTP)
+    totp = pyotp.TOTP(secret)
+    msgs = [int(t // 30).to_bytes(8, "big") for t in times]
+
+    def run_core() -> None:
+        verify = core.verify
+        for t, c in zip(times, codes, strict=True):
+            if not verify(state, key, c, t).accepted:
+                raise AssertionError("core refused a valid code")
+
+    def run_pyotp() -> None:
+        for t, c in zip(times, codes, strict=True):
+            if not totp.verify(c, for_time=t, valid_window=1):
+                raise AssertionError("pyotp refused a valid code")
+
+    def run_hmac() -> None:
+        digest = hmac.digest
+        for m in msgs:
+            digest(key, m, "sha1")
+
+    results: dict[str, list[float]] = {"core": [], "pyotp": [], "hmac": []}
+    for _ in range(REPEATS):
+        results["core"].append(_rate(run_core, N_CODES))
+        results["pyotp"].append(_rate(run_pyotp, N_CODES))
+        results["hmac"].append(_rate(run_hmac, N_CODES))
+    return {k: statistics.median(v) for k, v in results.items()}
+
+
+def store_accepts(durability: Durability, n: int) -> float:
+    rates = []
+    for _ in range(3):
+        with tempfile.TemporaryDirectory() as tmp:
+            v = Validator.open(Path(tmp) / "bench.db", durability=durability)
+            key = bytes(range(20))
+            v.register_token("B1", key, now=T)
+            s = int(T // 30)
+            v.enable("bench", "B1", hotp(key, s - 1), hotp(key, s), now=T)
+            # One accepted code per step, each arriving 2 s into its step.
+            items = [(T + 30.0 * i + 2, hotp(key, s + i)) for i in range(1, n + 1)]
+
+            def run(v: Validator = v, items: list[tuple[float, str]] = items) -> None:
+                for t, c in items:
+                    if not v.verify("bench", c, now=t).accepted:
+                        raise AssertionError("store path refused a valid code")
+
+            rates.append(_rate(run, n))
+            v.close()
+    return statistics.median(rates)
+
+
+def main() -> None:
+    r = core_vs_pyotp()
+    print(f"   core verify (valid current codes): {r['core']:,.0f}/s")
+    print(f"   pyotp TOTP.verify(valid_window=1): {r['pyotp']:,.0f}/s")
+    print(f"   raw hmac.digest bound:             {r['hmac']:,.0f}/s")
+    print(f"   core / pyotp: {r['core'] / r['pyotp']:.1f}x;  core / hmac bound: "
+          f"{r['core'] / r['hmac']:.2f}")
+    normal = store_accepts(Durability.NORMAL, 5_000)
+    print(f"   SQLite store, accepted, WAL synchronous=NORMAL: {normal:,.0f}/s")
+    full = store_accepts(Durability.FULL, 1_000)
+    print(f"   SQLite store, accepted, WAL synchronous=FULL:   {full:,.0f}/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""The AWS endpoint's own tables, beside the core's in the same SQLite file.
+
+- `aws_access_keys`: long-term access keys issued by `foblab validator aws-keys`.
+- `aws_sessions`: temporary credentials from STS GetSessionToken (usable to sign requests
+  until they expire, with their session token).
+- `aws_virtual_mfa`: what AWS keeps about a virtual MFA device and the core does not (name,
+  path, creation date); the device itself (seed, state, assignment) is a core token whose
+  serial is the device's ARN.
+- `aws_mfa_tags`: tags of MFA devices.
+
+SigV4 needs the secret access key itself, so secrets are sealed with the core's seed box
+(AES-GCM, the access key id bound in); session tokens are kept as SHA-256 digests only.
+Tables are created IF NOT EXISTS: the core's schema migrations never see them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from validator.secrets_box import SecretBox
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS aws_access_keys (
+        access_key_id TEXT PRIMARY KEY,
+        sealed BLOB NOT NULL,
+        created REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS aws_sessions (
+        access_key_id TEXT PRIMARY KEY,
+        sealed BLOB NOT NULL,
+        token_sha256 TEXT NOT NULL,
+        user TEXT,
+        serial TEXT,
+        created REAL NOT NULL,
+        expires REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS aws_sessions_expires ON aws_sessions(expires)",
+    """CREATE TABLE IF NOT EXISTS aws_virtual_mfa (
+        serial TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        path TEXT NOT NULL,
+        created REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS aws_mfa_tags (
+        serial TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        PRIMARY KEY (serial, key)
+    )""",
+)
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+
+
+def _aad(kind: str, access_key_id: str) -> str:
+    # Bound into the AES-GCM seal; distinct from any token serial's use of the box.
+    return f"aws-{kind}-secret:{access_key_id}"
+
+
+def _key_id(prefix: str) -> str:
+    return prefix + "".join(secrets.choice(_B32) for _ in range(16))
+
+
+def _secret_key() -> str:
+    return base64.b64encode(secrets.token_bytes(30)).decode("ascii")  # 40 chars, like AWS
+
+
+@dataclass(frozen=True, slots=True)
+class AccessKey:
+    access_key_id: str
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A secret found for an access key id; `token_sha256`/`expires` for session keys."""
+
+    secret: str
+    token_sha256: str | None = None
+    expires: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualDevice:
+    serial: str
+    name: str
+    path: str
+    created: float
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+class AwsStore:
+    """The AWS tables on the SQLite file at `db_path` (WAL, one connection per thread)."""
+
+    def __init__(self, db_path: str | os.PathLike[str], box: SecretBox, *,
+                 busy_timeout_ms: int = 10_000) -> None:
+        self.path = os.fspath(db_path)
+        self.box = box
+        self._busy = busy_timeout_ms
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        with self._tx() as conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self._busy / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- long-term access keys ---------------------------------------------------------
+
+    def create_key(self, now: float) -> tuple[str, str]:
+        """A new access key: (access key id, secret access key). The secret is shown once."""
+        akid, secret = _key_id("AKIA"), _secret_key()
+        sealed = self.box.seal(_aad("access-key", akid), secret.encode())
+        with self._tx() as conn:
+            conn.execute("INSERT INTO aws_access_keys VALUES (?, ?, ?)", (akid, sealed, now))
+        return akid, secret
+
+    def list_keys(self) -> list[AccessKey]:
+        rows = self._conn().execute(
+            "SELECT access_key_id, created FROM aws_access_keys ORDER BY created, "
+            "access_key_id").fetchall()
+        return [AccessKey(str(a), float(c)) for a, c in rows]
+
+    def delete_key(self, access_key_id: str) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute("DELETE FROM aws_access_keys WHERE access_key_id = ?",
+                               (access_key_id,))
+        return cur.rowcount == 1
+
+    def credentials(self, access_key_id: str) -> Credentials | None:
+        """The secret of a long-term or session access key, or None if unknown."""
+        conn = self._conn()
+        row = conn.execute("SELECT sealed FROM aws_access_keys WHERE access_key_id = ?",
+                           (access_key_id,)).fetchone()
+        if row is not None:
+            secret = self.box.open(_aad("access-key", access_key_id), bytes(row[0]))
+            return Credentials(secret.decode())
+        row = conn.execute("SELECT sealed, token_sha256, expires FROM aws_sessions "
+                           "WHERE access_key_id = ?", (access_key_id,)).fetchone()
+        if row is None:
+            return None
+        secret = self.box.open(_aad("session", access_key_id), bytes(row[0]))
+        return Credentials(secret.decode(), str(row[1]), float(row[2]))
+
+    # -- sessions (STS) ----------------------------------------------------------------
+
+    def create_session(self, user: str | None, serial: str | None, expires: float,
+                       now: float) -> Session:
+        akid, secret = _key_id("ASIA"), _secret_key()
+        token = base64.b64encode(b"foblab-session\x00" + secrets.token_bytes(96)).decode()
+        sealed = self.box.seal(_aad("session", akid), secret.encode())
+        with self._tx() as conn:
+            conn.execute("DELETE FROM aws_sessions WHERE expires < ?", (now,))
+            conn.execute("INSERT INTO aws_sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (akid, sealed, token_digest(token), user, serial, now, expires))
+        return Session(akid, secret, token, expires)
+
+    # -- virtual MFA devices -----------------------------------------------------------
+
+    def add_virtual(self, device: VirtualDevice, tags: list[tuple[str, str]]) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT INTO aws_virtual_mfa VALUES (?, ?, ?, ?)",
+                         (device.serial, device.name, device.path, device.created))
+            conn.execute("DELETE FROM aws_mfa_tags WHERE serial = ?", (device.serial,))
+            conn.executemany("INSERT INTO aws_mfa_tags VALUES (?, ?, ?, ?)",
+                             [(device.serial, k, v, i) for i, (k, v) in enumerate(tags)])
+
+    def get_virtual(self, serial: str) -> VirtualDevice | None:
+        row = self._conn().execute("SELECT serial, name, path, created FROM aws_virtual_mfa "
+                                   "WHERE serial = ?", (serial,)).fetchone()
+        return None if row is None else VirtualDevice(row[0], row[1], row[2], float(row[3]))
+
+    def virtual_from(self, first: str | None, limit: int) -> list[VirtualDevice]:
+        """Up to `limit` virtual devices in serial order, from serial `first` on."""
+        rows = self._conn().execute(
+            "SELECT serial, name, path, created FROM aws_virtual_mfa WHERE serial >= ? "
+            "ORDER BY serial LIMIT ?", (first or "", limit)).fetchall()
+        return [VirtualDevice(r[0], r[1], r[2], float(r[3])) for r in rows]
+
+    def delete_virtual(self, serial: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM aws_virtual_mfa WHERE serial = ?", (serial,))
+            conn.execute("DELETE FROM aws_mfa_tags WHERE serial = ?", (serial,))
+
+    # -- tags --------------------------------------------------------------------------
+
+    def tags(self, serial: str) -> list[tuple[str, str]]:
+        rows = self._conn().execute("SELECT key, value FROM aws_mfa_tags WHERE serial = ? "
+                                    "ORDER BY position, key", (serial,)).fetchall()
+        return [(str(k), str(v)) for k, v in rows]
+
+    def tag(self, serial: str, tags: list[tuple[str, str]], limit: int) -> bool:
+        """Add or overwrite tags (keys compare case-insensitively, as IAM's do); False
+        (nothing written) if the result would exceed `limit` tags."""
+        with self._tx() as conn:
+            existing = {str(k).lower(): str(k) for (k,) in conn.execute(
+                "SELECT key FROM aws_mfa_tags WHERE serial = ?", (serial,))}
+            if len(existing.keys() | {k.lower() for k, _ in tags}) > limit:
+                return False
+            (top,) = conn.execute("SELECT coalesce(max(position), -1) FROM aws_mfa_tags "
+                                  "WHERE serial = ?", (serial,)).fetchone()
+            for i, (key, value) in enumerate(tags, start=int(top) + 1):
+                if key.lower() in existing:
+                    conn.execute("UPDATE aws_mfa_tags SET key = ?, value = ? WHERE serial = ? "
+                                 "AND key = ?", (key, value, serial, existing[key.lower()]))
+                else:
+                    conn.execute("INSERT INTO aws_mfa_tags VALUES (?, ?, ?, ?)",
+                                 (serial, key, value, i))
+        return True
+
+    def untag(self, serial: str, keys: list[str]) -> None:
+        with self._tx() as conn:
+            conn.executemany("DELETE FROM aws_mfa_tags WHERE serial = ? AND lower(key) = ?",
+                             [(serial, k.lower()) for k in keys])

@@ -1,0 +1,64 @@
+"""The query protocol's XML answers, in AWS's exact shapes.
+
+A result is a list of `(name, value)` members; a value is a string (escaped here), None
+(member left out), or a nested member list. A list member is written as a nested list of
+`("member", ...)` pairs, as the query protocol does.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from xml.sax.saxutils import escape
+
+Members = list[tuple[str, object]]
+
+IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
+STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"
+
+
+def iso8601(unix_time: float) -> str:
+    """AWS's timestamp form, e.g. `2024-05-01T12:00:00Z` (botocore parses it as UTC)."""
+    return datetime.fromtimestamp(unix_time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def blob(data: bytes) -> str:
+    """A blob member: base64, as AWS sends `Base32StringSeed` and `QRCodePNG`."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def boolean(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _members(members: Members) -> str:
+    out: list[str] = []
+    for name, value in members:
+        if value is None:
+            continue
+        if isinstance(value, list):
+            out.append(f"<{name}>{_members(value)}</{name}>")
+        else:
+            out.append(f"<{name}>{escape(str(value))}</{name}>")
+    return "".join(out)
+
+
+def response(action: str, namespace: str, request_id: str,
+             result: Members | None = None) -> bytes:
+    """`<ActionResponse><ActionResult>...</ActionResult><ResponseMetadata>...`; actions
+    without output (EnableMFADevice, ...) carry the metadata only, as AWS's do."""
+    body = f'<{action}Response xmlns="{namespace}">'
+    if result is not None:
+        body += f"<{action}Result>{_members(result)}</{action}Result>"
+    body += (f"<ResponseMetadata><RequestId>{escape(request_id)}</RequestId>"
+             f"</ResponseMetadata></{action}Response>")
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body.encode("utf-8")
+
+
+def error(namespace: str, request_id: str, code: str, message: str, *,
+          sender: bool = True) -> bytes:
+    body = (f'<ErrorResponse xmlns="{namespace}"><Error>'
+            f"<Type>{'Sender' if sender else 'Receiver'}</Type>"
+            f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error>"
+            f"<RequestId>{escape(request_id)}</RequestId></ErrorResponse>")
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body.encode("utf-8")
