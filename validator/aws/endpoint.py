@@ -1,0 +1,214 @@
+"""`AwsEndpoint`: the AWS query protocol (IAM 2010-05-08 and STS 2011-06-15) over the
+validator, as one Starlette request handler the daemon mounts at `/aws`.
+
+One request: read the form body, check the SigV4 signature against the access keys in the
+database, find the action, run it in a worker thread (the core and SQLite are blocking),
+answer AWS's XML. Every failure is an AWS error answer with a 4xx status; a 500
+(`ServiceFailure`) only for a genuine bug, since botocore retries 500s.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from validator import errors as core_errors
+from validator.aws import actions, sigv4
+from validator.aws import xml as x
+from validator.aws.errors import AwsError, service_failure
+from validator.aws.params import Params
+from validator.aws.store import AwsStore, token_digest
+from validator.secrets_box import SealError
+from validator.service import Validator
+
+log = logging.getLogger("foblab.aws")
+
+IAM_VERSION = "2010-05-08"
+STS_VERSION = "2011-06-15"
+MAX_BODY = 256 * 1024
+_ACCOUNT = re.compile(r"[0-9]{12}")
+_DEFAULTS: dict[str, Any] = {"account_id": "123456789012", "allow_any_signature": False,
+                             "max_skew_s": 300}
+
+
+def _invalid_token() -> AwsError:
+    return AwsError("InvalidClientTokenId",
+                    "The security token included in the request is invalid.", 403)
+
+
+class AwsEndpoint:
+    """The `/aws` endpoint. `settings` is foblab.toml's `[aws]` table (possibly empty):
+    `account_id` (12 digits, default 123456789012), `allow_any_signature` (lab switch,
+    default false) and `max_skew_s` (SigV4 clock-skew limit, default 300)."""
+
+    def __init__(self, validator: Validator, db_path: Path, settings: Mapping[str, Any],
+                 *, clock: Callable[[], float] = time.time) -> None:
+        unknown = set(settings) - set(_DEFAULTS)
+        if unknown:
+            raise ValueError(f"[aws]: unknown setting(s) {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(sorted(_DEFAULTS))}")
+        merged = {**_DEFAULTS, **settings}
+        self.account_id = str(merged["account_id"])
+        if not _ACCOUNT.fullmatch(self.account_id):
+            raise ValueError("[aws] account_id must be 12 digits")
+        if not isinstance(merged["allow_any_signature"], bool):
+            raise ValueError("[aws] allow_any_signature must be true or false")
+        self.allow_any_signature: bool = merged["allow_any_signature"]
+        skew = merged["max_skew_s"]
+        if isinstance(skew, bool) or not isinstance(skew, int | float) \
+                or not math.isfinite(skew) or skew <= 0:
+            raise ValueError("[aws] max_skew_s must be a positive number of seconds")
+        self.max_skew = float(skew)
+        self.validator = validator
+        self.store = AwsStore(db_path, validator.box)
+        self._clock = clock
+        if self.allow_any_signature:
+            log.warning("AWS ENDPOINT ACCEPTS ANY SIGNATURE ([aws] allow_any_signature = "
+                        "true): every request to /aws is trusted without checking its "
+                        "signature or access key. For a closed lab only.")
+
+    def close(self) -> None:
+        self.store.close()
+
+    async def handle(self, request: Request) -> Response:
+        request_id = str(uuid.uuid4())
+        namespace = x.IAM_NS
+        action = "?"
+        try:
+            body = await self._body(request)
+            return await run_in_threadpool(self._handle, request, body, request_id)
+        except AwsError as exc:
+            return self._error(exc, namespace, request_id, action)
+        except Exception:  # a bug: never let it out as a traceback page
+            log.exception("aws %s: internal error (request %s)", action, request_id)
+            return self._error(service_failure(), namespace, request_id, action)
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+            raise AwsError("RequestEntityTooLarge", f"Request bodies are limited to "
+                           f"{MAX_BODY} bytes", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise AwsError("RequestEntityTooLarge", f"Request bodies are limited to "
+                               f"{MAX_BODY} bytes", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _handle(self, request: Request, body: bytes, request_id: str) -> Response:
+        namespace, action = x.IAM_NS, "?"
+        try:
+            values = self._params(request, body)
+            action = values.get("Action", "?")
+            if action in actions.STS_ACTIONS:
+                namespace = x.STS_NS
+            now = self._clock()
+            caller = self._authenticate(request, body, now)
+            handler, version = self._action(values)
+            ctx = actions.Context(self.validator, self.store, self.account_id, now, caller)
+            try:
+                result = handler(ctx, Params(values))
+            except core_errors.ValidatorError as exc:
+                raise actions.translate(exc) from None
+            log.info("aws %s: ok", action)
+            return Response(x.response(action, namespace, request_id, result),
+                            media_type="text/xml",
+                            headers={"x-amzn-RequestId": request_id})
+        except AwsError as exc:
+            return self._error(exc, namespace, request_id, action)
+        except Exception:
+            log.exception("aws %s: internal error (request %s)", action[:64], request_id)
+            return self._error(service_failure(), namespace, request_id, action)
+
+    def _error(self, exc: AwsError, namespace: str, request_id: str, action: str) -> Response:
+        log.info("aws %s: %s (%d)", action[:64], exc.code, exc.status)
+        return Response(x.error(namespace, request_id, exc.code, exc.message,
+                                sender=exc.sender),
+                        status_code=exc.status, media_type="text/xml",
+                        headers={"x-amzn-RequestId": request_id})
+
+    @staticmethod
+    def _params(request: Request, body: bytes) -> dict[str, str]:
+        try:
+            pairs = parse_qsl(request.url.query, keep_blank_values=True, errors="strict",
+                              max_num_fields=1000)
+            if request.method == "POST":
+                pairs += parse_qsl(body.decode("utf-8"), keep_blank_values=True,
+                                   errors="strict", max_num_fields=1000)
+        except (UnicodeDecodeError, ValueError):
+            raise AwsError("MalformedQueryString", "The request body must be form-encoded "
+                           "UTF-8 (application/x-www-form-urlencoded)", 400) from None
+        return dict(pairs)
+
+    def _action(self, values: dict[str, str]) -> tuple[actions.Handler, str]:
+        action = values.get("Action")
+        if not action:
+            raise AwsError("MissingAction", "The request must contain the parameter "
+                           "Action.", 400)
+        version = values.get("Version")
+        if action in actions.IAM_ACTIONS:
+            handler, expected = actions.IAM_ACTIONS[action], IAM_VERSION
+        elif action in actions.STS_ACTIONS:
+            handler, expected = actions.STS_ACTIONS[action], STS_VERSION
+        else:
+            raise AwsError("InvalidAction", f"Could not find operation {action[:64]} for "
+                           f"version {(version or 'NO_VERSION_SPECIFIED')[:32]}", 400)
+        if version is None:
+            raise AwsError("MissingParameter", "The request must contain the parameter "
+                           "Version.", 400)
+        if version != expected:
+            raise AwsError("InvalidAction", f"Could not find operation {action} for version "
+                           f"{version[:32]}", 400)
+        return handler, expected
+
+    def _authenticate(self, request: Request, body: bytes, now: float) -> actions.Caller:
+        signed = sigv4.Request(
+            method=request.method,
+            raw_path=request.scope.get("raw_path", request.url.path.encode()).decode(
+                "latin-1"),
+            query=request.scope.get("query_string", b"").decode("latin-1"),
+            headers=[(k.decode("latin-1"), v.decode("latin-1"))
+                     for k, v in request.scope.get("headers", [])],
+            body=body)
+        if self.allow_any_signature:
+            return actions.Caller(None)
+        session = False
+
+        def secret_for(auth: sigv4.Authorization) -> str:
+            nonlocal session
+            try:
+                found = self.store.credentials(auth.access_key_id)
+            except SealError:
+                # Sealed under a seed key this box no longer holds (e.g. after a rotation).
+                log.warning("aws: the secret of access key %s cannot be unsealed; create a "
+                            "new key", auth.access_key_id[:32])
+                raise _invalid_token() from None
+            if found is None:
+                raise _invalid_token()
+            if found.token_sha256 is not None:
+                session = True
+                token = signed.header("x-amz-security-token")
+                if not token or not hmac.compare_digest(token_digest(token[0]),
+                                                        found.token_sha256):
+                    raise _invalid_token()
+                if found.expires is not None and found.expires <= now:
+                    raise AwsError("ExpiredToken", "The security token included in the "
+                                   "request is expired", 403)
+            return found.secret
+
+        auth = sigv4.verify(signed, secret_for, now, self.max_skew)
+        return actions.Caller(auth.access_key_id, session=session)
