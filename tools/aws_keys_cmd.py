@@ -1,0 +1,138 @@
+"""`foblab validator aws-keys create|list|delete`: the access keys of the AWS endpoint.
+
+Works directly on the validator's SQLite file (WAL lets it while the daemon runs): the
+daemon checks every request's SigV4 signature against these keys. The secret access key is
+printed once, at creation; the database holds it sealed with the validator's seed key.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from validator.aws.store import AwsStore
+from validator.secrets_box import KeyFileError, SecretBox
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"foblab: error: {' '.join(message.split())}", err=True)
+    sys.exit(1)
+
+
+def _from_config(directory: Path) -> tuple[Path, Path]:
+    """The database and key file paths that `foblab validator init DIR` wrote into
+    DIR/foblab.toml (relative paths are relative to DIR)."""
+    config = directory / "foblab.toml"
+    try:
+        data = tomllib.loads(config.read_text())
+    except OSError as exc:
+        _fail(f"cannot read {config}: {exc.strerror or exc}")
+    except tomllib.TOMLDecodeError as exc:
+        _fail(f"{config}: {exc}")
+    tables = [data.get("validator"), data.get("store"), data.get("database"), data]
+    found: dict[str, str] = {}
+    for table in tables:
+        if not isinstance(table, dict):
+            continue
+        for name, keys in (("db", ("db", "db_path", "database", "path")),
+                           ("key", ("key_file", "seed_key", "key", "key_path"))):
+            for key in keys:
+                if name not in found and isinstance(table.get(key), str):
+                    found[name] = table[key]
+    if "db" not in found or "key" not in found:
+        _fail(f"{config} names no database and key file; give --db and --key-file")
+    return directory / found["db"], directory / found["key"]
+
+
+@contextmanager
+def _store(directory: Path | None, db: Path | None, key_file: Path | None
+           ) -> Iterator[AwsStore]:
+    if directory is not None:
+        if db is not None or key_file is not None:
+            _fail("--dir excludes --db/--key-file")
+        db, key_file = _from_config(directory)
+    if db is None or key_file is None:
+        _fail("give --dir DIR (an init'd validator directory), or --db and --key-file")
+    if not db.exists():
+        _fail(f"no database at {db}; run foblab validator init first")
+    if not key_file.exists():  # never create a fresh key that would not match the db
+        _fail(f"no key file at {key_file}")
+    try:
+        box = SecretBox.from_file(key_file)
+        store = AwsStore(db, box)
+    except (KeyFileError, OSError) as exc:
+        _fail(str(exc))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _where(f: Any) -> Any:
+    f = click.option("--key-file", type=click.Path(path_type=Path),
+                     help="The validator's seed key file (instead of --dir).")(f)
+    f = click.option("--db", type=click.Path(path_type=Path),
+                     help="The validator's SQLite database (instead of --dir).")(f)
+    f = click.option("--dir", "directory", type=click.Path(path_type=Path),
+                     help="The validator directory made by `foblab validator init`.")(f)
+    return f
+
+
+@click.group("aws-keys")
+def aws_keys() -> None:
+    """Access keys for the AWS-compatible endpoint (/aws)."""
+
+
+@aws_keys.command()
+@_where
+@click.option("--json", "as_json", is_flag=True, help="Print the new key as JSON.")
+def create(directory: Path | None, db: Path | None, key_file: Path | None,
+           as_json: bool) -> None:
+    """Create an access key; its secret is printed this once."""
+    with _store(directory, db, key_file) as store:
+        akid, secret = store.create_key(time.time())
+    if as_json:
+        click.echo(json.dumps({"access_key_id": akid, "secret_access_key": secret}))
+    else:
+        click.echo(f"access key id      {akid}\nsecret access key  {secret}\n"
+                   "(the secret is not shown again)")
+
+
+@aws_keys.command("list")
+@_where
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_(directory: Path | None, db: Path | None, key_file: Path | None,
+          as_json: bool) -> None:
+    """List access key ids (never their secrets)."""
+    with _store(directory, db, key_file) as store:
+        keys = store.list_keys()
+    if as_json:
+        click.echo(json.dumps([{"access_key_id": k.access_key_id, "created": k.created}
+                               for k in keys]))
+        return
+    for k in keys:
+        created = datetime.fromtimestamp(k.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        click.echo(f"{k.access_key_id}  created {created}")
+    if not keys:
+        click.echo("no access keys")
+
+
+@aws_keys.command()
+@_where
+@click.argument("access_key_id")
+def delete(directory: Path | None, db: Path | None, key_file: Path | None,
+           access_key_id: str) -> None:
+    """Delete an access key: requests signed with it are refused from now on."""
+    with _store(directory, db, key_file) as store:
+        if not store.delete_key(access_key_id):
+            _fail(f"no access key {access_key_id}")
+    click.echo(f"deleted {access_key_id}")
