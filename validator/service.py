@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 _USER_CHARS = re.compile(r"[A-Za-z0-9+=,.@_-]+")
-_SERIAL = re.compile(r"[\x21-\x7e]{1,128}")
+_SERIAL = re.compile(r"[\x21-\x7e]{1,256}")  # AWS MFA serials (ARNs) run to 256
 _MAX_ATTEMPTS = 64
 T = TypeVar("T")
 
@@ -186,7 +186,7 @@ class Validator:
 
     def _state(self, r: SeedRecord, window: int | None) -> TokenState:
         if not _SERIAL.fullmatch(r.serial):
-            raise InvalidParameter(f"serial {r.serial[:40]!r} must be 1-128 printable ASCII "
+            raise InvalidParameter(f"serial {r.serial[:40]!r} must be 1-256 printable ASCII "
                                    "characters without spaces")
         if not r.secret:
             raise InvalidParameter(f"{r.serial}: empty secret")
