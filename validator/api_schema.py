@@ -19,12 +19,12 @@ from typing import Any
 
 # Users as AWS allows them (the core checks the same); serials as the core stores them.
 USER_PATTERN = r"^[A-Za-z0-9+=,.@_-]{1,64}$"
-SERIAL_PATTERN = r"^[\x21-\x7e]{1,128}$"
+SERIAL_PATTERN = r"^[\x21-\x7e]{1,256}$"
 STATION_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 CODE = {"type": "string", "minLength": 1, "maxLength": 10, "pattern": "^[0-9]+$",
         "description": "the digits on the token's display"}
 USER = {"type": "string", "pattern": USER_PATTERN, "minLength": 1, "maxLength": 64}
-SERIAL = {"type": "string", "pattern": SERIAL_PATTERN, "minLength": 1, "maxLength": 128}
+SERIAL = {"type": "string", "pattern": SERIAL_PATTERN, "minLength": 1, "maxLength": 256}
 HASH = {"type": "string", "enum": ["sha1", "sha256", "sha512"]}
 KIND = {"type": "string", "enum": ["totp", "hotp"]}
 DIGITS = {"type": "integer", "enum": [6, 8]}

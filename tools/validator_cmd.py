@@ -1,0 +1,498 @@
+"""`foblab validator ...`: set up and run the validator daemon, and talk to its API.
+
+`init` and `serve` run here; every other command is a thin client of the HTTP API
+(httpx): `--url` and `--key`, else `FOBLAB_URL` and `FOBLAB_KEY`, else `--dir DIR` (an
+init'd folder: its foblab.toml gives the URL, its admin.key the key), else
+http://127.0.0.1:8700. Each takes `--json`; otherwise it prints a readable table. Every
+failure is one line `foblab: error: ...` on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from tools.cli import LazyGroup
+from validator.config import CONFIG_NAME, DEFAULT_PORT, ConfigError, check_station, load
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"foblab: error: {' '.join(str(message).split())}", err=True)
+    sys.exit(1)
+
+
+@click.group(cls=LazyGroup, lazy={"aws-keys": "tools.aws_keys_cmd:aws_keys"})
+def validator() -> None:
+    """The validator daemon: init, serve, and its API from the command line."""
+
+
+# -- init and serve ------------------------------------------------------------------------
+
+@validator.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option("--show-keys", is_flag=True, help="Also print the two API keys.")
+@click.option("--json", "as_json", is_flag=True)
+def init(directory: Path, host: str, port: int, show_keys: bool, as_json: bool) -> None:
+    """Create DIRECTORY: foblab.toml, seed key, database, admin and verifier API keys."""
+    from validator.daemon import StartupError, init_dir
+
+    try:
+        made = init_dir(directory, host=host, port=port)
+    except StartupError as exc:
+        _fail(str(exc))
+    shown = {k: str(v) for k, v in made.items() if show_keys or not k.endswith("_key")}
+    if as_json:
+        click.echo(json.dumps(shown, sort_keys=True))
+        return
+    click.echo(f"initialised {directory}")
+    for key, value in shown.items():
+        click.echo(f"  {key:<18} {value}")
+    if not show_keys:
+        click.echo("  (API keys are in the key files, mode 0600; --show-keys prints them)")
+    click.echo(f"start it with: foblab validator serve --dir {directory}")
+
+
+def _station_option(values: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        name, sep, url = item.partition("=")
+        if not sep:
+            _fail(f"--station takes NAME=URL, not {item!r}")
+        try:
+            check_station(name, url)
+        except ConfigError as exc:
+            _fail(str(exc))
+        out[name] = url
+    return out
+
+
+@validator.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path),
+              help=f"An init'd folder (reads its {CONFIG_NAME}).")
+@click.option("--config", type=click.Path(path_type=Path), help="A config file.")
+@click.option("--host", help="Listen address (default from the config, else 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535),
+              help="Listen port (0: any free port; default from the config, else 8700).")
+@click.option("--station", "stations", multiple=True, metavar="NAME=URL",
+              help="Add an enrollment station (repeatable).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def serve(directory: Path | None, config: Path | None, host: str | None, port: int | None,
+          stations: Sequence[str], log_level: str) -> None:
+    """Run the daemon until SIGTERM or Ctrl-C."""
+    from validator.daemon import StartupError
+    from validator.daemon import serve as run
+
+    if (directory is None) == (config is None):
+        _fail("give --dir DIR or --config FILE (one of them)")
+    path = config if config is not None else directory / CONFIG_NAME  # type: ignore[operator]
+    try:
+        settings = load(path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    changes: dict[str, Any] = {}
+    if host is not None:
+        changes["host"] = host
+    if port is not None:
+        changes["port"] = port
+    if stations:
+        changes["stations"] = {**settings.stations, **_station_option(stations)}
+    settings = settings.replace(**changes)
+
+    def ready(url: str) -> None:
+        click.echo(f"foblab validator listening on {url}", err=True)
+
+    try:
+        code = run(settings, on_ready=ready, log_level=log_level)
+    except StartupError as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+# -- the API client ------------------------------------------------------------------------
+
+class Client:
+    def __init__(self, url: str, key: str | None, timeout: float) -> None:
+        self.url = url.rstrip("/")
+        self.key = key
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, *, body: Any = None,
+             params: dict[str, Any] | None = None, ok: Sequence[int] = (200, 201, 204)
+             ) -> tuple[int, Any]:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        query = {k: (str(v).lower() if isinstance(v, bool) else v)
+                 for k, v in (params or {}).items() if v is not None}
+        try:
+            response = httpx.request(method, self.url + path, json=body, params=query,
+                                     headers=headers, timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach {self.url}: {exc}")
+        try:
+            data = response.json() if response.content else None
+        except ValueError:
+            data = None
+        if response.status_code not in ok:
+            if isinstance(data, dict) and "error" in data:
+                _fail(f"{data.get('message')} ({data['error']}, HTTP {response.status_code})")
+            _fail(f"HTTP {response.status_code} from {self.url}{path}")
+        return response.status_code, data
+
+
+def _from_dir(directory: Path) -> tuple[str, str | None]:
+    try:
+        settings = load(directory / CONFIG_NAME)
+    except ConfigError as exc:
+        _fail(str(exc))
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    try:
+        key = settings.admin_key_file.read_text().strip()
+    except OSError as exc:
+        _fail(f"cannot read {settings.admin_key_file}: {exc.strerror}")
+    return f"http://{host}:{settings.port}", key
+
+
+def client_command(group: click.Group, name: str | None = None) -> Callable[[F], F]:
+    """Register a client command with --url/--key/--dir/--timeout/--json; it receives
+    `client` and `as_json` instead of those."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def inner(url: str | None, key: str | None, directory: Path | None, timeout: float,
+                  as_json: bool, **kwargs: Any) -> Any:
+            dir_url, dir_key = _from_dir(directory) if directory is not None else (None, None)
+            final_url = url or os.environ.get("FOBLAB_URL") or dir_url \
+                or f"http://127.0.0.1:{DEFAULT_PORT}"
+            final_key = key or os.environ.get("FOBLAB_KEY") or dir_key
+            return fn(client=Client(final_url, final_key, timeout), as_json=as_json, **kwargs)
+
+        for option in (
+            click.option("--url", help="The daemon's URL (env FOBLAB_URL)."),
+            click.option("--key", help="API key (env FOBLAB_KEY)."),
+            click.option("--dir", "directory", type=click.Path(path_type=Path),
+                         help="An init'd folder: URL and admin key from it."),
+            click.option("--timeout", type=float, default=60.0, show_default=True),
+            click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+        ):
+            inner = option(inner)
+        group.command(name or fn.__name__.rstrip("_").replace("_", "-"))(inner)
+        return fn
+
+    return wrap
+
+
+def _when(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
+    cells = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
+    widths = [max([len(title)] + [len(c[i]) for c in cells]) for i, (_, title) in
+              enumerate(columns)]
+    click.echo("  ".join(t.ljust(w) for (_, t), w in zip(columns, widths, strict=True)))
+    for c in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+_TOKEN_COLUMNS = (("serial", "SERIAL"), ("kind", "KIND"), ("hash", "HASH"),
+                  ("digits", "DIGITS"), ("user", "USER"), ("failures", "FAILURES"),
+                  ("offset", "OFFSET_S"), ("locked", "LOCKED_UNTIL"))
+
+
+def _token_row(t: dict[str, Any]) -> dict[str, Any]:
+    drift = t.get("drift") or {}
+    return {**t, "offset": drift.get("offset_seconds"), "locked": _when(t.get("locked_until"))
+            if t.get("locked_until") else None}
+
+
+def _show(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+    else:
+        human(data)
+
+
+def _token_detail(t: dict[str, Any]) -> None:
+    for key in ("serial", "kind", "hash", "digits", "period", "t0", "user", "failures",
+                "last_accepted", "next_counter"):
+        if key in t:
+            click.echo(f"{key:<14} {_cell(t[key])}")
+    for key in ("created", "assigned_at", "last_used", "locked_until"):
+        if key in t:
+            click.echo(f"{key:<14} {_when(t[key])}")
+    if t.get("drift"):
+        d = t["drift"]
+        click.echo(f"{'drift':<14} offset {d['offset_seconds']} s, rate {d['rate_ppm']} ppm")
+
+
+# -- token ---------------------------------------------------------------------------------
+
+@validator.group()
+def token() -> None:
+    """Register, import, list, show, remove and unlock tokens."""
+
+
+@client_command(token)
+@click.argument("serial")
+@click.option("--secret-b32", help="The seed, base32.")
+@click.option("--secret-hex", help="The seed, hex.")
+@click.option("--kind", type=click.Choice(["totp", "hotp"]), default="totp", show_default=True)
+@click.option("--hash", "hash_", type=click.Choice(["sha1", "sha256", "sha512"]),
+              default="sha1", show_default=True)
+@click.option("--digits", type=click.Choice(["6", "8"]), default="6", show_default=True)
+@click.option("--period", type=int, help="TOTP step, seconds (default 30).")
+@click.option("--counter", type=int, help="HOTP initial counter (default 0).")
+def add(client: Client, as_json: bool, serial: str, secret_b32: str | None,
+        secret_hex: str | None, kind: str, hash_: str, digits: str, period: int | None,
+        counter: int | None) -> None:
+    """Register one token."""
+    body: dict[str, Any] = {"serial": serial, "kind": kind, "hash": hash_,
+                            "digits": int(digits)}
+    for key, value in (("secret_b32", secret_b32), ("secret_hex", secret_hex),
+                       ("period", period), ("counter", counter)):
+        if value is not None:
+            body[key] = value
+    _, data = client.call("POST", "/v1/tokens", body=body)
+    _show(data, as_json, lambda t: click.echo(f"registered {t['serial']}"))
+
+
+@client_command(token, "import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["pskc", "csv"]),
+              help="Default: from the file's suffix (.csv is CSV, else PSKC).")
+@click.option("--passphrase", help="PBKDF2 passphrase of an encrypted PSKC file.")
+@click.option("--key-hex", help="Pre-shared AES key of an encrypted PSKC file.")
+@click.option("--skip-duplicates", is_flag=True, help="Leave out serials already registered.")
+def import_(client: Client, as_json: bool, file: Path, fmt: str | None,
+            passphrase: str | None, key_hex: str | None, skip_duplicates: bool) -> None:
+    """Import every token of a PSKC or CSV seed file (all or nothing)."""
+    fmt = fmt or ("csv" if file.suffix.lower() == ".csv" else "pskc")
+    try:
+        content = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read {file}: {exc}")
+    body: dict[str, Any] = {"format": fmt, "content": content}
+    if passphrase:
+        body["passphrase"] = passphrase
+    if key_hex:
+        body["key_hex"] = key_hex
+    if skip_duplicates:
+        body["skip_duplicates"] = True
+    _, data = client.call("POST", "/v1/tokens/import", body=body)
+    _show(data, as_json, lambda d: click.echo(
+        f"imported {d['imported']} token(s)" +
+        (f", skipped {len(d['skipped'])}" if d.get("skipped") else "")))
+
+
+@client_command(token, "list")
+@click.option("--user")
+@click.option("--unassigned", is_flag=True, help="Only tokens no user holds.")
+@click.option("--kind", type=click.Choice(["totp", "hotp"]))
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+def list_(client: Client, as_json: bool, user: str | None, unassigned: bool,
+          kind: str | None, limit: int, offset: int) -> None:
+    """List tokens."""
+    _, data = client.call("GET", "/v1/tokens", params={
+        "user": user, "unassigned": True if unassigned else None, "kind": kind,
+        "limit": limit, "offset": offset})
+    _show(data, as_json, lambda d: _table([_token_row(t) for t in d["tokens"]],
+                                          _TOKEN_COLUMNS))
+
+
+def _q(serial: str) -> str:
+    from urllib.parse import quote
+
+    return quote(serial, safe="")
+
+
+@client_command(token)
+@click.argument("serial")
+def show(client: Client, as_json: bool, serial: str) -> None:
+    """One token's metadata and state."""
+    _, data = client.call("GET", f"/v1/tokens/{_q(serial)}")
+    _show(data, as_json, _token_detail)
+
+
+@client_command(token)
+@click.argument("serial")
+def remove(client: Client, as_json: bool, serial: str) -> None:
+    """Remove an unassigned token."""
+    client.call("DELETE", f"/v1/tokens/{_q(serial)}")
+    _show({"removed": serial}, as_json, lambda d: click.echo(f"removed {serial}"))
+
+
+@client_command(token)
+@click.argument("serial")
+def unlock(client: Client, as_json: bool, serial: str) -> None:
+    """Clear a token's failure count and lock."""
+    _, data = client.call("POST", f"/v1/tokens/{_q(serial)}/unlock")
+    _show(data, as_json, lambda d: click.echo(f"unlocked {serial}"))
+
+
+# -- device --------------------------------------------------------------------------------
+
+@validator.group()
+def device() -> None:
+    """Enable, list, deactivate and resync a user's devices."""
+
+
+@client_command(device)
+@click.argument("user")
+@click.argument("serial")
+@click.argument("code1")
+@click.argument("code2")
+def enable(client: Client, as_json: bool, user: str, serial: str, code1: str,
+           code2: str) -> None:
+    """Assign SERIAL to USER, proven by two consecutive codes."""
+    _, data = client.call("POST", f"/v1/users/{_q(user)}/devices",
+                          body={"serial": serial, "code1": code1, "code2": code2})
+    _show(data, as_json, lambda d: click.echo(f"enabled {serial} for {user}"))
+
+
+@client_command(device, "list")
+@click.argument("user")
+def list_devices(client: Client, as_json: bool, user: str) -> None:
+    """A user's devices."""
+    _, data = client.call("GET", f"/v1/users/{_q(user)}/devices")
+    _show(data, as_json, lambda d: _table([_token_row(t) for t in d["devices"]],
+                                          _TOKEN_COLUMNS))
+
+
+@client_command(device)
+@click.argument("user")
+@click.argument("serial")
+def deactivate(client: Client, as_json: bool, user: str, serial: str) -> None:
+    """Unassign SERIAL from USER (its old codes stay dead)."""
+    client.call("DELETE", f"/v1/users/{_q(user)}/devices/{_q(serial)}")
+    _show({"deactivated": serial, "user": user}, as_json,
+          lambda d: click.echo(f"deactivated {serial} of {user}"))
+
+
+@client_command(device)
+@click.argument("user")
+@click.argument("serial")
+@click.argument("code1")
+@click.argument("code2")
+def resync(client: Client, as_json: bool, user: str, serial: str, code1: str,
+           code2: str) -> None:
+    """Resynchronise SERIAL from two consecutive codes."""
+    _, data = client.call("POST", f"/v1/users/{_q(user)}/devices/{_q(serial)}/resync",
+                          body={"code1": code1, "code2": code2})
+    _show(data, as_json, lambda d: click.echo(
+        f"resynced {serial}: offset {d['drift']['offset_seconds']} s"
+        if d.get("drift") else f"resynced {serial}"))
+
+
+# -- verify, audit, station ----------------------------------------------------------------
+
+@client_command(validator)
+@click.argument("user")
+@click.argument("code")
+@click.option("--serial", help="Only this device of the user.")
+def verify(client: Client, as_json: bool, user: str, code: str, serial: str | None) -> None:
+    """Check USER's CODE. Exit status 0 if accepted, 1 if refused."""
+    body: dict[str, Any] = {"user": user, "code": code}
+    if serial:
+        body["serial"] = serial
+    _, data = client.call("POST", "/v1/verify", body=body)
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+    elif data["ok"]:
+        click.echo(f"accepted ({data['serial']})")
+    else:
+        wait = f", retry in {data['retry_after']:.0f} s" if data.get("retry_after") else ""
+        click.echo(f"refused: {data['reason']}{wait}", err=True)
+    sys.exit(0 if data["ok"] else 1)
+
+
+@client_command(validator)
+@click.option("--serial")
+@click.option("--user")
+@click.option("--action")
+@click.option("--result", type=click.Choice(["ok", "refused"]))
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+def audit(client: Client, as_json: bool, serial: str | None, user: str | None,
+          action: str | None, result: str | None, limit: int, offset: int) -> None:
+    """The audit log, oldest first."""
+    _, data = client.call("GET", "/v1/audit", params={
+        "serial": serial, "user": user, "action": action, "result": result, "limit": limit,
+        "offset": offset})
+    _show(data, as_json, lambda d: _table(
+        [{**e, "time": _when(e["time"])} for e in d["entries"]],
+        (("id", "ID"), ("time", "TIME"), ("action", "ACTION"), ("result", "RESULT"),
+         ("reason", "REASON"), ("serial", "SERIAL"), ("user", "USER"))))
+
+
+@validator.group()
+def station() -> None:
+    """Enrollment stations: tokens on the daemon's configured serial ports."""
+
+
+@client_command(station, "list")
+def list_stations(client: Client, as_json: bool) -> None:
+    """The configured stations."""
+    _, data = client.call("GET", "/v1/stations")
+    _show(data, as_json, lambda d: _table(d["stations"], (("name", "NAME"), ("port", "PORT"))))
+
+
+@client_command(station)
+@click.argument("name")
+def info(client: Client, as_json: bool, name: str) -> None:
+    """The INFO of the token on station NAME, read live."""
+    _, data = client.call("GET", f"/v1/stations/{_q(name)}")
+    def human(d: dict[str, Any]) -> None:
+        for k, v in d["token"].items():
+            click.echo(f"{k:<17} {v}")
+
+    _show(data, as_json, human)
+
+
+@client_command(station)
+@click.argument("name")
+@click.argument("user")
+@click.option("--provision", is_flag=True, help="Seed the token if it is blank.")
+@click.option("--kind", type=click.Choice(["totp", "hotp"]))
+@click.option("--hash", "hash_", type=click.Choice(["sha1", "sha256", "sha512"]))
+@click.option("--digits", type=click.Choice(["6", "8"]))
+@click.option("--period", type=int)
+def enroll(client: Client, as_json: bool, name: str, user: str, provision: bool,
+           kind: str | None, hash_: str | None, digits: str | None,
+           period: int | None) -> None:
+    """Enroll the token on station NAME for USER (reads two codes from it)."""
+    body: dict[str, Any] = {"user": user}
+    for key, value in (("provision", provision or None), ("kind", kind), ("hash", hash_),
+                       ("digits", None if digits is None else int(digits)),
+                       ("period", period)):
+        if value is not None:
+            body[key] = value
+    _, data = client.call("POST", f"/v1/stations/{_q(name)}/enroll", body=body)
+    _show(data, as_json, lambda d: click.echo(
+        f"enrolled {d['serial']} for {d['user']}" +
+        (" (provisioned with a fresh seed)" if d["provisioned"] else "")))

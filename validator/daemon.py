@@ -1,0 +1,211 @@
+"""Running the validator as a daemon: `init_dir` makes a home for it, `serve` runs it.
+
+    from validator.config import load
+    from validator.daemon import serve
+    serve(load("/var/lib/foblab/foblab.toml"))   # blocks until SIGTERM/SIGINT; returns 0
+
+Start-up checks everything an operator can get wrong before it serves a request (key files,
+the database, the port) and raises `StartupError` with a one-line reason. The listening
+socket is bound here, before uvicorn starts, so "port in use" is such a reason too and
+`port = 0` picks a free port (reported through `on_ready`).
+
+Shutdown: SIGTERM or SIGINT makes uvicorn stop accepting, let in-flight requests finish,
+run the lifespan shutdown (which closes the database) and return; `serve` then returns 0.
+uvicorn re-raises the signal it caught once it is done, to exit "by the signal"; we install
+no-op handlers first so that re-raise lands on them and the exit status stays 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from validator.apikeys import ApiKeyError, KeyRing, Role, new_key, write_key_file
+from validator.config import CONFIG_NAME, ConfigError, Settings, default_document
+from validator.secrets_box import KeyFileError, SecretBox
+from validator.service import Validator
+from validator.store import AuditEvent, StoreError
+
+log = logging.getLogger("foblab.validator")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is one line for the operator."""
+
+
+# -- init ----------------------------------------------------------------------------------
+
+def init_dir(directory: Path, *, host: str = "127.0.0.1", port: int = 8700,
+             force: bool = False) -> dict[str, Path | str]:
+    """Create `directory` with foblab.toml, the seed key, the database and both API keys
+    (every secret file 0600). Refuses to touch an existing config unless `force` (and even
+    then never overwrites a key or the database). Returns the paths and the two keys."""
+    import tomli_w
+
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    config = directory / CONFIG_NAME
+    if config.exists() and not force:
+        raise StartupError(f"{config} exists already; this folder is initialised")
+    doc = default_document(host, port)
+    files = {key: directory / doc["validator"][key] for key in
+             ("database", "seed_key_file", "admin_key_file", "verifier_key_file")}
+    for key in ("admin_key_file", "verifier_key_file", "database", "seed_key_file"):
+        if files[key].exists():
+            raise StartupError(f"{files[key]} exists already; remove it or pick another folder")
+    keys = {Role.ADMIN: new_key(Role.ADMIN), Role.VERIFIER: new_key(Role.VERIFIER)}
+    try:
+        write_key_file(files["admin_key_file"], keys[Role.ADMIN])
+        write_key_file(files["verifier_key_file"], keys[Role.VERIFIER])
+        validator = Validator.open(files["database"], files["seed_key_file"])
+        validator.close()
+        os.chmod(files["database"], 0o600)
+        tmp = config.with_name(config.name + ".tmp")
+        tmp.write_bytes(tomli_w.dumps(doc).encode())
+        os.replace(tmp, config)
+    except (OSError, sqlite3.Error, KeyFileError) as exc:
+        raise StartupError(f"cannot initialise {directory}: {exc}") from None
+    return {"config": config, **files, "admin_key": keys[Role.ADMIN],
+            "verifier_key": keys[Role.VERIFIER]}
+
+
+# -- start-up checks -------------------------------------------------------------------------
+
+def open_validator(settings: Settings) -> Validator:
+    """The validator on the configured database and seed key; neither is ever created
+    here (a typo in a path must not start an empty validator with a fresh key)."""
+    if not settings.seed_key_file.is_file():
+        raise StartupError(f"seed key file {settings.seed_key_file} does not exist")
+    if not settings.database.is_file():
+        raise StartupError(f"database {settings.database} does not exist (run foblab "
+                           "validator init)")
+    if not os.access(settings.database, os.R_OK | os.W_OK) or \
+            not os.access(settings.database.parent, os.W_OK | os.X_OK):
+        raise StartupError(f"database {settings.database} (and its folder, for the WAL) "
+                           "must be writable")
+    try:
+        SecretBox.from_file(settings.seed_key_file)
+        validator = Validator.open(settings.database, settings.seed_key_file,
+                                   policy=settings.policy, durability=settings.durability)
+    except KeyFileError as exc:
+        raise StartupError(str(exc)) from None
+    except (sqlite3.Error, StoreError, OSError) as exc:
+        raise StartupError(f"cannot open database {settings.database}: {exc}") from None
+    try:  # a write, so a read-only database is found now, not at the first verify
+        validator.store.add_audit([AuditEvent(time.time(), "daemon_start", "ok")])
+    except (sqlite3.Error, OSError) as exc:
+        validator.close()
+        raise StartupError(f"cannot write database {settings.database}: {exc}") from None
+    return validator
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _configure_logging(level: str) -> None:
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(fmt)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    access = logging.getLogger("foblab.access")
+    access.propagate = False
+    plain = logging.StreamHandler(sys.stderr)
+    plain.setFormatter(logging.Formatter("%(message)s"))
+    access.handlers[:] = [plain]
+    access.setLevel(logging.INFO)
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and not self.should_exit and self._on_ready is not None:
+            self._on_ready()
+
+
+def _fast(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
+          log_level: str = "info", graceful_timeout: int | None = 30) -> int:
+    """Run the daemon until SIGTERM/SIGINT. Raises StartupError before serving; returns 0
+    after a clean shutdown, 1 if uvicorn could not start."""
+    from validator.app import create_app
+
+    _configure_logging(log_level)
+    try:
+        keys = KeyRing.from_files({Role.ADMIN: settings.admin_key_file,
+                                   Role.VERIFIER: settings.verifier_key_file})
+    except ApiKeyError as exc:
+        raise StartupError(str(exc)) from None
+    validator = open_validator(settings)
+    closed = False
+
+    def close() -> None:
+        nonlocal closed
+        if not closed:
+            closed = True
+            validator.close()
+            log.info("database closed")
+
+    try:
+        try:
+            app = create_app(validator, keys, settings, on_shutdown=close)
+        except (ValueError, TypeError, KeyError, OSError) as exc:
+            raise StartupError(f"cannot build the application: {exc}") from None
+        sock = bind(settings.host, settings.port)
+        host, port = sock.getsockname()[:2]
+        url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        config = uvicorn.Config(
+            app, loop="uvloop" if _fast("uvloop") else "asyncio",
+            http="httptools" if _fast("httptools") else "h11", lifespan="on",
+            access_log=False, log_config=None, log_level=log_level, server_header=False,
+            timeout_graceful_shutdown=graceful_timeout, backlog=2048)
+        server = _Server(config, None if on_ready is None else lambda: on_ready(url))
+        previous: dict[signal.Signals, Any] = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: None)
+        try:
+            log.info("serving on %s (%d station(s))", url, len(settings.stations))
+            server.run(sockets=[sock])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            sock.close()
+        return 0 if server.started else 1
+    finally:
+        close()
+
+
+__all__ = ["ConfigError", "StartupError", "init_dir", "open_validator", "serve"]
