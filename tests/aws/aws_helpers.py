@@ -44,3 +44,35 @@ def error_of(excinfo: pytest.ExceptionInfo) -> tuple[str, int, str]:
     err = excinfo.value.response
     return (err["Error"]["Code"], err["ResponseMetadata"]["HTTPStatusCode"],
             err["Error"].get("Message", ""))
+
+
+def signed_post(url: str, body: bytes | str, key: tuple[str, str], *, service: str = "iam",
+                headers: dict[str, str] | None = None, tamper: bytes | None = None):
+    """POST `body` to `url`, signed by botocore's own SigV4 signer (the body replaced by
+    `tamper` after signing, if given). Answers the httpx response."""
+    import httpx
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    data = body.encode() if isinstance(body, str) else body
+    request = AWSRequest(method="POST", url=url, data=data, headers={
+        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8", **(headers or {})})
+    SigV4Auth(Credentials(*key), service, "us-east-1").add_auth(request)
+    with httpx.Client(trust_env=False, timeout=15) as client:
+        return client.post(url, content=tamper if tamper is not None else data,
+                           headers=dict(request.headers.items()))
+
+
+def aws_error(response) -> tuple[str, int]:
+    """(Code, status) of an AWS ErrorResponse, checking its XML shape on the way."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(response.content)
+    ns = root.tag.partition("}")[0] + "}"
+    assert root.tag.endswith("ErrorResponse"), response.text
+    error = root.find(f"{ns}Error")
+    assert error is not None and error.findtext(f"{ns}Type") in ("Sender", "Receiver")
+    assert error.findtext(f"{ns}Message")
+    assert root.findtext(f"{ns}RequestId")
+    return error.findtext(f"{ns}Code") or "", response.status_code

@@ -43,14 +43,14 @@ class Daemon:
     secret_access_key: str
 
     def client(self, service: str, *, key: tuple[str, str] | None = None,
-               token: str | None = None):  # -> botocore client
+               token: str | None = None, validate: bool = True):  # -> botocore client
         akid, secret = key or (self.access_key_id, self.secret_access_key)
         session = boto3.session.Session(aws_access_key_id=akid, aws_secret_access_key=secret,
                                         aws_session_token=token, region_name="us-east-1")
         # One attempt: a 500 (or any retryable answer) must show at once, not be retried.
         return session.client(service, endpoint_url=self.url, config=Config(
             retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=5, read_timeout=15))
+            connect_timeout=5, read_timeout=15, parameter_validation=validate))
 
 
 @pytest.fixture(scope="session", autouse=True)
