@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from validator.aws.store import AwsStore
+from validator.config import CONFIG_NAME, ConfigError, load
 from validator.secrets_box import KeyFileError, SecretBox
 
 
@@ -29,28 +29,12 @@ def _fail(message: str) -> NoReturn:
 
 
 def _from_config(directory: Path) -> tuple[Path, Path]:
-    """The database and key file paths that `foblab validator init DIR` wrote into
-    DIR/foblab.toml (relative paths are relative to DIR)."""
-    config = directory / "foblab.toml"
+    """The database and seed key file named by DIR/foblab.toml (`foblab validator init`)."""
     try:
-        data = tomllib.loads(config.read_text())
-    except OSError as exc:
-        _fail(f"cannot read {config}: {exc.strerror or exc}")
-    except tomllib.TOMLDecodeError as exc:
-        _fail(f"{config}: {exc}")
-    tables = [data.get("validator"), data.get("store"), data.get("database"), data]
-    found: dict[str, str] = {}
-    for table in tables:
-        if not isinstance(table, dict):
-            continue
-        for name, keys in (("db", ("db", "db_path", "database", "path")),
-                           ("key", ("key_file", "seed_key", "key", "key_path"))):
-            for key in keys:
-                if name not in found and isinstance(table.get(key), str):
-                    found[name] = table[key]
-    if "db" not in found or "key" not in found:
-        _fail(f"{config} names no database and key file; give --db and --key-file")
-    return directory / found["db"], directory / found["key"]
+        settings = load(directory / CONFIG_NAME)
+    except ConfigError as exc:
+        _fail(str(exc))
+    return settings.database, settings.seed_key_file
 
 
 @contextmanager

@@ -38,6 +38,7 @@ log = logging.getLogger("foblab.aws")
 IAM_VERSION = "2010-05-08"
 STS_VERSION = "2011-06-15"
 MAX_BODY = 256 * 1024
+USER_NAME_MAX = 128  # IAM's limit for EnableMFADevice & co.
 _ACCOUNT = re.compile(r"[0-9]{12}")
 _DEFAULTS: dict[str, Any] = {"account_id": "123456789012", "allow_any_signature": False,
                              "max_skew_s": 300}
@@ -82,6 +83,15 @@ class AwsEndpoint:
     def close(self) -> None:
         self.store.close()
 
+    def _core(self) -> Validator:
+        """The daemon's validator, seen with AWS's user-name limit (128). A fresh view per
+        request over the same store, box and policy (cheap, no I/O), so the daemon's own
+        limit stays as configured and a rotated box is always the current one."""
+        v = self.validator
+        if v.max_user_length >= USER_NAME_MAX:
+            return v
+        return Validator(v.store, v.box, v.policy, max_user_length=USER_NAME_MAX)
+
     async def handle(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
         namespace = x.IAM_NS
@@ -119,7 +129,7 @@ class AwsEndpoint:
             now = self._clock()
             caller = self._authenticate(request, body, now)
             handler, version = self._action(values)
-            ctx = actions.Context(self.validator, self.store, self.account_id, now, caller)
+            ctx = actions.Context(self._core(), self.store, self.account_id, now, caller)
             try:
                 result = handler(ctx, Params(values))
             except core_errors.ValidatorError as exc:
