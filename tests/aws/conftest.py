@@ -3,10 +3,12 @@ access key, and boto3 clients isolated from any AWS configuration on the machine
 
 from __future__ import annotations
 
+import json
 import os
-import socket
+import re
+import signal
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,14 +16,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-import uvicorn
 from botocore.config import Config
-from starlette.applications import Starlette
-from starlette.routing import Route
-
-from validator.aws import AwsEndpoint
-from validator.aws.store import AwsStore
-from validator.service import Validator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for aws_helpers
 
@@ -41,6 +36,9 @@ class Daemon:
     key_file: Path
     access_key_id: str
     secret_access_key: str
+    base: str  # the daemon's root URL
+    admin_key: str  # its admin API key (Bearer), for the v1 API
+    folder: Path  # the init'd folder
 
     def client(self, service: str, *, key: tuple[str, str] | None = None,
                token: str | None = None, validate: bool = True):  # -> botocore client
@@ -68,40 +66,53 @@ def _isolated_aws_env() -> Iterator[None]:
             os.environ[k] = v
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+ROOT = Path(__file__).resolve().parents[2]
+FOBLAB = [sys.executable, "-m", "tools.cli"]
+
+
+def foblab(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the `foblab` command (this checkout's) and answer its completed process."""
+    return subprocess.run([*FOBLAB, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=check)
 
 
 @pytest.fixture(scope="session")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """The endpoint under a minimal Starlette app on a real uvicorn server (thread)."""
+    """The real daemon: `foblab validator init`, an access key from `foblab validator
+    aws-keys create`, then `foblab validator serve` on an ephemeral loopback port."""
     root = tmp_path_factory.mktemp("aws-daemon")
-    db, key_file = root / "validator.db", root / "seed.key"
-    validator = Validator.open(db, key_file, max_user_length=128)
-    endpoint = AwsEndpoint(validator, db, {})
-    app = Starlette(routes=[Route(path, endpoint.handle, methods=["GET", "POST"])
-                            for path in ("/aws", "/aws/")])
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    keys = AwsStore(db, validator.box)
-    akid, secret = keys.create_key(time.time())
-    keys.close()
+    folder = root / "validator"
+    foblab("validator", "init", str(folder), "--port", "0")
+    created = json.loads(foblab("validator", "aws-keys", "create", "--dir", str(folder),
+                                "--json").stdout)
+    log_path = root / "daemon.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*FOBLAB, "validator", "serve", "--dir", str(folder),
+                                 "--port", "0"], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        yield Daemon(f"http://127.0.0.1:{port}/aws", db, key_file, akid, secret)
+        deadline = time.monotonic() + 30
+        while True:
+            found = re.search(r"listening on (http://\S+)", log_path.read_text())
+            if found:
+                break
+            assert proc.poll() is None, f"the daemon exited: {log_path.read_text()}"
+            assert time.monotonic() < deadline, "the daemon did not start"
+            time.sleep(0.05)
+        base = found.group(1)
+        yield Daemon(f"{base}/aws", folder / "validator.db", folder / "seed.key",
+                     created["access_key_id"], created["secret_access_key"], base=base,
+                     admin_key=(folder / "admin.key").read_text().strip(), folder=folder)
     finally:
-        server.should_exit = True
-        thread.join(10)
-        endpoint.close()
-        validator.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert "Traceback" not in text and "internal error" not in text, text[-4000:]
+    assert proc.returncode == 0, text[-2000:]
 
 
 @pytest.fixture
