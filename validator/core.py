@@ -49,6 +49,10 @@ class Policy:
     been on display (a soft belief; see `validator.drift`).
     `max_rate_ppm`: the physical bound on a token clock's rate error.
     `history`: drift observations kept per token.
+    `near_miss_steps`: TOTP, tracking policy: how many steps outside the window, but within
+    the drift tracker's feasible bounds, a refused code is also compared with (nearest
+    first). A match is still refused; it only tells the tracker where the clock is (see
+    `verify`). 0 turns this off.
     """
 
     window: int = 1
@@ -64,10 +68,13 @@ class Policy:
     fresh_allowance: float = 5.0
     max_rate_ppm: float = 100.0
     history: int = 32
+    near_miss_steps: int = 8
 
     def __post_init__(self) -> None:
-        if self.window < 0 or self.hotp_lookahead < 0 or self.max_failures < 1:
-            raise ValueError("window, hotp_lookahead must be >= 0 and max_failures >= 1")
+        if self.window < 0 or self.hotp_lookahead < 0 or self.max_failures < 1 or \
+                self.near_miss_steps < 0:
+            raise ValueError("window, hotp_lookahead, near_miss_steps must be >= 0 and "
+                             "max_failures >= 1")
         if self.lock_base <= 0 or self.lock_cap < self.lock_base or self.history < 1:
             raise ValueError("lock_base > 0, lock_cap >= lock_base and history >= 1 required")
 
@@ -235,7 +242,57 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
                 replayed = True
                 continue
             return _accept(state, step, now, policy)
-    return _fail(state, Reason.REPLAYED if replayed else Reason.INVALID_CODE, now, policy)
+    if replayed:
+        return _fail(state, Reason.REPLAYED, now, policy)
+    if policy.near_miss_steps and policy.drift_policy is DriftPolicy.TRACKING and \
+            state.drift.poly:
+        learnt = _near_miss(state, key, code, now, center, window, policy)
+        if learnt is not None:
+            state = replace(state, drift=learnt)
+    return _fail(state, Reason.INVALID_CODE, now, policy)
+
+
+def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: float,
+               window: int, policy: Policy) -> Drift | None:
+    """The drift after a refused code that matches a step just outside the window.
+
+    A token refused once because its clock has moved to the window's edge (early on, while
+    its rate is unknown) would be refused again next time: a refused code teaches nothing.
+    So a code that fails the window is also compared with up to `near_miss_steps` steps
+    outside it, nearest first, but only steps after the watermark and within the tracker's
+    feasible bounds at `now` (where the clock can physically be, given the observations and
+    the rate limit). A match is *not* accepted (the window never widens); the observation
+    only narrows the feasible set, so the next code is predicted where the clock really is.
+
+    Why this is safe: a random guess matches one of k extra steps with probability
+    k·10^-digits, and all it can then do is move the estimate within what is physically
+    possible anyway; old (observed) codes lie at or before the watermark and are never
+    compared; the attempt still counts as a failure toward the throttle; and the answer is
+    the same `invalid_code` whether or not it matched, so it is no oracle.
+    """
+    drift = state.drift
+    period, t0 = state.period, state.t0
+    allowance = policy.typing_allowance
+    lo, hi = drift.bounds(now)
+    # Steps whose offset interval [sP+T0-now, (s+1)P+T0-now+D) meets [lo, hi].
+    first = int((lo + now - t0 - allowance) // period)
+    last = int((hi + now - t0) // period)
+    base = int(center // 1)
+    reach = window + policy.near_miss_steps
+    first = max(first, base - reach)
+    last = min(last, base + reach)
+    if state.watermark is not None and first <= state.watermark:
+        first = state.watermark + 1
+    steps = [s for s in range(first, last + 1) if not base - window <= s <= base + window]
+    if not steps:
+        return None
+    steps.sort(key=lambda s: abs(s + 0.5 - center))
+    digits, algorithm = state.digits, state.algorithm
+    for step in steps[:policy.near_miss_steps]:
+        if hmac.compare_digest(hotp(key, step, digits, algorithm), code):
+            obs = _drift.interval(step, now, period, t0, allowance)
+            return _drift.learn(drift, obs, history=policy.history)
+    return None
 
 
 def _accept(state: TokenState, matched: int, now: float, policy: Policy) -> Decision:

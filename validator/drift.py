@@ -184,6 +184,23 @@ def observe(
     return replace(drift, tref=tref, poly=tuple(poly), history=kept, soft=())
 
 
+def learn(drift: Drift, obs: Observation, *, history: int) -> Drift:
+    """The estimate after a *refused* near-miss code gave observation `obs`.
+
+    Only narrows: the polygon (and the soft one) are clipped by the observation, which the
+    caller has checked lies within `bounds`; if clipping would empty the set, nothing is
+    learnt. Never a rebuild, so an unaccepted code cannot make the tracker forget evidence.
+    """
+    if not drift.poly:
+        return drift
+    poly = _add(list(drift.poly), drift.tref, obs)
+    if not 3 <= len(poly) <= 2 * history + 4:
+        return drift
+    soft = _add(list(drift.soft), drift.tref, obs) if drift.soft else []
+    return Drift(drift.offset, drift.tref, tuple(poly), (drift.history + (obs,))[-history:],
+                 tuple(soft) if len(soft) >= 3 else ())
+
+
 def reset(drift: Drift, obs: Observation, *, policy: DriftPolicy, period: int,
           max_rate: float, fresh: float) -> Drift:
     """The estimate after a resync or an enable: only what the pair shows remains.

@@ -4,7 +4,9 @@ A token's clock runs at `(1 + ppm*1e-6)` times true time from its enable day. It
 enables it the usual way (types the current code, waits for it to change, types the next,
 submits), then logs in about once a week at a random time of day; each code arrives 1-5 s
 after it was read. A refused login is retried the next week; two refusals in a row count as
-a resync (the user would have to call the helpdesk) and the token is resynced.
+a resync (the user would have to call the helpdesk) and the token is resynced. In the
+`retry` variant the user, refused, waits for the next code and types it at once; only a
+login whose retry is refused too counts as refused then.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import pytest
+
 from validator import core
-from validator.core import Kind, Policy, TokenState
+from validator.core import Kind, Policy, Reason, TokenState
 from validator.drift import DriftPolicy
 from validator.otp import hotp
 
@@ -28,6 +32,7 @@ class Outcome:
     logins: int = 0
     rejected: int = 0
     resyncs: int = 0
+    first_refused: int = 0  # first attempts refused (equals `rejected` without retries)
     returns: int = 0
     returns_accepted: int = 0
 
@@ -49,6 +54,11 @@ class Token:
     def code(self, t: float) -> str:
         return hotp(self.key, self.step(t))
 
+    def next_change(self, t: float) -> float:
+        """The true time at which the code shown at `t` is replaced by the next one."""
+        rate = 1 + self.ppm * 1e-6
+        return ((self.step(t) + 1) * P - self.offset0 + self.ppm * 1e-6 * self.start) / rate
+
 
 def enable(tok: Token, rng: random.Random, policy: Policy) -> TokenState:
     first = tok.step(tok.start)
@@ -63,10 +73,16 @@ def enable(tok: Token, rng: random.Random, policy: Policy) -> TokenState:
 
 
 def login(tok: Token, state: TokenState, t: float, rng: random.Random, policy: Policy,
-          out: Outcome, misses: list[int]) -> TokenState:
-    code = tok.code(t - rng.uniform(1, 5))
-    decision = core.verify(state, tok.key, code, t, policy)
+          out: Outcome, misses: list[int], retry: bool = False) -> TokenState:
+    read = t - rng.uniform(1, 5)
+    decision = core.verify(state, tok.key, tok.code(read), t, policy)
     out.logins += 1
+    if not decision.accepted:
+        out.first_refused += 1
+        if retry:  # wait for the code to change, type the new one at once
+            read = max(tok.next_change(read), t) + rng.uniform(0.5, 3)
+            t = read + rng.uniform(1, 5)
+            decision = core.verify(decision.state, tok.key, tok.code(read), t, policy)
     if decision.accepted:
         misses[0] = 0
         return decision.state
@@ -85,7 +101,7 @@ def login(tok: Token, state: TokenState, t: float, rng: random.Random, policy: P
 
 
 def weekly(ppms: list[float], weeks: int, policy: Policy, seed: int,
-           idle_weeks: int = 0) -> Outcome:
+           idle_weeks: int = 0, retry: bool = False) -> Outcome:
     rng = random.Random(seed)
     out = Outcome()
     for ppm in ppms:
@@ -94,7 +110,7 @@ def weekly(ppms: list[float], weeks: int, policy: Policy, seed: int,
         misses = [0]
         for week in range(1, weeks + 1):
             t = tok.start + week * WEEK + rng.uniform(-DAY / 2, DAY / 2)
-            state = login(tok, state, t, rng, policy, out, misses)
+            state = login(tok, state, t, rng, policy, out, misses, retry)
         if idle_weeks:
             t = tok.start + (weeks + idle_weeks) * WEEK + rng.uniform(-DAY / 2, DAY / 2)
             before = out.rejected
@@ -105,6 +121,35 @@ def weekly(ppms: list[float], weeks: int, policy: Policy, seed: int,
 
 
 POPULATION = [40.0 if i % 2 else -40.0 for i in range(200)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_40ppm_weekly_three_years_no_resync_on_any_seed(seed: int) -> None:
+    """200 tokens per seed, 5 seeds: 156,000 logins in all, none needing a resync."""
+    out = weekly(POPULATION, 156, Policy(), seed=seed)
+    print(f"\nseed {seed}: {out.rejected_pct:.3f}% rejected, {out.resyncs} resyncs")
+    assert out.logins == 200 * 156
+    assert out.rejected_pct <= 0.1
+    assert out.resyncs == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_40ppm_weekly_users_retry_at_once_with_the_next_code(seed: int) -> None:
+    """A refused user types the next code straight away: the refused near miss has already
+    moved the estimate, so the retry is accepted and no login is lost."""
+    out = weekly(POPULATION, 156, Policy(), seed=seed, retry=True)
+    print(f"\nseed {seed}, retrying: {out.first_refused} first attempts refused, "
+          f"{out.rejected} logins refused, {out.resyncs} resyncs")
+    assert out.rejected == 0 and out.resyncs == 0
+    assert 100.0 * out.first_refused / out.logins <= 0.1
+
+
+def test_40ppm_seed_2_needed_resyncs_without_near_miss_learning() -> None:
+    """The seed that motivated near-miss learning: with it off, a token refused in its first
+    week (offset at the window's edge, rate still unknown) is refused again the next week.
+    If this stops failing, the per-seed test above no longer shows anything."""
+    out = weekly(POPULATION, 156, Policy(near_miss_steps=0), seed=2)
+    assert out.resyncs > 0
 
 
 def test_40ppm_weekly_three_years_tracking_vs_whole_step() -> None:
@@ -162,3 +207,77 @@ def test_core_speed_for_the_drift_study() -> None:
     started = time.perf_counter()
     weekly(POPULATION, 156, Policy(), seed=4)
     assert time.perf_counter() - started < 2.0
+
+
+def _enabled_at_zero_offset() -> tuple[bytes, TokenState, int]:
+    """A token enabled with offset 0: the pair (s-1, s) arriving 2 s into step s."""
+    key = random.Random(5).randbytes(20)
+    s = int(START // P)
+    decision = core.check_enable(TokenState(kind=Kind.TOTP), key, hotp(key, s - 1),
+                                 hotp(key, s), s * P + 2.0, Policy())
+    assert decision.accepted
+    return key, decision.state, s
+
+
+def test_near_miss_is_refused_but_moves_the_estimate() -> None:
+    key, state, s = _enabled_at_zero_offset()
+    policy = Policy()
+    # Two weeks later (±121 s physically possible at 100 ppm) the token runs 70 s ahead
+    # (58 ppm): its code is two steps past the ±1 window around the prediction.
+    k = s + 2 * int(WEEK // P)
+    now = k * P + 10.0
+    shown = hotp(key, int((now - 3 + 70) // P))
+    assert int((now - 3 + 70) // P) == k + 2
+    before = state.drift
+    decision = core.verify(state, key, shown, now, policy)
+    assert decision.reason is Reason.INVALID_CODE and decision.matched is None
+    assert decision.state.failures == 1  # counted toward the throttle as usual
+    assert decision.state.watermark == state.watermark  # nothing accepted
+    after = decision.state.drift
+    assert after != before
+    lo, hi = after.bounds(now)
+    assert lo <= 70 <= hi and hi - lo < 40  # narrowed to where the clock really is
+    assert after.predict(now) > 40 > before.predict(now) + 30
+    # The very next code is accepted; without near-miss learning it would be refused too.
+    then = now + 60
+    code = hotp(key, int((then - 3 + 70) // P))
+    assert core.verify(decision.state, key, code, then, policy).accepted
+    off = Policy(near_miss_steps=0)
+    blind = core.verify(state, key, shown, now, off)
+    assert blind.reason is Reason.INVALID_CODE and blind.state.drift == before
+    assert not core.verify(blind.state, key, code, then, off).accepted
+
+
+def test_near_miss_outside_the_feasible_bounds_teaches_nothing() -> None:
+    key, state, s = _enabled_at_zero_offset()
+    # One day later the clock can have moved ~9 s at most: a code 150 s ahead (5 steps,
+    # within the step cap) is physically impossible and is not even compared.
+    k = s + int(DAY // P)
+    now = k * P + 10.0
+    lo, hi = state.drift.bounds(now)
+    assert hi < 45
+    decision = core.verify(state, key, hotp(key, k + 5), now, Policy())
+    assert decision.reason is Reason.INVALID_CODE
+    assert decision.state.drift == state.drift and decision.state.failures == 1
+
+
+def test_near_miss_at_or_before_the_watermark_teaches_nothing() -> None:
+    key, state, s = _enabled_at_zero_offset()
+    k = s + 2 * int(WEEK // P)
+    now = k * P + 10.0
+    # An old code (at or before the watermark) is never compared, even within the bounds.
+    old = TokenState.from_json({**state.to_json(), "watermark": k + 5})
+    decision = core.verify(old, key, hotp(key, k + 2), now, Policy())
+    assert decision.reason is Reason.INVALID_CODE and decision.state.drift == old.drift
+
+
+@pytest.mark.parametrize("policy", [DriftPolicy.WHOLE_STEP, DriftPolicy.SYNC_ONLY])
+def test_comparison_policies_do_not_learn_from_near_misses(policy: DriftPolicy) -> None:
+    key = random.Random(6).randbytes(20)
+    s = int(START // P)
+    p = Policy(drift_policy=policy)
+    state = core.check_enable(TokenState(kind=Kind.TOTP), key, hotp(key, s - 1),
+                              hotp(key, s), s * P + 2.0, p).state
+    k = s + 2 * int(WEEK // P)
+    decision = core.verify(state, key, hotp(key, k + 2), k * P + 10.0, p)
+    assert decision.reason is Reason.INVALID_CODE and decision.state.drift == state.drift
