@@ -20,7 +20,7 @@ from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for aws_helpers
 
-from aws_helpers import settled_step  # noqa: E402
+from aws_helpers import FOBLAB, ROOT, foblab, settled_step  # noqa: E402
 
 ISOLATION = {
     "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
@@ -64,16 +64,6 @@ def _isolated_aws_env() -> Iterator[None]:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-
-
-ROOT = Path(__file__).resolve().parents[2]
-FOBLAB = [sys.executable, "-m", "tools.cli"]
-
-
-def foblab(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the `foblab` command (this checkout's) and answer its completed process."""
-    return subprocess.run([*FOBLAB, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, check=check)
 
 
 @pytest.fixture(scope="session")
