@@ -134,7 +134,7 @@ class AwsEndpoint:
                 result = handler(ctx, Params(values))
             except core_errors.ValidatorError as exc:
                 raise actions.translate(exc) from None
-            log.info("aws %s: ok", action)
+            log.debug("aws %s: ok", action)
             return Response(x.response(action, namespace, request_id, result),
                             media_type="text/xml",
                             headers={"x-amzn-RequestId": request_id})

@@ -21,6 +21,7 @@ CODE = re.compile(r"[0-9]{6}")
 DEVICE_NAME = re.compile(r"[\w+=,.@-]{1,226}", re.ASCII)
 PATH = re.compile(r"/|/[\x21-\x7e]+/")
 _MEMBER = re.compile(r"(\w+)\.member\.([1-9][0-9]{0,3})(?:\.(\w+))?")
+_INTEGER = re.compile(r"-?[0-9]{1,12}")
 _TAG_PUNCT = frozenset("_.:/=+-@")
 
 
@@ -70,10 +71,9 @@ class Params:
         value = self.optional(name)
         if value is None:
             return None
-        try:
-            number = int(value.strip(), 10)
-        except ValueError:
-            raise validation_error(_member_name(name), "Member must be an integer") from None
+        if not _INTEGER.fullmatch(value):  # int() would take " +９00" too
+            raise validation_error(_member_name(name), "Member must be an integer")
+        number = int(value)
         if not low <= number <= high:
             raise validation_error(_member_name(name), f"Member must have value greater "
                                    f"than or equal to {low} and less than or equal to {high}")
