@@ -95,6 +95,7 @@ class Station:
         self.url = url
         self.timeout = timeout
         self.lock = threading.Lock()
+        self._heard = False  # whether the current session received any byte
         self._opener = opener
         self._sleep = sleep
 
@@ -113,6 +114,9 @@ class Station:
             return self._fail(409, "token_refused",
                               f"the token refused {exc.command.name}: {exc.code.name.lower()}")
         if isinstance(exc, NoReply):
+            if self._heard:  # bytes came, but never a valid reply
+                return self._fail(502, "token_garbage",
+                                  "the token's answer was not valid protocol")
             return self._fail(504, "token_timeout", "the token did not answer")
         if isinstance(exc, RemoteProtocolError | ProtocolError):
             return self._fail(502, "token_garbage", "the token's answer was not valid protocol")
@@ -125,7 +129,16 @@ class Station:
             port = self._opener(self.url, self.timeout)
         except (serial.SerialException, OSError, ValueError):
             raise self._fail(503, "station_unavailable", "cannot open the port") from None
-        return port, TokenClient(pyserial_reader(port), port.write)
+        self._heard = False
+        read = pyserial_reader(port)
+
+        def heard_read() -> bytes:
+            data = read()
+            if data:
+                self._heard = True
+            return data
+
+        return port, TokenClient(heard_read, port.write)
 
     # -- operations ------------------------------------------------------------------------
 
@@ -175,10 +188,13 @@ class Station:
             registered = True
         else:
             try:
-                validator.get_token(serial_no)
+                known = validator.get_token(serial_no)
             except UnknownSerial:
                 raise self._fail(404, "token_not_registered", f"token {serial_no} is not "
                                  "registered; import its seed file first") from None
+            if known.user is not None:  # before waiting a step for codes that cannot help
+                raise self._fail(409, "already_assigned",
+                                 f"token {serial_no} is already assigned")
         try:
             code1, code2 = self._two_codes(client, info)
             token = validator.enable(user, serial_no, code1, code2)

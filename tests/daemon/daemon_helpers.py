@@ -1,0 +1,170 @@
+"""Helpers of the daemon tests (importable: conftest.py is not, under importlib mode)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import serial
+import tomli_w
+
+from protocol import TokenClient, pyserial_reader
+from protocol.messages import AdjustOffsetRequest
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[str]
+    url: str
+    dir: Path
+    admin: str
+    verifier: str
+    lines: list[str] = field(default_factory=list)
+
+    def client(self, key: str | None = "admin", **kw: Any) -> httpx.Client:
+        token = {"admin": self.admin, "verifier": self.verifier}.get(key or "", key)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kw)
+
+    def stop(self, sig: int = 15, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+def init_dir(directory: Path, **validator_settings: Any) -> tuple[str, str]:
+    out = subprocess.run([PYTHON, "-m", "tools.cli", "validator", "init", str(directory)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    if validator_settings:
+        set_config(directory, **validator_settings)
+    return ((directory / "admin.key").read_text().strip(),
+            (directory / "verifier.key").read_text().strip())
+
+
+def set_config(directory: Path, section: str = "validator", **values: Any) -> None:
+    path = directory / "foblab.toml"
+    doc = tomllib.loads(path.read_text())
+    doc.setdefault(section, {}).update(values)
+    path.write_text(tomli_w.dumps(doc))
+
+
+def start(directory: Path, *args: str, timeout: float = 30) -> Daemon:
+    """`foblab validator serve --dir DIR --port 0 ARGS`; waits for its ready line."""
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "tools.cli", "validator", "serve", "--dir", str(directory),
+         "--port", "0", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+    url: list[str] = []
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "listening on " in line and not url:
+                url.append(line.rsplit(" ", 1)[-1].strip())
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(timeout) or not url:
+        proc.kill()
+        proc.wait(5)
+        raise AssertionError("daemon did not start:\n" + "".join(lines))
+    admin = (directory / "admin.key").read_text().strip()
+    verifier = (directory / "verifier.key").read_text().strip()
+    return Daemon(proc, url[0], directory, admin, verifier, lines)
+
+
+# -- tokens on serial ports ----------------------------------------------------------------
+
+class Port:
+    """A test's own connection to a token over its PTY."""
+
+    def __init__(self, url: str) -> None:
+        self.serial = serial.serial_for_url(url, timeout=2)
+        self.client = TokenClient(pyserial_reader(self.serial), self.serial.write)
+
+    def close(self) -> None:
+        self.serial.close()
+
+    def near_boundary(self, lead: float = 0.8, period: int = 30) -> None:
+        """Jump the token's clock (QA) so its step ends `lead` seconds from now: a drifted
+        token, which is the validator's business, and a short wait for the next code."""
+        clock = self.client.clock()
+        into = (clock.token_time_ms / 1000) % period
+        delta = (period - lead) - into
+        self.client.clock_command(AdjustOffsetRequest(delta_ms=int(delta * 1000)))
+
+    def jump(self, seconds: float) -> None:
+        self.client.clock_command(AdjustOffsetRequest(delta_ms=int(seconds * 1000)))
+
+    def two_codes(self) -> tuple[str, str]:
+        """Two consecutive codes as a person reads them: press, wait for the display to
+        change, press; the second is current."""
+        self.near_boundary()
+        first = self.client.press().code
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            second = self.client.press().code
+            if second != first:
+                return first, second
+            time.sleep(0.05)
+        raise AssertionError("the token's code did not change")
+
+    def next_code(self) -> str:
+        """A code one step later than anything read so far (jump the clock a step)."""
+        self.jump(30)
+        return self.client.press().code
+
+
+class FakePort:
+    """A PTY with a fake token on the far side: silent, or answering garbage."""
+
+    def __init__(self, directory: Path, name: str, garbage: bool) -> None:
+        self.master, slave = os.openpty()
+        import tty
+
+        tty.setraw(slave)
+        self.link = directory / name
+        self.link.symlink_to(os.ttyname(slave))
+        self._slave = slave
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(garbage,), daemon=True)
+        self._thread.start()
+
+    def _run(self, garbage: bool) -> None:
+        import select
+
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    os.read(self.master, 4096)
+                except OSError:
+                    continue
+                if garbage:
+                    os.write(self.master, b"\x02\xff\x13garbage\x00" * 4)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        os.close(self.master)
+        os.close(self._slave)
