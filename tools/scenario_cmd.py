@@ -131,3 +131,86 @@ def _read_key(key: str) -> str:
         except OSError as exc:
             _fail(f"cannot read the key file {key}: {exc}")
     return key
+
+
+@scenario.command()
+@click.option("--tokens", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
+@click.option("--years", type=click.FloatRange(0.01, 50), default=3.0, show_default=True)
+@click.option("--interval", "interval_days", type=click.FloatRange(0.01, 3650), default=7.0,
+              show_default=True, help="Mean days between a token's logins (exponential).")
+@click.option("--regular", is_flag=True, help="Log in every --interval days exactly instead.")
+@click.option("--hours", type=(float, float), default=(7.0, 22.0), show_default=True,
+              help="Logins happen at a random time of day between these hours (UTC).")
+@click.option("--typing", type=(float, float), default=(1.0, 5.0), show_default=True,
+              help="Seconds from reading a code to its arrival: uniform between these.")
+@click.option("--ppm-sd", type=float, default=2.0, show_default=True,
+              help="Crystal error: N(0, this) ppm ...")
+@click.option("--ppm-clip", type=float, default=20.0, show_default=True,
+              help="... clipped to ± this.")
+@click.option("--temp", "temp_mean", type=float, default=22.0, show_default=True,
+              help="Mean of the tokens' temperatures, °C (N(this, --temp-sd)).")
+@click.option("--temp-sd", type=float, default=4.0, show_default=True)
+@click.option("--temp-swing", type=float, default=3.0, show_default=True,
+              help="Largest daily temperature swing, ± °C (uniform per token).")
+@click.option("--aging-sd", type=float, default=1.0, show_default=True,
+              help="Aging: N(0, this) ppm per year.")
+@click.option("--initial-offset", type=float, default=10.0, show_default=True,
+              help="Clocks are set within ± this many seconds when enabled.")
+@click.option("--zero-drift", is_flag=True,
+              help="Perfect clocks and instant typing: every policy must accept all.")
+@click.option("--window", type=click.IntRange(0, 10), default=1, show_default=True,
+              help="TOTP steps searched either side of the believed step.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG: offset against time for sample tokens (needs matplotlib).")
+@click.option("--samples", type=click.IntRange(1, 20), default=6, show_default=True,
+              help="Sample tokens drawn in the plot.")
+def study(tokens: int, years: float, interval_days: float, regular: bool,
+          hours: tuple[float, float], typing: tuple[float, float], ppm_sd: float,
+          ppm_clip: float, temp_mean: float, temp_sd: float, temp_swing: float,
+          aging_sd: float, initial_offset: float, zero_drift: bool, window: int, seed: int,
+          as_json: bool, plot: Path | None, samples: int) -> None:
+    """Monte Carlo drift study: the foblab tracker against the whole-step (privacyIDEA,
+    LinOTP) and sync-only (FreeIPA) policies, on the same token population, through the
+    real validator core."""
+    from tools.scenario.study import StudyParams, run_study, table
+    from tools.scenario.study import plot as draw
+
+    fields: dict[str, Any] = dict(
+        tokens=tokens, years=years, interval_days=interval_days, regular=regular,
+        day_start_h=hours[0], day_end_h=hours[1], typing_min_s=typing[0],
+        typing_max_s=typing[1], ppm_sd=ppm_sd, ppm_clip=ppm_clip, temp_mean_c=temp_mean,
+        temp_sd_c=temp_sd, temp_swing_c=temp_swing, aging_sd=aging_sd,
+        initial_offset_s=initial_offset, window=window, seed=seed, samples=samples)
+    try:
+        if zero_drift:
+            for key in ("ppm_sd", "temp_mean_c", "temp_sd_c", "temp_swing_c", "aging_sd",
+                        "initial_offset_s", "typing_min_s", "typing_max_s"):
+                fields.pop(key)
+            params = StudyParams.zero_drift(**fields)
+        else:
+            params = StudyParams(**fields)
+    except ValueError as exc:
+        _fail(str(exc))
+    if plot is not None:  # fail before the work, not after
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            _fail("--plot needs matplotlib: pip install 'foblab[plot]' "
+                  "(or .venv/bin/pip install matplotlib)")
+    result = run_study(params)
+    if plot is not None:
+        try:
+            draw(result, str(plot))
+        except (RuntimeError, OSError) as exc:
+            _fail(str(exc))
+    if as_json:
+        doc = result.to_json()
+        if plot is not None:
+            doc["plot"] = str(plot)
+        click.echo(json.dumps(doc, indent=1))
+    else:
+        click.echo(table(result))
+        if plot is not None:
+            click.echo(f"plot: {plot}")
