@@ -230,3 +230,16 @@ def test_server_clock_is_injectable(tmp_path: Path) -> None:
         assert b"Signature expired" in response.content
     finally:
         validator.close()
+
+
+def test_get_with_query_parameters(daemon) -> None:
+    import httpx
+
+    url = f"{daemon.url}?Action=ListVirtualMFADevices&Version=2010-05-08&MaxItems=1"
+    request = AWSRequest(method="GET", url=url)
+    SigV4Auth(Credentials(daemon.access_key_id, daemon.secret_access_key), "iam",
+              "us-east-1").add_auth(request)
+    with httpx.Client(trust_env=False) as client:
+        response = client.get(url, headers=dict(request.headers.items()))
+    assert response.status_code == 200, response.text
+    assert b"<ListVirtualMFADevicesResult>" in response.content

@@ -195,3 +195,23 @@ def test_tags(iam) -> None:
         iam.list_mfa_device_tags(SerialNumber="arn:aws:iam::123456789012:mfa/untagged-ghost")
     assert error_of(exc)[:2] == ("NoSuchEntity", 404)
     iam.delete_virtual_mfa_device(SerialNumber=serial)
+
+
+def test_wrong_codes_throttle_the_device(iam, sts, step: int) -> None:
+    d = iam.create_virtual_mfa_device(VirtualMFADeviceName="throttled")["VirtualMFADevice"]
+    otp, serial = Otp(d["Base32StringSeed"].decode()), d["SerialNumber"]
+    iam.enable_mfa_device(UserName="dave", SerialNumber=serial,
+                          AuthenticationCode1=otp.at(step - 1), AuthenticationCode2=otp.at(step))
+    for _ in range(5):
+        with pytest.raises(ClientError) as exc:
+            sts.get_session_token(SerialNumber=serial, TokenCode=otp.wrong(step))
+        assert error_of(exc) == ("AccessDenied", 403, DENIED)
+    with pytest.raises(ClientError) as exc:  # locked: even the right code is refused
+        sts.get_session_token(SerialNumber=serial, TokenCode=otp.at(step + 1))
+    assert error_of(exc) == ("AccessDenied", 403, DENIED)
+    with pytest.raises(ClientError) as exc:
+        iam.resync_mfa_device(UserName="dave", SerialNumber=serial,
+                              AuthenticationCode1=otp.at(step + 1),
+                              AuthenticationCode2=otp.at(step + 2))
+    code, status, message = error_of(exc)
+    assert (code, status) == ("InvalidAuthenticationCode", 403) and "locked" in message
