@@ -169,22 +169,27 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
                                    Role.VERIFIER: settings.verifier_key_file})
     except ApiKeyError as exc:
         raise StartupError(str(exc)) from None
-    validator = open_validator(settings)
+    sock = bind(settings.host, settings.port)
+    try:
+        validator = open_validator(settings)
+    except BaseException:
+        sock.close()
+        raise
     closed = False
 
-    def close() -> None:
+    def close(quiet: bool = False) -> None:
         nonlocal closed
         if not closed:
             closed = True
             validator.close()
-            log.info("database closed")
+            if not quiet:
+                log.info("database closed")
 
     try:
         try:
             app = create_app(validator, keys, settings, on_shutdown=close)
         except (ValueError, TypeError, KeyError, OSError) as exc:
             raise StartupError(f"cannot build the application: {exc}") from None
-        sock = bind(settings.host, settings.port)
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         config = uvicorn.Config(
@@ -202,10 +207,10 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            sock.close()
         return 0 if server.started else 1
     finally:
-        close()
+        sock.close()
+        close(quiet=True)  # already closed by the lifespan shutdown unless start-up failed
 
 
 __all__ = ["ConfigError", "StartupError", "init_dir", "open_validator", "serve"]

@@ -17,8 +17,8 @@ def cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     # --url wins over the URL in the folder's config (the daemon listens on port 0);
     # the admin key comes from the folder.
     return subprocess.run([PYTHON, "-m", "tools.cli", "validator", *args, "--dir",
-                           str(daemon.dir), "--url", daemon.url], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+                           str(daemon.dir), "--url", daemon.url], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
 
 
 def test_fleet_import_enable_verify_replay_resync_deactivate(daemon: Daemon, fleet: Any) -> None:
