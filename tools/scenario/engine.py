@@ -218,31 +218,35 @@ class Engine:
             self._catch_up(self.watermark + 1, typing_ms)
         return self._read(typing_ms)
 
-    def _pair(self, typing_ms: int) -> tuple[str, str, int]:
+    def _pair(self, typing_ms: int) -> tuple[str, str, int, int]:
         """Two consecutive codes as a person reads them for enable/resync (AWS): the code on
-        display, then, once it changes, the next one, then both are typed in."""
+        display, then, once it changes, the next one, then both are typed in. Returns the
+        codes, the second one's step and (live) how far the token's clock was stepped."""
         if not self.time.live:
             c1, _ = self._press()
             token_ms = self.client.clock().token_time_ms
             self.time.pause((token_ms // self.period_ms + 1) * self.period_ms + 500 - token_ms)
             c2, step = self._press()
             self.time.pause(typing_ms)
-            return c1, c2, step
+            return c1, c2, step, 0
         # Live: waiting for the display to change is a forward step of the token's clock to
-        # 0.5 s into the next step (never more than two steps, however far the watermark).
+        # 0.5 s into the next step. Both codes must come after the last accepted one, as
+        # they would days later: the token is stepped on as far as that needs (up to a day;
+        # the validator learns the new offset from the pair anyway).
         read_ms = self.client.clock().token_time_ms - typing_ms
         target = read_ms // self.period_ms + 1
         if self.watermark is not None and target < self.watermark + 2 and \
-                self.watermark + 2 - target <= 1:
+                (self.watermark + 2 - target) * self.period_ms <= 86_400_000:
             target = self.watermark + 2
-        self._adjust(target * self.period_ms + 500 - read_ms)
+        jump = target * self.period_ms + 500 - read_ms
+        self._adjust(jump)
         c2, step = self._read(typing_ms)
         self._adjust(-self.period_ms)
         try:
             c1, _ = self._read(typing_ms)
         finally:
             self._adjust(self.period_ms)
-        return c1, c2, step
+        return c1, c2, step, jump
 
     # -- events ----------------------------------------------------------------------
     def run(self, result: RunResult,
@@ -290,7 +294,7 @@ class Engine:
         if action == "login":
             return self._login(ev, typing_ms)
         if action in ("enable", "resync"):
-            c1, c2, step = self._pair(typing_ms)
+            c1, c2, step, jump = self._pair(typing_ms)
             if ev.code == "wrong":
                 c1, c2 = wrong_code(c1), wrong_code(c2)
             call = self.validator.enable if action == "enable" else self.validator.resync
@@ -298,6 +302,8 @@ class Engine:
             if outcome.status == "accepted":
                 self.watermark = step
                 self.last_code = c2
+            else:
+                self._adjust(-jump)  # live: the validator learnt nothing; undo the step
             return outcome
         if action == "deactivate":
             return self.validator.deactivate(ev.user, self.serial, self.time.now_s())
