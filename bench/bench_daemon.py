@@ -18,7 +18,6 @@ import hmac
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -204,9 +203,11 @@ def trivial(kind: str, conns: int = 8, n: int = 6_000) -> dict[str, Any]:
 
 # -- the daemon ----------------------------------------------------------------------------
 
-def _prepare(home: Path) -> None:
+def _prepare(home: Path) -> int:
     """init, 10,000 tokens from one CSV import, each enabled for its own user with the
-    codes of the two steps before the current one (so the current code is valid once)."""
+    codes of the previous and the current step, as a person would; returns the step whose
+    code each request then sends (the next one: inside the ±1 window, valid once, for a
+    minute whatever the clock does meanwhile)."""
     from validator.daemon import init_dir
     from validator.importers import CSV_HEADER
     from validator.service import Validator
@@ -231,14 +232,14 @@ def _prepare(home: Path) -> None:
         step = int(now // 30)
         for i in range(TOKENS):
             key = _secret(i)
-            v.enable(f"user{i}", f"BENCH{i:05d}", _code(key, step - 2), _code(key, step - 1),
+            v.enable(f"user{i}", f"BENCH{i:05d}", _code(key, step - 1), _code(key, step),
                      now=now)
     finally:
         v.close()
+    return step + 1
 
 
-def _verify_requests(key: str, first: int, count: int) -> list[bytes]:
-    step = int(time.time() // 30)
+def _verify_requests(key: str, first: int, count: int, step: int) -> list[bytes]:
     return [_post("/v1/verify", key, {"user": f"user{i}", "code": _code(_secret(i), step)})
             for i in range(first, first + count)]
 
@@ -274,7 +275,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="foblab-bench-") as tmp:
         home = Path(tmp) / "v"
         t0 = time.perf_counter()
-        _prepare(home)
+        step = _prepare(home)
         print(f"   prepared {TOKENS} enabled tokens in {time.perf_counter() - t0:.1f} s")
         hop, per = _thread_hop_vs_verify(home)
         print(f"   thread hop {hop:.0f} µs; verify+unlock in-process {per:.0f} µs")
@@ -300,10 +301,10 @@ def main() -> None:
             host, port = url.removeprefix("http://").rsplit(":", 1)
             key = (home / "verifier.key").read_text().strip()
             first = 0
-            run_load(host, int(port), _verify_requests(key, first, WARMUP), 8)
+            run_load(host, int(port), _verify_requests(key, first, WARMUP, step), 8)
             first += WARMUP
             for conns, count in PHASES:
-                r = run_load(host, int(port), _verify_requests(key, first, count), conns)
+                r = run_load(host, int(port), _verify_requests(key, first, count, step), conns)
                 first += count
                 print(f"   {conns:>2} conns: {r['rate']:,.0f} verifications/s, "
                       f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "

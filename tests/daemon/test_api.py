@@ -27,7 +27,7 @@ def enabled_token(daemon: Daemon, serial: str, user: str) -> pyotp.TOTP:
         totp = pyotp.TOTP(SECRET_B32)
         now = time.time()
         r = http.post(f"/v1/users/{user}/devices", json={
-            "serial": serial, "code1": totp.at(now - 60), "code2": totp.at(now - 30)})
+            "serial": serial, "code1": totp.at(now - 30), "code2": totp.at(now)})
         assert r.status_code == 201, r.text
     return totp
 
@@ -54,11 +54,11 @@ def test_roles_and_keys(daemon: Daemon) -> None:
             assert r.status_code == 403, (method, path, r.text)
             assert r.json()["error"] == "forbidden"
         # The verifier may verify and resync.
-        r = ver.post("/v1/verify", json={"user": "rolf", "code": totp.now()})
+        r = ver.post("/v1/verify", json={"user": "rolf", "code": totp.at(time.time() + 30)})
         assert r.status_code == 200 and r.json()["ok"] is True
         now = time.time()
         r = ver.post("/v1/users/rolf/devices/ROLE-0001/resync",
-                     json={"code1": totp.at(now + 30), "code2": totp.at(now + 60)})
+                     json={"code1": totp.at(now + 60), "code2": totp.at(now + 90)})
         assert r.status_code == 200, r.text
         # Lower-case scheme is still Bearer; a key with a different case is not the key.
         r = anon.get("/v1/tokens", headers={"Authorization": f"bearer {daemon.admin}"})
@@ -203,7 +203,7 @@ def test_openapi_and_metrics(daemon: Daemon) -> None:
 
 def test_logs_hold_no_code_and_no_key(daemon: Daemon) -> None:
     totp = enabled_token(daemon, "LOG-0001", "lola")
-    code = totp.now()
+    code = totp.at(time.time() + 30)
     with daemon.client("verifier") as http:
         assert http.post("/v1/verify", json={"user": "lola", "code": code}).json()["ok"]
         http.post("/v1/verify", json={"user": "lola", "code": "99999999"})
