@@ -11,11 +11,11 @@ from __future__ import annotations
 import enum
 import hmac
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 from validator import drift as _drift
 from validator.drift import Drift, DriftPolicy
-from validator.otp import ALGORITHMS, hotp
+from validator.otp import ALGORITHMS, digest, hotp, pack_counter, truncate
 
 
 class Kind(enum.StrEnum):
@@ -82,9 +82,11 @@ class Policy:
 DEFAULT_POLICY = Policy()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TokenState:
-    """Everything the core knows about one token, except its secret.
+    """Everything the core knows about one token, except its secret. Never changed in
+    place: every operation returns a new state. (Not `frozen`, like `Drift`: one is built
+    per accepted code and a frozen constructor costs several times as much.)
 
     `watermark` is the last accepted time step (TOTP) or counter (HOTP); no code at or
     before it is ever accepted again. None: nothing accepted yet.
@@ -137,7 +139,7 @@ class TokenState:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Decision:
     """The outcome of one verification, resync or enable check.
 
@@ -153,7 +155,17 @@ class Decision:
 
     @property
     def accepted(self) -> bool:
-        return self.reason is Reason.ACCEPTED
+        return self.reason is _ACCEPTED
+
+
+# Module constants: identity tests against these skip the enum classes' attribute lookups.
+_TOTP: Final = Kind.TOTP
+_HOTP: Final = Kind.HOTP
+_ACCEPTED: Final = Reason.ACCEPTED
+_INVALID: Final = Reason.INVALID_CODE
+_REPLAYED: Final = Reason.REPLAYED
+_TRACKING: Final = DriftPolicy.TRACKING
+_new = object.__new__
 
 
 def well_formed(code: str, digits: int) -> bool:
@@ -165,6 +177,26 @@ def _locked(state: TokenState, now: float) -> Decision | None:
     if state.locked_until > now:
         return Decision(Reason.LOCKED, state, retry_after=state.locked_until - now)
     return None
+
+
+def _accepted_state(state: TokenState, matched: int, drift: Drift) -> TokenState:
+    """`state` with the watermark at `matched`, `drift`, and failures and lock cleared.
+
+    Built without `__init__`: every field comes from a state that was validated when it
+    was made, and this runs on every accepted code.
+    """
+    new = _new(TokenState)
+    new.kind = state.kind
+    new.digits = state.digits
+    new.algorithm = state.algorithm
+    new.period = state.period
+    new.t0 = state.t0
+    new.window = state.window
+    new.watermark = matched
+    new.drift = drift
+    new.failures = 0
+    new.locked_until = 0.0
+    return new
 
 
 def record_failure(state: TokenState, now: float, policy: Policy) -> TokenState:
@@ -186,7 +218,7 @@ def _fail(state: TokenState, reason: Reason, now: float, policy: Policy) -> Deci
     # A replayed code was valid once: it proves nothing wrong about the caller (a double
     # submit, a losing concurrent request), and counting it would let anyone who saw one
     # old code lock the token out. Only wrong codes count toward the throttle.
-    if reason is Reason.REPLAYED:
+    if reason is _REPLAYED:
         return Decision(reason, state)
     return Decision(reason, record_failure(state, now, policy))
 
@@ -208,35 +240,32 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
            policy: Policy = DEFAULT_POLICY) -> Decision:
     """Check one code. Refuses malformed codes without any HMAC, and locked tokens without
     looking at the code. Accepting moves the watermark to the matched step or counter."""
-    locked = _locked(state, now)
-    if locked is not None:
-        return locked
+    if state.locked_until > now:
+        return Decision(Reason.LOCKED, state, None, state.locked_until - now)
     digits = state.digits
-    if not well_formed(code, digits):
-        return _fail(state, Reason.INVALID_CODE, now, policy)
-    algorithm = state.algorithm
-    watermark = state.watermark
-    if state.kind is Kind.HOTP:
-        first = state.next_counter
-        for counter in range(first, first + policy.hotp_lookahead + 1):
-            if hmac.compare_digest(hotp(key, counter, digits, algorithm), code):
-                return _accept(state, counter, now, policy)
-        for counter in range(max(0, first - 1 - policy.hotp_lookahead), first):
-            if hmac.compare_digest(hotp(key, counter, digits, algorithm), code):
-                return _fail(state, Reason.REPLAYED, now, policy)
-        return _fail(state, Reason.INVALID_CODE, now, policy)
+    if len(code) != digits or not code.isascii() or not code.isdigit():
+        return _fail(state, _INVALID, now, policy)
+    if state.kind is _HOTP:
+        return _verify_hotp(state, key, code, now, policy)
 
     period = state.period
-    window = policy.window if state.window is None else state.window
+    t0 = state.t0
+    algorithm = state.algorithm
+    watermark = state.watermark
     # The code on display was read up to `typing_allowance` seconds before it arrived.
     shown = now - policy.typing_allowance / 2
-    center = (shown + state.drift.predict(shown) - state.t0) / period
+    center = (shown + state.drift.predict(shown) - t0) / period
     base = int(center // 1)
-    if hmac.compare_digest(hotp(key, base, digits, algorithm), code) and \
-            (watermark is None or base > watermark):
-        return _accept(state, base, now, policy)  # the common case: one HMAC
+    # The common case, a synced token's current code: one HMAC, then the accepted state.
+    if base > (-1 if watermark is None else watermark) and hmac.compare_digest(
+            truncate(digest(key, pack_counter(base), algorithm), digits), code):
+        return Decision(_ACCEPTED, _accepted_state(state, base, _observe(state, base, now,
+                                                                         policy)), base)
+    window = policy.window if state.window is None else state.window
     replayed = False
     for step in _order(center, window):
+        if step < 0:  # before T0: no such code
+            continue
         if hmac.compare_digest(hotp(key, step, digits, algorithm), code):
             if watermark is not None and step <= watermark:
                 replayed = True
@@ -250,6 +279,33 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
         if learnt is not None:
             state = replace(state, drift=learnt)
     return _fail(state, Reason.INVALID_CODE, now, policy)
+
+
+def _verify_hotp(state: TokenState, key: bytes, code: str, now: float,
+                 policy: Policy) -> Decision:
+    digits = state.digits
+    algorithm = state.algorithm
+    first = state.next_counter
+    for counter in range(first, first + policy.hotp_lookahead + 1):
+        if hmac.compare_digest(hotp(key, counter, digits, algorithm), code):
+            return _accept(state, counter, now, policy)
+    for counter in range(max(0, first - 1 - policy.hotp_lookahead), first):
+        if hmac.compare_digest(hotp(key, counter, digits, algorithm), code):
+            return _fail(state, Reason.REPLAYED, now, policy)
+    return _fail(state, Reason.INVALID_CODE, now, policy)
+
+
+def _observe(state: TokenState, step: int, now: float, policy: Policy) -> Drift:
+    """The drift after a TOTP code at `step` was accepted at `now`."""
+    period = state.period
+    lo = step * period + state.t0 - now  # as `drift.interval`
+    hi = lo + period + policy.typing_allowance
+    if policy.drift_policy is _TRACKING:
+        return _drift.track(state.drift, now, lo, hi, policy.max_rate_ppm * 1e-6,
+                            policy.history)
+    return _drift.observe(state.drift, (now, lo, hi), policy=policy.drift_policy,
+                          period=period, max_rate=policy.max_rate_ppm * 1e-6,
+                          history=policy.history)
 
 
 def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: float,
@@ -281,8 +337,7 @@ def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: flo
     reach = window + policy.near_miss_steps
     first = max(first, base - reach)
     last = min(last, base + reach)
-    if state.watermark is not None and first <= state.watermark:
-        first = state.watermark + 1
+    first = max(first, 0 if state.watermark is None else state.watermark + 1)
     steps = [s for s in range(first, last + 1) if not base - window <= s <= base + window]
     if not steps:
         return None
@@ -296,15 +351,8 @@ def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: flo
 
 
 def _accept(state: TokenState, matched: int, now: float, policy: Policy) -> Decision:
-    drift = state.drift
-    if state.kind is Kind.TOTP:
-        obs = _drift.interval(matched, now, state.period, state.t0, policy.typing_allowance)
-        drift = _drift.observe(drift, obs, policy=policy.drift_policy, period=state.period,
-                               max_rate=policy.max_rate_ppm * 1e-6, history=policy.history)
-    # Built directly, not with dataclasses.replace: this is the hot path of every login.
-    new = TokenState(state.kind, state.digits, state.algorithm, state.period, state.t0,
-                     state.window, matched, drift, 0, 0.0)
-    return Decision(Reason.ACCEPTED, new, matched)
+    drift = _observe(state, matched, now, policy) if state.kind is _TOTP else state.drift
+    return Decision(_ACCEPTED, _accepted_state(state, matched, drift), matched)
 
 
 def resync(state: TokenState, key: bytes, code1: str, code2: str, now: float,
@@ -341,6 +389,8 @@ def resync(state: TokenState, key: bytes, code1: str, code2: str, now: float,
     replayed = False
     for k in range(0, 2 * reach + 1):
         second = center + ((k + 1) // 2 if k % 2 else -(k // 2))
+        if second < 1:  # before T0: no such code
+            continue
         if pair_at(second - 1):
             if lowest is not None and second - 1 < lowest:
                 replayed = True

@@ -24,8 +24,8 @@ Two comparison policies, used by the drift study, sit beside it:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 Vertex = tuple[float, float]
 Observation = tuple[float, float, float]  # (t, lo, hi) of the offset in seconds
@@ -39,9 +39,17 @@ class DriftPolicy(enum.StrEnum):
     SYNC_ONLY = "sync-only"
 
 
-@dataclass(frozen=True, slots=True)
+# Module constants: an identity test against them skips the enum class's attribute lookup.
+_TRACKING: Final = DriftPolicy.TRACKING
+_WHOLE_STEP: Final = DriftPolicy.WHOLE_STEP
+_SYNC_ONLY: Final = DriftPolicy.SYNC_ONLY
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class Drift:
-    """The drift estimate of one TOTP token. Immutable; every update returns a new one.
+    """The drift estimate of one TOTP token. Never changed in place: every update returns a
+    new one. (Not `frozen`: a frozen dataclass's constructor costs four times as much, and
+    one is built per accepted code. Hashable and comparable as before.)
 
     `offset` is the fallback (and the whole-step / sync-only policies' only) estimate in
     seconds. `tref` and `poly` hold the tracker's feasible set of `(a, r)`, `history` the
@@ -143,6 +151,39 @@ def _add(poly: list[Vertex], tref: float, obs: Observation) -> list[Vertex]:
     return _clip(_clip(poly, dt, lo, 1.0), dt, hi, -1.0)
 
 
+def _narrow(poly: tuple[Vertex, ...], dt: float, lo: float, hi: float) -> tuple[Vertex, ...]:
+    """`_add` for a polygon `_clip` made: clips only by the bounds some vertex violates.
+
+    A bound no vertex violates leaves a (deduplicated) polygon as it is, so the common case,
+    an observation that cuts nothing, costs one pass over the vertices and returns `poly`
+    itself. Vertices a clip by `lo` creates lie on `lo < hi`, so whether `hi` cuts is known
+    from the original vertices.
+    """
+    below = above = False
+    for a, r in poly:
+        v = a + r * dt
+        if v < lo:
+            below = True
+        elif v > hi:
+            above = True
+    if not (below or above):
+        return poly
+    out = list(poly)
+    if below:
+        out = _clip(out, dt, lo, 1.0)
+    if above:
+        out = _clip(out, dt, hi, -1.0)
+    return tuple(out)
+
+
+def _kept(past: tuple[Observation, ...], obs: Observation,
+          history: int) -> tuple[Observation, ...]:
+    """The last `history` observations once `obs` is added."""
+    if len(past) < history:
+        return past + (obs,)
+    return past[len(past) - history + 1:] + (obs,)
+
+
 def _start(obs: Observation, max_rate: float) -> list[Vertex]:
     _, lo, hi = obs
     return [(lo, -max_rate), (hi, -max_rate), (hi, max_rate), (lo, max_rate)]
@@ -165,23 +206,59 @@ def observe(
     drift: Drift, obs: Observation, *, policy: DriftPolicy, period: int,
     max_rate: float, history: int,
 ) -> Drift:
-    """The estimate after an accepted code (not a resync) gave observation `obs`."""
-    if policy is DriftPolicy.SYNC_ONLY:
+    """The estimate after an accepted code (not a resync) gave observation `obs`.
+
+    The hot path of every accepted TOTP code: one pass over the polygon's few vertices when
+    the observation cuts nothing, two half-plane clips at most, one new `Drift`.
+    """
+    if policy is _SYNC_ONLY:
         return drift
-    if policy is DriftPolicy.WHOLE_STEP:
-        return replace(drift, offset=_whole_step(obs, period))
-    kept = (drift.history + (obs,))[-history:]
-    if not drift.history:  # the first code: a rectangle, nothing to clip
-        poly = _start(obs, max_rate)
-        return Drift(drift.offset, obs[0], tuple(poly), kept, ())
-    if drift.poly:
-        poly = _add(list(drift.poly), drift.tref, obs)
+    if policy is _WHOLE_STEP:
+        return Drift(_whole_step(obs, period), drift.tref, drift.poly, drift.history,
+                     drift.soft)
+    past = drift.history
+    kept = _kept(past, obs, history)
+    if not past:  # the first code: a rectangle, nothing to clip
+        return Drift(drift.offset, obs[0], tuple(_start(obs, max_rate)), kept, ())
+    poly = drift.poly
+    if poly:
+        t, lo, hi = obs
+        dt = t - drift.tref
+        # `_start` with a zero rate bound repeats vertices; `_narrow` assumes it does not.
+        poly = _narrow(poly, dt, lo, hi) if max_rate > 0 else tuple(_add(list(poly),
+                                                                         drift.tref, obs))
         if 3 <= len(poly) <= 2 * history + 4:  # else rebuild: bounds the vertex count
-            soft = _add(list(drift.soft), drift.tref, obs) if drift.soft else []
-            return replace(drift, poly=tuple(poly), history=kept,
-                           soft=tuple(soft) if len(soft) >= 3 else ())
-    tref, poly = _rebuild(kept, max_rate)
-    return replace(drift, tref=tref, poly=tuple(poly), history=kept, soft=())
+            soft = drift.soft
+            if soft:
+                soft = _narrow(soft, dt, lo, hi) if max_rate > 0 else \
+                    tuple(_add(list(soft), drift.tref, obs))
+                if len(soft) < 3:
+                    soft = ()
+            return Drift(drift.offset, drift.tref, poly, kept, soft)
+    tref, rebuilt = _rebuild(kept, max_rate)
+    return Drift(drift.offset, tref, tuple(rebuilt), kept, ())
+
+
+def track(drift: Drift, t: float, lo: float, hi: float, max_rate: float,
+          history: int) -> Drift:
+    """`observe` under the tracking policy, positional: the accepted-code hot path."""
+    past = drift.history
+    obs = (t, lo, hi)
+    kept = _kept(past, obs, history)
+    poly = drift.poly
+    if poly and past and max_rate > 0:
+        dt = t - drift.tref
+        poly = _narrow(poly, dt, lo, hi)
+        if 3 <= len(poly) <= 2 * history + 4:
+            soft = drift.soft
+            if soft:
+                soft = _narrow(soft, dt, lo, hi)
+                if len(soft) < 3:
+                    soft = ()
+            return Drift(drift.offset, drift.tref, poly, kept, soft)
+        tref, rebuilt = _rebuild(kept, max_rate)
+        return Drift(drift.offset, tref, tuple(rebuilt), kept, ())
+    return observe(drift, obs, policy=_TRACKING, period=1, max_rate=max_rate, history=history)
 
 
 def learn(drift: Drift, obs: Observation, *, history: int) -> Drift:
@@ -197,7 +274,7 @@ def learn(drift: Drift, obs: Observation, *, history: int) -> Drift:
     if not 3 <= len(poly) <= 2 * history + 4:
         return drift
     soft = _add(list(drift.soft), drift.tref, obs) if drift.soft else []
-    return Drift(drift.offset, drift.tref, tuple(poly), (drift.history + (obs,))[-history:],
+    return Drift(drift.offset, drift.tref, tuple(poly), _kept(drift.history, obs, history),
                  tuple(soft) if len(soft) >= 3 else ())
 
 

@@ -8,6 +8,7 @@ decodes base32 or reads a clock.
 from __future__ import annotations
 
 import hmac
+import struct
 from typing import Final
 
 try:  # the C one-shot behind hmac.digest, without its Python wrapper's checks
@@ -17,15 +18,23 @@ except ImportError:  # pragma: no cover - an interpreter without OpenSSL
 
 ALGORITHMS: Final = ("sha1", "sha256", "sha512")
 _POW10: Final = {n: 10**n for n in range(1, 11)}
-_FORMAT: Final = {n: f"{{:0{n}d}}" for n in range(1, 11)}
+
+digest: Final = _digest
+"""`digest(key, message, algorithm)`: the HMAC of `message`, the C one-shot."""
+pack_counter: Final = struct.Struct(">Q").pack
+"""The 8-byte big-endian counter (RFC 4226 §5.2), precompiled."""
+_word = struct.Struct(">I").unpack_from
+
+
+def truncate(mac: bytes, digits: int) -> str:
+    """RFC 4226 §5.3 dynamic truncation of an HMAC to a `digits`-digit code."""
+    return str((_word(mac, mac[-1] & 0x0F)[0] & 0x7FFFFFFF) % _POW10[digits]).zfill(digits)
 
 
 def hotp(key: bytes, counter: int, digits: int = 6, algorithm: str = "sha1") -> str:
     """The `digits`-digit HOTP value of `key` at `counter` (RFC 4226 §5.3 dynamic truncation)."""
-    mac = _digest(key, counter.to_bytes(8, "big"), algorithm)
-    offset = mac[-1] & 0x0F
-    value = int.from_bytes(mac[offset : offset + 4], "big") & 0x7FFFFFFF
-    return _FORMAT[digits].format(value % _POW10[digits])
+    mac = _digest(key, pack_counter(counter), algorithm)
+    return str((_word(mac, mac[-1] & 0x0F)[0] & 0x7FFFFFFF) % _POW10[digits]).zfill(digits)
 
 
 def totp_step(unix_time: float, period: int = 30, t0: int = 0) -> int:

@@ -188,3 +188,14 @@ def test_state_json_roundtrip_keeps_drift() -> None:
                     NOW)
     assert d.accepted
     assert TokenState.from_json(d.state.to_json()) == d.state
+
+
+def test_steps_before_t0_are_refused_not_crashed() -> None:
+    """Near T0 the window (and a resync search) reaches negative steps: no such code."""
+    key = bytes(range(20))
+    fresh = TokenState(kind=Kind.TOTP)
+    assert core.verify(fresh, key, "123456", 10.0).reason is Reason.INVALID_CODE
+    assert core.verify(fresh, key, hotp(key, 0), 10.0).accepted
+    assert core.resync(fresh, key, "123456", "654321", 10.0).reason is Reason.INVALID_CODE
+    late = TokenState(kind=Kind.TOTP, t0=1_000)
+    assert core.verify(late, key, "123456", 0.0).reason is Reason.INVALID_CODE
