@@ -1,0 +1,93 @@
+"""The drift study: deterministic for a seed, trivially right for perfect clocks, the JSON
+shape scripts rely on, and the plot."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tools.scenario.study import POLICIES, StudyParams, run_study
+from tools.scenario_cmd import scenario
+
+
+def _numbers(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "seconds"}
+
+
+def test_deterministic_for_a_seed() -> None:
+    p = StudyParams(tokens=40, years=1.0, seed=5, ppm_sd=8.0)
+    a, b = run_study(p).to_json(), run_study(p).to_json()
+    assert _numbers(a) == _numbers(b)
+    c = run_study(StudyParams(tokens=40, years=1.0, seed=6, ppm_sd=8.0)).to_json()
+    assert _numbers(c)["policies"] != _numbers(a)["policies"]
+
+
+def test_perfect_clocks_are_never_refused_and_never_resynced() -> None:
+    result = run_study(StudyParams.zero_drift(tokens=60, years=1.0, regular=True, seed=3))
+    doc = result.to_json()
+    assert doc["logins"] == 60 * 52  # weekly for a year, every token
+    for name in POLICIES:
+        s = doc["policies"][name]
+        assert s["refused_share"] == 0.0, name
+        assert s["resyncs_per_1000_token_years"] == 0.0, name
+        assert s["max_offset_s"] == 0.0, name
+        assert s["verifications"] == doc["logins"]
+
+
+def test_a_drifting_population_separates_the_policies() -> None:
+    # wide crystals: the offset-only policies need resyncs, the tracker does not
+    doc = run_study(StudyParams(tokens=60, years=2.0, ppm_sd=10.0, seed=2)).to_json()
+    p = doc["policies"]
+    assert p["sync-only"]["resyncs_per_1000_token_years"] > \
+        p["whole-step"]["resyncs_per_1000_token_years"] >= \
+        p["foblab"]["resyncs_per_1000_token_years"]
+    assert p["sync-only"]["refused_share"] > p["foblab"]["refused_share"]
+    assert p["foblab"]["max_offset_s"] > 100  # the clocks really drifted
+
+
+def test_cli_json_shape() -> None:
+    result = CliRunner().invoke(scenario, ["study", "--tokens", "10", "--years", "0.5",
+                                           "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert set(doc["policies"]) == {"foblab", "whole-step", "sync-only"}
+    for s in doc["policies"].values():
+        assert {"refused_share", "resyncs_per_1000_token_years", "max_offset_s"} <= set(s)
+    assert doc["params"]["tokens"] == 10
+
+
+def test_cli_table() -> None:
+    result = CliRunner().invoke(scenario, ["study", "--tokens", "5", "--years", "0.2"])
+    assert result.exit_code == 0
+    assert "whole-step" in result.output and "resyncs/1000 token-yr" in result.output
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    real_import = builtins.__import__
+
+    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("no matplotlib here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    result = CliRunner().invoke(scenario, ["study", "--tokens", "3", "--years", "0.1",
+                                           "--plot", str(tmp_path / "x.png")])
+    assert result.exit_code == 2
+    assert "--plot needs matplotlib" in result.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "study.png"
+    result = CliRunner().invoke(scenario, ["study", "--tokens", "8", "--years", "0.5",
+                                           "--plot", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
