@@ -218,3 +218,13 @@ def test_logs_hold_no_code_and_no_key(daemon: Daemon) -> None:
     for secret in (code, "99999999", daemon.admin, daemon.verifier, SECRET_B32, SECRET_HEX):
         assert secret not in log
     assert "Traceback" not in log
+
+
+def test_aws_endpoint_is_mounted_outside_the_bearer_keys(daemon: Daemon) -> None:
+    pytest.importorskip("validator.aws")
+    with daemon.client(None) as http:
+        for path in ("/aws", "/aws/"):
+            r = http.post(path, data={"Action": "ListMFADevices", "Version": "2010-05-08"})
+            assert r.status_code < 500
+            assert "www-authenticate" not in r.headers  # not our 401: its own SigV4 refusal
+            assert r.text.lstrip().startswith("<"), r.text[:200]
