@@ -166,6 +166,8 @@ _INVALID: Final = Reason.INVALID_CODE
 _REPLAYED: Final = Reason.REPLAYED
 _TRACKING: Final = DriftPolicy.TRACKING
 _new = object.__new__
+_compare = hmac.compare_digest
+_track = _drift.track
 
 
 def well_formed(code: str, digits: int) -> bool:
@@ -257,10 +259,15 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
     center = (shown + state.drift.predict(shown) - t0) / period
     base = int(center // 1)
     # The common case, a synced token's current code: one HMAC, then the accepted state.
-    if base > (-1 if watermark is None else watermark) and hmac.compare_digest(
+    if base > (-1 if watermark is None else watermark) and _compare(
             truncate(digest(key, pack_counter(base), algorithm), digits), code):
-        return Decision(_ACCEPTED, _accepted_state(state, base, _observe(state, base, now,
-                                                                         policy)), base)
+        if policy.drift_policy is _TRACKING:  # `_observe`, inlined
+            lo = base * period + t0 - now
+            drift = _track(state.drift, now, lo, lo + period + policy.typing_allowance,
+                           policy.max_rate_ppm * 1e-6, policy.history)
+        else:
+            drift = _observe(state, base, now, policy)
+        return Decision(_ACCEPTED, _accepted_state(state, base, drift), base)
     window = policy.window if state.window is None else state.window
     replayed = False
     for step in _order(center, window):

@@ -1,26 +1,55 @@
 """HOTP (RFC 4226) and TOTP (RFC 6238) code computation on pre-decoded key bytes.
 
-The hot path of every verification: one `hmac.digest` call (the C one-shot, no HMAC object)
-and a few integer operations. Keys are raw bytes, decoded once by the caller; nothing here
-decodes base32 or reads a clock.
+The hot path of every verification: one HMAC and a few integer operations. Keys are raw
+bytes, decoded once by the caller; nothing here decodes base32 or reads a clock.
+
+The HMAC is RFC 2104 composed from two OpenSSL hash calls, `H((K^opad) || H((K^ipad) || m))`,
+as CPython's own `hmac.HMAC` composes it when it has no C HMAC. With OpenSSL 3, the one-shot
+`hmac.digest` fetches and sets up an EVP_MAC on every call, which costs more than the two
+hashes of a 72-byte and a 84-byte message themselves (about 1.1 µs against 0.75 µs for
+SHA-1 here); a code is short and every login computes at least one. The result is the
+same bytes (tested against `hmac.digest` for every algorithm and key length, including keys
+longer than a block, which are hashed first).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
-try:  # the C one-shot behind hmac.digest, without its Python wrapper's checks
-    from _hashlib import hmac_digest as _digest
+try:  # the OpenSSL constructors behind hashlib.sha1 etc., without hashlib.new's lookup
+    from _hashlib import openssl_sha1 as _sha1
+    from _hashlib import openssl_sha256 as _sha256
+    from _hashlib import openssl_sha512 as _sha512
 except ImportError:  # pragma: no cover - an interpreter without OpenSSL
-    _digest = hmac.digest  # type: ignore[assignment]
+    _sha1, _sha256, _sha512 = hashlib.sha1, hashlib.sha256, hashlib.sha512
 
 ALGORITHMS: Final = ("sha1", "sha256", "sha512")
 _POW10: Final = {n: 10**n for n in range(1, 11)}
+# (hash constructor, block size in bytes) per algorithm (RFC 2104 §2: B).
+_HASHES: Final[dict[str, tuple[Callable[..., Any], int]]] = {
+    "sha1": (_sha1, 64), "sha256": (_sha256, 64), "sha512": (_sha512, 128),
+}
+_IPAD: Final = bytes(x ^ 0x36 for x in range(256))  # translate tables: K xor ipad / opad
+_OPAD: Final = bytes(x ^ 0x5C for x in range(256))
 
-digest: Final = _digest
-"""`digest(key, message, algorithm)`: the HMAC of `message`, the C one-shot."""
+
+def digest(key: bytes, message: bytes, algorithm: str) -> bytes:
+    """HMAC-`algorithm` of `message` under `key` (RFC 2104); equal to `hmac.digest`."""
+    try:
+        new, block = _HASHES[algorithm]
+    except KeyError:  # not one of ALGORITHMS: let hmac.digest accept or refuse it
+        return hmac.digest(key, message, algorithm)
+    if len(key) > block:
+        key = new(key).digest()
+    key = key.ljust(block, b"\0")
+    mac: bytes = new(key.translate(_OPAD) + new(key.translate(_IPAD) + message).digest()).digest()
+    return mac
+
+
 pack_counter: Final = struct.Struct(">Q").pack
 """The 8-byte big-endian counter (RFC 4226 §5.2), precompiled."""
 _word = struct.Struct(">I").unpack_from
@@ -33,7 +62,7 @@ def truncate(mac: bytes, digits: int) -> str:
 
 def hotp(key: bytes, counter: int, digits: int = 6, algorithm: str = "sha1") -> str:
     """The `digits`-digit HOTP value of `key` at `counter` (RFC 4226 §5.3 dynamic truncation)."""
-    mac = _digest(key, pack_counter(counter), algorithm)
+    mac = digest(key, pack_counter(counter), algorithm)
     return str((_word(mac, mac[-1] & 0x0F)[0] & 0x7FFFFFFF) % _POW10[digits]).zfill(digits)
 
 
