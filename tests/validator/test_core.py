@@ -199,3 +199,24 @@ def test_steps_before_t0_are_refused_not_crashed() -> None:
     assert core.resync(fresh, key, "123456", "654321", 10.0).reason is Reason.INVALID_CODE
     late = TokenState(kind=Kind.TOTP, t0=1_000)
     assert core.verify(late, key, "123456", 0.0).reason is Reason.INVALID_CODE
+
+
+def test_stored_state_json_from_before_still_loads_and_round_trips() -> None:
+    """A state as the store wrote it before the hot-path rework (same JSON form)."""
+    stored = {
+        "kind": "totp", "digits": 6, "algorithm": "sha1", "period": 30, "t0": 0,
+        "window": None, "watermark": 56666700, "failures": 2, "locked_until": 0.0,
+        "drift": {"offset": 0.5, "tref": 1700000998.0,
+                  "poly": [[-2.0, -0.0001], [33.0, -0.0001], [33.0, 0.0001], [-2.0, 0.0001]],
+                  "history": [[1700000998.0, -2.0, 33.0]],
+                  "soft": [[-2.0, -0.0001], [3.0, -0.0001], [3.0, 0.0001], [-2.0, 0.0001]]},
+    }
+    state = TokenState.from_json(stored)
+    assert state.to_json() == stored
+    assert TokenState.from_json(state.to_json()) == state
+    assert hash(state) == hash(TokenState.from_json(stored))  # hashable, as before
+    key = bytes(range(20))
+    decision = core.verify(state, key, hotp(key, 56666701), 56666701 * 30 + 3.0)
+    assert decision.accepted and decision.state.failures == 0
+    assert decision.state.drift.history[-1][0] == 56666701 * 30 + 3.0
+    assert state.watermark == 56666700  # the input state is never changed in place
