@@ -355,6 +355,14 @@ def unlock(client: Client, as_json: bool, serial: str) -> None:
     _show(data, as_json, lambda d: click.echo(f"unlocked {serial}"))
 
 
+@client_command(validator, "rotate-key")
+def rotate_key(client: Client, as_json: bool) -> None:
+    """Re-encrypt every stored secret under a new seed key (the daemon keeps running)."""
+    _, data = client.call("POST", "/v1/admin/rotate-key")
+    _show(data, as_json, lambda d: click.echo(f"resealed {d['resealed']} secrets under key "
+                                              f"{d['key_id']}"))
+
+
 # -- device --------------------------------------------------------------------------------
 
 @validator.group()

@@ -397,6 +397,11 @@ async def import_tokens(c: Call) -> Response:
                   "skipped": result.skipped})
 
 
+async def rotate_key(c: Call) -> Response:
+    resealed = await run_in_threadpool(c.api.validator.rotate_key)
+    return _json({"resealed": resealed, "key_id": c.api.validator.box.key_id})
+
+
 def _page(c: Call) -> tuple[int, int]:
     return c.query.get("limit", 100), c.query.get("offset", 0)
 
@@ -580,6 +585,8 @@ def _operations() -> list[Op]:
             Param("serial", S.SERIAL), Param("user", S.USER), Param("action", string),
             Param("result", string), Param("since", {"type": "number"}),
             Param("until", {"type": "number"}), *page)), "/v1/audit", audit),
+        Op(OpDoc("POST", "/v1/admin/rotate-key", "Re-encrypt every stored secret under a "
+                 "new seed key", ADMIN), "/v1/admin/rotate-key", rotate_key),
         Op(OpDoc("GET", "/v1/stations", "Configured enrollment stations", ADMIN),
            "/v1/stations", list_stations),
         Op(OpDoc("GET", "/v1/stations/{name}", "The attached token's INFO, read live", ADMIN,

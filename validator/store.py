@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 
 from validator.core import TokenState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each migration takes the schema from version n-1 to n; appended, never edited.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -57,7 +58,29 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX audit_user ON audit(user, id)",
         "CREATE INDEX audit_time ON audit(time)",
     ),
+    # Every table holding sealed secrets names itself here, so a key rotation re-encrypts
+    # all of them, including tables that modules such as validator.aws add to the file.
+    2: (
+        """CREATE TABLE sealed_columns (
+            tbl TEXT PRIMARY KEY,
+            key_column TEXT NOT NULL,
+            aad_prefix TEXT NOT NULL
+        )""",
+        "INSERT INTO sealed_columns VALUES ('tokens', 'serial', '')",
+    ),
 }
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def register_sealed_table(conn: sqlite3.Connection, table: str, key_column: str,
+                          aad_prefix: str) -> None:
+    """Declare that `table.sealed` holds secrets sealed with AAD `aad_prefix + key_column`,
+    so `reseal_all` re-encrypts it. Idempotent; call inside the module's schema set-up."""
+    if not (_IDENTIFIER.fullmatch(table) and _IDENTIFIER.fullmatch(key_column)):
+        raise ValueError("table and column names must be plain identifiers")
+    conn.execute("INSERT OR REPLACE INTO sealed_columns VALUES (?, ?, ?)",
+                 (table, key_column, aad_prefix))
 
 
 class Durability(enum.StrEnum):
@@ -350,20 +373,30 @@ class SQLiteStore:
 
     def reseal_all(self, reseal: Callable[[str, bytes], bytes],
                    audit: Sequence[AuditEvent] = ()) -> int:
-        """Replace every sealed seed by `reseal(serial, sealed)`, in one transaction."""
+        """Replace every sealed secret by `reseal(aad, sealed)`, in one transaction: the
+        token seeds and every table registered in `sealed_columns`. Returns how many."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            rows = conn.execute("SELECT serial, sealed FROM tokens").fetchall()
-            conn.executemany(
-                "UPDATE tokens SET sealed = ?, version = version + 1 WHERE serial = ?",
-                [(reseal(serial, bytes(sealed)), serial) for serial, sealed in rows])
+            count = 0
+            for table, key_column, prefix in conn.execute(
+                    "SELECT tbl, key_column, aad_prefix FROM sealed_columns").fetchall():
+                if not (_IDENTIFIER.fullmatch(table) and _IDENTIFIER.fullmatch(key_column)):
+                    raise StoreError(f"sealed_columns names a bad table {table!r}")
+                # Token rows carry a version for compare-and-set: bump it so a decision
+                # taken on the old row cannot commit over the resealed one.
+                bump = ", version = version + 1" if table == "tokens" else ""
+                rows = conn.execute(f"SELECT {key_column}, sealed FROM {table}").fetchall()
+                conn.executemany(
+                    f"UPDATE {table} SET sealed = ?{bump} WHERE {key_column} = ?",
+                    [(reseal(prefix + key, bytes(sealed)), key) for key, sealed in rows])
+                count += len(rows)
             self._write(conn, audit)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return len(rows)
+        return count
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ class AwsEndpoint:
             raise ValueError("[aws] max_skew_s must be a positive number of seconds")
         self.max_skew = float(skew)
         self.validator = validator
-        self.store = AwsStore(db_path, validator.box)
+        self.store = AwsStore(db_path, lambda: validator.box)
         self._clock = clock
         if self.allow_any_signature:
             log.warning("AWS ENDPOINT ACCEPTS ANY SIGNATURE ([aws] allow_any_signature = "

@@ -21,11 +21,12 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from validator.secrets_box import SecretBox
+from validator.store import register_sealed_table
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS aws_access_keys (
@@ -111,10 +112,12 @@ def token_digest(token: str) -> str:
 class AwsStore:
     """The AWS tables on the SQLite file at `db_path` (WAL, one connection per thread)."""
 
-    def __init__(self, db_path: str | os.PathLike[str], box: SecretBox, *,
+    def __init__(self, db_path: str | os.PathLike[str],
+                 box: SecretBox | Callable[[], SecretBox], *,
                  busy_timeout_ms: int = 10_000) -> None:
         self.path = os.fspath(db_path)
-        self.box = box
+        # A callable follows the validator's current box across a key rotation.
+        self._box: Callable[[], SecretBox] = (lambda: box) if isinstance(box, SecretBox) else box
         self._busy = busy_timeout_ms
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -122,6 +125,14 @@ class AwsStore:
         with self._tx() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
+            # so that Validator.rotate_key re-encrypts these secrets with the seeds
+            register_sealed_table(conn, "aws_access_keys", "access_key_id",
+                                  _aad("access-key", ""))
+            register_sealed_table(conn, "aws_sessions", "access_key_id", _aad("session", ""))
+
+    @property
+    def box(self) -> SecretBox:
+        return self._box()
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
