@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
-from aws_helpers import decode_qr, png_to_gray
+from aws_helpers import decode_qr
 
 
 def test_qr_png_decodes_to_the_otpauth_uri(iam) -> None:
@@ -27,15 +27,10 @@ def test_qr_png_decodes_to_the_otpauth_uri(iam) -> None:
 
 
 def test_decoder_is_not_fooled_by_a_blank_image() -> None:
-    import struct
-    import zlib
+    import io
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data))
+    from PIL import Image
 
-    blank = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 8, 0, 0, 0, 0))
-             + chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + b"\xff" * 40 for _ in range(40))))
-             + chunk(b"IEND", b""))
-    assert png_to_gray(blank)[1:] == (40, 40)
-    assert decode_qr(blank) == []
+    blank = io.BytesIO()
+    Image.new("L", (40, 40), 255).save(blank, format="PNG")
+    assert decode_qr(blank.getvalue()) == []
