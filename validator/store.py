@@ -23,7 +23,8 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -206,6 +207,57 @@ def _record(row: tuple[Any, ...]) -> TokenRecord:
     )
 
 
+class Connections:
+    """One SQLite connection per thread on one file (WAL, a busy timeout, a `synchronous`
+    level), and `transaction()`: `BEGIN IMMEDIATE`, then COMMIT, or ROLLBACK on an error.
+    Shared by every store on the validator's database file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = 10_000,
+                 synchronous: str = "NORMAL") -> None:
+        self.path = os.fspath(path)
+        self._busy = busy_timeout_ms
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self._busy / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction. The body may end it early with `ROLLBACK` (a refused
+        compare-and-set); otherwise it commits on exit and rolls back on an exception."""
+        conn = self.get()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
 class SQLiteStore:
     """The SQLite store: one connection per thread, WAL, a busy timeout, explicit
     `BEGIN IMMEDIATE` transactions for every write."""
@@ -214,10 +266,9 @@ class SQLiteStore:
                  busy_timeout_ms: int = 10_000) -> None:
         self.path = os.fspath(path)
         self.durability = Durability(durability)
-        self._busy = busy_timeout_ms
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._db = Connections(path, busy_timeout_ms=busy_timeout_ms,
+                               synchronous=self.durability.value)
+        self._conn = self._db.get
         self._migrate()
 
     def __repr__(self) -> str:
@@ -225,23 +276,8 @@ class SQLiteStore:
 
     # -- connections and schema -------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self._busy / 1000)
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self.durability.value}")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
-
     def _migrate(self) -> None:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM schema_version").fetchone()
             current = 0 if row is None else int(row[0])
@@ -255,21 +291,13 @@ class SQLiteStore:
                 conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
             else:
                 conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def schema_version(self) -> int:
         row = self._conn().execute("SELECT version FROM schema_version").fetchone()
         return int(row[0])
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._db.close()
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -285,9 +313,7 @@ class SQLiteStore:
         """Insert all records in one transaction. Existing serials raise `DuplicateSerials`
         (nothing inserted) unless `skip_existing`, which leaves them out. Returns the serials
         inserted."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             serials = [r.serial for r in records]
             existing: set[str] = set()
             for i in range(0, len(serials), 500):
@@ -305,10 +331,6 @@ class SQLiteStore:
                   r.assigned_at) for r in fresh])
             inserted = {r.serial for r in fresh}
             self._write(conn, [e for e in audit if e.serial is None or e.serial in inserted])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return [r.serial for r in fresh]
 
     def compare_and_set(self, serial: str, version: int, state: TokenState, *,
@@ -317,9 +339,7 @@ class SQLiteStore:
                         audit: Sequence[AuditEvent] = ()) -> Cas:
         """Commit `state` (and optionally a new assignment) only if the row is still at
         `version`; with `max_devices`, only if `user` then holds fewer tokens than that."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             if isinstance(user, _Keep):
                 cursor = conn.execute(
                     "UPDATE tokens SET state = ?, version = version + 1 "
@@ -339,45 +359,27 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
                 return Cas.CONFLICT
             self._write(conn, audit)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return Cas.OK
 
     def delete(self, serial: str, version: int, audit: Sequence[AuditEvent] = ()) -> Cas:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             cursor = conn.execute("DELETE FROM tokens WHERE serial = ? AND version = ?",
                                   (serial, version))
             if cursor.rowcount != 1:
                 conn.execute("ROLLBACK")
                 return Cas.CONFLICT
             self._write(conn, audit)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return Cas.OK
 
     def add_audit(self, events: Sequence[AuditEvent]) -> None:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             self._write(conn, events)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def reseal_all(self, reseal: Callable[[str, bytes], bytes],
                    audit: Sequence[AuditEvent] = ()) -> int:
         """Replace every sealed secret by `reseal(aad, sealed)`, in one transaction: the
         token seeds and every table registered in `sealed_columns`. Returns how many."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             count = 0
             for table, key_column, prefix in conn.execute(
                     "SELECT tbl, key_column, aad_prefix FROM sealed_columns").fetchall():
@@ -392,10 +394,6 @@ class SQLiteStore:
                     [(reseal(prefix + key, bytes(sealed)), key) for key, sealed in rows])
                 count += len(rows)
             self._write(conn, audit)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return count
 
     # -- reads -----------------------------------------------------------------------------

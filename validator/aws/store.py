@@ -20,13 +20,11 @@ import hashlib
 import os
 import secrets
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from validator.secrets_box import SecretBox
-from validator.store import register_sealed_table
+from validator.store import Connections, register_sealed_table
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS aws_access_keys (
@@ -118,11 +116,8 @@ class AwsStore:
         self.path = os.fspath(db_path)
         # A callable follows the validator's current box across a key rotation.
         self._box: Callable[[], SecretBox] = (lambda: box) if isinstance(box, SecretBox) else box
-        self._busy = busy_timeout_ms
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        with self._tx() as conn:
+        self._db = Connections(db_path, busy_timeout_ms=busy_timeout_ms)
+        with self._db.transaction() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
             # so that Validator.rotate_key re-encrypts these secrets with the seeds
@@ -135,34 +130,10 @@ class AwsStore:
         return self._box()
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self._busy / 1000)
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        return self._db.get()
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._db.close()
 
     # -- long-term access keys ---------------------------------------------------------
 
@@ -170,7 +141,7 @@ class AwsStore:
         """A new access key: (access key id, secret access key). The secret is shown once."""
         akid, secret = _key_id("AKIA"), _secret_key()
         sealed = self.box.seal(_aad("access-key", akid), secret.encode())
-        with self._tx() as conn:
+        with self._db.transaction() as conn:
             conn.execute("INSERT INTO aws_access_keys VALUES (?, ?, ?)", (akid, sealed, now))
         return akid, secret
 
@@ -181,7 +152,7 @@ class AwsStore:
         return [AccessKey(str(a), float(c)) for a, c in rows]
 
     def delete_key(self, access_key_id: str) -> bool:
-        with self._tx() as conn:
+        with self._db.transaction() as conn:
             cur = conn.execute("DELETE FROM aws_access_keys WHERE access_key_id = ?",
                                (access_key_id,))
         return cur.rowcount == 1
@@ -208,7 +179,7 @@ class AwsStore:
         akid, secret = _key_id("ASIA"), _secret_key()
         token = base64.b64encode(b"foblab-session\x00" + secrets.token_bytes(96)).decode()
         sealed = self.box.seal(_aad("session", akid), secret.encode())
-        with self._tx() as conn:
+        with self._db.transaction() as conn:
             conn.execute("DELETE FROM aws_sessions WHERE expires < ?", (now,))
             conn.execute("INSERT INTO aws_sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (akid, sealed, token_digest(token), user, serial, now, expires))
@@ -217,7 +188,7 @@ class AwsStore:
     # -- virtual MFA devices -----------------------------------------------------------
 
     def add_virtual(self, device: VirtualDevice, tags: list[tuple[str, str]]) -> None:
-        with self._tx() as conn:
+        with self._db.transaction() as conn:
             conn.execute("INSERT INTO aws_virtual_mfa VALUES (?, ?, ?, ?)",
                          (device.serial, device.name, device.path, device.created))
             conn.execute("DELETE FROM aws_mfa_tags WHERE serial = ?", (device.serial,))
@@ -237,7 +208,7 @@ class AwsStore:
         return [VirtualDevice(r[0], r[1], r[2], float(r[3])) for r in rows]
 
     def delete_virtual(self, serial: str) -> None:
-        with self._tx() as conn:
+        with self._db.transaction() as conn:
             conn.execute("DELETE FROM aws_virtual_mfa WHERE serial = ?", (serial,))
             conn.execute("DELETE FROM aws_mfa_tags WHERE serial = ?", (serial,))
 
@@ -251,7 +222,7 @@ class AwsStore:
     def tag(self, serial: str, tags: list[tuple[str, str]], limit: int) -> bool:
         """Add or overwrite tags (keys compare case-insensitively, as IAM's do); False
         (nothing written) if the result would exceed `limit` tags."""
-        with self._tx() as conn:
+        with self._db.transaction() as conn:
             existing = {str(k).lower(): str(k) for (k,) in conn.execute(
                 "SELECT key FROM aws_mfa_tags WHERE serial = ?", (serial,))}
             if len(existing.keys() | {k.lower() for k, _ in tags}) > limit:
@@ -268,6 +239,6 @@ class AwsStore:
         return True
 
     def untag(self, serial: str, keys: list[str]) -> None:
-        with self._tx() as conn:
+        with self._db.transaction() as conn:
             conn.executemany("DELETE FROM aws_mfa_tags WHERE serial = ? AND lower(key) = ?",
                              [(serial, k.lower()) for k in keys])
