@@ -18,6 +18,7 @@ import os
 import random
 import resource
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from firmware_sim.models import DEFAULT_MODEL, PRESETS, build_model
 from firmware_sim.ports import PtyPort
 from firmware_sim.runner import Token, open_token
 from firmware_sim.storage import atomic_write
+from firmware_sim.token import TokenState
 
 MANIFEST = "manifest.json"
 SEED_FILE = "seeds.pskc"
@@ -171,30 +173,8 @@ class Fleet:
         return self
 
     def _write_pskc(self) -> None:
-        import io
-
-        import pskc
-
-        container = pskc.PSKC()
-        for serial, token in self.tokens.items():
-            st = token.state
-            if st.seed is None:
-                continue
-            extra: dict[str, Any] = (
-                {"time_interval": st.period, "time_offset": 0}
-                if st.kind == "totp" else {"counter": st.counter}
-            )
-            container.add_key(
-                id=serial, serial=serial, secret=st.seed, manufacturer="foblab",
-                model=st.model, algorithm=_PSKC_URI + st.kind,
-                algorithm_suite="HMAC-" + st.hash.upper(), response_encoding="DECIMAL",
-                response_length=st.digits, **extra,
-            )
-        if self.spec.pskc_passphrase:
-            container.encryption.setup_pbkdf2(self.spec.pskc_passphrase)
-        buf = io.BytesIO()
-        container.write(buf)
-        atomic_write(self.seed_file, buf.getvalue())
+        write_seed_file(self.seed_file, [t.state for t in self.tokens.values()],
+                        passphrase=self.spec.pskc_passphrase)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -226,3 +206,33 @@ class Fleet:
             token.close()
         self.ports.clear()
         self.tokens.clear()
+
+
+def write_seed_file(path: Path, states: Iterable[TokenState], *,
+                    passphrase: str | None = None) -> None:
+    """The factory's copy of the tokens' seeds, as a vendor ships it: a PSKC (RFC 6030)
+    file, PBKDF2-encrypted with `passphrase` when given, written atomically. Blank tokens
+    are left out."""
+    import io
+
+    import pskc
+
+    container = pskc.PSKC()
+    for st in states:
+        if st.seed is None:
+            continue
+        extra: dict[str, Any] = (
+            {"time_interval": st.period, "time_offset": 0}
+            if st.kind == "totp" else {"counter": st.counter}
+        )
+        container.add_key(
+            id=st.serial, serial=st.serial, secret=st.seed, manufacturer="foblab",
+            model=st.model, algorithm=_PSKC_URI + st.kind,
+            algorithm_suite="HMAC-" + st.hash.upper(), response_encoding="DECIMAL",
+            response_length=st.digits, **extra,
+        )
+    if passphrase:
+        container.encryption.setup_pbkdf2(passphrase)
+    buf = io.BytesIO()
+    container.write(buf)
+    atomic_write(path, buf.getvalue())

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from firmware_sim.clock import Drift
-from firmware_sim.fleet import Fleet, FleetSpec, load_config
+from firmware_sim.fleet import Fleet, FleetSpec, load_config, write_seed_file
 from firmware_sim.models import DEFAULT_MODEL, HASHES, KINDS, PRESETS
 from firmware_sim.runner import TokenRunner, open_token
 from firmware_sim.storage import StorageError
@@ -77,11 +77,16 @@ def sim() -> None:
                    "~/.local/state/foblab/tokens).")
 @click.option("--drift-ppm", type=float, default=0.0, help="Crystal error, ppm (e.g. -12.5).")
 @click.option("--baud", type=int, help="Pace replies as a UART at this baud rate.")
+@click.option("--seed-file", type=click.Path(path_type=Path),
+              help="Where a generated seed's factory copy goes, as a PSKC file (default "
+                   "<state-dir>/<SERIAL>.pskc).")
+@click.option("--pskc-passphrase", help="Encrypt that seed file with PBKDF2 from this.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
 def run(model: str, serial: str | None, seed: bytes | None, blank: bool, kind: Any,
         hash_: Any, digits: str | None, period: int | None, counter: int, qa: bool,
         pty_link: Path | None, tcp: tuple[str, int] | None, state_dir: Path | None,
-        drift_ppm: float, baud: int | None, as_json: bool) -> None:
+        drift_ppm: float, baud: int | None, seed_file: Path | None,
+        pskc_passphrase: str | None, as_json: bool) -> None:
     """Run one token until SIGTERM or Ctrl-C."""
     if seed is not None and blank:
         _fail("--seed and --blank exclude each other")
@@ -91,13 +96,20 @@ def run(model: str, serial: str | None, seed: bytes | None, blank: bool, kind: A
     if generated:
         hash_name = hash_ or PRESETS[model].hash
         seed = secrets.token_bytes({"sha1": 20, "sha256": 32, "sha512": 64}[hash_name])
+    state_dir = state_dir if state_dir is not None else default_state_dir()
     try:
         token = open_token(
             model, serial=serial, seed=seed, kind=kind, hash=hash_,
             digits=None if digits is None else int(digits), period=period, counter=counter,
-            drift=Drift(ppm=drift_ppm), qa=qa,
-            state_dir=state_dir if state_dir is not None else default_state_dir(),
+            drift=Drift(ppm=drift_ppm), qa=qa, state_dir=state_dir,
         )
+        if generated and not token.restored:
+            # The factory's copy of a secret we made up, handed over as a vendor does: a
+            # seed file to import, never printed.
+            seed_file = seed_file or state_dir / f"{token.state.serial}.pskc"
+            write_seed_file(seed_file, [token.state], passphrase=pskc_passphrase)
+        else:
+            seed_file = None
     except (ValueError, StorageError, OSError) as exc:
         _fail(str(exc))
     runner = TokenRunner(token, pty=tcp is None, pty_link=pty_link, tcp=tcp, baud=baud)
@@ -115,14 +127,13 @@ def run(model: str, serial: str | None, seed: bytes | None, blank: bool, kind: A
                 "state_file": str(token.file.path) if token.file else None,
                 "restored": token.restored, "provisioned": st.provisioned, "qa_mode": st.qa_mode,
             }
-            if generated and not token.restored and st.seed is not None:
-                # the factory's copy of the secret, as a vendor's seed file would carry it
-                ready["seed"] = st.seed.hex()
+            if seed_file is not None:
+                ready["seed_file"] = str(seed_file)
             if as_json:
                 click.echo(json.dumps(ready, sort_keys=True))
             else:
                 extra = " (restored from its state file)" if token.restored else ""
-                seed_note = f"  seed {ready['seed']}" if "seed" in ready else ""
+                seed_note = f"  seed file {seed_file}" if seed_file is not None else ""
                 click.echo(f"{st.serial} {st.model} on {runner.url}{extra}{seed_note}")
             sys.stdout.flush()
             await _until_signal()

@@ -23,7 +23,7 @@ SERIAL = "GAHT20240007"
 
 @pytest.fixture
 def token(tmp_path: Path):
-    """`foblab sim run --qa` on a PTY; answers its ready line (port, serial, seed)."""
+    """`foblab sim run --qa` on a PTY; answers its ready line (port, serial, seed file)."""
     link = tmp_path / "token"
     proc = subprocess.Popen([*FOBLAB, "sim", "run", "--qa", "--serial", SERIAL, "--pty-link",
                              str(link), "--state-dir", str(tmp_path / "state"), "--json"],
@@ -53,12 +53,13 @@ def read_codes(port: str, count: int) -> list[str]:
 
 def test_hardware_token_through_iam_and_sts(daemon, iam, sts, token) -> None:
     assert token["serial"] == SERIAL
-    # The vendor's seed file would carry the factory seed; register it through the daemon.
-    answer = httpx.post(f"{daemon.base}/v1/tokens", trust_env=False, timeout=10,
+    # The emulator hands over the factory seed as a vendor does: a PSKC file to import.
+    answer = httpx.post(f"{daemon.base}/v1/tokens/import", trust_env=False, timeout=10,
                         headers={"Authorization": f"Bearer {daemon.admin_key}"},
-                        json={"serial": SERIAL, "secret_hex": token["seed"], "kind": "totp",
-                              "hash": "sha1", "digits": 6, "period": 30})
-    assert answer.status_code == 201, answer.text
+                        json={"format": "pskc",
+                              "content": Path(token["seed_file"]).read_text()})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["serials"] == [SERIAL]
 
     codes = read_codes(token["link"], 8)  # this step's code and the next seven
     with pytest.raises(ClientError) as exc:

@@ -54,6 +54,32 @@ def test_sim_run_and_token_subprocess(tmp_path: Path) -> None:
     assert not link.exists()
 
 
+def test_generated_seed_goes_to_a_pskc_file_never_to_the_output(tmp_path: Path) -> None:
+    import base64
+
+    import pskc
+    import pyotp
+
+    link = tmp_path / "ev"
+    proc, ready = start("run", "--model", "event", "--serial", "GAEV00000001", "--pty-link",
+                        str(link), "--state-dir", str(tmp_path / "s"), "--pskc-passphrase",
+                        "qwerty")
+    try:
+        seed_file = Path(str(ready["seed_file"]))
+        assert seed_file == tmp_path / "s" / "GAEV00000001.pskc"
+        container = pskc.PSKC(str(seed_file))
+        container.encryption.derive_key("qwerty")
+        (key,) = container.keys
+        assert key.serial == "GAEV00000001" and len(key.secret) == 20
+        secret_hex = key.secret.hex()
+        assert secret_hex not in json.dumps(ready)
+        assert secret_hex.encode() not in seed_file.read_bytes()  # encrypted in the file
+        press = json.loads(token("press", str(link), "--json").stdout)["code"]
+        assert press == pyotp.HOTP(base64.b32encode(key.secret).decode()).at(0)
+    finally:
+        stop(proc)
+
+
 def test_sim_run_tcp(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
