@@ -7,8 +7,18 @@ constant rate error follows `d(t) = a + r*(t - tref)`. The tracker keeps the *fe
 of `(a, r)` pairs: the convex polygon of lines that pass through every observed interval,
 with `|r|` bounded by a physical limit (±100 ppm by default). Each accepted code clips the
 polygon by two half-planes (a few dozen float operations), so the estimate narrows with
-every code and the rate falls out of the history without a separate fit. The prediction at
-`now` is the midpoint of the range the feasible lines give there, the minimax choice.
+every code and the rate falls out of the history without a separate fit.
+
+The polygon is the proof; the prediction is a belief inside it. The ±100 ppm bound is a
+safety limit, not a prior: real crystals run within a few ppm (trimmed) or ±20 ppm
+(untrimmed). With few codes or a long gap, the midpoint of the feasible offsets is set by
+that limit rather than by the evidence (one side of the rate range cut by the data, the
+other by ±100 ppm) and lands tens of seconds from the truth. So the believed *rate* is the
+posterior mean of the feasible rates under a heavy-tailed prior, `RATE_PRIOR` (a scale
+mixture of zero-mean Gaussians: most crystals small, some large), and the prediction at
+`now` extrapolates with it from the midpoint of the feasible offsets at the newest
+observation (where the offset is known best), clamped to the feasible offsets at `now`.
+With strong evidence the rate range is narrow and the prior does not matter.
 
 If a new observation contradicts the set (the rate changed, or a code was typed far later
 than the allowance), the polygon is rebuilt from the newest observations backwards, keeping
@@ -24,7 +34,8 @@ Two comparison policies, used by the drift study, sit beside it:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 Vertex = tuple[float, float]
@@ -38,6 +49,16 @@ class DriftPolicy(enum.StrEnum):
     WHOLE_STEP = "whole-step"
     SYNC_ONLY = "sync-only"
 
+
+# The prior on a token clock's rate error (seconds per second), as (weight, sd) components
+# of a zero-mean Gaussian scale mixture: most crystals within a few ppm (trimmed, or
+# untrimmed at room temperature), a tail of untrimmed or cold ones out to tens of ppm.
+# Measured choice: with a single Gaussian, a sd small enough to fix the long-gap error of
+# near-zero tokens (10 ppm) costs ±40 ppm tokens refusals in their first weeks, and one wide
+# enough for them (20 ppm) leaves the near-zero error large (docs/validator.md).
+RATE_PRIOR: Final[tuple[tuple[float, float], ...]] = ((0.8, 5e-6), (0.2, 40e-6))
+_SQRT2: Final = math.sqrt(2.0)
+_SQRT2PI: Final = math.sqrt(2.0 * math.pi)
 
 # Module constants: an identity test against them skips the enum class's attribute lookup.
 _TRACKING: Final = DriftPolicy.TRACKING
@@ -54,6 +75,12 @@ class Drift:
     `offset` is the fallback (and the whole-step / sync-only policies' only) estimate in
     seconds. `tref` and `poly` hold the tracker's feasible set of `(a, r)`, `history` the
     last observations, kept to rebuild the set when evidence conflicts.
+
+    `line` caches the believed line `(a, r)` (offset at `tref`, rate): `r` is `prior_rate`
+    of the active polygon (`soft`, else `poly`), and the line passes through the midpoint of
+    the active polygon's offsets at the newest observation. A pure function of the other
+    fields (`believed_line`), so it is left out of comparisons, hashing and the JSON form;
+    `from_json` computes it. None: computed when needed.
     """
 
     offset: float = 0.0
@@ -61,21 +88,31 @@ class Drift:
     poly: tuple[Vertex, ...] = ()
     history: tuple[Observation, ...] = ()
     soft: tuple[Vertex, ...] = ()
+    line: tuple[float, float] | None = field(default=None, compare=False)
 
     def predict(self, now: float) -> float:
-        """The believed offset (token time minus true time) at `now`, in seconds."""
+        """The believed offset (token time minus true time) at `now`, in seconds.
+
+        The midpoint of the feasible offsets at the newest observation, extrapolated with
+        the believed rate, clamped to the feasible offsets at `now`.
+        """
         poly = self.soft or self.poly
         if not poly:
             return self.offset
+        line = self.line
+        if line is None:
+            line = believed_line(self)
         dt = now - self.tref
-        lo = hi = poly[0][0] + poly[0][1] * dt
+        p = line[0] + line[1] * dt
+        a, r = poly[0]
+        lo = hi = a + r * dt
         for a, r in poly:
             v = a + r * dt
             if v < lo:
                 lo = v
             elif v > hi:
                 hi = v
-        return (lo + hi) / 2
+        return lo if p < lo else hi if p > hi else p
 
     def bounds(self, now: float) -> tuple[float, float]:
         """The range of offsets at `now` consistent with every kept observation."""
@@ -86,11 +123,11 @@ class Drift:
         return (min(values), max(values))
 
     def rate(self) -> float:
-        """The midpoint of the feasible drift rates (seconds per second; 1e-6 = 1 ppm)."""
-        if not self.poly:
+        """The believed drift rate (seconds per second; 1e-6 = 1 ppm): `prior_rate` of the
+        active polygon."""
+        if not (self.soft or self.poly):
             return 0.0
-        rates = [r for _, r in self.poly]
-        return (min(rates) + max(rates)) / 2
+        return (self.line or believed_line(self))[1]
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -103,7 +140,7 @@ class Drift:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Drift:
-        return cls(
+        drift = cls(
             offset=float(data.get("offset", 0.0)),
             tref=float(data.get("tref", 0.0)),
             poly=tuple((float(a), float(r)) for a, r in data.get("poly", ())),
@@ -111,6 +148,89 @@ class Drift:
                           for t, lo, hi in data.get("history", ())),
             soft=tuple((float(a), float(r)) for a, r in data.get("soft", ())),
         )
+        if drift.soft or drift.poly:
+            drift.line = believed_line(drift)
+        return drift
+
+
+def prior_rate(poly: tuple[Vertex, ...] | list[Vertex]) -> float:
+    """The believed rate of a feasible polygon: the mean of `RATE_PRIOR` restricted to the
+    polygon's rate range (`_rate_in`)."""
+    lo = hi = poly[0][1]
+    for _, r in poly:
+        if r < lo:
+            lo = r
+        elif r > hi:
+            hi = r
+    return _rate_in(lo, hi)
+
+
+# Per component of RATE_PRIOR: (weight, 1 / (sd * sqrt 2), sd / sqrt(2 pi)).
+_PRIOR: Final = tuple((w, 1.0 / (sd * _SQRT2), sd / _SQRT2PI) for w, sd in RATE_PRIOR)
+
+
+def _rate_in(lo: float, hi: float) -> float:
+    """The mean of `RATE_PRIOR` restricted to [lo, hi].
+
+    Each Gaussian component contributes its mass on the range and its truncated mean there;
+    a component with no representable mass on the range (far in its tail) is left out, and
+    if none has any, the end of the range nearest zero is taken. A range narrow against
+    the prior (strong evidence) gives nearly its own midpoint.
+    """
+    if hi - lo <= 1e-12:  # a millionth of a ppm: nothing to weigh
+        return (lo + hi) / 2
+    mass = moment = 0.0
+    erf, erfc, exp = math.erf, math.erfc, math.exp
+    for weight, k, c in _PRIOR:
+        a, b = lo * k, hi * k  # in units of sd * sqrt 2
+        if a >= 0:  # both in the upper tail: erfc keeps the precision
+            z = erfc(a) - erfc(b)
+        elif b <= 0:
+            z = erfc(-b) - erfc(-a)
+        else:
+            z = erf(b) - erf(a)
+        if z <= 0.0:
+            continue
+        # mass 0.5 z; truncated mean sd (phi(a') - phi(b')) / (0.5 z), a' = a sqrt 2
+        mass += weight * z
+        moment += weight * 2.0 * c * (exp(-a * a) - exp(-b * b))
+    if mass <= 0.0:
+        return lo if lo > 0 else hi if hi < 0 else 0.0
+    m = moment / mass
+    return lo if m < lo else hi if m > hi else m
+
+
+def believed_line(drift: Drift) -> tuple[float, float]:
+    """The believed line `(a, r)` of a tracked drift (see `Drift.line`)."""
+    x = (drift.history[-1][0] if drift.history else drift.tref) - drift.tref
+    return _belief(drift.soft or drift.poly, x)
+
+
+def _belief(poly: tuple[Vertex, ...] | list[Vertex], x: float) -> tuple[float, float]:
+    """The line whose rate is `prior_rate(poly)` and which passes through the midpoint of
+    `poly`'s offsets at `x` (relative to tref): at the newest observation the offset is
+    known best, whatever the rate. One pass over the vertices for both ranges."""
+    a, r = poly[0]
+    rlo = rhi = r
+    lo = hi = a + r * x
+    for a, r in poly:
+        v = a + r * x
+        if v < lo:
+            lo = v
+        elif v > hi:
+            hi = v
+        if r < rlo:
+            rlo = r
+        elif r > rhi:
+            rhi = r
+    rate = _rate_in(rlo, rhi)
+    return ((lo + hi) / 2 - rate * x, rate)
+
+
+def _made(offset: float, tref: float, poly: tuple[Vertex, ...],
+          history: tuple[Observation, ...], soft: tuple[Vertex, ...] = ()) -> Drift:
+    """A tracked `Drift` with its believed line computed afresh."""
+    return Drift(offset, tref, poly, history, soft, _belief(soft or poly, history[-1][0] - tref))
 
 
 def interval(step: int, now: float, period: int, t0: int, allowance: float) -> Observation:
@@ -215,11 +335,11 @@ def observe(
         return drift
     if policy is _WHOLE_STEP:
         return Drift(_whole_step(obs, period), drift.tref, drift.poly, drift.history,
-                     drift.soft)
+                     drift.soft, drift.line)
     past = drift.history
     kept = _kept(past, obs, history)
     if not past:  # the first code: a rectangle, nothing to clip
-        return Drift(drift.offset, obs[0], tuple(_start(obs, max_rate)), kept, ())
+        return _made(drift.offset, obs[0], tuple(_start(obs, max_rate)), kept)
     poly = drift.poly
     if poly:
         t, lo, hi = obs
@@ -234,30 +354,56 @@ def observe(
                     tuple(_add(list(soft), drift.tref, obs))
                 if len(soft) < 3:
                     soft = ()
-            return Drift(drift.offset, drift.tref, poly, kept, soft)
-    tref, rebuilt = _rebuild(kept, max_rate)
-    return Drift(drift.offset, tref, tuple(rebuilt), kept, ())
+            return _made(drift.offset, drift.tref, poly, kept, soft)
+    return _rebuilt(drift, kept, max_rate)
 
 
 def track(drift: Drift, t: float, lo: float, hi: float, max_rate: float,
           history: int) -> Drift:
-    """`observe` under the tracking policy, positional: the accepted-code hot path."""
+    """`observe` under the tracking policy, positional: the accepted-code hot path.
+
+    The usual code cuts nothing: one pass over the active polygon finds that and, at the
+    same time, the midpoint of its offsets at `t`, through which the believed line now
+    passes (the rate stays: the polygon did not change).
+    """
     past = drift.history
     obs = (t, lo, hi)
     kept = _kept(past, obs, history)
     poly = drift.poly
     if poly and past and max_rate > 0:
-        dt = t - drift.tref
-        poly = _narrow(poly, dt, lo, hi)
+        tref = drift.tref
+        dt = t - tref
+        soft = drift.soft
+        line = drift.line
+        if soft:  # the active polygon; inside `poly`, narrowed by the same observations
+            narrowed = _narrow(poly, dt, lo, hi)
+            if narrowed is not poly:
+                poly = narrowed
+                line = None
+            active = soft
+        else:
+            active = poly
+        a, r = active[0]
+        vlo = vhi = a + r * dt
+        for a, r in active:
+            v = a + r * dt
+            if v < vlo:
+                vlo = v
+            elif v > vhi:
+                vhi = v
+        if vlo >= lo and vhi <= hi and line is not None:  # nothing cut: the rate stands
+            rate = line[1]
+            return Drift(drift.offset, tref, poly, kept, soft,
+                         ((vlo + vhi) / 2 - rate * dt, rate))
+        if not soft:
+            poly = _narrow(poly, dt, lo, hi)
         if 3 <= len(poly) <= 2 * history + 4:
-            soft = drift.soft
             if soft:
                 soft = _narrow(soft, dt, lo, hi)
                 if len(soft) < 3:
                     soft = ()
-            return Drift(drift.offset, drift.tref, poly, kept, soft)
-        tref, rebuilt = _rebuild(kept, max_rate)
-        return Drift(drift.offset, tref, tuple(rebuilt), kept, ())
+            return _made(drift.offset, tref, poly, kept, soft)
+        return _rebuilt(drift, kept, max_rate)
     return observe(drift, obs, policy=_TRACKING, period=1, max_rate=max_rate, history=history)
 
 
@@ -274,7 +420,7 @@ def learn(drift: Drift, obs: Observation, *, history: int) -> Drift:
     if not 3 <= len(poly) <= 2 * history + 4:
         return drift
     soft = _add(list(drift.soft), drift.tref, obs) if drift.soft else []
-    return Drift(drift.offset, drift.tref, tuple(poly), _kept(drift.history, obs, history),
+    return _made(drift.offset, drift.tref, tuple(poly), _kept(drift.history, obs, history),
                  tuple(soft) if len(soft) >= 3 else ())
 
 
@@ -290,8 +436,13 @@ def reset(drift: Drift, obs: Observation, *, policy: DriftPolicy, period: int,
     if policy is not DriftPolicy.TRACKING:
         return Drift(offset=_whole_step(obs, period))
     t, lo, hi = obs
-    return Drift(offset=(lo + hi) / 2, tref=t, poly=tuple(_start(obs, max_rate)),
-                 history=(obs,), soft=tuple(_start((t, lo, min(hi, lo + fresh)), max_rate)))
+    return _made((lo + hi) / 2, t, tuple(_start(obs, max_rate)), (obs,),
+                 tuple(_start((t, lo, min(hi, lo + fresh)), max_rate)))
+
+
+def _rebuilt(drift: Drift, kept: tuple[Observation, ...], max_rate: float) -> Drift:
+    tref, rebuilt = _rebuild(kept, max_rate)
+    return _made(drift.offset, tref, tuple(rebuilt), kept)
 
 
 def _whole_step(obs: Observation, period: int) -> float:
