@@ -290,14 +290,16 @@ def _story(story: Story, work: Path, stack: ExitStack) -> None:
                  "refused (invalid_code)", got)
 
     # 8. a year at +40 ppm
+    before = fob.offset_s()
     fob.client.clock_command(SetDriftRequest(DriftSettings(ppm=40.0)))
     fob.client.clock_command(AgeRequest(365 * 86_400_000))
     offset = fob.offset_s()
     code = fob.code()
     got, _ = login(code)
-    story.expect("drifted", f"a year at +40 ppm later (AGE): the token's clock is "
-                 f"{offset:+.1f} s off, its code {code} is out of the window", "refused "
-                 "(invalid_code)", got, detail={"token_offset_s": offset})
+    story.expect("drifted", f"a year at +40 ppm later (AGE): the token's clock gained "
+                 f"{offset - before:+.1f} s and is {offset:+.1f} s off, its code {code} is out "
+                 "of the window", "refused (invalid_code)", got,
+                 detail={"token_offset_s": offset, "aged_by_s": offset - before})
 
     # 9. resync
     c1, c2 = fob.pair()
