@@ -49,7 +49,7 @@ def write_key_file(path: Path, key: str) -> None:
 def read_key_file(path: Path) -> str:
     try:
         mode = path.stat().st_mode
-        text = path.read_text().strip()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ApiKeyError(f"API key file {path} does not exist") from None
     except OSError as exc:
@@ -57,6 +57,7 @@ def read_key_file(path: Path) -> str:
     if mode & 0o077:
         raise ApiKeyError(f"API key file {path} is readable by others (mode {mode & 0o777:o}); "
                           "chmod 600 it")
+    text = raw.decode("latin-1").strip()  # any bytes decode; a non-ASCII key is refused below
     if len(text) < _MIN_LEN or not text.isascii() or not text.isprintable() or " " in text:
         raise ApiKeyError(f"API key file {path} does not hold a key (at least {_MIN_LEN} "
                           "printable ASCII characters)")

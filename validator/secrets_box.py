@@ -46,14 +46,17 @@ def _write_key(path: Path, key: bytes) -> None:
 
 
 def _read_key(path: Path) -> bytes:
-    mode = path.stat().st_mode
+    try:
+        mode = path.stat().st_mode
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
     if mode & 0o077:
         raise KeyFileError(f"key file {path} is readable by others (mode {mode & 0o777:o}); "
                            "chmod 600 it")
-    text = path.read_text().strip()
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
+        key = bytes.fromhex(raw.decode("ascii").strip())
+    except ValueError:  # not ASCII (UnicodeDecodeError is a ValueError), or not hex
         raise KeyFileError(f"key file {path} does not hold a hex key") from None
     if len(key) != 32:
         raise KeyFileError(f"key file {path} must hold 32 bytes (64 hex digits)")

@@ -153,6 +153,15 @@ def test_bad_configuration_is_one_line_and_nonzero(tmp_path: Path) -> None:
     assert_one_line_refusal(serve(home), "seed key file")
     (home / "seed.moved").rename(home / "seed.key")
 
+    # Key files holding bytes that are not text: a refusal naming the file, no traceback.
+    for name, words in (("admin.key", "admin.key does not hold a key"),
+                        ("seed.key", "seed.key does not hold a hex key")):
+        (home / name).rename(home / f"{name}.moved")
+        (home / name).write_bytes(b"\xff\xfe\x00" + b"\x80" * 40)
+        os.chmod(home / name, 0o600)
+        assert_one_line_refusal(serve(home), words)
+        (home / f"{name}.moved").replace(home / name)
+
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
