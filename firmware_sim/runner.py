@@ -104,13 +104,12 @@ class TokenSession:
                 return bytes(out)
             if isinstance(event, BadRequest):
                 out += conn.send(event, event.error_reply())
-            else:
-                try:
-                    reply: Reply = self._token.handle(event.request)
-                except Exception:  # a firmware bug must not take the port down
-                    log.exception("token %s failed on %r", self._token.serial, event.request)
-                    reply = ErrorReply(ErrorCode.BUSY, "internal error")
-                out += conn.send(event, reply)
+                continue
+            try:
+                out += conn.send(event, self._token.handle(event.request))
+            except Exception:  # a firmware bug, or a reply it cannot encode: the port stays up
+                log.exception("token %s failed on %r", self._token.serial, event.request)
+                out += conn.send(event, ErrorReply(ErrorCode.BUSY, "internal error"))
 
 
 def open_token(

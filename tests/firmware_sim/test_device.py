@@ -27,6 +27,7 @@ from protocol.messages import (
     FreezeRequest,
     InfoRequest,
     PeekRequest,
+    PressReply,
     PressRequest,
     ProvisionRequest,
     Request,
@@ -247,3 +248,16 @@ def test_hotp_not_shown_when_it_cannot_be_saved(
         assert err.value.code is ErrorCode.BUSY
     assert c.press().code == HOTP_VECTORS[1]  # the failed press consumed nothing
     token.close()
+
+
+def test_a_reply_that_cannot_be_encoded_is_busy_not_a_dead_port(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = open_token(seed=RFC_SEED_SHA1, now=clock)
+    c = client(token)
+    with monkeypatch.context() as m:  # a firmware bug: a code that is not ASCII
+        m.setattr(token, "handle", lambda request: PressReply("\u00e9" * 6, 17))
+        with pytest.raises(TokenRefused) as err:
+            c.press()
+        assert err.value.code is ErrorCode.BUSY
+    assert c.info().serial == token.serial  # the same session answers the next request
