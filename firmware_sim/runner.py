@@ -25,7 +25,7 @@ from firmware_sim.clock import Drift
 from firmware_sim.models import DEFAULT_MODEL, PRESETS, Hash, Kind, Model, build_model
 from firmware_sim.ports import PtyPort, TcpPort
 from firmware_sim.storage import StateDir, StorageError, TokenFile
-from firmware_sim.token import TokenState, new_token
+from firmware_sim.token import TokenState, check_serial, new_token
 from protocol.connection import BadRequest, DeviceConnection, NeedData
 from protocol.messages import ErrorCode, ErrorReply, Reply, Request
 
@@ -143,6 +143,7 @@ def open_token(
     else:
         base = build_model(model, kind=kind, hash=hash, digits=digits, period=period)
     serial = serial or base.make_serial(rng or random.Random())
+    check_serial(serial)  # before its state file is named after it
     file = StateDir(state_dir, durable=durable).open(serial) if state_dir is not None else None
     try:
         if file is not None and file.exists():

@@ -21,6 +21,7 @@ ErrorName = Literal[
 ]
 STATE_VERSION = 1
 MAX_SEED_BYTES = 64
+MAX_SERIAL = 64
 MAX_PEEK = 32
 """Most codes a PEEK returns: 32 eight-digit codes still fit one frame."""
 
@@ -121,12 +122,14 @@ def new_token(
     rng: random.Random | None = None,
 ) -> TokenState:
     """A token fresh from the factory: seeded and locked if `seed` is given, else blank."""
+    serial = serial or model.make_serial(rng or random.Random())
+    check_serial(serial)
     if seed is not None:
         _check_seed(seed)
     if counter < 0:
         raise ValueError("counter must be >= 0")
     return TokenState(
-        serial=serial or model.make_serial(rng or random.Random()),
+        serial=serial,
         model=model.name,
         firmware=model.firmware,
         clock=Clock(anchor_true_ms=now_ms, drift=drift or Drift(), aging_start_ms=now_ms),
@@ -140,6 +143,15 @@ def new_token(
         qa_mode=qa_mode,
         display_timeout_s=model.display_timeout_s,
     )
+
+
+def check_serial(serial: str) -> None:
+    """A serial as printed on the back: 1..MAX_SERIAL printable ASCII characters, no spaces
+    (INFO carries it as ASCII; anything else could never be answered)."""
+    if not (0 < len(serial) <= MAX_SERIAL and serial.isascii() and serial.isprintable()
+            and " " not in serial):
+        raise ValueError(f"serial must be 1..{MAX_SERIAL} printable ASCII characters "
+                         f"without spaces, not {serial!r}")
 
 
 def _check_seed(seed: bytes) -> None:

@@ -261,3 +261,14 @@ def test_a_reply_that_cannot_be_encoded_is_busy_not_a_dead_port(
             c.press()
         assert err.value.code is ErrorCode.BUSY
     assert c.info().serial == token.serial  # the same session answers the next request
+
+
+@pytest.mark.parametrize("serial", ["GAHT\u00c41234", "GAHT 1234", "G" * 65, "GAHT\n1"])
+def test_a_serial_info_could_not_carry_is_refused_before_any_file(
+    tmp_path: Path, serial: str
+) -> None:
+    with pytest.raises(ValueError, match="serial must be"):
+        new_token(PRESETS["keyfob"], T0, serial=serial)
+    with pytest.raises(ValueError, match="serial must be"):
+        open_token(serial=serial, seed=RFC_SEED_SHA1, state_dir=tmp_path / "s")
+    assert not (tmp_path / "s").exists()

@@ -118,3 +118,12 @@ def test_sim_usage_errors(args: list[str], needle: str) -> None:
     out = subprocess.run([FOBLAB, "sim", *args], capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and needle in out.stderr
 
+
+
+def test_sim_run_refuses_a_serial_it_could_not_report(tmp_path: Path) -> None:
+    out = subprocess.run([FOBLAB, "sim", "run", "--serial", "GAHT\u00c41234", "--state-dir",
+                          str(tmp_path), "--pty-link", str(tmp_path / "tok")],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode == 1 and "serial must be" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
