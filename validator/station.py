@@ -90,7 +90,8 @@ class Station:
 
     def __init__(self, name: str, url: str, *, timeout: float = 2.0,
                  opener: Callable[[str, float], Port] = _open_serial,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.url = url
         self.timeout = timeout
@@ -98,6 +99,7 @@ class Station:
         self._heard = False  # whether the current session received any byte
         self._opener = opener
         self._sleep = sleep
+        self._clock = clock
 
     def __repr__(self) -> str:
         return f"Station({self.name!r}, {self.url!r})"
@@ -253,23 +255,29 @@ class Station:
         period = info.period or 30
         if info.qa_mode:
             peek = client.peek(2)
+            if len(peek.codes) != 2:
+                raise self._fail(502, "token_garbage",
+                                 f"the token answered PEEK 2 with {len(peek.codes)} code(s)")
             first, second, step = peek.codes[0], peek.codes[1], peek.step
-            deadline = time.monotonic() + peek.seconds_left + 2.0
+            # A step lasts at most `period`, whatever seconds_left a token claims (it is a
+            # 16-bit field: a garbled one must not hold the station for hours).
+            deadline = self._clock() + min(peek.seconds_left, period) + 2.0
             while client.peek(1).step <= step:
-                if time.monotonic() > deadline:
+                if self._clock() > deadline:
                     raise self._fail(504, "token_clock_stuck",
                                      "the token's step did not advance (frozen clock?)")
                 self._sleep(0.1)
             return first, second
         pressed = client.press()
-        deadline = time.monotonic() + min(pressed.seconds_left, period) + 2.0
-        if pressed.seconds_left > 0.5:
-            self._sleep(max(0.0, pressed.seconds_left - 0.5))
+        left = min(pressed.seconds_left, period)
+        deadline = self._clock() + left + 2.0
+        if left > 0.5:
+            self._sleep(left - 0.5)
         while True:
             again = client.press()
             if again.code != pressed.code:
                 return pressed.code, again.code
-            if time.monotonic() > deadline:
+            if self._clock() > deadline:
                 raise self._fail(504, "token_clock_stuck",
                                  "the token's code did not change at the step boundary")
             self._sleep(0.1)
