@@ -80,27 +80,23 @@ def run(files: tuple[Path, ...], seed: int | None, as_json: bool, junit: Path | 
             if not quiet or not r.ok:
                 click.echo(report.event_line(r))
 
-        try:
-            if live:
-                from tools.scenario.live import LiveError, run_live
+        if live:
+            from tools.scenario.live import LiveError, run_live
 
-                assert url and key and port_url
-                if stream:
-                    for line in report.header(RunResult(sc, "live", "?")):
-                        click.echo(line)
-                try:
-                    result = run_live(sc, url=url, key=_read_key(key), port=port_url,
-                                      timeout=timeout, on_event=show if stream else None)
-                except LiveError as exc:
-                    _fail(f"{sc.path}: {exc}")
-            else:
-                if stream:
-                    for line in report.header(RunResult(sc, "in-process",
-                                                        scenario_serial(sc))):
-                        click.echo(line)
-                result = run_in_process(sc, on_event=show if stream else None)
-        except ValueError as exc:  # a policy the validator refuses ([validator] table)
-            _fail(f"{sc.path}: {exc}")
+            assert url and key and port_url
+            if stream:
+                for line in report.header(RunResult(sc, "live", "?")):
+                    click.echo(line)
+            try:
+                result = run_live(sc, url=url, key=_read_key(key), port=port_url,
+                                  timeout=timeout, on_event=show if stream else None)
+            except LiveError as exc:
+                _fail(f"{sc.path}: {exc}")
+        else:
+            if stream:
+                for line in report.header(RunResult(sc, "in-process", scenario_serial(sc))):
+                    click.echo(line)
+            result = run_in_process(sc, on_event=show if stream else None)
         runs.append(result)
         if stream:
             for line in report.footer(result):

@@ -124,6 +124,22 @@ MALFORMED = [
     (GOOD_HEAD + '\n[[event]]\naction = "set-drift"\nday = 1\nppm = 1e9\n', 5,
      "bad clock settings"),
     (GOOD_HEAD, 0, "at least one [[event]]"),
+    # values that used to get past the parser and crash or derail the run
+    (GOOD_HEAD + '\n[[event]]\naction = ["wait"]\nday = 1\n', 6, "unknown action"),
+    (GOOD_HEAD + '\n[[event]]\nname = 5\naction = "wait"\nday = 1\n', 6,
+     "name must be a string"),
+    (GOOD_HEAD + 'serial = "GAHT 123"\n\n[[event]]\naction = "wait"\nday = 1\n', 4,
+     "serial must be 1-256 printable ASCII"),
+    (GOOD_HEAD + '[clock]\noffset_s = 1e300\n\n[[event]]\naction = "wait"\nday = 1\n', 5,
+     "offset_s must be within"),
+    (GOOD_HEAD + '[clock]\nsteps = [{ day = inf, offset_s = 1 }]\n\n[[event]]\n'
+     'action = "wait"\nday = 1\n', 5, "a clock step is day 0-36500"),
+    (GOOD_HEAD + '[validator]\nwindow = -1\n\n[[event]]\naction = "wait"\nday = 1\n', 4,
+     "[validator]: window"),
+    (GOOD_HEAD + '\n[[event]]\naction = "age"\nday = 1\nspan = -5\n', 8,
+     "span must be from 0 to 36500 days"),
+    ('start = "1960-01-01T00:00:00Z"\n' + GOOD_HEAD + '\n[[event]]\naction = "wait"\n'
+     'day = 1\n', 1, "start must not be before 1970"),
 ]
 
 
@@ -142,6 +158,15 @@ def test_the_cli_names_file_and_line_for_a_malformed_file(tmp_path: Path) -> Non
     result = CliRunner().invoke(scenario, ["run", str(path)])
     assert result.exit_code == 2
     assert f"{path}:11: unknown action 'dance'" in result.output
+
+
+def test_the_cli_refuses_a_policy_the_core_refuses_with_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD_HEAD + '[validator]\nmax_failures = 0\n\n[[event]]\naction = "wait"'
+                    '\nday = 1\n')
+    result = CliRunner().invoke(scenario, ["run", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}:4: [validator]:" in result.output
 
 
 def test_live_options_are_checked() -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from firmware_sim.clock import Drift
 from firmware_sim.models import build_model
@@ -371,25 +371,6 @@ class SimTime:
         return self.now_ms / 1000
 
 
-def policy_for(scenario: Scenario) -> Policy:
-    v = scenario.validator
-    fields: dict[str, Any] = {}
-    if v.window is not None:
-        fields["window"] = v.window
-    if v.max_failures is not None:
-        fields["max_failures"] = v.max_failures
-    if v.lock_base_s is not None:
-        fields["lock_base"] = v.lock_base_s
-    if v.lock_cap_s is not None:
-        fields["lock_cap"] = v.lock_cap_s
-    if v.typing_allowance_s is not None:
-        fields["typing_allowance"] = v.typing_allowance_s
-    try:
-        return Policy(**fields)
-    except ValueError as exc:
-        raise ValueError(f"[validator]: {exc}") from None
-
-
 class ServiceSide:
     """The real validator service over a SQLite file, `now` passed in."""
 
@@ -469,7 +450,7 @@ def run_in_process(scenario: Scenario,
     if c.offset_s:
         client.clock_command(AdjustOffsetRequest(round(c.offset_s * 1000)))
     result = RunResult(scenario, "in-process", token.serial)
-    with _temp_validator(policy_for(scenario)) as v:
+    with _temp_validator(scenario.validator.policy()) as v:
         side = ServiceSide(v)
         side.register(token.serial, secret, model.kind, model.hash, model.digits, model.period)
         engine = Engine(scenario, client, sim, side, token.serial)

@@ -27,6 +27,7 @@ from typing import Any
 
 from firmware_sim.models import HASHES, KINDS, PRESETS, build_model
 from tools._args import parse_duration_ms, parse_time_ms
+from validator.core import Policy
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -45,6 +46,9 @@ REASONS = (
 CODES = ("current", "replay", "old", "wrong")
 TEMPERATURES = ("none", "constant", "daily")
 _USER = re.compile(r"[A-Za-z0-9+=,.@_-]{1,40}")
+_SERIAL = re.compile(r"[\x21-\x7e]{1,256}")  # what the validator registers
+MAX_DAYS = 36_500
+MAX_OFFSET_S = 1e9  # clock offsets and jumps, either sign: far beyond any crystal
 
 
 class ScenarioError(Exception):
@@ -100,6 +104,17 @@ class ValidatorSpec:
     lock_base_s: float | None = None
     lock_cap_s: float | None = None
     typing_allowance_s: float | None = None
+
+    def policy(self) -> Policy:
+        """The core's policy with these overrides. Raises ValueError for a policy the core
+        refuses (checked when the file is parsed)."""
+        fields: dict[str, Any] = {}
+        for name, value in (("window", self.window), ("max_failures", self.max_failures),
+                            ("lock_base", self.lock_base_s), ("lock_cap", self.lock_cap_s),
+                            ("typing_allowance", self.typing_allowance_s)):
+            if value is not None:
+                fields[name] = value
+        return Policy(**fields)
 
 
 @dataclass(frozen=True)
@@ -323,6 +338,8 @@ class _Parser:
             start_ms = parse_time_ms(start_text)
         except ValueError as exc:
             raise self.fail(self.loc.key(0, "start"), str(exc)) from None
+        if start_ms < 0:
+            raise self.fail(self.loc.key(0, "start"), "start must not be before 1970-01-01")
         user = _typed(self, d, "user", str, 0, "a user name", default="alice")
         if not _USER.fullmatch(user):
             raise self.fail(self.loc.key(0, "user"),
@@ -372,6 +389,9 @@ class _Parser:
             if not 1 <= len(secret) <= 64:
                 raise self.fail(self.loc.key(line, "secret_hex"), "the secret must be 1-64 bytes")
         serial = _typed(self, t, "serial", str, line, "a string", default=None)
+        if serial is not None and not _SERIAL.fullmatch(serial):
+            raise self.fail(self.loc.key(line, "serial"), "serial must be 1-256 printable "
+                            "ASCII characters without spaces")
         return TokenSpec(model, m.kind, m.hash, m.digits, m.period, serial, secret)
 
     def clock(self) -> tuple[ClockSpec, tuple[tuple[int, int, int], ...]]:
@@ -388,29 +408,30 @@ class _Parser:
             if not isinstance(step, dict) or "offset_s" not in step or \
                     not set(step) <= {"day", "hour", "offset_s"}:
                 raise self.fail(sline, "each clock step is {day = D, hour = H, offset_s = S}")
-            try:
-                at = round(float(step.get("day", 0)) * DAY_MS + float(step.get("hour", 0))
-                           * HOUR_MS)
-                offset = round(float(step["offset_s"]) * 1000)
-            except (TypeError, ValueError):
-                raise self.fail(sline, "clock step day, hour and offset_s must be numbers") \
-                    from None
-            if at < 0:
-                raise self.fail(sline, "a clock step cannot be before day 0")
-            steps.append((at, offset, sline))
+            day, hour, offset_s = step.get("day", 0), step.get("hour", 0), step["offset_s"]
+            if not (_is_num(day) and 0 <= day <= MAX_DAYS and _is_num(hour) and 0 <= hour <= 24
+                    and _is_num(offset_s) and abs(offset_s) <= MAX_OFFSET_S):
+                raise self.fail(sline, f"a clock step is day 0-{MAX_DAYS}, hour 0-24 and "
+                                f"offset_s within ±{MAX_OFFSET_S:g} s, all numbers")
+            steps.append((round(day * DAY_MS + hour * HOUR_MS), round(offset_s * 1000), sline))
         return spec, tuple(steps)
 
     def validator(self) -> ValidatorSpec:
         v, line = self.table("validator")
         keys = ("window", "max_failures", "lock_base_s", "lock_cap_s", "typing_allowance_s")
         self.unknown(v, keys, line, "[validator]")
-        return ValidatorSpec(
+        spec = ValidatorSpec(
             window=_typed(self, v, "window", int, line, "an integer >= 0", default=None),
             max_failures=_typed(self, v, "max_failures", int, line, "an integer", default=None),
             lock_base_s=_number(self, v, "lock_base_s", line, None, lo=0.001, hi=86_400),
             lock_cap_s=_number(self, v, "lock_cap_s", line, None, lo=0.001, hi=86_400 * 365),
             typing_allowance_s=_number(self, v, "typing_allowance_s", line, None, lo=0, hi=600),
         )
+        try:
+            spec.policy()
+        except ValueError as exc:
+            raise self.fail(line, f"[validator]: {exc}") from None
+        return spec
 
     def event(self, index: int, e: Any) -> _Template:
         line = self.loc.event(index)
@@ -428,7 +449,7 @@ class _Parser:
         if "action" not in e:
             raise self.fail(line, f"event {index + 1} has no action; one of {', '.join(ACTIONS)}")
         action = e["action"]
-        if action not in per_action:
+        if not isinstance(action, str) or action not in per_action:
             raise self.fail(self.loc.key(line, "action"),
                             f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
         self.unknown(e, common + per_action[action], line, f"a {action} event")
@@ -437,6 +458,7 @@ class _Parser:
         def key_line(key: str) -> int:
             return self.loc.key(line, key)
 
+        name = _typed(self, e, "name", str, line, "a string", default=None)
         fields: dict[str, Any] = {}
         if "user" in e:
             user = e["user"]
@@ -487,7 +509,8 @@ class _Parser:
                                 "a battery event needs dead = true (dies) or false (replaced)")
             fields["dead"] = e["dead"]
         if action == "step":
-            fields["offset_s"] = _number(self, e, "offset_s", line, None, lo=-1e9, hi=1e9)
+            fields["offset_s"] = _number(self, e, "offset_s", line, None, lo=-MAX_OFFSET_S,
+                                         hi=MAX_OFFSET_S)
             if fields["offset_s"] is None:
                 raise self.fail(line, "a step event needs offset_s (seconds, signed)")
         # when
@@ -496,7 +519,7 @@ class _Parser:
             raise self.fail(key_line("after"), "give either day/hour/minute/second or after")
         if not has_abs and "after" not in e:
             raise self.fail(line, f"{where} needs a time: day (and hour) or after = \"30s\"")
-        day = _number(self, e, "day", line, None, lo=0, hi=36_500)
+        day = _number(self, e, "day", line, None, lo=0, hi=MAX_DAYS)
         hour: tuple[float, float] | None = None
         if "hour" in e:
             h = e["hour"]
@@ -517,7 +540,7 @@ class _Parser:
         every = _duration(self, e, "every", line) if "every" in e else 0
         if repeat > 1 and every <= 0:
             raise self.fail(key_line("repeat"), "repeat needs every = \"7d\" (or similar)")
-        return _Template(line, e.get("name"), action, day, hour, minute, second, after,
+        return _Template(line, name, action, day, hour, minute, second, after,
                          repeat, every, fields)
 
 
@@ -555,14 +578,21 @@ def _duration(p: _Parser, table: dict[str, Any], key: str, start: int,
             raise p.fail(start, f"missing {key} (a duration such as \"365d\")")
         return 0
     value = table[key]
+    ms: int | None = None
     try:
         if _is_num(value):
-            return round(float(value) * 1000)
-        if isinstance(value, str):
-            return parse_duration_ms(value)
+            ms = round(float(value) * 1000)
+        elif isinstance(value, str):
+            ms = parse_duration_ms(value)
     except ValueError as exc:
         raise p.fail(p.loc.key(start, key), str(exc)) from None
-    raise p.fail(p.loc.key(start, key), f"{key} must be a duration such as \"90s\" or \"7d\"")
+    if ms is None:
+        raise p.fail(p.loc.key(start, key), f"{key} must be a duration such as \"90s\" or "
+                     "\"7d\"")
+    if not 0 <= ms <= MAX_DAYS * DAY_MS:
+        raise p.fail(p.loc.key(start, key), f"{key} must be from 0 to {MAX_DAYS} days, not "
+                     f"{value!r}")
+    return ms
 
 
 def _choice(p: _Parser, table: dict[str, Any], key: str, allowed: tuple[str, ...], start: int,
@@ -592,6 +622,8 @@ def _clock(path: str, c: dict[str, Any], line: int, base: ClockSpec, *, allow_of
                 raise fail(key, "offset_s belongs to [clock]; use a step event to jump")
             if not _is_num(c[key]):
                 raise fail(key, f"{key} must be a number, not {c[key]!r}")
+            if key == "offset_s" and abs(c[key]) > MAX_OFFSET_S:
+                raise fail(key, f"offset_s must be within ±{MAX_OFFSET_S:g} s")
             values[key] = float(c[key])
     if "temperature" in c:
         if c["temperature"] not in TEMPERATURES:
