@@ -66,6 +66,16 @@ class Outcome:
     """True when `state` must reach the state file before `reply` is sent."""
 
 
+MAX_DETAIL_BYTES = 255
+"""An ERROR reply's detail is a str8: at most this many bytes of UTF-8."""
+
+
+def error_reply(code: ErrorCode, detail: str) -> ErrorReply:
+    """An ERROR reply whose detail is clipped to fit the wire, on a character boundary."""
+    clipped = detail.encode()[:MAX_DETAIL_BYTES].decode(errors="ignore")
+    return ErrorReply(code, clipped)
+
+
 def info_reply(state: TokenState) -> InfoReply:
     return InfoReply(
         serial=state.serial,
@@ -168,4 +178,4 @@ def handle(state: TokenState, model: Model, request: Request, now_ms: int) -> Ou
     try:
         return _handle(state, model, request, now_ms)
     except Refused as exc:
-        return Outcome(state, ErrorReply(ErrorCode[exc.code], exc.detail[:200]), False)
+        return Outcome(state, error_reply(ErrorCode[exc.code], exc.detail), False)

@@ -74,7 +74,7 @@ class Token:
                 self.file.save(outcome.state.to_dict())
             except (OSError, StorageError) as exc:
                 # nothing was shown: the old state stands, so no code is ever lost or reused
-                return ErrorReply(ErrorCode.BUSY, f"cannot save state: {exc}"[:200])
+                return device.error_reply(ErrorCode.BUSY, f"cannot save state: {exc}")
         self.state = outcome.state
         return outcome.reply
 

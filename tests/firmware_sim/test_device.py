@@ -250,6 +250,24 @@ def test_hotp_not_shown_when_it_cannot_be_saved(
     token.close()
 
 
+def test_a_long_non_ascii_refusal_still_travels_with_its_reason(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = open_token("event", serial="GAEV00000010", seed=RFC_SEED_SHA1, state_dir=tmp_path,
+                       now=clock)
+    assert token.file is not None
+
+    def disk_full(data: object) -> None:  # an OSError naming a long non-ASCII path
+        raise OSError(28, "No space left on device", "/tmp/" + "\u00e9t\u00e9/" * 60)
+
+    monkeypatch.setattr(token.file, "save", disk_full)
+    with pytest.raises(TokenRefused) as err:
+        client(token).press()
+    assert err.value.code is ErrorCode.BUSY
+    assert err.value.reply.detail.startswith("cannot save state: [Errno 28] No space left")
+    token.close()
+
+
 def test_a_reply_that_cannot_be_encoded_is_busy_not_a_dead_port(
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
