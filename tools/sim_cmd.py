@@ -76,7 +76,8 @@ def sim() -> None:
               help="Where the token's state file lives (default $FOBLAB_STATE_DIR or "
                    "~/.local/state/foblab/tokens).")
 @click.option("--drift-ppm", type=float, default=0.0, help="Crystal error, ppm (e.g. -12.5).")
-@click.option("--baud", type=int, help="Pace replies as a UART at this baud rate.")
+@click.option("--baud", type=click.IntRange(min=1),
+              help="Pace replies as a UART at this baud rate.")
 @click.option("--seed-file", type=click.Path(path_type=Path),
               help="Where a generated seed's factory copy goes, as a PSKC file (default "
                    "<state-dir>/<SERIAL>.pskc).")
@@ -157,7 +158,8 @@ def run(model: str, serial: str | None, seed: bytes | None, blank: bool, kind: A
               help="Each token's drift is --drift-ppm plus uniform(-X, +X) ppm.")
 @click.option("--qa", is_flag=True, default=None, help="Tokens accept QA commands.")
 @click.option("--pskc-passphrase", help="Encrypt the seed file with PBKDF2 from this.")
-@click.option("--baud", type=int, help="Pace replies as a UART at this baud rate.")
+@click.option("--baud", type=click.IntRange(min=1),
+              help="Pace replies as a UART at this baud rate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
 def fleet(count: int | None, directory: Path, model: str | None, config: Path | None,
           seed: int | None, drift_ppm: float | None, drift_spread: float | None,

@@ -127,3 +127,14 @@ def test_sim_run_refuses_a_serial_it_could_not_report(tmp_path: Path) -> None:
     assert out.returncode == 1 and "serial must be" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["run", "fleet"])
+def test_sim_refuses_a_baud_rate_below_one_as_a_usage_error(tmp_path: Path,
+                                                            command: str) -> None:
+    where = ["--state-dir", str(tmp_path)] if command == "run" else ["--dir", str(tmp_path),
+                                                                     "--count", "1"]
+    out = subprocess.run([FOBLAB, "sim", command, "--baud", "0", *where],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "'--baud': 0 is not in the range x>=1" in out.stderr
