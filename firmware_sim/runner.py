@@ -147,7 +147,10 @@ def open_token(
     file = StateDir(state_dir, durable=durable).open(serial) if state_dir is not None else None
     try:
         if file is not None and file.exists():
-            state = TokenState.from_dict(file.load(), qa_mode=qa)
+            try:
+                state = TokenState.from_dict(file.load(), qa_mode=qa)
+            except (KeyError, TypeError, ValueError) as exc:  # edited by hand, or not ours
+                raise StorageError(f"token state {file.path} is damaged: {exc!r}") from None
             stored_model = PRESETS.get(state.model, base)
             return Token(state, stored_model, file=file, now=now, restored=True)
         state = new_token(base, now(), serial=serial, seed=seed, counter=counter, drift=drift,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 from firmware_sim import device
 from firmware_sim.models import PRESETS
 from firmware_sim.runner import MemoryPort, Token, open_token
-from firmware_sim.storage import TokenBusyError
+from firmware_sim.storage import StorageError, TokenBusyError
 from firmware_sim.token import new_token
 from protocol.connection import TokenClient, TokenRefused, pyserial_reader
 from protocol.messages import (
@@ -290,3 +292,23 @@ def test_a_serial_info_could_not_carry_is_refused_before_any_file(
     with pytest.raises(ValueError, match="serial must be"):
         open_token(serial=serial, seed=RFC_SEED_SHA1, state_dir=tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d.pop("seed"),
+    lambda d: d.update(version=2),
+    lambda d: d.update(seed="zz"),  # not hex
+    lambda d: d.update(counter=None),
+    lambda d: d["clock"]["drift"].update(wobble=1),  # a field the crystal does not have
+])
+def test_a_damaged_state_file_is_a_storage_error(
+    tmp_path: Path, damage: Callable[[dict[str, Any]], object]
+) -> None:
+    open_token(serial="GAHT00000004", seed=RFC_SEED_SHA1, state_dir=tmp_path).close()
+    path = tmp_path / "GAHT00000004.json"
+    data = json.loads(path.read_text())
+    damage(data)
+    path.write_text(json.dumps(data))
+    for _ in range(2):  # the second time shows the lock was released, not busy
+        with pytest.raises(StorageError, match="GAHT00000004.json is damaged"):
+            open_token(serial="GAHT00000004", state_dir=tmp_path)
