@@ -253,7 +253,8 @@ class Validator:
         except DuplicateSerial as exc:
             self.store.add_audit([AuditEvent(t, "import", "refused", reason=exc.code)])
             raise
-        left_out = [r.serial for r in parsed.records if r.serial not in set(imported)]
+        inserted = set(imported)  # once: in the comprehension it would be rebuilt per record
+        left_out = [r.serial for r in parsed.records if r.serial not in inserted]
         skipped = [f"{serial}: already registered" for serial in left_out] + parsed.skipped
         return ImportResult(imported, skipped)
 
