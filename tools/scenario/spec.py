@@ -232,14 +232,11 @@ class Scenario:
                             else tpl.action)
         name = f"{base} #{instance + 1}" if tpl.repeat > 1 else base
         expect = Expect(f.get("expect", "ok"), f.get("reason"))
-        clock = None
-        if tpl.action == "set-drift":
-            clock = _clock(self.path, f, tpl.line, ClockSpec(), allow_offset=False)
         return Event(
             index=index, name=name, action=tpl.action, at_ms=at, line=tpl.line, user=user,
             expect=expect, code=f.get("code", "current"), steps_back=f.get("steps_back", 2),
             typing_s=float(f.get("typing_s", self.typing_s)),
-            span_ms=f.get("span_ms", 0), clock=clock, dead=bool(f.get("dead", False)),
+            span_ms=f.get("span_ms", 0), clock=f.get("clock"), dead=bool(f.get("dead", False)),
             offset_ms=round(float(f.get("offset_s", 0.0)) * 1000),
         )
 
@@ -357,7 +354,7 @@ class _Parser:
             description=_typed(self, d, "description", str, 0, "a string", default=""),
             seed=seed, start_ms=start_ms, user=user, token=token, clock=clock,
             validator=validator, templates=templates, steps=steps, typing_s=typing_s)
-        scenario.timeline()  # times in order, set-drift settings valid: fail now, not mid-run
+        scenario.timeline()  # events in time order: fail now, not mid-run
         return scenario
 
     def token(self) -> TokenSpec:
@@ -398,7 +395,7 @@ class _Parser:
         c, line = self.table("clock")
         self.unknown(c, ("ppm", "aging_ppm_per_year", "temperature", "temp_c", "temp_swing_c",
                          "offset_s", "steps"), line, "[clock]")
-        spec = _clock(self.path, c, line, ClockSpec(), allow_offset=True, parser=self)
+        spec = _clock(self, c, line, allow_offset=True)
         steps = []
         raw = c.get("steps", [])
         sline = self.loc.key(line, "steps") if "steps" in c else line
@@ -501,8 +498,7 @@ class _Parser:
         if action == "age":
             fields["span_ms"] = _duration(self, e, "span", line, required=True)
         if action == "set-drift":
-            fields.update({k: e[k] for k in per_action["set-drift"] if k in e})
-            _clock(self.path, e, line, ClockSpec(), allow_offset=False, parser=self)
+            fields["clock"] = _clock(self, e, line, allow_offset=False)
         if action == "battery":
             if not isinstance(e.get("dead"), bool):
                 raise self.fail(key_line("dead") if "dead" in e else line,
@@ -606,14 +602,13 @@ def _choice(p: _Parser, table: dict[str, Any], key: str, allowed: tuple[str, ...
     return value
 
 
-def _clock(path: str, c: dict[str, Any], line: int, base: ClockSpec, *, allow_offset: bool,
-           parser: _Parser | None = None) -> ClockSpec:
-    """Clock settings from a table; checked against firmware_sim's own limits."""
+def _clock(p: _Parser, c: dict[str, Any], line: int, *, allow_offset: bool) -> ClockSpec:
+    """Clock settings from a table ([clock], or a set-drift event's own keys over a default
+    crystal); checked against firmware_sim's own limits."""
     from firmware_sim.clock import Drift
 
     def fail(key: str, msg: str) -> ScenarioError:
-        at = parser.loc.key(line, key) if parser is not None else line
-        return ScenarioError(path, at, msg)
+        return p.fail(p.loc.key(line, key), msg)
 
     values: dict[str, Any] = {}
     for key in ("ppm", "aging_ppm_per_year", "temp_c", "temp_swing_c", "offset_s"):
@@ -632,11 +627,11 @@ def _clock(path: str, c: dict[str, Any], line: int, base: ClockSpec, *, allow_of
         values["temperature"] = c["temperature"]
     elif "temp_c" in values:
         values["temperature"] = "daily" if values.get("temp_swing_c") else "constant"
-    spec = replace(base, **values)
+    spec = replace(ClockSpec(), **values)
     try:
         Drift(ppm=spec.ppm, aging_ppm_per_year=spec.aging_ppm_per_year,
               temp_mode=spec.temperature, temp_c=spec.temp_c,  # type: ignore[arg-type]
               temp_swing_c=spec.temp_swing_c)
     except ValueError as exc:
-        raise ScenarioError(path, line, f"bad clock settings: {exc}") from None
+        raise p.fail(line, f"bad clock settings: {exc}") from None
     return spec
