@@ -167,7 +167,8 @@ def fleet(count: int | None, directory: Path, model: str | None, config: Path | 
           as_json: bool) -> None:
     """Run many tokens in one process until SIGTERM or Ctrl-C.
 
-    Options given on the command line win over the config file.
+    --seed, --qa, --pskc-passphrase and --baud given on the command line win over the config
+    file; --count, --model, --drift-ppm and --drift-spread belong to its [[group]] tables.
     """
     fields: dict[str, Any] = {}
     if config is not None:
@@ -175,8 +176,12 @@ def fleet(count: int | None, directory: Path, model: str | None, config: Path | 
             fields.update(load_config(config))
         except ValueError as exc:
             _fail(str(exc))
-        if count is not None or model is not None:
-            _fail("--count/--model and --config's [[group]] tables exclude each other")
+        per_group = [name for name, value in (("--count", count), ("--model", model),
+                                              ("--drift-ppm", drift_ppm),
+                                              ("--drift-spread", drift_spread))
+                     if value is not None]
+        if per_group:  # each [[group]] sets these itself; ignoring an option would be a lie
+            _fail(f"{'/'.join(per_group)} and --config's [[group]] tables exclude each other")
     elif count is None:
         _fail("give --count N (or --config FILE)")
     else:

@@ -138,3 +138,15 @@ def test_sim_refuses_a_baud_rate_below_one_as_a_usage_error(tmp_path: Path,
                          capture_output=True, text=True, timeout=10)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "'--baud': 0 is not in the range x>=1" in out.stderr
+
+
+@pytest.mark.parametrize("option", [["--count", "2"], ["--drift-ppm", "5"],
+                                    ["--drift-spread", "3"]])
+def test_sim_fleet_refuses_per_group_options_beside_a_config(tmp_path: Path,
+                                                              option: list[str]) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text('[[group]]\nmodel = "card"\ncount = 1\n')
+    out = subprocess.run([FOBLAB, "sim", "fleet", "--dir", str(tmp_path / "f"), "--config",
+                          str(config), *option], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 1 and f"{option[0]} and --config" in out.stderr
+    assert not (tmp_path / "f").exists()
