@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_sim.clock import Drift
-from firmware_sim.models import DEFAULT_MODEL, PRESETS, build_model
+from firmware_sim.models import DEFAULT_MODEL, PRESETS, SEED_BYTES, build_model
 from firmware_sim.ports import PtyPort
 from firmware_sim.runner import Token, open_token
 from firmware_sim.storage import atomic_write
@@ -33,7 +33,6 @@ from firmware_sim.token import TokenState
 MANIFEST = "manifest.json"
 SEED_FILE = "seeds.pskc"
 _PSKC_URI = "urn:ietf:params:xml:ns:keyprov:pskc:"
-_SEED_BYTES = {"sha1": 20, "sha256": 32, "sha512": 64}
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ class Fleet:
                     serial = model.make_serial(rng)
                     while serial in self.tokens:
                         serial = model.make_serial(rng)
-                    secret = rng.randbytes(_SEED_BYTES[model.hash])
+                    secret = rng.randbytes(SEED_BYTES[model.hash])
                     ppm = group.drift_ppm + rng.uniform(-group.drift_spread, group.drift_spread)
                     drift = Drift(ppm=round(ppm, 3), aging_ppm_per_year=group.aging_ppm_per_year)
                     token = open_token(model, serial=serial, seed=secret, drift=drift,

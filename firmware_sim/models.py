@@ -15,6 +15,8 @@ Hash = Literal["sha1", "sha256", "sha512"]
 
 KINDS: tuple[Kind, ...] = ("totp", "hotp")
 HASHES: tuple[Hash, ...] = ("sha1", "sha256", "sha512")
+SEED_BYTES: dict[Hash, int] = {"sha1": 20, "sha256": 32, "sha512": 64}
+"""The seed a factory generates for each hash: as long as its output (RFC 6238's vectors)."""
 FIRMWARE = "1.0.0"
 
 

@@ -21,7 +21,7 @@ import click
 
 from firmware_sim.clock import Drift
 from firmware_sim.fleet import Fleet, FleetSpec, load_config, write_seed_file
-from firmware_sim.models import DEFAULT_MODEL, HASHES, KINDS, PRESETS
+from firmware_sim.models import DEFAULT_MODEL, HASHES, KINDS, PRESETS, SEED_BYTES
 from firmware_sim.runner import TokenRunner, open_token
 from firmware_sim.storage import StorageError
 from tools._args import HEX, HOST_PORT
@@ -95,8 +95,7 @@ def run(model: str, serial: str | None, seed: bytes | None, blank: bool, kind: A
         _fail("--pty-link and --tcp exclude each other")
     generated = seed is None and not blank
     if generated:
-        hash_name = hash_ or PRESETS[model].hash
-        seed = secrets.token_bytes({"sha1": 20, "sha256": 32, "sha512": 64}[hash_name])
+        seed = secrets.token_bytes(SEED_BYTES[hash_ or PRESETS[model].hash])
     state_dir = state_dir if state_dir is not None else default_state_dir()
     try:
         token = open_token(
