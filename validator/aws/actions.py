@@ -177,30 +177,27 @@ def create_virtual_mfa_device(ctx: Context, params: p.Params) -> Members:
         ("Tags", _tag_members(tags) if tags else None)])]
 
 
-def enable_mfa_device(ctx: Context, params: p.Params) -> None:
+def _two_codes(ctx: Context, params: p.Params,
+               call: Callable[[str, str, str, str, float], object]) -> None:
+    """EnableMFADevice and ResyncMFADevice: a user, a serial and two consecutive codes, handed
+    to the core's enable or resync."""
     user = params.user()
     serial = params.serial()
     code1 = params.code("AuthenticationCode1")
     code2 = params.code("AuthenticationCode2")
     assert user is not None and serial is not None and code1 is not None and code2 is not None
     try:
-        ctx.validator.enable(user, serial, code1, code2, now=ctx.now)
+        call(user, serial, code1, code2, ctx.now)
     except core_errors.ValidatorError as exc:
         raise translate(exc, serial, ctx.validator.policy.max_devices) from None
-    return None
+
+
+def enable_mfa_device(ctx: Context, params: p.Params) -> None:
+    _two_codes(ctx, params, ctx.validator.enable)
 
 
 def resync_mfa_device(ctx: Context, params: p.Params) -> None:
-    user = params.user()
-    serial = params.serial()
-    code1 = params.code("AuthenticationCode1")
-    code2 = params.code("AuthenticationCode2")
-    assert user is not None and serial is not None and code1 is not None and code2 is not None
-    try:
-        ctx.validator.resync(user, serial, code1, code2, now=ctx.now)
-    except core_errors.ValidatorError as exc:
-        raise translate(exc, serial) from None
-    return None
+    _two_codes(ctx, params, ctx.validator.resync)
 
 
 def deactivate_mfa_device(ctx: Context, params: p.Params) -> None:
