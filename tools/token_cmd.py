@@ -122,6 +122,18 @@ def clock_text(r: ClockReply) -> str:
     return "  ".join(parts)
 
 
+def _clock_cmd(port: str, timeout: float, as_json: bool, req: Any) -> None:
+    with _client(port, timeout) as c:
+        r = c.clock_command(req)
+    _emit(as_json, clock_dict(r), clock_text(r))
+
+
+def _info_cmd(port: str, timeout: float, as_json: bool, req: Any) -> None:
+    with _client(port, timeout) as c:
+        r = c.info_command(req)
+    _emit(as_json, info_dict(r), info_text(r))
+
+
 # -- commands ----------------------------------------------------------------------------
 @click.group()
 def token() -> None:
@@ -199,15 +211,16 @@ def watch(port: str, timeout: float, as_json: bool, interval: float, count: int,
             pass
 
 
-_KINDS = {"totp": Kind.TOTP, "hotp": Kind.HOTP}
-_HASHES = {"sha1": HashAlg.SHA1, "sha256": HashAlg.SHA256, "sha512": HashAlg.SHA512}
+def _names(enum: Any) -> list[str]:
+    """An enum's members as the lower-case words the output uses (`totp`, `sha256`, ...)."""
+    return [member.name.lower() for member in enum]
 
 
 @token.command()
 @common
 @click.option("--seed", "seed", type=HEX, required=True, help="The secret, hex.")
-@click.option("--kind", type=click.Choice(list(_KINDS)), default="totp", show_default=True)
-@click.option("--hash", "hash_", type=click.Choice(list(_HASHES)), default="sha1",
+@click.option("--kind", type=click.Choice(_names(Kind)), default="totp", show_default=True)
+@click.option("--hash", "hash_", type=click.Choice(_names(HashAlg)), default="sha1",
               show_default=True)
 @click.option("--digits", type=click.Choice(["6", "8"]), default="6", show_default=True)
 @click.option("--period", type=int, default=30, show_default=True, help="TOTP step, seconds.")
@@ -215,11 +228,9 @@ _HASHES = {"sha1": HashAlg.SHA1, "sha256": HashAlg.SHA256, "sha512": HashAlg.SHA
 def provision(port: str, timeout: float, as_json: bool, seed: bytes, kind: str, hash_: str,
               digits: str, period: int, counter: int) -> None:
     """Seed a blank token (it locks itself; reseeding is refused)."""
-    req = ProvisionRequest(seed=seed, kind=_KINDS[kind], hash=_HASHES[hash_],
-                           digits=int(digits), period=period, counter=counter)
-    with _client(port, timeout) as c:
-        r = c.info_command(req)
-    _emit(as_json, info_dict(r), info_text(r))
+    _info_cmd(port, timeout, as_json,
+              ProvisionRequest(seed=seed, kind=Kind[kind.upper()], hash=HashAlg[hash_.upper()],
+                               digits=int(digits), period=period, counter=counter))
 
 
 # -- QA ----------------------------------------------------------------------------------
@@ -228,27 +239,11 @@ def qa() -> None:
     """QA commands (the token must run in QA mode): make the clock misbehave on purpose."""
 
 
-def _clock_cmd(port: str, timeout: float, as_json: bool, req: Any) -> None:
-    with _client(port, timeout) as c:
-        r = c.clock_command(req)
-    _emit(as_json, clock_dict(r), clock_text(r))
-
-
-def _info_cmd(port: str, timeout: float, as_json: bool, req: Any) -> None:
-    with _client(port, timeout) as c:
-        r = c.info_command(req)
-    _emit(as_json, info_dict(r), info_text(r))
-
-
-_TEMP = {"none": TemperatureMode.NONE, "constant": TemperatureMode.CONSTANT,
-         "daily": TemperatureMode.DAILY}
-
-
 @qa.command(context_settings=NEGATIVE_OK)
 @common
 @click.argument("ppm", type=float)
 @click.option("--aging", type=float, default=0.0, help="Aging, ppm per year.")
-@click.option("--temp-mode", type=click.Choice(list(_TEMP)), default=None,
+@click.option("--temp-mode", type=click.Choice(_names(TemperatureMode)), default=None,
               help="Temperature model (default: constant if --temp is given, else none).")
 @click.option("--temp", "temp_c", type=float, default=25.0, help="°C, or the daily mean.")
 @click.option("--swing", "swing_c", type=float, default=0.0,
@@ -258,7 +253,8 @@ def drift(port: str, timeout: float, as_json: bool, ppm: float, aging: float,
     """Set the crystal's drift: PPM (decimal, e.g. -12.5), aging and temperature."""
     if temp_mode is None:
         temp_mode = "daily" if swing_c else ("constant" if temp_c != 25.0 else "none")
-    settings = DriftSettings(ppm=ppm, aging_ppm_per_year=aging, temperature_mode=_TEMP[temp_mode],
+    settings = DriftSettings(ppm=ppm, aging_ppm_per_year=aging,
+                             temperature_mode=TemperatureMode[temp_mode.upper()],
                              temperature_c=temp_c, temperature_swing_c=swing_c)
     _clock_cmd(port, timeout, as_json, SetDriftRequest(settings))
 
