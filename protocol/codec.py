@@ -97,14 +97,7 @@ FRAME_BODY: Final = Struct(
 # The whole decoded frame, for documentation and the doc-vector tests; the hot path builds
 # FRAME_BODY and appends the CRC itself, which is three times faster than construct's
 # RawCopy+Checksum pair.
-FRAME: Final = Struct(
-    "version" / Int8ub,
-    "seq" / Int8ub,
-    "command" / Int8ub,
-    "payload" / Prefixed(Int16ub, GreedyBytes),
-    "crc" / Int16ub,
-    Terminated,
-)
+FRAME: Final = Struct(*FRAME_BODY.subcons, "crc" / Int16ub, Terminated)
 
 _FRAME_BODY = FRAME_BODY.compile()
 

@@ -9,6 +9,8 @@ from cobs import cobs
 
 from protocol import FrameBuffer, encode_frame
 from protocol.codec import (
+    FRAME,
+    crc16,
     decode_reply,
     decode_request,
     encode_frame_body,
@@ -44,11 +46,15 @@ def test_every_example_round_trips_byte_for_byte() -> None:
     for m in _examples():
         wire = bytes.fromhex(m["wire"])
         assert bytes(cobs.decode(wire[:-1])) == bytes.fromhex(m["frame"]), m["repr"]
+        declared = FRAME.parse(bytes.fromhex(m["frame"]))  # the construct declaration agrees
+        assert declared.crc == crc16(bytes.fromhex(m["frame"])[:-2]), m["repr"]
         buffer = FrameBuffer()
         buffer.feed(wire)
         frame = buffer.next_frame()
         assert frame is not None and buffer.next_frame() is None, m["repr"]
         assert buffer.dropped.total == 0
+        assert (declared.version, declared.seq, declared.command, declared.payload) == (
+            frame.version, frame.seq, frame.command, frame.payload), m["repr"]
         if m[1] == "request":
             message = decode_request(frame.command, frame.payload)
             last_request_command = Command(frame.command)
