@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -108,6 +108,12 @@ def _info(record: TokenRecord, now: float) -> TokenInfo:
         offset_seconds=s.drift.predict(now) if s.kind is Kind.TOTP else 0.0,
         rate_ppm=s.drift.rate() * 1e6 if s.kind is Kind.TOTP else 0.0,
     )
+
+
+def _committed(record: TokenRecord, state: TokenState) -> TokenRecord:
+    """`record` as its compare-and-set to `state` just committed it (no need to read it
+    back: the CAS wrote exactly this)."""
+    return replace(record, state=state, version=record.version + 1)
 
 
 class Validator:
@@ -289,28 +295,50 @@ class Validator:
                now: float | None = None) -> TokenInfo:
         """Assign an unassigned token to `user`, proven by two consecutive codes."""
         self._check_user(user)
-        t = self._now(now)
 
-        def attempt() -> TokenInfo | None:
-            record = self._record(serial)
+        def admit(record: TokenRecord) -> None:
             if record.user is not None:
                 raise AlreadyAssigned(f"token {serial!r} is already assigned")
             if len(self.store.tokens_of(user)) >= self.policy.max_devices:
-                raise DeviceLimit(f"user {user!r} already has {self.policy.max_devices} devices")
+                raise self._device_limit(user)
+
+        return self._prove("enable", core.check_enable, admit, user, serial, code1, code2,
+                           self._now(now), assign=True)
+
+    def _device_limit(self, user: str) -> DeviceLimit:
+        return DeviceLimit(f"user {user!r} already has {self.policy.max_devices} devices")
+
+    def _prove(self, action: str, decide: Callable[..., Decision],
+               admit: Callable[[TokenRecord], None], user: str, serial: str, code1: str,
+               code2: str, now: float, *, assign: bool = False) -> TokenInfo:
+        """Enable's and resync's attempt: read the token, let `admit` refuse it, let the
+        core `decide` on the code pair, then commit by compare-and-set either the refusal's
+        failure count (and raise) or the new state, assigned to `user` when `assign`.
+        A lost race decides again."""
+
+        def attempt() -> TokenInfo | None:
+            record = self._record(serial)
+            admit(record)
             key = self.box.open(serial, record.sealed)
-            decision = core.check_enable(record.state, key, code1, code2, t, self.policy)
+            decision = decide(record.state, key, code1, code2, now, self.policy)
             if not decision.accepted:
-                self._refuse("enable", record, user, decision, t)
+                self._refuse(action, record, user, decision, now)
                 return None
-            audit = [AuditEvent(t, "enable", "ok", Reason.ACCEPTED, serial, user)]
-            cas = self.store.compare_and_set(serial, record.version, decision.state,
-                                             user=user, assigned_at=t,
-                                             max_devices=self.policy.max_devices, audit=audit)
+            audit = [AuditEvent(now, action, "ok", Reason.ACCEPTED, serial, user)]
+            if assign:
+                cas = self.store.compare_and_set(serial, record.version, decision.state,
+                                                 user=user, assigned_at=now,
+                                                 max_devices=self.policy.max_devices,
+                                                 audit=audit)
+                record = replace(record, user=user, assigned_at=now)
+            else:
+                cas = self.store.compare_and_set(serial, record.version, decision.state,
+                                                 audit=audit)
             if cas is Cas.DEVICE_LIMIT:
-                raise DeviceLimit(f"user {user!r} already has {self.policy.max_devices} devices")
+                raise self._device_limit(user)
             if cas is Cas.CONFLICT:
                 return None
-            return _info(self._record(serial), t)
+            return _info(_committed(record, decision.state), now)
 
         return self._retry(attempt)
 
@@ -410,24 +438,13 @@ class Validator:
         ResyncMFADevice): the drift is reset to what the pair shows and the very next code
         is accepted."""
         self._check_user(user)
-        t = self._now(now)
 
-        def attempt() -> TokenInfo | None:
-            record = self._record(serial)
+        def admit(record: TokenRecord) -> None:
             if record.user != user:
                 raise NotAssigned(f"token {serial!r} is not assigned to {user!r}")
-            key = self.box.open(serial, record.sealed)
-            decision = core.resync(record.state, key, code1, code2, t, self.policy)
-            if not decision.accepted:
-                self._refuse("resync", record, user, decision, t)
-                return None
-            audit = [AuditEvent(t, "resync", "ok", Reason.ACCEPTED, serial, user)]
-            if self.store.compare_and_set(serial, record.version, decision.state,
-                                          audit=audit) is Cas.CONFLICT:
-                return None
-            return _info(self._record(serial), t)
 
-        return self._retry(attempt)
+        return self._prove("resync", core.resync, admit, user, serial, code1, code2,
+                           self._now(now))
 
     def unlock(self, serial: str, now: float | None = None) -> TokenInfo:
         """Clear a token's failure count and lock (an administrator's action)."""
@@ -436,10 +453,11 @@ class Validator:
         def attempt() -> TokenInfo | None:
             record = self._record(serial)
             audit = [AuditEvent(t, "unlock", "ok", serial=serial, user=record.user)]
-            if self.store.compare_and_set(serial, record.version, core.unlock(record.state),
+            state = core.unlock(record.state)
+            if self.store.compare_and_set(serial, record.version, state,
                                           audit=audit) is Cas.CONFLICT:
                 return None
-            return _info(self._record(serial), t)
+            return _info(_committed(record, state), t)
 
         return self._retry(attempt)
 
