@@ -19,7 +19,7 @@ from typing import Any, Final, TypeVar
 
 from protocol.codec import Frame, decode_reply, decode_request, encode_reply, encode_request
 from protocol.errors import LocalProtocolError, PayloadError, ProtocolError, RemoteProtocolError
-from protocol.framing import FrameBuffer, encode_frame
+from protocol.framing import DropStats, FrameBuffer, encode_frame
 from protocol.messages import (
     ClockReply,
     ClockRequest,
@@ -90,7 +90,7 @@ class DeviceConnection:
         self.ignored_replies = 0  # frames with the reply bit: a host never sends those
 
     @property
-    def dropped(self) -> Any:
+    def dropped(self) -> DropStats:
         return self._buffer.dropped
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
@@ -155,7 +155,7 @@ class HostConnection:
         self._outstanding: dict[int, Command] = {}
 
     @property
-    def dropped(self) -> Any:
+    def dropped(self) -> DropStats:
         return self._buffer.dropped
 
     @property
