@@ -76,11 +76,12 @@ class Drift:
     seconds. `tref` and `poly` hold the tracker's feasible set of `(a, r)`, `history` the
     last observations, kept to rebuild the set when evidence conflicts.
 
-    `line` caches the believed line `(a, r)` (offset at `tref`, rate): `r` is `prior_rate`
-    of the active polygon (`soft`, else `poly`), and the line passes through the midpoint of
-    the active polygon's offsets at the newest observation. A pure function of the other
-    fields (`believed_line`), so it is left out of comparisons, hashing and the JSON form;
-    `from_json` computes it. None: computed when needed.
+    `line` caches the believed line `(a, r)` (offset at `tref`, rate): `r` is the mean of
+    `RATE_PRIOR` over the rates of the active polygon (`soft`, else `poly`), and the line
+    passes through the midpoint of the active polygon's offsets at the newest observation.
+    A pure function of the other fields (`believed_line`), so it is left out of
+    comparisons, hashing and the JSON form; `from_json` computes it. None: computed when
+    needed.
     """
 
     offset: float = 0.0
@@ -104,7 +105,7 @@ class Drift:
             line = believed_line(self)
         dt = now - self.tref
         p = line[0] + line[1] * dt
-        a, r = poly[0]
+        a, r = poly[0]  # `_span`, inlined: this runs on every verification
         lo = hi = a + r * dt
         for a, r in poly:
             v = a + r * dt
@@ -118,13 +119,11 @@ class Drift:
         """The range of offsets at `now` consistent with every kept observation."""
         if not self.poly:
             return (self.offset, self.offset)
-        dt = now - self.tref
-        values = [a + r * dt for a, r in self.poly]
-        return (min(values), max(values))
+        return _span(self.poly, now - self.tref)
 
     def rate(self) -> float:
-        """The believed drift rate (seconds per second; 1e-6 = 1 ppm): `prior_rate` of the
-        active polygon."""
+        """The believed drift rate (seconds per second; 1e-6 = 1 ppm): the mean of
+        `RATE_PRIOR` over the active polygon's rates."""
         if not (self.soft or self.poly):
             return 0.0
         return (self.line or believed_line(self))[1]
@@ -153,16 +152,20 @@ class Drift:
         return drift
 
 
-def prior_rate(poly: tuple[Vertex, ...] | list[Vertex]) -> float:
-    """The believed rate of a feasible polygon: the mean of `RATE_PRIOR` restricted to the
-    polygon's rate range (`_rate_in`)."""
-    lo = hi = poly[0][1]
-    for _, r in poly:
-        if r < lo:
-            lo = r
-        elif r > hi:
-            hi = r
-    return _rate_in(lo, hi)
+def _span(poly: tuple[Vertex, ...] | list[Vertex], dt: float) -> tuple[float, float]:
+    """The least and greatest offset `a + r*dt` over the polygon's vertices: the offsets it
+    allows `dt` seconds after tref (a convex polygon's extremes lie at vertices).
+    `Drift.predict` and `track` inline this loop: a call there costs a measurable share of
+    a verification (docs/benchmarks.md)."""
+    a, r = poly[0]
+    lo = hi = a + r * dt
+    for a, r in poly:
+        v = a + r * dt
+        if v < lo:
+            lo = v
+        elif v > hi:
+            hi = v
+    return lo, hi
 
 
 # Per component of RATE_PRIOR: (weight, 1 / (sd * sqrt 2), sd / sqrt(2 pi)).
@@ -207,9 +210,10 @@ def believed_line(drift: Drift) -> tuple[float, float]:
 
 
 def _belief(poly: tuple[Vertex, ...] | list[Vertex], x: float) -> tuple[float, float]:
-    """The line whose rate is `prior_rate(poly)` and which passes through the midpoint of
-    `poly`'s offsets at `x` (relative to tref): at the newest observation the offset is
-    known best, whatever the rate. One pass over the vertices for both ranges."""
+    """The line whose rate is the mean of `RATE_PRIOR` over `poly`'s rates (`_rate_in`) and
+    which passes through the midpoint of `poly`'s offsets at `x` (relative to tref): at the
+    newest observation the offset is known best, whatever the rate. One pass over the
+    vertices for both ranges (`_span` and the rates')."""
     a, r = poly[0]
     rlo = rhi = r
     lo = hi = a + r * x
@@ -383,7 +387,7 @@ def track(drift: Drift, t: float, lo: float, hi: float, max_rate: float,
             active = soft
         else:
             active = poly
-        a, r = active[0]
+        a, r = active[0]  # `_span`, inlined
         vlo = vhi = a + r * dt
         for a, r in active:
             v = a + r * dt
