@@ -19,7 +19,7 @@ import random
 import resource
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ class FleetSpec:
     groups: tuple[Group, ...] = ()
     seed: int | None = None
     qa: bool = False
-    pskc_passphrase: str | None = None
+    pskc_passphrase: str | None = field(default=None, repr=False)
     durable: bool = True
     """fsync every state file (a crash-proof token); off only makes sense for benchmarks."""
     baud: int | None = None

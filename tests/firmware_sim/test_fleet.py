@@ -75,3 +75,8 @@ def test_plain_pskc_and_config_file(tmp_path: Path) -> None:
         assert len(keys) == 2 and all(k.secret and len(k.secret) == 20 for k in keys)
         assert all(t.state.clock.drift.ppm == 3.5 for t in fleet.tokens.values())
         assert all(s.startswith("GACD") for s in fleet.tokens)
+
+
+def test_the_seed_file_passphrase_stays_out_of_the_spec_repr(tmp_path: Path) -> None:
+    spec = FleetSpec(directory=tmp_path, count=1, pskc_passphrase="s3cret-pass")
+    assert "s3cret-pass" not in repr(spec) and "s3cret-pass" not in str(spec)
