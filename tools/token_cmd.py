@@ -181,9 +181,10 @@ def clock(port: str, timeout: float, as_json: bool) -> None:
 
 @token.command()
 @common
-@click.option("--interval", type=float, default=0.5, show_default=True,
+@click.option("--interval", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="Seconds between looks at the display.")
-@click.option("--count", type=int, default=0, help="Stop after this many updates (0: never).")
+@click.option("--count", type=click.IntRange(min=0), default=0,
+              help="Stop after this many updates (0: never).")
 @click.option("--no-press", is_flag=True, help="Only watch; do not press when the display blanks.")
 def watch(port: str, timeout: float, as_json: bool, interval: float, count: int,
           no_press: bool) -> None:

@@ -90,6 +90,13 @@ def test_watch_shows_the_countdown(qa_token: TokenRunner) -> None:
     assert len(lines) == 2 and all(len(x["code"]) == 8 for x in lines)
 
 
+@pytest.mark.parametrize("option", [["--interval", "-1"], ["--count", "-1"]])
+def test_watch_refuses_negative_interval_and_count(qa_token: TokenRunner,
+                                                   option: list[str]) -> None:
+    code, _, err = run("token", "watch", qa_token.url, *option)
+    assert code == 2 and f"Invalid value for '{option[0]}'" in err
+
+
 def test_failures_are_one_line_and_nonzero(tmp_path: Path) -> None:
     code, _, err = run("token", "info", str(tmp_path / "missing"))
     assert code == 1 and err.startswith("foblab: error: cannot open")
