@@ -150,7 +150,8 @@ def run(model: str, serial: str | None, seed: bytes | None, blank: bool, kind: A
               help="Fleet directory: manifest.json, seeds.pskc, ports/, state/.")
 @click.option("--model", type=click.Choice(list(PRESETS)), default=None)
 @click.option("--config", type=click.Path(exists=True, path_type=Path),
-              help="TOML file with [[group]] tables (model, count, drift_ppm, drift_spread).")
+              help="TOML file with [[group]] tables (model, count, drift_ppm, drift_spread, "
+                   "aging_ppm_per_year).")
 @click.option("--seed", type=int, help="Random seed: the same seed gives the same fleet.")
 @click.option("--drift-ppm", type=float, default=None, help="Every token's drift, ppm.")
 @click.option("--drift-spread", type=float, default=None,
