@@ -60,6 +60,11 @@ __all__ = [
 _USER_CHARS = re.compile(r"[A-Za-z0-9+=,.@_-]+")
 _SERIAL = re.compile(r"[\x21-\x7e]{1,256}")  # AWS MFA serials (ARNs) run to 256
 _MAX_ATTEMPTS = 64
+# Every TOTP step and HOTP counter must stay inside RFC 4226's 8-byte counter, whatever a
+# seed file says: one that does not fit cannot be packed, and verify would fail with an
+# error instead of refusing a code. Half the range leaves the look-ahead and resync room.
+_MAX_COUNTER = 2**63
+_MAX_SECONDS = 2**40  # |T0| and |initial drift|: some 35,000 years (the API's T0 bound)
 T = TypeVar("T")
 
 
@@ -198,14 +203,18 @@ class Validator:
             raise InvalidParameter(f"{r.serial}: empty secret")
         if r.algorithm not in ALGORITHMS:
             raise InvalidParameter(f"{r.serial}: algorithm must be one of {ALGORITHMS}")
-        if r.counter < 0:
-            raise InvalidParameter(f"{r.serial}: the counter must not be negative")
+        if not 0 <= r.counter <= _MAX_COUNTER:
+            raise InvalidParameter(f"{r.serial}: the counter must be 0 to 2**63")
+        drift = r.drift_steps * r.period
+        if abs(r.t0) > _MAX_SECONDS or abs(drift) > _MAX_SECONDS:
+            raise InvalidParameter(f"{r.serial}: T0 and the time drift must be within 2**40 "
+                                   "seconds")
         try:
             return TokenState(
                 kind=r.kind, digits=r.digits, algorithm=r.algorithm, period=r.period,
                 t0=r.t0, window=window,
                 watermark=(r.counter - 1 if r.kind is Kind.HOTP and r.counter > 0 else None),
-                drift=Drift(offset=float(r.drift_steps * r.period)))
+                drift=Drift(offset=float(drift)))
         except ValueError as exc:
             raise InvalidParameter(f"{r.serial}: {exc}") from None
 

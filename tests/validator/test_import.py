@@ -204,3 +204,46 @@ def test_a_large_import_takes_linear_time(validator: Validator) -> None:
     assert len(result.imported) == n - 1
     assert result.skipped == ["L000000: already registered"]
     assert elapsed < 10.0, f"{n} tokens took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("row, fragment", [
+    ("H-1,3132333435363738393031323334353637383930,hotp,6,18446744073709551615,sha1",
+     "H-1: the counter must be 0 to 2**63"),
+    ("H-2,3132333435363738393031323334353637383930,hotp,6,9223372036854775809,sha1",
+     "H-2: the counter must be 0 to 2**63"),
+])
+def test_a_counter_past_the_8_byte_range_is_refused_at_import(
+        validator: Validator, row: str, fragment: str) -> None:
+    """A counter that does not fit RFC 4226's 8 bytes (or leaves no room to count on; a
+    real multiOTP sample holds 2**52, which imports) imported fine and then made every
+    enable or verify of the token fail with an error (struct.error: an HTTP 500) instead
+    of refusing a code."""
+    with pytest.raises(SeedFileError, match=fragment.replace("*", r"\*")):
+        validator.import_seed_file(CSV + row + "\n", "csv", now=T0)
+    assert validator.list_tokens() == []
+
+
+@pytest.mark.parametrize("args", [{"t0": 2**62}, {"t0": -(2**62)}, {"drift_steps": 10**20},
+                                  {"drift_steps": 10**400}])
+def test_a_time_past_any_step_is_refused_at_registration(validator: Validator,
+                                                         args: dict[str, int]) -> None:
+    """PSKC's Time (T0) and TimeDrift are unbounded integers: a huge one put the token's
+    step past 8 bytes (an error at the first verify), or the drift past a float (an
+    OverflowError at registration)."""
+    from validator.errors import InvalidParameter
+
+    with pytest.raises(InvalidParameter, match="within 2\\*\\*40 seconds"):
+        validator.register_token("T-big", b"12345678901234567890", now=T0, **args)
+    assert validator.list_tokens() == []
+
+
+def test_the_largest_counter_allowed_still_verifies_cleanly(validator: Validator) -> None:
+    from validator.errors import InvalidAuthenticationCode
+
+    secret = b"12345678901234567890"
+    validator.register_token("H-max", secret, kind="hotp", counter=2**63, now=T0)
+    with pytest.raises(InvalidAuthenticationCode):  # searched up to 1,000 ahead: no error
+        validator.enable("max", "H-max", "000000", "000000", now=T0)
+    validator.enable("max", "H-max", hotp(secret, 2**63), hotp(secret, 2**63 + 1), now=T0)
+    assert validator.verify("max", hotp(secret, 2**63 + 2), now=T0).accepted
+    assert validator.verify("max", "000000", now=T0).reason.value == "invalid_code"
