@@ -487,8 +487,16 @@ class Validator:
         transaction; returns how many. Crash-safe: see `validator.secrets_box`."""
         t = self._now(now)
         staged = self.box.prepare_rotation(new_key)
-        count = self.store.reseal_all(
-            lambda serial, sealed: staged.seal(serial, staged.open(serial, sealed)),
-            [AuditEvent(t, "rotate_key", "ok")])
+        # In use before the reseal commits: it opens seeds under the old key and the new, so
+        # a verification on another thread opens every row, whichever side of the commit it
+        # reads. A failed reseal rolled back: the old box again.
+        old, self.box = self.box, staged
+        try:
+            count = self.store.reseal_all(
+                lambda serial, sealed: staged.seal(serial, staged.open(serial, sealed)),
+                [AuditEvent(t, "rotate_key", "ok")])
+        except BaseException:
+            self.box = old
+            raise
         self.box = staged.finish_rotation()
         return count

@@ -209,6 +209,28 @@ def test_key_rotation_reencrypts_everything(db_path: Path) -> None:
         v2.close()
 
 
+def test_verify_during_a_key_rotation_opens_every_seed(db_path: Path) -> None:
+    """The daemon verifies on its event loop while a rotation runs in a worker thread. From
+    the reseal's commit until the rotation ends (the key file is replaced and fsynced),
+    every row holds the new key id: the box in use must already open it, or a verify in
+    that window raised SealError (an HTTP 500)."""
+    v = Validator.open(db_path)
+    v.register_token("TOK1", SEED, now=T0)
+    enable(v, "alice", "TOK1")
+    reseal_all = v.store.reseal_all
+    seen: list[Reason] = []
+
+    def reseal_then_verify(*args: object, **kwargs: object) -> int:
+        count = reseal_all(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(v.verify("alice", hotp(SEED, step(T0) + 1), now=T0 + 30).reason)
+        return count
+
+    v.store.reseal_all = reseal_then_verify  # type: ignore[method-assign]
+    assert v.rotate_key(now=T0 + 30) == 1
+    assert seen == [Reason.ACCEPTED]
+    v.close()
+
+
 def test_concurrent_same_code_exactly_one_wins(db_path: Path) -> None:
     v = Validator.open(db_path)
     v.register_token("TOK1", SEED, now=T0)
