@@ -204,6 +204,32 @@ def test_lab_switch_is_off_by_default(tmp_path: Path, caplog) -> None:
         validator.close()
 
 
+def test_an_echoed_action_cannot_break_the_xml_or_the_log(tmp_path: Path, caplog) -> None:
+    """An unknown Action is echoed in InvalidAction's message and logged, also before (and
+    without) a valid signature: control characters must neither make the answer unparsable
+    XML nor write a forged line into the daemon's log."""
+    import xml.etree.ElementTree as ET
+    from urllib.parse import quote
+
+    action = "Create\x01User\n2031-01-01 00:00:00 foblab.aws WARNING forged"
+    body = f"Action={quote(action)}&Version=2010-05-08".encode()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    codes = []
+    for settings in ({"allow_any_signature": True}, {}):
+        app, validator = _app(tmp_path, settings)
+        try:
+            with caplog.at_level(logging.INFO, logger="foblab.aws"):
+                response = _post(app, body, form)
+        finally:
+            validator.close()
+        ET.fromstring(response.content)  # well-formed
+        codes.append(aws_error(response))
+    assert codes == [("InvalidAction", 400), ("MissingAuthenticationToken", 403)]
+    logged = [r.getMessage() for r in caplog.records if r.name == "foblab.aws"]
+    assert len(logged) >= 2
+    assert not any("\n" in m or "\x01" in m for m in logged), logged
+
+
 @pytest.mark.parametrize("settings", [
     {"account_id": "12345"}, {"allow_any_signature": "yes"}, {"max_skew_s": 0},
     {"max_skew_s": "5"}, {"acount_id": "123456789012"}])

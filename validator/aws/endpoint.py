@@ -44,6 +44,15 @@ _DEFAULTS: dict[str, Any] = {"account_id": "123456789012", "allow_any_signature"
                              "max_skew_s": 300}
 
 
+def _loggable(action: str) -> str:
+    """The Action as it may go into the log: a known one as is, anything else (it arrives
+    before the signature is checked) as a short ASCII repr, so no request can write a line
+    break or a forged entry into the daemon's log."""
+    if action in actions.IAM_ACTIONS or action in actions.STS_ACTIONS or action == "?":
+        return action
+    return ascii(action[:64])
+
+
 def _invalid_token() -> AwsError:
     return AwsError("InvalidClientTokenId",
                     "The security token included in the request is invalid.", 403)
@@ -94,16 +103,14 @@ class AwsEndpoint:
 
     async def handle(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
-        namespace = x.IAM_NS
-        action = "?"
         try:
             body = await self._body(request)
             return await run_in_threadpool(self._handle, request, body, request_id)
         except AwsError as exc:
-            return self._error(exc, namespace, request_id, action)
+            return self._error(exc, x.IAM_NS, request_id, "?")
         except Exception:  # a bug: never let it out as a traceback page
-            log.exception("aws %s: internal error (request %s)", action, request_id)
-            return self._error(service_failure(), namespace, request_id, action)
+            log.exception("aws: internal error (request %s)", request_id)
+            return self._error(service_failure(), x.IAM_NS, request_id, "?")
 
     async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -141,11 +148,12 @@ class AwsEndpoint:
         except AwsError as exc:
             return self._error(exc, namespace, request_id, action)
         except Exception:
-            log.exception("aws %s: internal error (request %s)", action[:64], request_id)
+            log.exception("aws %s: internal error (request %s)", _loggable(action),
+                          request_id)
             return self._error(service_failure(), namespace, request_id, action)
 
     def _error(self, exc: AwsError, namespace: str, request_id: str, action: str) -> Response:
-        log.info("aws %s: %s (%d)", action[:64], exc.code, exc.status)
+        log.info("aws %s: %s (%d)", _loggable(action), exc.code, exc.status)
         return Response(x.error(namespace, request_id, exc.code, exc.message,
                                 sender=exc.sender),
                         status_code=exc.status, media_type="text/xml",

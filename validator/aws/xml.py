@@ -8,8 +8,13 @@ A result is a list of `(name, value)` members; a value is a string (escaped here
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime
 from xml.sax.saxutils import escape
+
+# Characters XML 1.0 does not allow at all, escaped or not. They can only come from a
+# request (an unknown Action echoed in InvalidAction); replaced, so the answer still parses.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 Members = list[tuple[str, object]]
 
@@ -31,6 +36,10 @@ def boolean(value: bool) -> str:
     return "true" if value else "false"
 
 
+def _text(value: object) -> str:
+    return escape(_NOT_XML.sub("\ufffd", str(value)))
+
+
 def _members(members: Members) -> str:
     out: list[str] = []
     for name, value in members:
@@ -39,7 +48,7 @@ def _members(members: Members) -> str:
         if isinstance(value, list):
             out.append(f"<{name}>{_members(value)}</{name}>")
         else:
-            out.append(f"<{name}>{escape(str(value))}</{name}>")
+            out.append(f"<{name}>{_text(value)}</{name}>")
     return "".join(out)
 
 
@@ -50,7 +59,7 @@ def response(action: str, namespace: str, request_id: str,
     body = f'<{action}Response xmlns="{namespace}">'
     if result is not None:
         body += f"<{action}Result>{_members(result)}</{action}Result>"
-    body += (f"<ResponseMetadata><RequestId>{escape(request_id)}</RequestId>"
+    body += (f"<ResponseMetadata><RequestId>{_text(request_id)}</RequestId>"
              f"</ResponseMetadata></{action}Response>")
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body.encode("utf-8")
 
@@ -59,6 +68,6 @@ def error(namespace: str, request_id: str, code: str, message: str, *,
           sender: bool = True) -> bytes:
     body = (f'<ErrorResponse xmlns="{namespace}"><Error>'
             f"<Type>{'Sender' if sender else 'Receiver'}</Type>"
-            f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error>"
-            f"<RequestId>{escape(request_id)}</RequestId></ErrorResponse>")
+            f"<Code>{_text(code)}</Code><Message>{_text(message)}</Message></Error>"
+            f"<RequestId>{_text(request_id)}</RequestId></ErrorResponse>")
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body.encode("utf-8")
