@@ -116,3 +116,15 @@ def test_perfect_clocks_at_random_gaps_are_believed_within_a_step() -> None:
     assert ours["refused_share"] == 0.0
     assert ours["resyncs_per_1000_token_years"] == 0.0
     assert ours["max_error_s"] < 30
+
+
+@pytest.mark.parametrize("option", [
+    ["--ppm-sd", "nan"], ["--temp", "nan"], ["--ppm-clip", "nan"], ["--initial-offset", "inf"],
+    ["--initial-offset", "1e300"], ["--aging-sd", "5000"], ["--temp-swing", "1000"],
+    ["--ppm-clip", "1e6", "--ppm-sd", "1e5"]])
+def test_impossible_populations_are_refused_not_run(option: list[str]) -> None:
+    """NaN slipped past every range check and gave numbers; inf or out-of-range crystals
+    crashed in the middle of the run with a traceback."""
+    result = CliRunner().invoke(scenario, ["study", "--tokens", "3", "--years", "0.1", *option])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("foblab: error: ")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from firmware_sim import otp as token_otp
@@ -75,6 +75,10 @@ class StudyParams:
     """Tokens whose traces are kept for the plot."""
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # NaN passes every comparison below, and inf breaks the clocks
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, not {value}")
         if self.tokens < 1 or self.years <= 0 or self.interval_days <= 0:
             raise ValueError("tokens >= 1, years > 0 and interval > 0 required")
         if not 0 <= self.day_start_h < self.day_end_h <= 24:
@@ -84,6 +88,12 @@ class StudyParams:
         if self.ppm_sd < 0 or self.ppm_clip < 0 or self.temp_sd_c < 0 \
                 or self.temp_swing_c < 0 or self.aging_sd < 0 or self.initial_offset_s < 0:
             raise ValueError("spreads and limits must not be negative")
+        # what firmware_sim's crystal accepts (aging is drawn unclipped: 100 sigmas short),
+        # and clocks set within the day that enablement searches
+        if self.ppm_clip > 10_000 or self.aging_sd > 100 or self.temp_swing_c > 100 \
+                or self.initial_offset_s > 86_400:
+            raise ValueError("ppm_clip <= 10000 ppm, aging_sd <= 100 ppm/year, temp_swing_c "
+                             "<= 100 °C and initial_offset_s <= 86400 s required")
         if self.window < 0:
             raise ValueError("window must be >= 0")
 
@@ -336,6 +346,3 @@ def plot(result: StudyResult, path: str) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
-def finite(x: float) -> bool:
-    return math.isfinite(x)
