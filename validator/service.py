@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -132,6 +133,10 @@ class Validator:
         self.policy = policy
         self.max_user_length = max_user_length
         self._clock = clock
+        # Held from sealing a new secret until its row is committed, and across a whole key
+        # rotation: otherwise a secret sealed under the old key just before a rotation, and
+        # inserted just after it, would stay under a key the rotation then deletes.
+        self.sealing = threading.RLock()
 
     @classmethod
     def open(cls, db_path: str | os.PathLike[str], key_path: str | os.PathLike[str] | None = None,
@@ -231,14 +236,15 @@ class Validator:
                 unique.append(r)
         if repeated and not skip_duplicates:
             raise DuplicateSerial(sorted(set(repeated)))
-        rows = [TokenRecord(serial=r.serial, state=self._state(r, window),
-                            sealed=self.box.seal(r.serial, r.secret), created=now)
-                for r in unique]
         audit = [AuditEvent(now, action, "ok", serial=r.serial) for r in unique]
-        try:
-            return self.store.insert_tokens(rows, audit, skip_existing=skip_duplicates)
-        except DuplicateSerials as exc:
-            raise DuplicateSerial(exc.serials) from None
+        with self.sealing:
+            rows = [TokenRecord(serial=r.serial, state=self._state(r, window),
+                                sealed=self.box.seal(r.serial, r.secret), created=now)
+                    for r in unique]
+            try:
+                return self.store.insert_tokens(rows, audit, skip_existing=skip_duplicates)
+            except DuplicateSerials as exc:
+                raise DuplicateSerial(exc.serials) from None
 
     def import_seed_file(self, content: bytes | str, format: str = "pskc", *,
                          passphrase: str | None = None, key_hex: str | None = None,
@@ -486,6 +492,10 @@ class Validator:
         """Re-encrypt every seed under a new key (generated unless given) in one
         transaction; returns how many. Crash-safe: see `validator.secrets_box`."""
         t = self._now(now)
+        with self.sealing:
+            return self._rotate(new_key, t)
+
+    def _rotate(self, new_key: bytes | None, t: float) -> int:
         staged = self.box.prepare_rotation(new_key)
         # In use before the reseal commits: it opens seeds under the old key and the new, so
         # a verification on another thread opens every row, whichever side of the commit it

@@ -231,6 +231,41 @@ def test_verify_during_a_key_rotation_opens_every_seed(db_path: Path) -> None:
     v.close()
 
 
+def test_a_registration_racing_a_rotation_is_not_left_under_the_old_key(
+        db_path: Path) -> None:
+    """A seed sealed under the old key just before a rotation and inserted just after it
+    would stay under a key the rotation deletes. The rotation waits for the insert."""
+    v = Validator.open(db_path)
+    insert_tokens = v.store.insert_tokens
+    entered, proceed = threading.Event(), threading.Event()
+
+    def slow_insert(*args: object, **kwargs: object) -> list[str]:
+        entered.set()  # sealed already, not yet committed
+        assert proceed.wait(10)
+        return insert_tokens(*args, **kwargs)  # type: ignore[arg-type]
+
+    v.store.insert_tokens = slow_insert  # type: ignore[method-assign]
+    register = threading.Thread(target=v.register_token, args=("RACE1", SEED),
+                                kwargs={"now": T0})
+    register.start()
+    assert entered.wait(10)
+    rotate = threading.Thread(target=v.rotate_key, kwargs={"now": T0})
+    rotate.start()
+    rotate.join(0.3)
+    assert rotate.is_alive()  # waits for the registration in flight
+    proceed.set()
+    register.join(10)
+    rotate.join(10)
+    assert not register.is_alive() and not rotate.is_alive()
+    v.close()
+    # Only the new key file is left: the token must open under it.
+    v2 = Validator.open(db_path)
+    try:
+        enable(v2, "alice", "RACE1")
+    finally:
+        v2.close()
+
+
 def test_concurrent_same_code_exactly_one_wins(db_path: Path) -> None:
     v = Validator.open(db_path)
     v.register_token("TOK1", SEED, now=T0)
