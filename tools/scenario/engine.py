@@ -104,6 +104,8 @@ class RunResult:
 
 class TimeSource(Protocol):
     live: bool
+    battery_dead: bool
+    """Set by the engine on battery events: live, a dead battery's clock loses the gaps."""
 
     def advance_to(self, at_ms: int) -> None:
         """Simulated time moves on to `at_ms` after the scenario's start."""
@@ -173,7 +175,6 @@ class Engine:
         """The newest step the validator accepted from us: no fresh code may be at or
         before it."""
         self.last_code: str | None = None
-        self.battery_dead = False
 
     # -- the token -------------------------------------------------------------------
     def _adjust(self, ms: int) -> None:
@@ -289,7 +290,7 @@ class Engine:
     def _event(self, ev: Event) -> Outcome:
         action = ev.action
         typing_ms = round(ev.typing_s * 1000)
-        if action in ("enable", "login", "resync") and self.battery_dead:
+        if action in ("enable", "login", "resync") and self.time.battery_dead:
             return Outcome("refused", "battery_dead", "the display is blank")
         if action == "login":
             return self._login(ev, typing_ms)
@@ -314,9 +315,7 @@ class Engine:
             self.client.clock_command(SetDriftRequest(drift_settings(ev.clock)))
         elif action == "battery":
             self.client.info_command(BatteryRequest(ev.dead))
-            self.battery_dead = ev.dead
-            if hasattr(self.time, "battery_dead"):
-                self.time.battery_dead = ev.dead
+            self.time.battery_dead = ev.dead
         elif action == "step":
             self._adjust(ev.offset_ms)
         return Outcome("ok")
@@ -360,6 +359,7 @@ class SimTime:
     def __init__(self, start_ms: int) -> None:
         self.start_ms = start_ms
         self.now_ms = start_ms
+        self.battery_dead = False  # the firmware's own clock stops: nothing to do here
 
     def advance_to(self, at_ms: int) -> None:
         self.now_ms = max(self.now_ms, self.start_ms + at_ms)
@@ -383,17 +383,18 @@ class ServiceSide:
                               period=period, now=0.0)
 
     @staticmethod
-    def _refused(exc: ValidatorError) -> Outcome:
-        reason = exc.reason if isinstance(exc, InvalidAuthenticationCode) else exc.code
-        return Outcome("refused", reason, exc.message)
+    def _outcome(call: Callable[[], object], done: str = "accepted") -> Outcome:
+        """`done` if the call returns, the core's refusal (and its reason) if it raises."""
+        try:
+            call()
+        except ValidatorError as exc:
+            reason = exc.reason if isinstance(exc, InvalidAuthenticationCode) else exc.code
+            return Outcome("refused", reason, exc.message)
+        return Outcome(done)
 
     def enable(self, user: str, serial: str, code1: str, code2: str,
                now: float | None) -> Outcome:
-        try:
-            self.v.enable(user, serial, code1, code2, now=now)
-        except ValidatorError as exc:
-            return self._refused(exc)
-        return Outcome("accepted")
+        return self._outcome(lambda: self.v.enable(user, serial, code1, code2, now=now))
 
     def verify(self, user: str, code: str, now: float | None) -> Outcome:
         r = self.v.verify(user, code, now=now)
@@ -401,18 +402,10 @@ class ServiceSide:
 
     def resync(self, user: str, serial: str, code1: str, code2: str,
                now: float | None) -> Outcome:
-        try:
-            self.v.resync(user, serial, code1, code2, now=now)
-        except ValidatorError as exc:
-            return self._refused(exc)
-        return Outcome("accepted")
+        return self._outcome(lambda: self.v.resync(user, serial, code1, code2, now=now))
 
     def deactivate(self, user: str, serial: str, now: float | None) -> Outcome:
-        try:
-            self.v.deactivate(user, serial, now=now)
-        except ValidatorError as exc:
-            return self._refused(exc)
-        return Outcome("ok")
+        return self._outcome(lambda: self.v.deactivate(user, serial, now=now), done="ok")
 
     def estimate(self, serial: str, now: float | None) -> float | None:
         return self.v.get_token(serial, now=now).offset_seconds
