@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from firmware_sim.clock import Drift
 from firmware_sim.models import build_model
 from firmware_sim.runner import MemoryPort, open_token
 from protocol.connection import TokenClient, TokenRefused, pyserial_reader
@@ -432,11 +431,8 @@ def run_in_process(scenario: Scenario,
                         hash=spec.hash, digits=spec.digits,  # type: ignore[arg-type]
                         period=spec.period)
     c = scenario.clock
-    drift = Drift(ppm=c.ppm, aging_ppm_per_year=c.aging_ppm_per_year,
-                  temp_mode=c.temperature, temp_c=c.temp_c,  # type: ignore[arg-type]
-                  temp_swing_c=c.temp_swing_c)
     secret = scenario_secret(scenario)
-    token = open_token(model, serial=scenario_serial(scenario), seed=secret, drift=drift,
+    token = open_token(model, serial=scenario_serial(scenario), seed=secret, drift=c.drift(),
                        qa=True, now=lambda: sim.now_ms)
     port = MemoryPort(token)
     client = TokenClient(pyserial_reader(port), port.write)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from firmware_sim.clock import Drift
 from firmware_sim.models import HASHES, KINDS, PRESETS, build_model
 from tools._args import parse_duration_ms, parse_time_ms
 from validator.core import Policy
@@ -83,6 +84,12 @@ class ClockSpec:
     temp_c: float = 25.0
     temp_swing_c: float = 0.0
     offset_s: float = 0.0
+
+    def drift(self) -> Drift:
+        """The firmware's crystal settings. Raises ValueError beyond its limits."""
+        return Drift(ppm=self.ppm, aging_ppm_per_year=self.aging_ppm_per_year,
+                     temp_mode=self.temperature, temp_c=self.temp_c,  # type: ignore[arg-type]
+                     temp_swing_c=self.temp_swing_c)
 
     def describe(self) -> str:
         parts = [f"{self.ppm:+g} ppm"]
@@ -605,7 +612,6 @@ def _choice(p: _Parser, table: dict[str, Any], key: str, allowed: tuple[str, ...
 def _clock(p: _Parser, c: dict[str, Any], line: int, *, allow_offset: bool) -> ClockSpec:
     """Clock settings from a table ([clock], or a set-drift event's own keys over a default
     crystal); checked against firmware_sim's own limits."""
-    from firmware_sim.clock import Drift
 
     def fail(key: str, msg: str) -> ScenarioError:
         return p.fail(p.loc.key(line, key), msg)
@@ -629,9 +635,7 @@ def _clock(p: _Parser, c: dict[str, Any], line: int, *, allow_offset: bool) -> C
         values["temperature"] = "daily" if values.get("temp_swing_c") else "constant"
     spec = replace(ClockSpec(), **values)
     try:
-        Drift(ppm=spec.ppm, aging_ppm_per_year=spec.aging_ppm_per_year,
-              temp_mode=spec.temperature, temp_c=spec.temp_c,  # type: ignore[arg-type]
-              temp_swing_c=spec.temp_swing_c)
+        spec.drift()
     except ValueError as exc:
         raise p.fail(line, f"bad clock settings: {exc}") from None
     return spec
