@@ -129,7 +129,9 @@ MALFORMED = [
     (GOOD_HEAD + '\n[[event]]\nname = 5\naction = "wait"\nday = 1\n', 6,
      "name must be a string"),
     (GOOD_HEAD + 'serial = "GAHT 123"\n\n[[event]]\naction = "wait"\nday = 1\n', 4,
-     "serial must be 1-256 printable ASCII"),
+     "serial must be 1..64 printable ASCII"),
+    (GOOD_HEAD + f'serial = "{"G" * 65}"\n\n[[event]]\naction = "wait"\nday = 1\n', 4,
+     "serial must be 1..64 printable ASCII"),
     (GOOD_HEAD + '[clock]\noffset_s = 1e300\n\n[[event]]\naction = "wait"\nday = 1\n', 5,
      "offset_s must be within"),
     (GOOD_HEAD + '[clock]\nsteps = [{ day = inf, offset_s = 1 }]\n\n[[event]]\n'

@@ -27,6 +27,7 @@ from typing import Any
 
 from firmware_sim.clock import Drift
 from firmware_sim.models import HASHES, KINDS, PRESETS, build_model
+from firmware_sim.token import check_serial
 from tools._args import parse_duration_ms, parse_time_ms
 from validator.core import Policy
 
@@ -47,7 +48,6 @@ REASONS = (
 CODES = ("current", "replay", "old", "wrong")
 TEMPERATURES = ("none", "constant", "daily")
 _USER = re.compile(r"[A-Za-z0-9+=,.@_-]{1,40}")
-_SERIAL = re.compile(r"[\x21-\x7e]{1,256}")  # what the validator registers
 MAX_DAYS = 36_500
 MAX_OFFSET_S = 1e9  # clock offsets and jumps, either sign: far beyond any crystal
 
@@ -393,9 +393,11 @@ class _Parser:
             if not 1 <= len(secret) <= 64:
                 raise self.fail(self.loc.key(line, "secret_hex"), "the secret must be 1-64 bytes")
         serial = _typed(self, t, "serial", str, line, "a string", default=None)
-        if serial is not None and not _SERIAL.fullmatch(serial):
-            raise self.fail(self.loc.key(line, "serial"), "serial must be 1-256 printable "
-                            "ASCII characters without spaces")
+        if serial is not None:
+            try:  # the token's own rule, narrower than the validator's
+                check_serial(serial)
+            except ValueError as exc:
+                raise self.fail(self.loc.key(line, "serial"), str(exc)) from None
         return TokenSpec(model, m.kind, m.hash, m.digits, m.period, serial, secret)
 
     def clock(self) -> tuple[ClockSpec, tuple[tuple[int, int, int], ...]]:
