@@ -50,3 +50,51 @@ def test_rotation_keeps_access_keys_and_seeds_usable(daemon, iam, sts, step: int
                          headers={"Authorization": f"Bearer {verifier}"}, timeout=30)
     assert refused.status_code == 403
     assert iam.get_mfa_device(SerialNumber=serial)["UserName"] == "rotor"
+
+
+def test_an_access_key_created_during_a_rotation_is_not_left_under_the_old_key(
+        tmp_path) -> None:
+    """The access key's secret is sealed inside its insert transaction, so a rotation
+    (whose reseal needs the same write lock) either reseals the row or comes first."""
+    import threading
+
+    from validator.aws.store import AwsStore
+    from validator.secrets_box import SecretBox
+    from validator.service import Validator
+
+    validator = Validator.open(tmp_path / "v.db")
+    entered, proceed = threading.Event(), threading.Event()
+
+    class SlowBox:  # the validator's current box, but the first seal waits
+        def __getattr__(self, name: str):
+            return getattr(validator.box, name)
+
+        def seal(self, aad: str, data: bytes) -> bytes:
+            sealed = validator.box.seal(aad, data)
+            if not entered.is_set():
+                entered.set()
+                assert proceed.wait(10)
+            return sealed
+
+    store = AwsStore(tmp_path / "v.db", SlowBox, busy_timeout_ms=20_000)  # type: ignore[arg-type]
+    created: list[tuple[str, str]] = []
+    maker = threading.Thread(target=lambda: created.append(store.create_key(0.0)))
+    maker.start()
+    assert entered.wait(10)
+    rotator = threading.Thread(target=validator.rotate_key)
+    rotator.start()
+    rotator.join(0.3)
+    proceed.set()
+    maker.join(20)
+    rotator.join(20)
+    assert created and not rotator.is_alive()
+    store.close()
+    validator.close()
+    # Only the new key file is left: the access key's secret must open under it.
+    fresh = AwsStore(tmp_path / "v.db", SecretBox.from_file(tmp_path / "v.db.key"))
+    try:
+        akid, secret = created[0]
+        found = fresh.credentials(akid)
+        assert found is not None and found.secret == secret
+    finally:
+        fresh.close()

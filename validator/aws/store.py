@@ -140,8 +140,10 @@ class AwsStore:
     def create_key(self, now: float) -> tuple[str, str]:
         """A new access key: (access key id, secret access key). The secret is shown once."""
         akid, secret = _key_id("AKIA"), _secret_key()
-        sealed = self.box.seal(_aad("access-key", akid), secret.encode())
+        # Sealed inside the write transaction, so that a key rotation (whose reseal also
+        # holds the write lock) sees this row, or this row is sealed under its new key.
         with self._db.transaction() as conn:
+            sealed = self.box.seal(_aad("access-key", akid), secret.encode())
             conn.execute("INSERT INTO aws_access_keys VALUES (?, ?, ?)", (akid, sealed, now))
         return akid, secret
 
@@ -178,8 +180,8 @@ class AwsStore:
                        now: float) -> Session:
         akid, secret = _key_id("ASIA"), _secret_key()
         token = base64.b64encode(b"foblab-session\x00" + secrets.token_bytes(96)).decode()
-        sealed = self.box.seal(_aad("session", akid), secret.encode())
-        with self._db.transaction() as conn:
+        with self._db.transaction() as conn:  # sealed inside it: see create_key
+            sealed = self.box.seal(_aad("session", akid), secret.encode())
             conn.execute("DELETE FROM aws_sessions WHERE expires < ?", (now,))
             conn.execute("INSERT INTO aws_sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (akid, sealed, token_digest(token), user, serial, now, expires))
