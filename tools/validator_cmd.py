@@ -140,6 +140,8 @@ class Client:
         try:
             response = httpx.request(method, self.url + path, json=body, params=query,
                                      headers=headers, timeout=self.timeout)
+        except httpx.InvalidURL as exc:
+            _fail(f"bad URL {self.url!r}: {exc}")
         except httpx.HTTPError as exc:
             _fail(f"cannot reach {self.url}: {exc}")
         try:
@@ -164,6 +166,8 @@ def _from_dir(directory: Path) -> tuple[str, str | None]:
         key = settings.admin_key_file.read_text().strip()
     except OSError as exc:
         _fail(f"cannot read {settings.admin_key_file}: {exc.strerror}")
+    except UnicodeDecodeError:
+        _fail(f"{settings.admin_key_file} does not hold an API key")
     return f"http://{host}:{settings.port}", key
 
 

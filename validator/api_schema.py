@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+from validator.service import MAX_COUNTER
+
 # Users as AWS allows them (the core checks the same); serials as the core stores them.
 USER_PATTERN = r"^[A-Za-z0-9+=,.@_-]{1,64}$"
 SERIAL_PATTERN = r"^[\x21-\x7e]{1,256}$"
@@ -29,7 +31,7 @@ HASH = {"type": "string", "enum": ["sha1", "sha256", "sha512"]}
 KIND = {"type": "string", "enum": ["totp", "hotp"]}
 DIGITS = {"type": "integer", "enum": [6, 8]}
 PERIOD = {"type": "integer", "minimum": 1, "maximum": 3600}
-COUNTER = {"type": "integer", "minimum": 0, "maximum": 2**48}
+COUNTER = {"type": "integer", "minimum": 0, "maximum": MAX_COUNTER}  # as import allows
 
 
 def _obj(props: dict[str, Any], required: Iterable[str] = (), **extra: Any) -> dict[str, Any]:

@@ -64,7 +64,7 @@ _MAX_ATTEMPTS = 64
 # Every TOTP step and HOTP counter must stay inside RFC 4226's 8-byte counter, whatever a
 # seed file says: one that does not fit cannot be packed, and verify would fail with an
 # error instead of refusing a code. Half the range leaves the look-ahead and resync room.
-_MAX_COUNTER = 2**63
+MAX_COUNTER = 2**63  # the largest HOTP counter accepted, by import or API
 _MAX_SECONDS = 2**40  # |T0| and |initial drift|: some 35,000 years (the API's T0 bound)
 T = TypeVar("T")
 
@@ -208,7 +208,7 @@ class Validator:
             raise InvalidParameter(f"{r.serial}: empty secret")
         if r.algorithm not in ALGORITHMS:
             raise InvalidParameter(f"{r.serial}: algorithm must be one of {ALGORITHMS}")
-        if not 0 <= r.counter <= _MAX_COUNTER:
+        if not 0 <= r.counter <= MAX_COUNTER:
             raise InvalidParameter(f"{r.serial}: the counter must be 0 to 2**63")
         drift = r.drift_steps * r.period
         if abs(r.t0) > _MAX_SECONDS or abs(drift) > _MAX_SECONDS:

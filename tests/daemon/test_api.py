@@ -228,3 +228,15 @@ def test_aws_endpoint_is_mounted_outside_the_bearer_keys(daemon: Daemon) -> None
             assert r.status_code < 500
             assert "www-authenticate" not in r.headers  # not our 401: its own SigV4 refusal
             assert r.text.lstrip().startswith("<"), r.text[:200]
+
+
+def test_hotp_counter_bound_matches_import(daemon: Daemon) -> None:
+    """A counter a real seed file carries (multiOTP ships 2**52) registers through the API
+    as it imports; past the core's bound it is a 400, not a 500 later."""
+    with daemon.client() as http:
+        r = http.post("/v1/tokens", json={"serial": "HOTP-BIG-1", "secret_hex": SECRET_HEX,
+                                          "kind": "hotp", "counter": 2**52})
+        assert r.status_code == 201, r.text
+        r = http.post("/v1/tokens", json={"serial": "HOTP-BIG-2", "secret_hex": SECRET_HEX,
+                                          "kind": "hotp", "counter": 2**63 + 1})
+        assert r.status_code == 400 and r.json()["error"], r.text

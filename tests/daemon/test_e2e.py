@@ -100,6 +100,11 @@ def test_cli_verify_and_errors(daemon: Daemon) -> None:
                         daemon.url, "--key", "wrong-key-wrong-key-wrong"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "HTTP 401" in r.stderr
+    r = subprocess.run([PYTHON, "-m", "tools.cli", "validator", "token", "list", "--url",
+                        "http://a:b:c", "--key", "k"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("foblab: error: bad URL") and len(r.stderr.splitlines()) == 1
 
 
 def test_station_provisions_a_blank_token(daemon: Daemon, blank_token: Any) -> None:
