@@ -1,4 +1,5 @@
-"""Shared command-line argument types: durations, times, hex bytes, host:port.
+"""Shared command-line helpers: argument types (durations, times, hex bytes, host:port) and
+the one-line failure every command ends with.
 
 Generic on purpose (no token or validator knowledge), so every `foblab` command parses the
 same way:
@@ -14,11 +15,19 @@ same way:
 from __future__ import annotations
 
 import re
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+
+
+def fail(message: object, status: int = 1) -> NoReturn:
+    """`foblab: error: MESSAGE` on one line of stderr, then exit with `status`."""
+    click.echo(f"foblab: error: {' '.join(str(message).split())}", err=True)
+    sys.exit(status)
+
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _DURATION = re.compile(r"^([+-]?)(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)?$")

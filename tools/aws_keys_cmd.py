@@ -8,24 +8,19 @@ printed once, at creation; the database holds it sealed with the validator's see
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
+from tools._args import fail as _fail
 from validator.aws.store import AwsStore
 from validator.config import CONFIG_NAME, ConfigError, load
 from validator.secrets_box import KeyFileError, SecretBox
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"foblab: error: {' '.join(message.split())}", err=True)
-    sys.exit(1)
 
 
 def _from_config(directory: Path) -> tuple[Path, Path]:

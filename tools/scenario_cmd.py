@@ -19,14 +19,15 @@ from typing import Any, NoReturn
 
 import click
 
+from tools._args import fail
 from tools.scenario import report
 from tools.scenario.engine import EventResult, RunResult, run_in_process, scenario_serial
 from tools.scenario.spec import Scenario, ScenarioError, load
 
 
 def _fail(message: str, status: int = 2) -> NoReturn:
-    click.echo(f"foblab: error: {message}", err=True)
-    sys.exit(status)
+    """A scenario usage error exits 2 (1 is kept for a failed expectation)."""
+    fail(message, status)
 
 
 @click.group()

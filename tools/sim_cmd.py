@@ -15,7 +15,7 @@ import secrets
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
@@ -25,11 +25,7 @@ from firmware_sim.models import DEFAULT_MODEL, HASHES, KINDS, PRESETS, SEED_BYTE
 from firmware_sim.runner import TokenRunner, open_token
 from firmware_sim.storage import StorageError
 from tools._args import HEX, HOST_PORT
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"foblab: error: {' '.join(message.split())}", err=True)
-    sys.exit(1)
+from tools._args import fail as _fail
 
 
 def default_state_dir() -> Path:

@@ -8,11 +8,10 @@ line `foblab: error: ...` on stderr and exit 1. JSON keys are listed in docs/tok
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 import serial
@@ -37,14 +36,12 @@ from protocol.messages import (
     UnfreezeRequest,
 )
 from tools._args import DURATION, HEX, SIGNED_DURATION, TIME, format_time_ms
+from tools._args import fail as _fail
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 NEGATIVE_OK = {"ignore_unknown_options": True}  # so `-12.5` and `-90s` are arguments
 
 
-def _fail(message: str) -> NoReturn:
-    click.echo(f"foblab: error: {' '.join(message.split())}", err=True)
-    sys.exit(1)
 
 
 @contextmanager

@@ -16,19 +16,17 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
+from tools._args import fail as _fail
 from tools.cli import LazyGroup
 from validator.config import CONFIG_NAME, DEFAULT_PORT, ConfigError, check_station, load
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail(message: str) -> NoReturn:
-    click.echo(f"foblab: error: {' '.join(str(message).split())}", err=True)
-    sys.exit(1)
 
 
 @click.group(cls=LazyGroup, lazy={"aws-keys": "tools.aws_keys_cmd:aws_keys"})
