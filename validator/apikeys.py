@@ -13,9 +13,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
+
+from validator.secrets_box import read_private_file, write_private_file
 
 
 class Role(enum.StrEnum):
@@ -38,25 +39,11 @@ def new_key(role: Role) -> str:
 
 def write_key_file(path: Path, key: str) -> None:
     """Create `path` (mode 0600, refusing to overwrite) holding `key`."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, key.encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_private_file(path, key.encode() + b"\n")
 
 
 def read_key_file(path: Path) -> str:
-    try:
-        mode = path.stat().st_mode
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ApiKeyError(f"API key file {path} does not exist") from None
-    except OSError as exc:
-        raise ApiKeyError(f"cannot read API key file {path}: {exc.strerror}") from None
-    if mode & 0o077:
-        raise ApiKeyError(f"API key file {path} is readable by others (mode {mode & 0o777:o}); "
-                          "chmod 600 it")
+    raw = read_private_file(path, "API key file", ApiKeyError)
     text = raw.decode("latin-1").strip()  # any bytes decode; a non-ASCII key is refused below
     if len(text) < _MIN_LEN or not text.isascii() or not text.isprintable() or " " in text:
         raise ApiKeyError(f"API key file {path} does not hold a key (at least {_MIN_LEN} "

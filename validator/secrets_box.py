@@ -36,24 +36,39 @@ def _key_id(key: bytes) -> bytes:
     return hashlib.sha256(b"foblab-key-id\x00" + key).digest()[:8]
 
 
-def _write_key(path: Path, key: bytes) -> None:
+def write_private_file(path: Path, data: bytes) -> None:
+    """Create `path` with mode 0600 (refusing to overwrite) holding `data`, fsynced: how
+    every key file of the validator (seed key, API keys) is made."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, key.hex().encode() + b"\n")
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _read_key(path: Path) -> bytes:
+def read_private_file(path: Path, what: str, error: type[Exception]) -> bytes:
+    """The bytes of a key file, refused with `error` (naming it `what`) when it is missing,
+    unreadable, or readable by group or others."""
     try:
         mode = path.stat().st_mode
         raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
     except OSError as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if mode & 0o077:
-        raise KeyFileError(f"key file {path} is readable by others (mode {mode & 0o777:o}); "
-                           "chmod 600 it")
+        raise error(f"{what} {path} is readable by others (mode {mode & 0o777:o}); "
+                    "chmod 600 it")
+    return raw
+
+
+def _write_key(path: Path, key: bytes) -> None:
+    write_private_file(path, key.hex().encode() + b"\n")
+
+
+def _read_key(path: Path) -> bytes:
+    raw = read_private_file(path, "key file", KeyFileError)
     try:
         key = bytes.fromhex(raw.decode("ascii").strip())
     except ValueError:  # not ASCII (UnicodeDecodeError is a ValueError), or not hex
