@@ -4,17 +4,22 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench lint clean
+.PHONY: test demo bench lint clean debian-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dev]'
+	$(PY) -m pip install -q -e '.[test,dev,radius,postgresql,ui]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# The Debian packages the tests drive for real (PostgreSQL, radclient, pamtester, Chromium):
+# installed when missing and we are root; see scripts/debian-deps.sh.
+debian-deps:
+	@bash scripts/debian-deps.sh
+
+test: $(STAMP) debian-deps
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
