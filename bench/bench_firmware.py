@@ -21,7 +21,7 @@ PRESSES = 3000
 _CLIENT = r"""
 import json, statistics, sys, time
 import serial
-from protocol.connection import TokenClient, pyserial_reader
+from protocol import TokenClient, pyserial_reader
 port = serial.serial_for_url(sys.argv[1], timeout=2)
 client = TokenClient(pyserial_reader(port), port.write)
 for _ in range(200):

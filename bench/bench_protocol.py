@@ -6,8 +6,14 @@ from __future__ import annotations
 import statistics
 import time
 
-from protocol import DeviceConnection, HostConnection, ReplyReceived, RequestReceived
-from protocol.messages import PressReply, PressRequest
+from protocol import (
+    DeviceConnection,
+    HostConnection,
+    PressReply,
+    PressRequest,
+    ReplyReceived,
+    RequestReceived,
+)
 
 ROUNDS = 7
 PER_ROUND = 20_000

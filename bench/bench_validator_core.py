@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pyotp
 
+from protocol import Kind
 from validator import core, otp
-from validator.core import Kind, TokenState
+from validator.core import TokenState
 from validator.otp import hotp
 from validator.service import Validator
 from validator.store import Durability

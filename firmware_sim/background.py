@@ -69,7 +69,7 @@ def serve_token(
     """One token on a PTY (and/or TCP) for the duration of the block.
 
     `token_options` go to `firmware_sim.runner.open_token` (model, serial, seed, qa,
-    state_dir, drift, counter, kind, hash, digits, period, now, ...).
+    state_dir, crystal, counter, kind, hash, digits, period, now, ...).
     """
     with LoopThread() as lt:
         token = open_token(**token_options)

@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
-TempMode = Literal["none", "constant", "daily"]
-TEMP_MODES: tuple[TempMode, ...] = ("none", "constant", "daily")
+from protocol import TemperatureMode
 
 DAY_MS = 86_400_000
 YEAR_MS = 365 * DAY_MS + DAY_MS // 4
@@ -42,44 +41,56 @@ DAILY_PHASE_MS = 10 * 3_600_000
 """The daily profile crosses its mean rising at 10:00 UTC: coldest at 04:00, warmest at 16:00."""
 
 
+def implied_mode(temperature_c: float, swing_c: float) -> TemperatureMode:
+    """The temperature mode settings without one mean: a swing is a daily profile, a
+    temperature off the turnover point a constant one, else none."""
+    if swing_c:
+        return TemperatureMode.DAILY
+    return TemperatureMode.CONSTANT if temperature_c != TURNOVER_C else TemperatureMode.NONE
+
+
 @dataclass(frozen=True)
-class Drift:
-    """The crystal's frequency error settings."""
+class Crystal:
+    """A crystal's frequency error settings (what SET_DRIFT sets and CLOCK echoes, as
+    `protocol.DriftSettings`; field for field the same names). Not to be confused with the
+    validator's drift *estimate*, `validator.drift.Drift`."""
 
     ppm: float = 0.0
     aging_ppm_per_year: float = 0.0
-    temp_mode: TempMode = "none"
-    temp_c: float = TURNOVER_C
+    temperature_mode: TemperatureMode = TemperatureMode.NONE
+    temperature_c: float = TURNOVER_C
     """Constant temperature, or the daily mean for the daily profile."""
-    temp_swing_c: float = 0.0
+    temperature_swing_c: float = 0.0
     """Amplitude of the daily profile: the temperature swings between mean ± this."""
 
     def __post_init__(self) -> None:
-        if self.temp_mode not in TEMP_MODES:
-            raise ValueError(f"temperature mode must be one of {TEMP_MODES}")
-        for name in ("ppm", "aging_ppm_per_year", "temp_c", "temp_swing_c"):
+        # A label ("daily") is taken too; the field always holds the enum afterwards.
+        object.__setattr__(self, "temperature_mode",
+                           TemperatureMode.from_label(self.temperature_mode))
+        for name in ("ppm", "aging_ppm_per_year", "temperature_c", "temperature_swing_c"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite")
         if abs(self.ppm) > 10_000 or abs(self.aging_ppm_per_year) > 10_000:
             raise ValueError("drift beyond 10,000 ppm is not a crystal")
-        if not -100 <= self.temp_c <= 150 or not 0 <= self.temp_swing_c <= 100:
+        if not -100 <= self.temperature_c <= 150 \
+                or not 0 <= self.temperature_swing_c <= 100:
             raise ValueError("temperature out of range")
 
 
-def _error_integral_ms(drift: Drift, aging_start_ms: int, a: int, b: int) -> float:
+def _error_integral_ms(crystal: Crystal, aging_start_ms: int, a: int, b: int) -> float:
     """The integral of err(s) * 1e-6 over model time [a, b], in milliseconds."""
     span = b - a
-    ppm_ms = drift.ppm * span
-    if drift.aging_ppm_per_year:
+    ppm_ms = crystal.ppm * span
+    if crystal.aging_ppm_per_year:
         # integral of (s - e) ds = (b - a) * ((b - e) + (a - e)) / 2, kept in small numbers.
         mid = ((b - aging_start_ms) + (a - aging_start_ms)) / 2
-        ppm_ms += drift.aging_ppm_per_year / YEAR_MS * span * mid
-    if drift.temp_mode == "constant":
-        ppm_ms += TEMP_COEFF_PPM * (drift.temp_c - TURNOVER_C) ** 2 * span
-    elif drift.temp_mode == "daily":
+        ppm_ms += crystal.aging_ppm_per_year / YEAR_MS * span * mid
+    if crystal.temperature_mode is TemperatureMode.CONSTANT:
+        ppm_ms += TEMP_COEFF_PPM * (crystal.temperature_c - TURNOVER_C) ** 2 * span
+    elif crystal.temperature_mode is TemperatureMode.DAILY:
         # (d + A sin th)^2 = d^2 + A^2/2 + 2 A d sin th - A^2/2 cos 2th, th = 2 pi (s - phase) / day
-        d = drift.temp_c - TURNOVER_C
-        amp = drift.temp_swing_c
+        d = crystal.temperature_c - TURNOVER_C
+        amp = crystal.temperature_swing_c
         w = 2 * math.pi / DAY_MS
 
         def theta(s: int) -> float:
@@ -101,7 +112,7 @@ class Clock:
     """True time at which `anchor_offset_us` was exact."""
     anchor_offset_us: int = 0
     """Token time minus true time at the anchor, microseconds."""
-    drift: Drift = field(default_factory=Drift)
+    crystal: Crystal = field(default_factory=Crystal)
     shift_ms: int = 0
     """Model time minus true time: simulated time the crystal has lived through (AGE)."""
     aging_start_ms: int = 0
@@ -116,7 +127,7 @@ class Clock:
         """Token minus true time, microseconds, as the running crystal has it."""
         a = self.anchor_true_ms + self.shift_ms
         b = now_ms + self.shift_ms
-        err_ms = _error_integral_ms(self.drift, self.aging_start_ms, a, b)
+        err_ms = _error_integral_ms(self.crystal, self.aging_start_ms, a, b)
         return self.anchor_offset_us + round(err_ms * 1000)
 
     def token_us(self, now_ms: int) -> int:
@@ -142,13 +153,13 @@ class Clock:
         off = self.running_offset_us(now_ms) if offset_us is None else offset_us
         return replace(self, anchor_true_ms=now_ms, anchor_offset_us=off)
 
-    def set_drift(self, now_ms: int, drift: Drift) -> Clock:
+    def set_crystal(self, now_ms: int, crystal: Crystal) -> Clock:
         """New crystal settings from now on; the time already accumulated stays."""
         clock = self._reanchor(now_ms)
         aging_start = clock.aging_start_ms
-        if drift.aging_ppm_per_year != self.drift.aging_ppm_per_year:
+        if crystal.aging_ppm_per_year != self.crystal.aging_ppm_per_year:
             aging_start = now_ms + self.shift_ms
-        return replace(clock, drift=drift, aging_start_ms=aging_start)
+        return replace(clock, crystal=crystal, aging_start_ms=aging_start)
 
     def adjust(self, now_ms: int, delta_ms: int) -> Clock:
         """Step the clock by `delta_ms` (a jump, or a resync by QA)."""
@@ -168,7 +179,7 @@ class Clock:
         if span_ms < 0:
             raise ValueError("cannot age backwards")
         a = now_ms + self.shift_ms
-        err_us = round(_error_integral_ms(self.drift, self.aging_start_ms, a, a + span_ms) * 1000)
+        err_us = round(_error_integral_ms(self.crystal, self.aging_start_ms, a, a + span_ms) * 1000)
         clock = self._reanchor(now_ms)
         return replace(clock, anchor_offset_us=clock.anchor_offset_us + err_us,
                        shift_ms=self.shift_ms + span_ms)
@@ -191,13 +202,8 @@ class Clock:
         return {
             "anchor_true_ms": self.anchor_true_ms,
             "anchor_offset_us": self.anchor_offset_us,
-            "drift": {
-                "ppm": self.drift.ppm,
-                "aging_ppm_per_year": self.drift.aging_ppm_per_year,
-                "temp_mode": self.drift.temp_mode,
-                "temp_c": self.drift.temp_c,
-                "temp_swing_c": self.drift.temp_swing_c,
-            },
+            # under the state file's own names, so every state file written before loads
+            "drift": {key: getattr(self.crystal, field) for key, field in _STATE_KEYS.items()},
             "shift_ms": self.shift_ms,
             "aging_start_ms": self.aging_start_ms,
             "held_ms": self.held_ms,
@@ -206,12 +212,27 @@ class Clock:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Clock:
+        """The clock of a state file. Raises KeyError, TypeError or ValueError for one that
+        is not a clock's."""
         return cls(
             anchor_true_ms=int(data["anchor_true_ms"]),
             anchor_offset_us=int(data["anchor_offset_us"]),
-            drift=Drift(**data["drift"]),
+            crystal=_crystal_from_dict(data["drift"]),
             shift_ms=int(data["shift_ms"]),
             aging_start_ms=int(data["aging_start_ms"]),
             held_ms=None if data["held_ms"] is None else int(data["held_ms"]),
             holds=frozenset(data["holds"]),
         )
+
+
+_STATE_KEYS = {"ppm": "ppm", "aging_ppm_per_year": "aging_ppm_per_year",
+               "temp_mode": "temperature_mode", "temp_c": "temperature_c",
+               "temp_swing_c": "temperature_swing_c"}
+"""The state file's names of the crystal's fields (older than the fields' own names)."""
+
+
+def _crystal_from_dict(data: dict[str, Any]) -> Crystal:
+    if set(data) != set(_STATE_KEYS):
+        raise ValueError(f"a crystal has the fields {', '.join(_STATE_KEYS)}, not "
+                         f"{', '.join(map(str, data))}")
+    return Crystal(**{field: data[key] for key, field in _STATE_KEYS.items()})

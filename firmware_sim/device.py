@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from firmware_sim import token as tk
-from firmware_sim.clock import Drift, TempMode
-from firmware_sim.models import Hash, Model
-from firmware_sim.models import Kind as KindName
-from firmware_sim.token import Refused, TokenState
-from protocol.messages import (
+from firmware_sim.clock import Crystal
+from firmware_sim.models import Model
+from firmware_sim.token import FirmwareState, Refused
+from protocol import (
     PROTOCOL_VERSION,
     AdjustOffsetRequest,
     AgeRequest,
@@ -30,7 +29,6 @@ from protocol.messages import (
     ErrorReply,
     FactoryResetRequest,
     FreezeRequest,
-    HashAlg,
     InfoReply,
     InfoRequest,
     Kind,
@@ -43,24 +41,13 @@ from protocol.messages import (
     Request,
     SetDriftRequest,
     SetTimeRequest,
-    TemperatureMode,
     UnfreezeRequest,
 )
-
-_KIND_OUT: dict[str, Kind] = {"totp": Kind.TOTP, "hotp": Kind.HOTP}
-_KIND_IN: dict[Kind, KindName] = {Kind.TOTP: "totp", Kind.HOTP: "hotp"}
-_HASH_OUT: dict[str, HashAlg] = {"sha1": HashAlg.SHA1, "sha256": HashAlg.SHA256,
-                                 "sha512": HashAlg.SHA512}
-_HASH_IN: dict[HashAlg, Hash] = {v: k for k, v in _HASH_OUT.items()}  # type: ignore[misc]
-_TEMP_OUT: dict[str, TemperatureMode] = {"none": TemperatureMode.NONE,
-                                         "constant": TemperatureMode.CONSTANT,
-                                         "daily": TemperatureMode.DAILY}
-_TEMP_IN: dict[TemperatureMode, TempMode] = {v: k for k, v in _TEMP_OUT.items()}  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    state: TokenState
+    state: FirmwareState
     reply: Reply
     persist: bool
     """True when `state` must reach the state file before `reply` is sent."""
@@ -76,16 +63,16 @@ def error_reply(code: ErrorCode, detail: str) -> ErrorReply:
     return ErrorReply(code, clipped)
 
 
-def info_reply(state: TokenState) -> InfoReply:
+def info_reply(state: FirmwareState) -> InfoReply:
     return InfoReply(
         serial=state.serial,
         model=state.model,
         firmware=state.firmware,
         protocol_version=PROTOCOL_VERSION,
-        kind=_KIND_OUT[state.kind],
-        hash=_HASH_OUT[state.hash],
+        kind=state.kind,
+        hash=state.hash,
         digits=state.digits,
-        period=state.period if state.kind == "totp" else 0,
+        period=state.period if state.kind is Kind.TOTP else 0,
         provisioned=state.provisioned,
         locked=state.locked,
         qa_mode=state.qa_mode,
@@ -93,41 +80,42 @@ def info_reply(state: TokenState) -> InfoReply:
     )
 
 
-def drift_settings(drift: Drift) -> DriftSettings:
+def drift_settings(crystal: Crystal) -> DriftSettings:
+    """A crystal's settings as SET_DRIFT and CLOCK carry them (the same fields)."""
     return DriftSettings(
-        ppm=drift.ppm,
-        aging_ppm_per_year=drift.aging_ppm_per_year,
-        temperature_mode=_TEMP_OUT[drift.temp_mode],
-        temperature_c=drift.temp_c,
-        temperature_swing_c=drift.temp_swing_c,
+        ppm=crystal.ppm,
+        aging_ppm_per_year=crystal.aging_ppm_per_year,
+        temperature_mode=crystal.temperature_mode,
+        temperature_c=crystal.temperature_c,
+        temperature_swing_c=crystal.temperature_swing_c,
     )
 
 
-def clock_reply(state: TokenState, now_ms: int) -> ClockReply:
+def clock_reply(state: FirmwareState, now_ms: int) -> ClockReply:
     clock = state.clock
     token_ms = clock.token_ms(now_ms)
     return ClockReply(
         token_time_ms=token_ms,
         offset_ms=token_ms - now_ms,
-        drift=drift_settings(clock.drift),
+        drift=drift_settings(clock.crystal),
         frozen=clock.frozen,
     )
 
 
-def _drift_in(settings: DriftSettings) -> Drift:
+def _crystal_in(settings: DriftSettings) -> Crystal:
     try:
-        return Drift(
+        return Crystal(
             ppm=settings.ppm,
             aging_ppm_per_year=settings.aging_ppm_per_year,
-            temp_mode=_TEMP_IN[settings.temperature_mode],
-            temp_c=settings.temperature_c,
-            temp_swing_c=settings.temperature_swing_c,
+            temperature_mode=settings.temperature_mode,
+            temperature_c=settings.temperature_c,
+            temperature_swing_c=settings.temperature_swing_c,
         )
-    except (ValueError, KeyError) as exc:
+    except ValueError as exc:
         raise Refused("BAD_ARGUMENT", str(exc)) from None
 
 
-def _handle(state: TokenState, model: Model, req: Request, now: int) -> Outcome:
+def _handle(state: FirmwareState, model: Model, req: Request, now: int) -> Outcome:
     if isinstance(req, PressRequest):
         new, shown, persist = tk.press(state, now)
         return Outcome(new, PressReply(shown.code, shown.seconds_left), persist)
@@ -139,11 +127,8 @@ def _handle(state: TokenState, model: Model, req: Request, now: int) -> Outcome:
     if isinstance(req, ClockRequest):
         return Outcome(state, clock_reply(state, now), False)
     if isinstance(req, ProvisionRequest):
-        kind = _KIND_IN.get(req.kind)
-        hash_ = _HASH_IN.get(req.hash)
-        if kind is None or hash_ is None:
-            raise Refused("BAD_ARGUMENT", "unknown kind or hash")
-        new = tk.provision(state, req.seed, kind, hash_, req.digits, req.period, req.counter)
+        new = tk.provision(state, req.seed, req.kind, req.hash, req.digits, req.period,
+                           req.counter)
         return Outcome(new, info_reply(new), True)
     if isinstance(req, PeekRequest):
         step, left, codes = tk.peek(state, now, req.count)
@@ -157,7 +142,7 @@ def _handle(state: TokenState, model: Model, req: Request, now: int) -> Outcome:
     # the QA clock commands, each answered with the clock's new state
     if isinstance(req, SetDriftRequest):
         tk.require_qa(state)  # NOT_PERMITTED comes before any complaint about the payload
-        new = tk.set_drift(state, now, _drift_in(req.drift))
+        new = tk.set_drift(state, now, _crystal_in(req.drift))
     elif isinstance(req, AdjustOffsetRequest):
         new = tk.adjust_offset(state, now, req.delta_ms)
     elif isinstance(req, AgeRequest):
@@ -173,7 +158,7 @@ def _handle(state: TokenState, model: Model, req: Request, now: int) -> Outcome:
     return Outcome(new, clock_reply(new, now), True)
 
 
-def handle(state: TokenState, model: Model, request: Request, now_ms: int) -> Outcome:
+def handle(state: FirmwareState, model: Model, request: Request, now_ms: int) -> Outcome:
     """Answer `request` at true time `now_ms`; every refusal is an ErrorReply."""
     try:
         return _handle(state, model, request, now_ms)

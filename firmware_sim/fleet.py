@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firmware_sim.clock import Drift
-from firmware_sim.models import DEFAULT_MODEL, PRESETS, SEED_BYTES, build_model
+from firmware_sim.clock import Crystal
+from firmware_sim.models import DEFAULT_MODEL, PRESETS, build_model
 from firmware_sim.ports import PtyPort
 from firmware_sim.runner import Token, open_token
 from firmware_sim.storage import atomic_write
-from firmware_sim.token import TokenState
+from firmware_sim.token import FirmwareState
+from protocol import Kind
 
 MANIFEST = "manifest.json"
 SEED_FILE = "seeds.pskc"
@@ -156,10 +157,11 @@ class Fleet:
                     serial = model.make_serial(rng)
                     while serial in self.tokens:
                         serial = model.make_serial(rng)
-                    secret = rng.randbytes(SEED_BYTES[model.hash])
+                    secret = rng.randbytes(model.hash.seed_bytes)
                     ppm = group.drift_ppm + rng.uniform(-group.drift_spread, group.drift_spread)
-                    drift = Drift(ppm=round(ppm, 3), aging_ppm_per_year=group.aging_ppm_per_year)
-                    token = open_token(model, serial=serial, seed=secret, drift=drift,
+                    crystal = Crystal(ppm=round(ppm, 3),
+                                      aging_ppm_per_year=group.aging_ppm_per_year)
+                    token = open_token(model, serial=serial, seed=secret, crystal=crystal,
                                        qa=spec.qa, state_dir=state_dir, durable=spec.durable)
                     self.tokens[serial] = token
                     self.ports[serial] = PtyPort(loop, token.session, link=links / serial,
@@ -207,7 +209,7 @@ class Fleet:
         self.tokens.clear()
 
 
-def write_seed_file(path: Path, states: Iterable[TokenState], *,
+def write_seed_file(path: Path, states: Iterable[FirmwareState], *,
                     passphrase: str | None = None) -> None:
     """The factory's copy of the tokens' seeds, as a vendor ships it: a PSKC (RFC 6030)
     file, PBKDF2-encrypted with `passphrase` when given, written atomically. Blank tokens
@@ -222,7 +224,7 @@ def write_seed_file(path: Path, states: Iterable[TokenState], *,
             continue
         extra: dict[str, Any] = (
             {"time_interval": st.period, "time_offset": 0}
-            if st.kind == "totp" else {"counter": st.counter}
+            if st.kind is Kind.TOTP else {"counter": st.counter}
         )
         container.add_key(
             id=st.serial, serial=st.serial, secret=st.seed, manufacturer="foblab",

@@ -8,15 +8,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Literal
 
-Kind = Literal["totp", "hotp"]
-Hash = Literal["sha1", "sha256", "sha512"]
+from protocol import DEFAULT_PERIOD, Hash, Kind, check_digits, check_period
 
-KINDS: tuple[Kind, ...] = ("totp", "hotp")
-HASHES: tuple[Hash, ...] = ("sha1", "sha256", "sha512")
-SEED_BYTES: dict[Hash, int] = {"sha1": 20, "sha256": 32, "sha512": 64}
-"""The seed a factory generates for each hash: as long as its output (RFC 6238's vectors)."""
 FIRMWARE = "1.0.0"
 
 
@@ -26,10 +20,10 @@ class Model:
 
     name: str
     description: str
-    kind: Kind = "totp"
-    hash: Hash = "sha1"
+    kind: Kind = Kind.TOTP
+    hash: Hash = Hash.SHA1
     digits: int = 6
-    period: int = 30
+    period: int = DEFAULT_PERIOD
     serial_prefix: str = "GAHT"
     serial_digits: int = 8
     firmware: str = FIRMWARE
@@ -49,9 +43,9 @@ PRESETS: dict[str, Model] = {
         Model("card", "TOTP display card, SHA-1, 6 digits, 30 s", serial_prefix="GACD"),
         Model("keyfob-60", "TOTP key fob, 60 s step (Feitian c200 style)", period=60,
               serial_prefix="FTC2"),
-        Model("card-8", "TOTP display card, SHA-256, 8 digits", hash="sha256", digits=8,
+        Model("card-8", "TOTP display card, SHA-256, 8 digits", hash=Hash.SHA256, digits=8,
               serial_prefix="GAC8"),
-        Model("event", "HOTP event key fob, SHA-1, 6 digits, counter per press", kind="hotp",
+        Model("event", "HOTP event key fob, SHA-1, 6 digits, counter per press", kind=Kind.HOTP,
               serial_prefix="GAEV"),
     )
 }
@@ -61,8 +55,8 @@ DEFAULT_MODEL = "keyfob"
 def build_model(
     name: str = DEFAULT_MODEL,
     *,
-    kind: Kind | None = None,
-    hash: Hash | None = None,
+    kind: Kind | str | None = None,
+    hash: Hash | str | None = None,
     digits: int | None = None,
     period: int | None = None,
 ) -> Model:
@@ -81,17 +75,13 @@ def build_model(
     if period is not None:
         changes["period"] = period
     model = replace(model, **changes)  # type: ignore[arg-type]
-    validate_params(model.kind, model.hash, model.digits, model.period)
-    return model
+    kind_, hash_ = validate_params(model.kind, model.hash, model.digits, model.period)
+    return replace(model, kind=kind_, hash=hash_)
 
 
-def validate_params(kind: str, hash: str, digits: int, period: int) -> None:
-    """Raise ValueError for parameters no token of ours supports."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    if hash not in HASHES:
-        raise ValueError(f"hash must be one of {HASHES}, not {hash!r}")
-    if digits not in (6, 8):
-        raise ValueError(f"digits must be 6 or 8, not {digits}")
-    if not 1 <= period <= 3600:
-        raise ValueError(f"period must be 1..3600 s, not {period}")
+def validate_params(kind: object, hash: object, digits: int, period: int) -> tuple[Kind, Hash]:
+    """The kind and hash as enums; ValueError for parameters no token of ours supports."""
+    kind_, hash_ = Kind.from_label(kind), Hash.from_label(hash)
+    check_digits(digits)
+    check_period(period)
+    return kind_, hash_

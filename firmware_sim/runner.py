@@ -21,13 +21,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from firmware_sim import device
-from firmware_sim.clock import Drift
-from firmware_sim.models import DEFAULT_MODEL, PRESETS, Hash, Kind, Model, build_model
+from firmware_sim.clock import Crystal
+from firmware_sim.models import DEFAULT_MODEL, PRESETS, Model, build_model
 from firmware_sim.ports import PtyPort, TcpPort
 from firmware_sim.storage import StateDir, StorageError, TokenFile
-from firmware_sim.token import TokenState, check_serial, new_token
-from protocol.connection import BadRequest, DeviceConnection, NeedData
-from protocol.messages import ErrorCode, ErrorReply, Reply, Request
+from firmware_sim.token import FirmwareState, check_serial, new_token
+from protocol import (
+    BadRequest,
+    DeviceConnection,
+    ErrorCode,
+    ErrorReply,
+    Hash,
+    Kind,
+    NeedData,
+    Reply,
+    Request,
+)
 
 Now = Callable[[], int]
 log = logging.getLogger(__name__)
@@ -48,7 +57,7 @@ class Token:
 
     def __init__(
         self,
-        state: TokenState,
+        state: FirmwareState,
         model: Model,
         *,
         file: TokenFile | None = None,
@@ -117,12 +126,12 @@ def open_token(
     *,
     serial: str | None = None,
     seed: bytes | None = None,
-    kind: Kind | None = None,
-    hash: Hash | None = None,
+    kind: Kind | str | None = None,
+    hash: Hash | str | None = None,
     digits: int | None = None,
     period: int | None = None,
     counter: int = 0,
-    drift: Drift | None = None,
+    crystal: Crystal | None = None,
     qa: bool = False,
     state_dir: str | Path | None = None,
     durable: bool = True,
@@ -148,12 +157,12 @@ def open_token(
     try:
         if file is not None and file.exists():
             try:
-                state = TokenState.from_dict(file.load(), qa_mode=qa)
+                state = FirmwareState.from_dict(file.load(), qa_mode=qa)
             except (KeyError, TypeError, ValueError) as exc:  # edited by hand, or not ours
                 raise StorageError(f"token state {file.path} is damaged: {exc!r}") from None
             stored_model = PRESETS.get(state.model, base)
             return Token(state, stored_model, file=file, now=now, restored=True)
-        state = new_token(base, now(), serial=serial, seed=seed, counter=counter, drift=drift,
+        state = new_token(base, now(), serial=serial, seed=seed, counter=counter, crystal=crystal,
                           qa_mode=qa)
         if file is not None:
             file.save(state.to_dict())

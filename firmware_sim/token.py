@@ -12,15 +12,15 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from firmware_sim import otp
-from firmware_sim.clock import Clock, Drift
-from firmware_sim.models import Hash, Kind, Model, validate_params
+from firmware_sim import otp_engine as otp
+from firmware_sim.clock import Clock, Crystal
+from firmware_sim.models import Model, validate_params
+from protocol import MAX_SEED_BYTES, Hash, Kind
 
 ErrorName = Literal[
     "BAD_ARGUMENT", "NOT_PERMITTED", "ALREADY_PROVISIONED", "NOT_PROVISIONED", "BATTERY_DEAD",
 ]
 STATE_VERSION = 1
-MAX_SEED_BYTES = 64
 MAX_SERIAL = 64
 MAX_PEEK = 32
 """Most codes a PEEK returns: 32 eight-digit codes still fit one frame."""
@@ -44,15 +44,17 @@ class Display:
 
 
 @dataclass(frozen=True)
-class TokenState:
-    """Everything a token remembers. `display` lives in RAM only; the rest is persisted."""
+class FirmwareState:
+    """Everything a token's firmware remembers (the validator's view of a token is
+    `validator.core.TokenState`, a different thing). `display` lives in RAM only; the rest
+    is persisted."""
 
     serial: str
     model: str
     firmware: str
     clock: Clock
-    kind: Kind = "totp"
-    hash: Hash = "sha1"
+    kind: Kind = Kind.TOTP
+    hash: Hash = Hash.SHA1
     digits: int = 6
     period: int = 30
     counter: int = 0
@@ -88,7 +90,7 @@ class TokenState:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, qa_mode: bool = False) -> TokenState:
+    def from_dict(cls, data: dict[str, Any], *, qa_mode: bool = False) -> FirmwareState:
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported state version {data.get('version')!r}")
         seed = data["seed"]
@@ -97,8 +99,8 @@ class TokenState:
             model=str(data["model"]),
             firmware=str(data["firmware"]),
             clock=Clock.from_dict(data["clock"]),
-            kind=data["kind"],
-            hash=data["hash"],
+            kind=Kind.from_label(data["kind"]),
+            hash=Hash.from_label(data["hash"]),
             digits=int(data["digits"]),
             period=int(data["period"]),
             counter=int(data["counter"]),
@@ -117,10 +119,10 @@ def new_token(
     serial: str | None = None,
     seed: bytes | None = None,
     counter: int = 0,
-    drift: Drift | None = None,
+    crystal: Crystal | None = None,
     qa_mode: bool = False,
     rng: random.Random | None = None,
-) -> TokenState:
+) -> FirmwareState:
     """A token fresh from the factory: seeded and locked if `seed` is given, else blank."""
     serial = serial or model.make_serial(rng or random.Random())
     check_serial(serial)
@@ -128,11 +130,11 @@ def new_token(
         _check_seed(seed)
     if counter < 0:
         raise ValueError("counter must be >= 0")
-    return TokenState(
+    return FirmwareState(
         serial=serial,
         model=model.name,
         firmware=model.firmware,
-        clock=Clock(anchor_true_ms=now_ms, drift=drift or Drift(), aging_start_ms=now_ms),
+        clock=Clock(anchor_true_ms=now_ms, crystal=crystal or Crystal(), aging_start_ms=now_ms),
         kind=model.kind,
         hash=model.hash,
         digits=model.digits,
@@ -159,7 +161,7 @@ def _check_seed(seed: bytes) -> None:
         raise ValueError(f"seed must be 1..{MAX_SEED_BYTES} bytes")
 
 
-def _need_code(state: TokenState) -> bytes:
+def _need_code(state: FirmwareState) -> bytes:
     if not state.battery_ok:
         raise Refused("BATTERY_DEAD", "the battery is dead")
     if state.seed is None:
@@ -167,12 +169,12 @@ def _need_code(state: TokenState) -> bytes:
     return state.seed
 
 
-def require_qa(state: TokenState) -> None:
+def require_qa(state: FirmwareState) -> None:
     if not state.qa_mode:
         raise Refused("NOT_PERMITTED", "QA commands need a token in QA mode")
 
 
-def code_at(state: TokenState, token_ms: int) -> str:
+def code_at(state: FirmwareState, token_ms: int) -> str:
     """The TOTP code for a token time (the seed never leaves this module but as a code)."""
     seed = _need_code(state)
     return otp.totp(seed, token_ms, digits=state.digits, hash=state.hash, period=state.period)
@@ -187,12 +189,12 @@ class Shown:
     seconds_left: int
 
 
-def press(state: TokenState, now_ms: int) -> tuple[TokenState, Shown, bool]:
+def press(state: FirmwareState, now_ms: int) -> tuple[FirmwareState, Shown, bool]:
     """The button. Returns the new state, what the display shows, and whether the state
     must be persisted before the code is shown (HOTP: the counter moved)."""
     seed = _need_code(state)
     until = now_ms + state.display_timeout_s * 1000
-    if state.kind == "hotp":
+    if state.kind is Kind.HOTP:
         code = otp.hotp(seed, state.counter, digits=state.digits, hash=state.hash)
         new = replace(state, counter=state.counter + 1, display=Display(code, until))
         return new, Shown(code, 0), True
@@ -202,14 +204,14 @@ def press(state: TokenState, now_ms: int) -> tuple[TokenState, Shown, bool]:
     return new, Shown(code, otp.seconds_left(token_ms, state.period)), False
 
 
-def display(state: TokenState, now_ms: int) -> Shown:
+def display(state: FirmwareState, now_ms: int) -> Shown:
     """What the display shows now: blank ("", 0) once it timed out or with a dead battery.
     A blank (unprovisioned) token refuses with NOT_PROVISIONED, as protocol.md says."""
     if state.seed is None:
         raise Refused("NOT_PROVISIONED", "the token has no seed")
     if not state.battery_ok or now_ms >= state.display.until_ms:
         return Shown("", 0)
-    if state.kind == "hotp":
+    if state.kind is Kind.HOTP:
         return Shown(state.display.code, 0)
     token_ms = state.clock.token_ms(now_ms)  # a lit TOTP display follows the clock
     return Shown(code_at(state, token_ms), otp.seconds_left(token_ms, state.period))
@@ -217,14 +219,14 @@ def display(state: TokenState, now_ms: int) -> Shown:
 
 # -- provisioning ----------------------------------------------------------------------
 def provision(
-    state: TokenState,
+    state: FirmwareState,
     seed: bytes,
     kind: Kind,
     hash: Hash,
     digits: int,
     period: int,
     counter: int,
-) -> TokenState:
+) -> FirmwareState:
     """Seed a blank token; from then on it is locked."""
     if not state.battery_ok:
         raise Refused("BATTERY_DEAD", "the battery is dead")
@@ -232,54 +234,55 @@ def provision(
         raise Refused("ALREADY_PROVISIONED", "the token is locked; reseeding is refused")
     try:
         _check_seed(seed)
-        validate_params(kind, hash, digits, period if kind == "totp" else max(period, 1))
+        kind, hash = validate_params(kind, hash, digits,
+                                     period if kind == Kind.TOTP else max(period, 1))
         if counter < 0:
             raise ValueError("counter must be >= 0")
     except ValueError as exc:
         raise Refused("BAD_ARGUMENT", str(exc)) from None
     return replace(state, seed=seed, kind=kind, hash=hash, digits=digits,
-                   period=period if kind == "totp" else state.period,
+                   period=period if kind is Kind.TOTP else state.period,
                    counter=counter, locked=True, display=Display())
 
 
 # -- QA ----------------------------------------------------------------------------------
-def set_drift(state: TokenState, now_ms: int, drift: Drift) -> TokenState:
+def set_drift(state: FirmwareState, now_ms: int, crystal: Crystal) -> FirmwareState:
     require_qa(state)
-    return replace(state, clock=state.clock.set_drift(now_ms, drift))
+    return replace(state, clock=state.clock.set_crystal(now_ms, crystal))
 
 
-def adjust_offset(state: TokenState, now_ms: int, delta_ms: int) -> TokenState:
+def adjust_offset(state: FirmwareState, now_ms: int, delta_ms: int) -> FirmwareState:
     require_qa(state)
     return replace(state, clock=state.clock.adjust(now_ms, delta_ms))
 
 
-def age(state: TokenState, now_ms: int, span_ms: int) -> TokenState:
+def age(state: FirmwareState, now_ms: int, span_ms: int) -> FirmwareState:
     require_qa(state)
     if span_ms < 0:
         raise Refused("BAD_ARGUMENT", "cannot age by a negative span")
     return replace(state, clock=state.clock.age(now_ms, span_ms))
 
 
-def set_time(state: TokenState, now_ms: int, token_ms: int) -> TokenState:
+def set_time(state: FirmwareState, now_ms: int, token_ms: int) -> FirmwareState:
     require_qa(state)
     if token_ms < 0:
         raise Refused("BAD_ARGUMENT", "time before 1970")
     return replace(state, clock=state.clock.set_time(now_ms, token_ms))
 
 
-def freeze(state: TokenState, now_ms: int) -> TokenState:
+def freeze(state: FirmwareState, now_ms: int) -> FirmwareState:
     require_qa(state)
     if state.clock.frozen:
         return state
     return replace(state, clock=state.clock.hold(now_ms, "freeze"))
 
 
-def unfreeze(state: TokenState, now_ms: int) -> TokenState:
+def unfreeze(state: FirmwareState, now_ms: int) -> FirmwareState:
     require_qa(state)
     return replace(state, clock=state.clock.release(now_ms, "freeze"))
 
 
-def peek(state: TokenState, now_ms: int, count: int) -> tuple[int, int, list[str]]:
+def peek(state: FirmwareState, now_ms: int, count: int) -> tuple[int, int, list[str]]:
     """Codes as if the button were pressed now and in each of the next count-1 steps
     (HOTP: the next `count` presses), with the first step (or counter) and the seconds left
     in it (0 for HOTP). Changes nothing."""
@@ -287,7 +290,7 @@ def peek(state: TokenState, now_ms: int, count: int) -> tuple[int, int, list[str
     if not 1 <= count <= MAX_PEEK:
         raise Refused("BAD_ARGUMENT", f"count must be 1..{MAX_PEEK}")
     seed = _need_code(state)
-    if state.kind == "hotp":
+    if state.kind is Kind.HOTP:
         return state.counter, 0, [
             otp.hotp(seed, state.counter + i, digits=state.digits, hash=state.hash)
             for i in range(count)
@@ -298,7 +301,7 @@ def peek(state: TokenState, now_ms: int, count: int) -> tuple[int, int, list[str
     return step, otp.seconds_left(token_ms, state.period), codes
 
 
-def battery(state: TokenState, now_ms: int, dead: bool) -> TokenState:
+def battery(state: FirmwareState, now_ms: int, dead: bool) -> FirmwareState:
     """Kill the battery (the display blanks, the oscillator stops) or put in a new one
     (the clock runs on from where it stopped)."""
     require_qa(state)
@@ -310,7 +313,7 @@ def battery(state: TokenState, now_ms: int, dead: bool) -> TokenState:
     return state
 
 
-def factory_reset(state: TokenState, model: Model) -> TokenState:
+def factory_reset(state: FirmwareState, model: Model) -> FirmwareState:
     """Erase the seed and counter and unlock, back to the model's algorithm. The crystal
     (clock and drift settings) is hardware and stays as it is."""
     require_qa(state)

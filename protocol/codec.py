@@ -58,10 +58,8 @@ from protocol.messages import (
     ErrorReply,
     FactoryResetRequest,
     FreezeRequest,
-    HashAlg,
     InfoReply,
     InfoRequest,
-    Kind,
     PeekReply,
     PeekRequest,
     PressReply,
@@ -71,9 +69,9 @@ from protocol.messages import (
     Request,
     SetDriftRequest,
     SetTimeRequest,
-    TemperatureMode,
     UnfreezeRequest,
 )
+from protocol.vocabulary import Hash, Kind, TemperatureMode
 
 MAX_FRAME: Final = 512  # decoded bytes: header + payload + CRC
 HEADER_SIZE: Final = 5
@@ -239,7 +237,8 @@ def _drift_in(c: Any) -> DriftSettings:
     return DriftSettings(
         ppm=c.ppm,
         aging_ppm_per_year=c.aging_ppm_per_year,
-        temperature_mode=_enum(TemperatureMode, c.temperature_mode, "temperature mode"),
+        temperature_mode=_enum(TemperatureMode.from_wire, c.temperature_mode,
+                               "temperature mode"),
         temperature_c=c.temperature_c,
         temperature_swing_c=c.temperature_swing_c,
     )
@@ -249,7 +248,7 @@ def _drift_out(d: DriftSettings) -> dict[str, Any]:
     return {
         "ppm": d.ppm,
         "aging_ppm_per_year": d.aging_ppm_per_year,
-        "temperature_mode": int(d.temperature_mode),
+        "temperature_mode": d.temperature_mode.wire,
         "temperature_c": d.temperature_c,
         "temperature_swing_c": d.temperature_swing_c,
     }
@@ -280,8 +279,8 @@ _REQUEST_CODECS: Final[dict[type[Any], _Codec]] = {
     ProvisionRequest: (
         PROVISION.compile(),
         lambda m: {
-            "kind": int(m.kind),
-            "hash": int(m.hash),
+            "kind": m.kind.wire,
+            "hash": m.hash.wire,
             "digits": m.digits,
             "period": m.period,
             "counter": m.counter,
@@ -289,8 +288,8 @@ _REQUEST_CODECS: Final[dict[type[Any], _Codec]] = {
         },
         lambda c: ProvisionRequest(
             seed=c.seed,
-            kind=_enum(Kind, c.kind, "kind"),
-            hash=_enum(HashAlg, c.hash, "hash"),
+            kind=_enum(Kind.from_wire, c.kind, "kind"),
+            hash=_enum(Hash.from_wire, c.hash, "hash"),
             digits=c.digits,
             period=c.period,
             counter=c.counter,
@@ -337,8 +336,8 @@ _REPLY_CODECS: Final[dict[type[Any], _Codec]] = {
             "model": m.model,
             "firmware": m.firmware,
             "protocol_version": m.protocol_version,
-            "kind": int(m.kind),
-            "hash": int(m.hash),
+            "kind": m.kind.wire,
+            "hash": m.hash.wire,
             "digits": m.digits,
             "period": m.period,
             "flags": (FLAG_PROVISIONED if m.provisioned else 0)
@@ -351,8 +350,8 @@ _REPLY_CODECS: Final[dict[type[Any], _Codec]] = {
             model=c.model,
             firmware=c.firmware,
             protocol_version=c.protocol_version,
-            kind=_enum(Kind, c.kind, "kind"),
-            hash=_enum(HashAlg, c.hash, "hash"),
+            kind=_enum(Kind.from_wire, c.kind, "kind"),
+            hash=_enum(Hash.from_wire, c.hash, "hash"),
             digits=c.digits,
             period=c.period,
             provisioned=bool(c.flags & FLAG_PROVISIONED),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Final
+from typing import Any, Final
+
+from protocol.vocabulary import DEFAULT_PERIOD, Hash, Kind, TemperatureMode
 
 PROTOCOL_VERSION: Final = 1
 REPLY_BIT: Final = 0x80
@@ -52,21 +54,6 @@ QA_COMMANDS: Final = frozenset(
 )
 
 
-class Kind(IntEnum):
-    TOTP = 1
-    HOTP = 2
-
-
-class HashAlg(IntEnum):
-    SHA1 = 1
-    SHA256 = 2
-    SHA512 = 3
-
-    @property
-    def hashlib_name(self) -> str:
-        return {HashAlg.SHA1: "sha1", HashAlg.SHA256: "sha256", HashAlg.SHA512: "sha512"}[self]
-
-
 class ErrorCode(IntEnum):
     UNKNOWN_COMMAND = 1
     BAD_LENGTH = 2
@@ -76,14 +63,6 @@ class ErrorCode(IntEnum):
     NOT_PROVISIONED = 6
     BATTERY_DEAD = 7
     BUSY = 8
-
-
-class TemperatureMode(IntEnum):
-    """How the token's crystal sees temperature (see docs/token.md)."""
-
-    NONE = 0  # no temperature term: the crystal sits at its turnover point, 25 °C
-    CONSTANT = 1  # a fixed temperature, `temperature_c`
-    DAILY = 2  # a daily sine: `temperature_c` ± `temperature_swing_c`, coldest at 04:00 UTC
 
 
 # ---------------------------------------------------------------- requests
@@ -115,9 +94,9 @@ class ProvisionRequest:
 
     seed: bytes = field(repr=False)
     kind: Kind = Kind.TOTP
-    hash: HashAlg = HashAlg.SHA1
+    hash: Hash = Hash.SHA1
     digits: int = 6
-    period: int = 30  # seconds, TOTP only (ignored for HOTP, sent anyway)
+    period: int = DEFAULT_PERIOD  # seconds, TOTP only (ignored for HOTP, sent anyway)
     counter: int = 0  # initial counter, HOTP only
 
 
@@ -204,13 +183,22 @@ class InfoReply:
     firmware: str
     protocol_version: int
     kind: Kind
-    hash: HashAlg
+    hash: Hash
     digits: int
     period: int  # seconds (TOTP); 0 for HOTP
     provisioned: bool
     locked: bool
     qa_mode: bool
     battery_ok: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form `foblab token info --json` prints and the station API answers:
+        every field under its own name, kind and hash as their labels."""
+        return {"serial": self.serial, "model": self.model, "firmware": self.firmware,
+                "protocol_version": self.protocol_version, "kind": self.kind.label,
+                "hash": self.hash.label, "digits": self.digits, "period": self.period,
+                "provisioned": self.provisioned, "locked": self.locked,
+                "qa_mode": self.qa_mode, "battery_ok": self.battery_ok}
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,9 +29,7 @@ class LazyGroup(click.Group):
         self._lazy = lazy
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        names = set(super().list_commands(ctx))
-        names.update(n for n in self._lazy if self._load(n) is not None)
-        return sorted(names)
+        return sorted(set(super().list_commands(ctx)) | set(self._lazy))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, cmd_name) or self._load(cmd_name)
@@ -41,14 +39,18 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module_name, attr = target.split(":")
+        # A registered subcommand that cannot be loaded is a broken install, never "no such
+        # command": say which module is missing rather than drop the command silently.
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # not written yet: no such command
-                return None
-            raise
-        command = getattr(module, attr)
-        assert isinstance(command, click.Command)
+            raise click.ClickException(
+                f"the {name!r} command cannot be loaded: module {exc.name!r} is missing "
+                f"(needed by {module_name})") from exc
+        command = getattr(module, attr, None)
+        if not isinstance(command, click.Command):
+            raise click.ClickException(f"the {name!r} command cannot be loaded: "
+                                       f"{target} is not a click command")
         return command
 
 

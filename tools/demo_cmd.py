@@ -38,6 +38,8 @@ from typing import Any
 
 import click
 
+from tools.api_client import ApiClient, ApiError
+
 PERIOD_MS = 30_000
 FLEET_SIZE = 3
 STATION = "bench"
@@ -156,22 +158,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             pass
 
 
-class Api:
-    def __init__(self, url: str, key: str) -> None:
-        import httpx
-
-        self.http = httpx.Client(base_url=url, timeout=60,
-                                 headers={"Authorization": f"Bearer {key}"})
-
-    def close(self) -> None:
-        self.http.close()
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        r = self.http.request(method, path, json=body)
-        try:
-            return r.status_code, (r.json() if r.content else None)
-        except ValueError:
-            return r.status_code, r.text
+def _failed(exc: ApiError) -> str:
+    """A refused or failed API call as a step's actual outcome."""
+    return f"HTTP {exc.status} {exc.data}" if exc.status is not None else exc.message
 
 
 class Fob:
@@ -180,7 +169,7 @@ class Fob:
     def __init__(self, url: str) -> None:
         import serial
 
-        from protocol.connection import TokenClient, pyserial_reader
+        from protocol import TokenClient, pyserial_reader
 
         self.url = url
         self.port = serial.serial_for_url(url, timeout=5, write_timeout=5)
@@ -191,7 +180,7 @@ class Fob:
         self.port.close()
 
     def _step_to(self, step: int, into_ms: int = 300) -> None:
-        from protocol.messages import AdjustOffsetRequest
+        from protocol import AdjustOffsetRequest
 
         now = self.client.clock().token_time_ms
         delta = step * PERIOD_MS + into_ms - now
@@ -222,7 +211,7 @@ class Fob:
 
 def _story(story: Story, work: Path, stack: ExitStack) -> None:
     from firmware_sim.background import serve_fleet, serve_token
-    from protocol.messages import AgeRequest, DriftSettings, SetDriftRequest
+    from protocol import AgeRequest, DriftSettings, SetDriftRequest
     from validator.daemon import init_dir
 
     # 1. tokens
@@ -243,16 +232,22 @@ def _story(story: Story, work: Path, stack: ExitStack) -> None:
     made = init_dir(work / "validator")
     url, pid = stack.enter_context(_daemon(work / "validator", blank.url,
                                            work / "validator" / "daemon.log"))
-    api = Api(url, str(made["admin_key"]))
-    stack.callback(api.close)
-    status, _ = api.call("GET", "/healthz")
+    api = stack.enter_context(ApiClient(url, str(made["admin_key"])))
+    try:
+        api.health()
+        health = "healthy"
+    except ApiError as exc:
+        health = f"HTTP {exc.status}" if exc.status is not None else exc.message
     story.expect("daemon", f"validator daemon (pid {pid}) listening on {url}, SQLite in "
-                 f"{work / 'validator'}", "healthy", "healthy" if status == 200 else
-                 f"HTTP {status}", detail={"url": url, "pid": pid}, fatal=True)
+                 f"{work / 'validator'}", "healthy", health, detail={"url": url, "pid": pid},
+                 fatal=True)
 
     # 3. the vendor's seed file
-    status, data = api.call("POST", "/v1/tokens/import",
-                            {"format": "pskc", "content": fleet.seed_file.read_text()})
+    status: int | None = 200
+    try:
+        data = api.import_tokens(fleet.seed_file.read_text(), "pskc")
+    except ApiError as exc:
+        data, status = exc.data, exc.status
     imported = data.get("imported") if isinstance(data, dict) else None
     story.expect("import", f"imported the fleet's PSKC seed file as a vendor shipment: "
                  f"{imported} tokens", f"{FLEET_SIZE} imported", f"{imported} imported",
@@ -263,18 +258,23 @@ def _story(story: Story, work: Path, stack: ExitStack) -> None:
     fob = Fob(str(fleet.ports[serial].url))
     stack.callback(fob.close)
     c1, c2 = fob.pair()
-    status, data = api.call("POST", "/v1/users/alice/devices",
-                            {"serial": serial, "code1": c1, "code2": c2})
+    try:
+        api.enable_device("alice", serial, c1, c2)
+        got = "enabled"
+    except ApiError as exc:
+        got = _failed(exc)
     story.expect("enable", f"enabled alice's {serial} with two consecutive codes read over "
-                 f"{fob.url}: {c1}, {c2}", "enabled",
-                 "enabled" if status == 201 else f"HTTP {status} {data}", fatal=True)
+                 f"{fob.url}: {c1}, {c2}", "enabled", got, fatal=True)
     fob.used = fob.step()
 
     def login(user: str, code: str) -> str:
         """The outcome of `user` logging in with `code`, in the steps' words."""
-        status, data = api.call("POST", "/v1/verify", {"user": user, "code": code})
-        if status != 200 or not isinstance(data, dict):
-            return f"HTTP {status}"
+        try:
+            data = api.verify(user, code)
+        except ApiError as exc:
+            return f"HTTP {exc.status}" if exc.status is not None else exc.message
+        if not isinstance(data, dict):
+            return "HTTP 200 without a verdict"
         return "accepted" if data.get("ok") else f"refused ({data.get('reason')})"
 
     # 5-7. a login, the same code again, a wrong code
@@ -304,21 +304,26 @@ def _story(story: Story, work: Path, stack: ExitStack) -> None:
 
     # 9. resync
     c1, c2 = fob.pair()
-    status, data = api.call("POST", f"/v1/users/alice/devices/{serial}/resync",
-                            {"code1": c1, "code2": c2})
+    try:
+        data = api.resync_device("alice", serial, c1, c2)
+        got = "accepted"
+    except ApiError as exc:
+        data, got = exc.data, _failed(exc)
     est = ((data or {}).get("drift") or {}).get("offset_seconds") if isinstance(data, dict) \
         else None
     story.expect("resync", f"resync with two consecutive codes {c1}, {c2}: the validator "
                  f"now puts the token at {est:+.1f} s" if isinstance(est, float | int) else
-                 "resync with two consecutive codes", "accepted",
-                 "accepted" if status == 200 else f"HTTP {status} {data}")
+                 "resync with two consecutive codes", "accepted", got)
     fob.used = fob.step()
 
     # 10. log in again, and the drift estimate
     code = fob.code()
     got = login("alice", code)
     fob.used = fob.step()
-    status, data = api.call("GET", f"/v1/tokens/{serial}")
+    try:
+        data = api.get_token(serial)
+    except ApiError as exc:
+        data = exc.data
     drift = data.get("drift", {}) if isinstance(data, dict) else {}
     story.expect("login-again", f"alice logs in again with {code}; the validator's drift "
                  f"estimate: {drift.get('offset_seconds', float('nan')):+.1f} s "
@@ -331,13 +336,15 @@ def _story(story: Story, work: Path, stack: ExitStack) -> None:
     bench = Fob(blank.url)
     bench._step_to(bench.step() + 1, -2000)
     bench.close()
-    status, data = api.call("POST", f"/v1/stations/{STATION}/enroll",
-                            {"user": "bob", "provision": True})
+    try:
+        data = api.station_enroll(STATION, "bob", provision=True)
+        got = "enrolled"
+    except ApiError as exc:
+        data, got = exc.data, _failed(exc)
     new_serial = data.get("serial") if isinstance(data, dict) else None
     story.expect("station", f"the enrollment station provisioned blank token {new_serial} "
-                 f"over its serial port and enabled it for bob", "enrolled",
-                 "enrolled" if status == 201 else f"HTTP {status} {data}")
-    if status == 201 and isinstance(data, dict):
+                 f"over its serial port and enabled it for bob", "enrolled", got)
+    if got == "enrolled" and isinstance(data, dict):
         bench = Fob(blank.url)
         stack.callback(bench.close)
         last = (data.get("token") or {}).get("last_accepted")

@@ -19,11 +19,13 @@ from typing import Any
 
 import click
 
-from firmware_sim.clock import Drift
+from firmware_sim.clock import Crystal
 from firmware_sim.fleet import Fleet, FleetSpec, load_config, write_seed_file
-from firmware_sim.models import DEFAULT_MODEL, HASHES, KINDS, PRESETS, SEED_BYTES
+from firmware_sim.models import DEFAULT_MODEL, PRESETS
 from firmware_sim.runner import TokenRunner, open_token
 from firmware_sim.storage import StorageError
+from protocol import Hash
+from tools import choices
 from tools._args import HEX, HOST_PORT
 from tools._args import fail as _fail
 
@@ -59,9 +61,11 @@ def sim() -> None:
 @click.option("--serial", help="Serial number (default: a new one in the model's format).")
 @click.option("--seed", type=HEX, help="The secret, hex (default: a random one).")
 @click.option("--blank", is_flag=True, help="No seed: a blank token waiting for PROVISION.")
-@click.option("--kind", type=click.Choice(KINDS), help="Override the model's kind.")
-@click.option("--hash", "hash_", type=click.Choice(HASHES), help="Override the model's hash.")
-@click.option("--digits", type=click.Choice(["6", "8"]), help="Override the model's digits.")
+@click.option("--kind", type=choices.KIND, help="Override the model's kind.")
+@click.option("--hash", "hash_", type=choices.HASH,
+              help="Override the model's hash.")
+@click.option("--digits", type=choices.DIGITS,
+              help="Override the model's digits.")
 @click.option("--period", type=int, help="Override the model's TOTP step, seconds.")
 @click.option("--counter", type=int, default=0, help="HOTP initial counter.")
 @click.option("--qa", is_flag=True, help="Accept QA commands (drift, age, set-time, ...).")
@@ -91,13 +95,13 @@ def run(model: str, serial: str | None, seed: bytes | None, blank: bool, kind: A
         _fail("--pty-link and --tcp exclude each other")
     generated = seed is None and not blank
     if generated:
-        seed = secrets.token_bytes(SEED_BYTES[hash_ or PRESETS[model].hash])
+        seed = secrets.token_bytes(Hash.from_label(hash_ or PRESETS[model].hash).seed_bytes)
     state_dir = state_dir if state_dir is not None else default_state_dir()
     try:
         token = open_token(
             model, serial=serial, seed=seed, kind=kind, hash=hash_,
             digits=None if digits is None else int(digits), period=period, counter=counter,
-            drift=Drift(ppm=drift_ppm), qa=qa, state_dir=state_dir,
+            crystal=Crystal(ppm=drift_ppm), qa=qa, state_dir=state_dir,
         )
         if generated and not token.restored:
             # The factory's copy of a secret we made up, handed over as a vendor does: a

@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 import click
 import serial
 
-from protocol.connection import TokenClient, pyserial_reader
-from protocol.errors import ProtocolError
-from protocol.messages import (
+from firmware_sim.clock import implied_mode
+from protocol import (
+    DEFAULT_PERIOD,
     AdjustOffsetRequest,
     AgeRequest,
     BatteryRequest,
@@ -26,15 +26,19 @@ from protocol.messages import (
     DriftSettings,
     FactoryResetRequest,
     FreezeRequest,
-    HashAlg,
+    Hash,
     InfoReply,
     Kind,
+    ProtocolError,
     ProvisionRequest,
     SetDriftRequest,
     SetTimeRequest,
     TemperatureMode,
+    TokenClient,
     UnfreezeRequest,
+    pyserial_reader,
 )
+from tools import choices
 from tools._args import DURATION, HEX, SIGNED_DURATION, TIME, format_time_ms
 from tools._args import fail as _fail
 
@@ -73,16 +77,6 @@ def _emit(as_json: bool, data: dict[str, Any], human: str) -> None:
 
 
 # -- output shapes ---------------------------------------------------------------------
-def info_dict(r: InfoReply) -> dict[str, Any]:
-    return {
-        "serial": r.serial, "model": r.model, "firmware": r.firmware,
-        "protocol_version": r.protocol_version, "kind": r.kind.name.lower(),
-        "hash": r.hash.name.lower(), "digits": r.digits, "period": r.period,
-        "provisioned": r.provisioned, "locked": r.locked, "qa_mode": r.qa_mode,
-        "battery_ok": r.battery_ok,
-    }
-
-
 def info_text(r: InfoReply) -> str:
     algo = f"{r.kind.name} {r.hash.name} {r.digits} digits"
     if r.kind is Kind.TOTP:
@@ -128,7 +122,7 @@ def _clock_cmd(port: str, timeout: float, as_json: bool, req: Any) -> None:
 def _info_cmd(port: str, timeout: float, as_json: bool, req: Any) -> None:
     with _client(port, timeout) as c:
         r = c.info_command(req)
-    _emit(as_json, info_dict(r), info_text(r))
+    _emit(as_json, r.to_json(), info_text(r))
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -143,7 +137,7 @@ def info(port: str, timeout: float, as_json: bool) -> None:
     """Serial, model, algorithm and flags."""
     with _client(port, timeout) as c:
         r = c.info()
-    _emit(as_json, info_dict(r), info_text(r))
+    _emit(as_json, r.to_json(), info_text(r))
 
 
 @token.command()
@@ -209,25 +203,23 @@ def watch(port: str, timeout: float, as_json: bool, interval: float, count: int,
             pass
 
 
-def _names(enum: Any) -> list[str]:
-    """An enum's members as the lower-case words the output uses (`totp`, `sha256`, ...)."""
-    return [member.name.lower() for member in enum]
-
-
 @token.command()
 @common
 @click.option("--seed", "seed", type=HEX, required=True, help="The secret, hex.")
-@click.option("--kind", type=click.Choice(_names(Kind)), default="totp", show_default=True)
-@click.option("--hash", "hash_", type=click.Choice(_names(HashAlg)), default="sha1",
+@click.option("--kind", type=choices.KIND, default=Kind.TOTP.label,
               show_default=True)
-@click.option("--digits", type=click.Choice(["6", "8"]), default="6", show_default=True)
-@click.option("--period", type=int, default=30, show_default=True, help="TOTP step, seconds.")
+@click.option("--hash", "hash_", type=choices.HASH, default=Hash.SHA1.label,
+              show_default=True)
+@click.option("--digits", type=choices.DIGITS, default="6",
+              show_default=True)
+@click.option("--period", type=int, default=DEFAULT_PERIOD, show_default=True,
+              help="TOTP step, seconds.")
 @click.option("--counter", type=int, default=0, show_default=True, help="HOTP initial counter.")
 def provision(port: str, timeout: float, as_json: bool, seed: bytes, kind: str, hash_: str,
               digits: str, period: int, counter: int) -> None:
     """Seed a blank token (it locks itself; reseeding is refused)."""
     _info_cmd(port, timeout, as_json,
-              ProvisionRequest(seed=seed, kind=Kind[kind.upper()], hash=HashAlg[hash_.upper()],
+              ProvisionRequest(seed=seed, kind=Kind.from_label(kind), hash=Hash.from_label(hash_),
                                digits=int(digits), period=period, counter=counter))
 
 
@@ -241,7 +233,7 @@ def qa() -> None:
 @common
 @click.argument("ppm", type=float)
 @click.option("--aging", type=float, default=0.0, help="Aging, ppm per year.")
-@click.option("--temp-mode", type=click.Choice(_names(TemperatureMode)), default=None,
+@click.option("--temp-mode", type=choices.TEMPERATURE_MODE, default=None,
               help="Temperature model (default: constant if --temp is given, else none).")
 @click.option("--temp", "temp_c", type=float, default=25.0, help="°C, or the daily mean.")
 @click.option("--swing", "swing_c", type=float, default=0.0,
@@ -249,10 +241,9 @@ def qa() -> None:
 def drift(port: str, timeout: float, as_json: bool, ppm: float, aging: float,
           temp_mode: str | None, temp_c: float, swing_c: float) -> None:
     """Set the crystal's drift: PPM (decimal, e.g. -12.5), aging and temperature."""
-    if temp_mode is None:
-        temp_mode = "daily" if swing_c else ("constant" if temp_c != 25.0 else "none")
-    settings = DriftSettings(ppm=ppm, aging_ppm_per_year=aging,
-                             temperature_mode=TemperatureMode[temp_mode.upper()],
+    mode = implied_mode(temp_c, swing_c) if temp_mode is None \
+        else TemperatureMode.from_label(temp_mode)
+    settings = DriftSettings(ppm=ppm, aging_ppm_per_year=aging, temperature_mode=mode,
                              temperature_c=temp_c, temperature_swing_c=swing_c)
     _clock_cmd(port, timeout, as_json, SetDriftRequest(settings))
 

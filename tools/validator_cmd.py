@@ -1,7 +1,7 @@
 """`foblab validator ...`: set up and run the validator daemon, and talk to its API.
 
 `init` and `serve` run here; every other command is a thin client of the HTTP API
-(httpx): `--url` and `--key`, else `FOBLAB_URL` and `FOBLAB_KEY`, else `--dir DIR` (an
+(`tools.api_client`): `--url` and `--key`, else `FOBLAB_URL` and `FOBLAB_KEY`, else `--dir DIR` (an
 init'd folder: its foblab.toml gives the URL, its admin.key the key), else
 http://127.0.0.1:8700. Each takes `--json`; otherwise it prints a readable table. Every
 failure is one line `foblab: error: ...` on stderr and exit status 1.
@@ -20,7 +20,10 @@ from typing import Any, TypeVar
 
 import click
 
+from protocol import Hash, Kind
+from tools import choices
 from tools._args import fail as _fail
+from tools.api_client import ApiClient, ApiError
 from tools.cli import LazyGroup
 from validator.config import CONFIG_NAME, DEFAULT_PORT, ConfigError, check_station, load
 
@@ -121,38 +124,6 @@ def serve(directory: Path | None, config: Path | None, host: str | None, port: i
 
 # -- the API client ------------------------------------------------------------------------
 
-class Client:
-    def __init__(self, url: str, key: str | None, timeout: float) -> None:
-        self.url = url.rstrip("/")
-        self.key = key
-        self.timeout = timeout
-
-    def call(self, method: str, path: str, *, body: Any = None,
-             params: dict[str, Any] | None = None, ok: Sequence[int] = (200, 201, 204)
-             ) -> tuple[int, Any]:
-        import httpx
-
-        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
-        query = {k: (str(v).lower() if isinstance(v, bool) else v)
-                 for k, v in (params or {}).items() if v is not None}
-        try:
-            response = httpx.request(method, self.url + path, json=body, params=query,
-                                     headers=headers, timeout=self.timeout)
-        except httpx.InvalidURL as exc:
-            _fail(f"bad URL {self.url!r}: {exc}")
-        except httpx.HTTPError as exc:
-            _fail(f"cannot reach {self.url}: {exc}")
-        try:
-            data = response.json() if response.content else None
-        except ValueError:
-            data = None
-        if response.status_code not in ok:
-            if isinstance(data, dict) and "error" in data:
-                _fail(f"{data.get('message')} ({data['error']}, HTTP {response.status_code})")
-            _fail(f"HTTP {response.status_code} from {self.url}{path}")
-        return response.status_code, data
-
-
 def _from_dir(directory: Path) -> tuple[str, str | None]:
     try:
         settings = load(directory / CONFIG_NAME)
@@ -181,7 +152,11 @@ def client_command(group: click.Group, name: str | None = None) -> Callable[[F],
             final_url = url or os.environ.get("FOBLAB_URL") or dir_url \
                 or f"http://127.0.0.1:{DEFAULT_PORT}"
             final_key = key or os.environ.get("FOBLAB_KEY") or dir_key
-            return fn(client=Client(final_url, final_key, timeout), as_json=as_json, **kwargs)
+            try:
+                with ApiClient(final_url, final_key, timeout) as client:
+                    return fn(client=client, as_json=as_json, **kwargs)
+            except ApiError as exc:
+                _fail(str(exc))
 
         for option in (
             click.option("--url", help="The daemon's URL (env FOBLAB_URL)."),
@@ -263,13 +238,14 @@ def token() -> None:
 @click.argument("serial")
 @click.option("--secret-b32", help="The seed, base32.")
 @click.option("--secret-hex", help="The seed, hex.")
-@click.option("--kind", type=click.Choice(["totp", "hotp"]), default="totp", show_default=True)
-@click.option("--hash", "hash_", type=click.Choice(["sha1", "sha256", "sha512"]),
-              default="sha1", show_default=True)
-@click.option("--digits", type=click.Choice(["6", "8"]), default="6", show_default=True)
+@click.option("--kind", type=choices.KIND, default=Kind.TOTP.label,
+              show_default=True)
+@click.option("--hash", "hash_", type=choices.HASH,
+              default=Hash.SHA1.label, show_default=True)
+@click.option("--digits", type=choices.DIGITS, default="6", show_default=True)
 @click.option("--period", type=int, help="TOTP step, seconds (default 30).")
 @click.option("--counter", type=int, help="HOTP initial counter (default 0).")
-def add(client: Client, as_json: bool, serial: str, secret_b32: str | None,
+def add(client: ApiClient, as_json: bool, serial: str, secret_b32: str | None,
         secret_hex: str | None, kind: str, hash_: str, digits: str, period: int | None,
         counter: int | None) -> None:
     """Register one token."""
@@ -279,7 +255,7 @@ def add(client: Client, as_json: bool, serial: str, secret_b32: str | None,
                        ("period", period), ("counter", counter)):
         if value is not None:
             body[key] = value
-    _, data = client.call("POST", "/v1/tokens", body=body)
+    data = client.create_token(body)
     _show(data, as_json, lambda t: click.echo(f"registered {t['serial']}"))
 
 
@@ -290,7 +266,7 @@ def add(client: Client, as_json: bool, serial: str, secret_b32: str | None,
 @click.option("--passphrase", help="PBKDF2 passphrase of an encrypted PSKC file.")
 @click.option("--key-hex", help="Pre-shared AES key of an encrypted PSKC file.")
 @click.option("--skip-duplicates", is_flag=True, help="Leave out serials already registered.")
-def import_(client: Client, as_json: bool, file: Path, fmt: str | None,
+def import_(client: ApiClient, as_json: bool, file: Path, fmt: str | None,
             passphrase: str | None, key_hex: str | None, skip_duplicates: bool) -> None:
     """Import every token of a PSKC or CSV seed file (all or nothing)."""
     fmt = fmt or ("csv" if file.suffix.lower() == ".csv" else "pskc")
@@ -298,14 +274,8 @@ def import_(client: Client, as_json: bool, file: Path, fmt: str | None,
         content = file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         _fail(f"cannot read {file}: {exc}")
-    body: dict[str, Any] = {"format": fmt, "content": content}
-    if passphrase:
-        body["passphrase"] = passphrase
-    if key_hex:
-        body["key_hex"] = key_hex
-    if skip_duplicates:
-        body["skip_duplicates"] = True
-    _, data = client.call("POST", "/v1/tokens/import", body=body)
+    data = client.import_tokens(content, fmt, passphrase=passphrase, key_hex=key_hex,
+                                skip_duplicates=skip_duplicates)
     _show(data, as_json, lambda d: click.echo(
         f"imported {d['imported']} token(s)" +
         (f", skipped {len(d['skipped'])}" if d.get("skipped") else "")))
@@ -314,53 +284,46 @@ def import_(client: Client, as_json: bool, file: Path, fmt: str | None,
 @client_command(token, "list")
 @click.option("--user")
 @click.option("--unassigned", is_flag=True, help="Only tokens no user holds.")
-@click.option("--kind", type=click.Choice(["totp", "hotp"]))
+@click.option("--kind", type=choices.KIND)
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0)
-def list_(client: Client, as_json: bool, user: str | None, unassigned: bool,
+def list_(client: ApiClient, as_json: bool, user: str | None, unassigned: bool,
           kind: str | None, limit: int, offset: int) -> None:
     """List tokens."""
-    _, data = client.call("GET", "/v1/tokens", params={
-        "user": user, "unassigned": True if unassigned else None, "kind": kind,
-        "limit": limit, "offset": offset})
+    data = client.list_tokens(user=user, unassigned=True if unassigned else None, kind=kind,
+                              limit=limit, offset=offset)
     _show(data, as_json, lambda d: _table([_token_row(t) for t in d["tokens"]],
                                           _TOKEN_COLUMNS))
 
 
-def _q(serial: str) -> str:
-    from urllib.parse import quote
-
-    return quote(serial, safe="")
-
-
 @client_command(token)
 @click.argument("serial")
-def show(client: Client, as_json: bool, serial: str) -> None:
+def show(client: ApiClient, as_json: bool, serial: str) -> None:
     """One token's metadata and state."""
-    _, data = client.call("GET", f"/v1/tokens/{_q(serial)}")
+    data = client.get_token(serial)
     _show(data, as_json, _token_detail)
 
 
 @client_command(token)
 @click.argument("serial")
-def remove(client: Client, as_json: bool, serial: str) -> None:
+def remove(client: ApiClient, as_json: bool, serial: str) -> None:
     """Remove an unassigned token."""
-    client.call("DELETE", f"/v1/tokens/{_q(serial)}")
+    client.delete_token(serial)
     _show({"removed": serial}, as_json, lambda d: click.echo(f"removed {serial}"))
 
 
 @client_command(token)
 @click.argument("serial")
-def unlock(client: Client, as_json: bool, serial: str) -> None:
+def unlock(client: ApiClient, as_json: bool, serial: str) -> None:
     """Clear a token's failure count and lock."""
-    _, data = client.call("POST", f"/v1/tokens/{_q(serial)}/unlock")
+    data = client.unlock_token(serial)
     _show(data, as_json, lambda d: click.echo(f"unlocked {serial}"))
 
 
 @client_command(validator, "rotate-key")
-def rotate_key(client: Client, as_json: bool) -> None:
+def rotate_key(client: ApiClient, as_json: bool) -> None:
     """Re-encrypt every stored secret under a new seed key (the daemon keeps running)."""
-    _, data = client.call("POST", "/v1/admin/rotate-key")
+    data = client.rotate_key()
     _show(data, as_json, lambda d: click.echo(f"resealed {d['resealed']} secrets under key "
                                               f"{d['key_id']}"))
 
@@ -377,19 +340,18 @@ def device() -> None:
 @click.argument("serial")
 @click.argument("code1")
 @click.argument("code2")
-def enable(client: Client, as_json: bool, user: str, serial: str, code1: str,
+def enable(client: ApiClient, as_json: bool, user: str, serial: str, code1: str,
            code2: str) -> None:
     """Assign SERIAL to USER, proven by two consecutive codes."""
-    _, data = client.call("POST", f"/v1/users/{_q(user)}/devices",
-                          body={"serial": serial, "code1": code1, "code2": code2})
+    data = client.enable_device(user, serial, code1, code2)
     _show(data, as_json, lambda d: click.echo(f"enabled {serial} for {user}"))
 
 
 @client_command(device, "list")
 @click.argument("user")
-def list_devices(client: Client, as_json: bool, user: str) -> None:
+def list_devices(client: ApiClient, as_json: bool, user: str) -> None:
     """A user's devices."""
-    _, data = client.call("GET", f"/v1/users/{_q(user)}/devices")
+    data = client.list_devices(user)
     _show(data, as_json, lambda d: _table([_token_row(t) for t in d["devices"]],
                                           _TOKEN_COLUMNS))
 
@@ -397,9 +359,9 @@ def list_devices(client: Client, as_json: bool, user: str) -> None:
 @client_command(device)
 @click.argument("user")
 @click.argument("serial")
-def deactivate(client: Client, as_json: bool, user: str, serial: str) -> None:
+def deactivate(client: ApiClient, as_json: bool, user: str, serial: str) -> None:
     """Unassign SERIAL from USER (its old codes stay dead)."""
-    client.call("DELETE", f"/v1/users/{_q(user)}/devices/{_q(serial)}")
+    client.deactivate_device(user, serial)
     _show({"deactivated": serial, "user": user}, as_json,
           lambda d: click.echo(f"deactivated {serial} of {user}"))
 
@@ -409,11 +371,10 @@ def deactivate(client: Client, as_json: bool, user: str, serial: str) -> None:
 @click.argument("serial")
 @click.argument("code1")
 @click.argument("code2")
-def resync(client: Client, as_json: bool, user: str, serial: str, code1: str,
+def resync(client: ApiClient, as_json: bool, user: str, serial: str, code1: str,
            code2: str) -> None:
     """Resynchronise SERIAL from two consecutive codes."""
-    _, data = client.call("POST", f"/v1/users/{_q(user)}/devices/{_q(serial)}/resync",
-                          body={"code1": code1, "code2": code2})
+    data = client.resync_device(user, serial, code1, code2)
     _show(data, as_json, lambda d: click.echo(
         f"resynced {serial}: offset {d['drift']['offset_seconds']} s"
         if d.get("drift") else f"resynced {serial}"))
@@ -425,12 +386,9 @@ def resync(client: Client, as_json: bool, user: str, serial: str, code1: str,
 @click.argument("user")
 @click.argument("code")
 @click.option("--serial", help="Only this device of the user.")
-def verify(client: Client, as_json: bool, user: str, code: str, serial: str | None) -> None:
+def verify(client: ApiClient, as_json: bool, user: str, code: str, serial: str | None) -> None:
     """Check USER's CODE. Exit status 0 if accepted, 1 if refused."""
-    body: dict[str, Any] = {"user": user, "code": code}
-    if serial:
-        body["serial"] = serial
-    _, data = client.call("POST", "/v1/verify", body=body)
+    data = client.verify(user, code, serial)
     if as_json:
         click.echo(json.dumps(data, sort_keys=True))
     elif data["ok"]:
@@ -448,12 +406,11 @@ def verify(client: Client, as_json: bool, user: str, code: str, serial: str | No
 @click.option("--result", type=click.Choice(["ok", "refused"]))
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0)
-def audit(client: Client, as_json: bool, serial: str | None, user: str | None,
+def audit(client: ApiClient, as_json: bool, serial: str | None, user: str | None,
           action: str | None, result: str | None, limit: int, offset: int) -> None:
     """The audit log, oldest first."""
-    _, data = client.call("GET", "/v1/audit", params={
-        "serial": serial, "user": user, "action": action, "result": result, "limit": limit,
-        "offset": offset})
+    data = client.audit(serial=serial, user=user, action=action, result=result, limit=limit,
+                        offset=offset)
     _show(data, as_json, lambda d: _table(
         [{**e, "time": _when(e["time"])} for e in d["entries"]],
         (("id", "ID"), ("time", "TIME"), ("action", "ACTION"), ("result", "RESULT"),
@@ -466,17 +423,17 @@ def station() -> None:
 
 
 @client_command(station, "list")
-def list_stations(client: Client, as_json: bool) -> None:
+def list_stations(client: ApiClient, as_json: bool) -> None:
     """The configured stations."""
-    _, data = client.call("GET", "/v1/stations")
+    data = client.list_stations()
     _show(data, as_json, lambda d: _table(d["stations"], (("name", "NAME"), ("port", "PORT"))))
 
 
 @client_command(station)
 @click.argument("name")
-def info(client: Client, as_json: bool, name: str) -> None:
+def info(client: ApiClient, as_json: bool, name: str) -> None:
     """The INFO of the token on station NAME, read live."""
-    _, data = client.call("GET", f"/v1/stations/{_q(name)}")
+    data = client.station_info(name)
     def human(d: dict[str, Any]) -> None:
         for k, v in d["token"].items():
             click.echo(f"{k:<17} {v}")
@@ -488,21 +445,17 @@ def info(client: Client, as_json: bool, name: str) -> None:
 @click.argument("name")
 @click.argument("user")
 @click.option("--provision", is_flag=True, help="Seed the token if it is blank.")
-@click.option("--kind", type=click.Choice(["totp", "hotp"]))
-@click.option("--hash", "hash_", type=click.Choice(["sha1", "sha256", "sha512"]))
-@click.option("--digits", type=click.Choice(["6", "8"]))
+@click.option("--kind", type=choices.KIND)
+@click.option("--hash", "hash_", type=choices.HASH)
+@click.option("--digits", type=choices.DIGITS)
 @click.option("--period", type=int)
-def enroll(client: Client, as_json: bool, name: str, user: str, provision: bool,
+def enroll(client: ApiClient, as_json: bool, name: str, user: str, provision: bool,
            kind: str | None, hash_: str | None, digits: str | None,
            period: int | None) -> None:
     """Enroll the token on station NAME for USER (reads two codes from it)."""
-    body: dict[str, Any] = {"user": user}
-    for key, value in (("provision", provision or None), ("kind", kind), ("hash", hash_),
-                       ("digits", None if digits is None else int(digits)),
-                       ("period", period)):
-        if value is not None:
-            body[key] = value
-    _, data = client.call("POST", f"/v1/stations/{_q(name)}/enroll", body=body)
+    data = client.station_enroll(name, user, provision=provision or None, kind=kind,
+                                 hash=hash_, digits=None if digits is None else int(digits),
+                                 period=period)
     _show(data, as_json, lambda d: click.echo(
         f"enrolled {d['serial']} for {d['user']}" +
         (" (provisioned with a fresh seed)" if d["provisioned"] else "")))

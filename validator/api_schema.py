@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+from protocol import MAX_PERIOD, MIN_PERIOD, TOKEN_DIGITS, Hash, Kind
 from validator.service import MAX_COUNTER
 
 # Users as AWS allows them (the core checks the same); serials as the core stores them.
@@ -27,10 +28,10 @@ CODE = {"type": "string", "minLength": 1, "maxLength": 10, "pattern": "^[0-9]+$"
         "description": "the digits on the token's display"}
 USER = {"type": "string", "pattern": USER_PATTERN, "minLength": 1, "maxLength": 64}
 SERIAL = {"type": "string", "pattern": SERIAL_PATTERN, "minLength": 1, "maxLength": 256}
-HASH = {"type": "string", "enum": ["sha1", "sha256", "sha512"]}
-KIND = {"type": "string", "enum": ["totp", "hotp"]}
-DIGITS = {"type": "integer", "enum": [6, 8]}
-PERIOD = {"type": "integer", "minimum": 1, "maximum": 3600}
+HASH = {"type": "string", "enum": list(Hash.labels())}
+KIND = {"type": "string", "enum": list(Kind.labels())}
+DIGITS = {"type": "integer", "enum": list(TOKEN_DIGITS)}
+PERIOD = {"type": "integer", "minimum": MIN_PERIOD, "maximum": MAX_PERIOD}
 COUNTER = {"type": "integer", "minimum": 0, "maximum": MAX_COUNTER}  # as import allows
 
 

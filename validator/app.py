@@ -39,13 +39,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from protocol import DEFAULT_PERIOD, Hash, Kind
 from validator import api_schema as S
 from validator.api_schema import OpDoc, Param, RequestError
 from validator.apikeys import KeyRing, Role
 from validator.config import Settings
-from validator.errors import InvalidAuthenticationCode, ValidatorError
+from validator.errors import InvalidAuthenticationCode, StationError, ValidatorError
 from validator.service import TokenInfo, Validator
-from validator.station import Station, StationError
+from validator.station import Station
 
 log = logging.getLogger("foblab.validator")
 access_log = logging.getLogger("foblab.access")
@@ -328,13 +329,13 @@ class Endpoint:
 def token_json(t: TokenInfo) -> dict[str, Any]:
     now = time.time()
     out: dict[str, Any] = {
-        "serial": t.serial, "kind": t.kind, "hash": t.algorithm, "digits": t.digits,
+        "serial": t.serial, "kind": t.kind, "hash": t.hash, "digits": t.digits,
         "user": t.user, "assigned_at": t.assigned_at, "created": t.created,
         "failures": t.failures,
         "locked_until": t.locked_until if t.locked_until > now else None,
         "last_accepted": t.watermark,
     }
-    if t.kind == "totp":
+    if t.kind is Kind.TOTP:
         out.update(period=t.period, t0=t.t0, window=t.window, drift={
             "offset_seconds": round(t.offset_seconds, 3), "rate_ppm": round(t.rate_ppm, 3)})
         # the true time at which the last accepted step began on the token, by the estimate
@@ -373,14 +374,14 @@ def _decode_secret(body: dict[str, Any]) -> bytes:
 
 async def create_token(c: Call) -> Response:
     b = c.body
-    kind = b.get("kind", "totp")
-    if kind == "totp" and "counter" in b:
+    kind = Kind.from_label(b.get("kind", Kind.TOTP))
+    if kind is Kind.TOTP and "counter" in b:
         raise RequestError(400, "invalid_request", "counter is for HOTP tokens")
-    if kind == "hotp" and ("period" in b or "t0" in b):
+    if kind is Kind.HOTP and ("period" in b or "t0" in b):
         raise RequestError(400, "invalid_request", "period and t0 are for TOTP tokens")
     info = c.api.validator.register_token(
         b["serial"], _decode_secret(b), kind=kind, digits=b.get("digits", 6),
-        algorithm=b.get("hash", "sha1"), period=b.get("period", 30), t0=b.get("t0", 0),
+        hash=b.get("hash", Hash.SHA1), period=b.get("period", DEFAULT_PERIOD), t0=b.get("t0", 0),
         counter=b.get("counter", 0))
     return _json(token_json(info), 201)
 

@@ -13,14 +13,10 @@ import hmac
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from protocol import DEFAULT_PERIOD, MAX_DIGITS, MIN_DIGITS, Hash, Kind
 from validator import drift as _drift
 from validator.drift import Drift, DriftPolicy
-from validator.otp import ALGORITHMS, digest, hotp, pack_counter, truncate
-
-
-class Kind(enum.StrEnum):
-    TOTP = "totp"
-    HOTP = "hotp"
+from validator.otp import digest, hotp, pack_counter, truncate
 
 
 class Reason(enum.StrEnum):
@@ -95,8 +91,8 @@ class TokenState:
 
     kind: Kind
     digits: int = 6
-    algorithm: str = "sha1"
-    period: int = 30
+    hash: Hash = Hash.SHA1
+    period: int = DEFAULT_PERIOD
     t0: int = 0
     window: int | None = None
     watermark: int | None = None
@@ -105,10 +101,13 @@ class TokenState:
     locked_until: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 6 <= self.digits <= 10:
-            raise ValueError(f"digits must be 6 to 10, not {self.digits}")
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, not {self.algorithm!r}")
+        if not MIN_DIGITS <= self.digits <= MAX_DIGITS:
+            raise ValueError(f"digits must be {MIN_DIGITS} to {MAX_DIGITS}, not {self.digits}")
+        # Labels are taken ("totp", "sha256"); the enums are kept, so `is` tests hold.
+        if type(self.kind) is not Kind:
+            self.kind = Kind.from_label(self.kind)
+        if type(self.hash) is not Hash:
+            self.hash = Hash.from_label(self.hash)
         if self.period <= 0:
             raise ValueError("period must be positive")
         if self.window is not None and self.window < 0:
@@ -121,7 +120,9 @@ class TokenState:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "kind": self.kind.value, "digits": self.digits, "algorithm": self.algorithm,
+            # "algorithm" is the stored key's name from before `hash`; kept so that every
+            # stored state still loads.
+            "kind": self.kind.value, "digits": self.digits, "algorithm": self.hash.label,
             "period": self.period, "t0": self.t0, "window": self.window,
             "watermark": self.watermark, "drift": self.drift.to_json(),
             "failures": self.failures, "locked_until": self.locked_until,
@@ -130,8 +131,8 @@ class TokenState:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TokenState:
         return cls(
-            kind=Kind(data["kind"]), digits=int(data["digits"]),
-            algorithm=str(data["algorithm"]), period=int(data["period"]), t0=int(data["t0"]),
+            kind=Kind.from_label(data["kind"]), digits=int(data["digits"]),
+            hash=Hash.from_label(data["algorithm"]), period=int(data["period"]), t0=int(data["t0"]),
             window=data.get("window"), watermark=data.get("watermark"),
             drift=Drift.from_json(data.get("drift") or {}),
             failures=int(data.get("failures", 0)),
@@ -190,7 +191,7 @@ def _accepted_state(state: TokenState, matched: int, drift: Drift) -> TokenState
     new = _new(TokenState)
     new.kind = state.kind
     new.digits = state.digits
-    new.algorithm = state.algorithm
+    new.hash = state.hash
     new.period = state.period
     new.t0 = state.t0
     new.window = state.window
@@ -252,7 +253,7 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
 
     period = state.period
     t0 = state.t0
-    algorithm = state.algorithm
+    hash_ = state.hash
     watermark = state.watermark
     # The code on display was read up to `typing_allowance` seconds before it arrived.
     shown = now - policy.typing_allowance / 2
@@ -260,7 +261,7 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
     base = int(center // 1)
     # The common case, a synced token's current code: one HMAC, then the accepted state.
     if base > (-1 if watermark is None else watermark) and _compare(
-            truncate(digest(key, pack_counter(base), algorithm), digits), code):
+            truncate(digest(key, pack_counter(base), hash_), digits), code):
         if policy.drift_policy is _TRACKING:  # `_observe`, inlined
             lo = base * period + t0 - now
             drift = _track(state.drift, now, lo, lo + period + policy.typing_allowance,
@@ -273,7 +274,7 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
     for step in _order(center, window):
         if step < 0:  # before T0: no such code
             continue
-        if hmac.compare_digest(hotp(key, step, digits, algorithm), code):
+        if hmac.compare_digest(hotp(key, step, digits, hash_), code):
             if watermark is not None and step <= watermark:
                 replayed = True
                 continue
@@ -291,13 +292,13 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
 def _verify_hotp(state: TokenState, key: bytes, code: str, now: float,
                  policy: Policy) -> Decision:
     digits = state.digits
-    algorithm = state.algorithm
+    hash_ = state.hash
     first = state.next_counter
     for counter in range(first, first + policy.hotp_lookahead + 1):
-        if hmac.compare_digest(hotp(key, counter, digits, algorithm), code):
+        if hmac.compare_digest(hotp(key, counter, digits, hash_), code):
             return _accept(state, counter, now, policy)
     for counter in range(max(0, first - 1 - policy.hotp_lookahead), first):
-        if hmac.compare_digest(hotp(key, counter, digits, algorithm), code):
+        if hmac.compare_digest(hotp(key, counter, digits, hash_), code):
             return _fail(state, Reason.REPLAYED, now, policy)
     return _fail(state, Reason.INVALID_CODE, now, policy)
 
@@ -349,9 +350,9 @@ def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: flo
     if not steps:
         return None
     steps.sort(key=lambda s: abs(s + 0.5 - center))
-    digits, algorithm = state.digits, state.algorithm
+    digits, hash_ = state.digits, state.hash
     for step in steps[:policy.near_miss_steps]:
-        if hmac.compare_digest(hotp(key, step, digits, algorithm), code):
+        if hmac.compare_digest(hotp(key, step, digits, hash_), code):
             obs = _drift.interval(step, now, period, t0, allowance)
             return _drift.learn(drift, obs, history=policy.history)
     return None
@@ -374,12 +375,12 @@ def resync(state: TokenState, key: bytes, code1: str, code2: str, now: float,
     digits = state.digits
     if not (well_formed(code1, digits) and well_formed(code2, digits)):
         return _fail(state, Reason.INVALID_CODE, now, policy)
-    algorithm = state.algorithm
+    hash_ = state.hash
     lowest = state.next_counter if state.watermark is not None else None
 
     def pair_at(n: int) -> bool:
-        return hmac.compare_digest(hotp(key, n, digits, algorithm), code1) and \
-            hmac.compare_digest(hotp(key, n + 1, digits, algorithm), code2)
+        return hmac.compare_digest(hotp(key, n, digits, hash_), code1) and \
+            hmac.compare_digest(hotp(key, n + 1, digits, hash_), code2)
 
     if state.kind is Kind.HOTP:
         first = state.next_counter

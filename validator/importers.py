@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 import pskc
 from pskc.exceptions import PSKCError
 
-from validator.core import Kind
+from protocol import Hash, Kind
 from validator.errors import SeedFileError
-from validator.otp import ALGORITHMS
 
 _ALGORITHM_URI = "urn:ietf:params:xml:ns:keyprov:pskc:"
 CSV_HEADER = ("serial", "secret_hex", "kind", "digits", "period_or_counter", "hash")
@@ -40,7 +39,7 @@ class SeedRecord:
     serial: str
     secret: bytes = field(repr=False)
     kind: Kind = Kind.TOTP
-    algorithm: str = "sha1"
+    hash: Hash = Hash.SHA1
     digits: int = 6
     period: int = 30
     t0: int = 0
@@ -54,14 +53,13 @@ class ParsedFile:
     skipped: list[str]  # keys that are not OTP keys (a PSKC PIN key), with why
 
 
-def _suite(name: str | None, where: str) -> str:
+def _suite(name: str | None, where: str) -> Hash:
     if not name:
-        return "sha1"
-    norm = name.upper().replace("HMAC-", "").replace("-", "")
-    algorithm = {"SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512"}.get(norm)
-    if algorithm is None:
-        raise SeedFileError(f"{where}: unsupported hash suite {name!r}")
-    return algorithm
+        return Hash.SHA1
+    try:
+        return Hash.from_label(name)  # "HMAC-SHA256" and "sha-256" alike
+    except ValueError:
+        raise SeedFileError(f"{where}: unsupported hash suite {name!r}") from None
 
 
 def parse_pskc(content: bytes | str, *, passphrase: str | None = None,
@@ -137,7 +135,7 @@ def parse_pskc(content: bytes | str, *, passphrase: str | None = None,
             raise SeedFileError(f"{where}: time interval {period} is not positive")
         records.append(SeedRecord(
             serial=str(name).strip(), secret=bytes(secret), kind=kind,
-            algorithm=_suite(key.algorithm_suite, where), digits=int(digits), period=period,
+            hash=_suite(key.algorithm_suite, where), digits=int(digits), period=period,
             t0=int(t0 or 0), counter=int(counter or 0), drift_steps=int(drift or 0)))
     return ParsedFile(records, skipped)
 
@@ -171,9 +169,9 @@ def parse_csv(content: bytes | str) -> ParsedFile:
         if not secret:
             raise SeedFileError(f"{where}: empty secret")
         try:
-            kind = Kind(kind_text.lower())
-        except ValueError:
-            raise SeedFileError(f"{where}: kind must be totp or hotp") from None
+            kind = Kind.from_label(kind_text)
+        except ValueError as exc:
+            raise SeedFileError(f"{where}: {exc}") from None
         try:
             digits = int(digits_text) if digits_text else 6
             poc = int(poc_text) if poc_text else (30 if kind is Kind.TOTP else 0)
@@ -182,15 +180,16 @@ def parse_csv(content: bytes | str) -> ParsedFile:
                                 "integers") from None
         if not 6 <= digits <= 10:
             raise SeedFileError(f"{where}: {digits} digits is not supported (6 to 10)")
-        algorithm = (hash_text or "sha1").lower().replace("-", "")
-        if algorithm not in ALGORITHMS:
-            raise SeedFileError(f"{where}: hash must be sha1, sha256 or sha512")
+        try:
+            hash_ = Hash.from_label(hash_text or Hash.SHA1)
+        except ValueError as exc:
+            raise SeedFileError(f"{where}: {exc}") from None
         if kind is Kind.TOTP and poc <= 0:
             raise SeedFileError(f"{where}: the TOTP period must be positive")
         if kind is Kind.HOTP and poc < 0:
             raise SeedFileError(f"{where}: the HOTP counter must not be negative")
         records.append(SeedRecord(
-            serial=serial, secret=secret, kind=kind, algorithm=algorithm, digits=digits,
+            serial=serial, secret=secret, kind=kind, hash=hash_, digits=digits,
             period=poc if kind is Kind.TOTP else 30, counter=poc if kind is Kind.HOTP else 0))
     if not records:
         raise SeedFileError("the CSV file holds no tokens")

@@ -8,7 +8,7 @@ as CPython's own `hmac.HMAC` composes it when it has no C HMAC. With OpenSSL 3, 
 `hmac.digest` fetches and sets up an EVP_MAC on every call, which costs more than the two
 hashes of a 72-byte and a 84-byte message themselves (about 1.1 µs against 0.75 µs for
 SHA-1 here); a code is short and every login computes at least one. The result is the
-same bytes (tested against `hmac.digest` for every algorithm and key length, including keys
+same bytes (tested against `hmac.digest` for every hash and key length, including keys
 longer than a block, which are hashed first).
 """
 
@@ -20,29 +20,38 @@ import struct
 from collections.abc import Callable
 from typing import Any, Final
 
-try:  # the OpenSSL constructors behind hashlib.sha1 etc., without hashlib.new's lookup
-    from _hashlib import openssl_sha1 as _sha1
-    from _hashlib import openssl_sha256 as _sha256
-    from _hashlib import openssl_sha512 as _sha512
-except ImportError:  # pragma: no cover - an interpreter without OpenSSL
-    _sha1, _sha256, _sha512 = hashlib.sha1, hashlib.sha256, hashlib.sha512
+from protocol import Hash
 
-ALGORITHMS: Final = ("sha1", "sha256", "sha512")
+try:
+    import _hashlib
+except ImportError:  # pragma: no cover - an interpreter without OpenSSL
+    _hashlib = None  # type: ignore[assignment]
+
+
+def _constructor(hash: Hash) -> Callable[..., Any]:
+    """The OpenSSL constructor behind `hashlib.<name>`, without hashlib.new's lookup."""
+    found: Callable[..., Any] | None = getattr(_hashlib, f"openssl_{hash.hashlib_name}", None)
+    if found is None:
+        found = getattr(hashlib, hash.hashlib_name)
+    return found
+
+
 _POW10: Final = {n: 10**n for n in range(1, 11)}
-# (hash constructor, block size in bytes) per algorithm (RFC 2104 §2: B).
+# (hash constructor, block size in bytes) per hash of the vocabulary (RFC 2104 §2: B),
+# keyed by the enum members so the lookup in the hot path is an identity hit.
 _HASHES: Final[dict[str, tuple[Callable[..., Any], int]]] = {
-    "sha1": (_sha1, 64), "sha256": (_sha256, 64), "sha512": (_sha512, 128),
+    hash: (_constructor(hash), hashlib.new(hash.hashlib_name).block_size) for hash in Hash
 }
 _IPAD: Final = bytes(x ^ 0x36 for x in range(256))  # translate tables: K xor ipad / opad
 _OPAD: Final = bytes(x ^ 0x5C for x in range(256))
 
 
-def digest(key: bytes, message: bytes, algorithm: str) -> bytes:
-    """HMAC-`algorithm` of `message` under `key` (RFC 2104); equal to `hmac.digest`."""
+def digest(key: bytes, message: bytes, hash: str) -> bytes:
+    """HMAC-`hash` of `message` under `key` (RFC 2104); equal to `hmac.digest`."""
     try:
-        new, block = _HASHES[algorithm]
-    except KeyError:  # not one of ALGORITHMS: let hmac.digest accept or refuse it
-        return hmac.digest(key, message, algorithm)
+        new, block = _HASHES[hash]
+    except KeyError:  # not one of the vocabulary's: let hmac.digest accept or refuse it
+        return hmac.digest(key, message, hash)
     if len(key) > block:
         key = new(key).digest()
     key = key.ljust(block, b"\0")
@@ -60,9 +69,9 @@ def truncate(mac: bytes, digits: int) -> str:
     return str((_word(mac, mac[-1] & 0x0F)[0] & 0x7FFFFFFF) % _POW10[digits]).zfill(digits)
 
 
-def hotp(key: bytes, counter: int, digits: int = 6, algorithm: str = "sha1") -> str:
+def hotp(key: bytes, counter: int, digits: int = 6, hash: str = Hash.SHA1) -> str:
     """The `digits`-digit HOTP value of `key` at `counter` (RFC 4226 §5.3 dynamic truncation)."""
-    mac = digest(key, pack_counter(counter), algorithm)
+    mac = digest(key, pack_counter(counter), hash)
     return str((_word(mac, mac[-1] & 0x0F)[0] & 0x7FFFFFFF) % _POW10[digits]).zfill(digits)
 
 
@@ -72,8 +81,8 @@ def totp_step(unix_time: float, period: int = 30, t0: int = 0) -> int:
 
 
 def totp(
-    key: bytes, unix_time: float, digits: int = 6, algorithm: str = "sha1",
+    key: bytes, unix_time: float, digits: int = 6, hash: str = Hash.SHA1,
     period: int = 30, t0: int = 0,
 ) -> str:
     """The TOTP value of `key` at `unix_time`: HOTP of the time step."""
-    return hotp(key, totp_step(unix_time, period, t0), digits, algorithm)
+    return hotp(key, totp_step(unix_time, period, t0), digits, hash)

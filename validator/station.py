@@ -22,13 +22,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import serial
 
 from protocol import (
+    DEFAULT_PERIOD,
     FactoryResetRequest,
+    Hash,
     InfoReply,
+    Kind,
     NoReply,
     ProtocolError,
     ProvisionRequest,
@@ -37,21 +40,23 @@ from protocol import (
     TokenRefused,
     pyserial_reader,
 )
-from protocol.messages import HashAlg, Kind
-from validator.errors import UnknownSerial, ValidatorError
+from validator.errors import (
+    AlreadyAssigned,
+    DeviceLimit,
+    StationUnavailable,
+    TokenBatteryDead,
+    TokenBlank,
+    TokenClockStuck,
+    TokenDeclined,
+    TokenGarbage,
+    TokenNotRegistered,
+    TokenTimeout,
+    UnknownSerial,
+    ValidatorError,
+)
 from validator.service import TokenInfo, Validator
 
-SEED_BYTES = {"sha1": 20, "sha256": 32, "sha512": 64}
-
-
-class StationError(Exception):
-    """A station request failed: HTTP status, machine code, one-line message naming it."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+E = TypeVar("E", bound=ValidatorError)
 
 
 class Port(Protocol):
@@ -77,14 +82,6 @@ class Enrolled:
     token: TokenInfo
 
 
-def info_json(info: InfoReply) -> dict[str, Any]:
-    return {"serial": info.serial, "model": info.model, "firmware": info.firmware,
-            "protocol_version": info.protocol_version, "kind": info.kind.name.lower(),
-            "hash": info.hash.name.lower(), "digits": info.digits, "period": info.period,
-            "provisioned": info.provisioned, "locked": info.locked, "qa_mode": info.qa_mode,
-            "battery_ok": info.battery_ok}
-
-
 class Station:
     """One configured port. `opener(url, timeout)` is pyserial's unless a test says so."""
 
@@ -106,31 +103,32 @@ class Station:
 
     # -- port handling -------------------------------------------------------------------
 
-    def _fail(self, status: int, code: str, what: str) -> StationError:
-        return StationError(status, code, f"station {self.name!r}: {what}")
+    def _fail(self, error: type[E], what: str) -> E:
+        """`error` with a message that names this station."""
+        return error(f"station {self.name!r}: {what}")
 
-    def _translate(self, exc: Exception) -> StationError:
-        if isinstance(exc, StationError):
+    def _translate(self, exc: Exception) -> ValidatorError:
+        if isinstance(exc, ValidatorError):
             return exc
         if isinstance(exc, TokenRefused):
-            return self._fail(409, "token_refused",
+            return self._fail(TokenDeclined,
                               f"the token refused {exc.command.name}: {exc.code.name.lower()}")
         if isinstance(exc, NoReply):
             if self._heard:  # bytes came, but never a valid reply
-                return self._fail(502, "token_garbage",
+                return self._fail(TokenGarbage,
                                   "the token's answer was not valid protocol")
-            return self._fail(504, "token_timeout", "the token did not answer")
+            return self._fail(TokenTimeout, "the token did not answer")
         if isinstance(exc, RemoteProtocolError | ProtocolError):
-            return self._fail(502, "token_garbage", "the token's answer was not valid protocol")
+            return self._fail(TokenGarbage, "the token's answer was not valid protocol")
         if isinstance(exc, serial.SerialException | OSError):
-            return self._fail(503, "station_unavailable", "cannot open or use the port")
+            return self._fail(StationUnavailable, "cannot open or use the port")
         raise exc
 
     def _session(self) -> tuple[Port, TokenClient]:
         try:
             port = self._opener(self.url, self.timeout)
         except (serial.SerialException, OSError, ValueError):
-            raise self._fail(503, "station_unavailable", "cannot open the port") from None
+            raise self._fail(StationUnavailable, "cannot open the port") from None
         self._heard = False
         read = pyserial_reader(port)
 
@@ -148,7 +146,7 @@ class Station:
         """The attached token's INFO, read live."""
         port, client = self._session()
         try:
-            return info_json(client.info())
+            return client.info().to_json()
         except Exception as exc:
             raise self._translate(exc) from None
         finally:
@@ -177,14 +175,14 @@ class Station:
         # provisioning is rolled back only for a failure of the token itself.
         held = validator.list_devices(user)
         if len(held) >= validator.policy.max_devices:
-            raise self._fail(409, "device_limit",
+            raise self._fail(DeviceLimit,
                              f"user {user!r} already has {len(held)} devices")
         if not info.battery_ok:
-            raise self._fail(409, "token_battery_dead", f"token {serial_no}: battery dead")
+            raise self._fail(TokenBatteryDead, f"token {serial_no}: battery dead")
         registered = False
         if not info.provisioned:
             if not provision:
-                raise self._fail(409, "token_blank", f"token {serial_no} is blank; send "
+                raise self._fail(TokenBlank, f"token {serial_no} is blank; send "
                                  "\"provision\": true to seed it")
             info = self._provision(client, validator, info, kind, hash, digits, period)
             registered = True
@@ -192,10 +190,10 @@ class Station:
             try:
                 known = validator.get_token(serial_no)
             except UnknownSerial:
-                raise self._fail(404, "token_not_registered", f"token {serial_no} is not "
+                raise self._fail(TokenNotRegistered, f"token {serial_no} is not "
                                  "registered; import its seed file first") from None
             if known.user is not None:  # before waiting a step for codes that cannot help
-                raise self._fail(409, "already_assigned",
+                raise self._fail(AlreadyAssigned,
                                  f"token {serial_no} is already assigned")
         try:
             code1, code2 = self._two_codes(client, info)
@@ -209,15 +207,14 @@ class Station:
     def _provision(self, client: TokenClient, validator: Validator, info: InfoReply,
                    kind: str | None, hash: str | None, digits: int | None,
                    period: int | None) -> InfoReply:
-        kind_name = kind or info.kind.name.lower()
-        hash_name = hash or info.hash.name.lower()
+        kind_ = Kind.from_label(kind) if kind else info.kind
+        hash_ = Hash.from_label(hash) if hash else info.hash
         digits_n = digits or info.digits
-        period_n = period or info.period or 30
-        seed = secrets.token_bytes(SEED_BYTES[hash_name])
-        validator.register_token(info.serial, seed, kind=kind_name, algorithm=hash_name,
+        period_n = period or info.period or DEFAULT_PERIOD
+        seed = secrets.token_bytes(hash_.seed_bytes)
+        validator.register_token(info.serial, seed, kind=kind_, hash=hash_,
                                  digits=digits_n, period=period_n, counter=0)
-        request = ProvisionRequest(seed=seed, kind=Kind[kind_name.upper()],
-                                   hash=HashAlg[hash_name.upper()], digits=digits_n,
+        request = ProvisionRequest(seed=seed, kind=kind_, hash=hash_, digits=digits_n,
                                    period=period_n, counter=0)
         del seed
         try:
@@ -252,11 +249,11 @@ class Station:
     def _two_codes(self, client: TokenClient, info: InfoReply) -> tuple[str, str]:
         if info.kind is Kind.HOTP:
             return client.press().code, client.press().code
-        period = info.period or 30
+        period = info.period or DEFAULT_PERIOD
         if info.qa_mode:
             peek = client.peek(2)
             if len(peek.codes) != 2:
-                raise self._fail(502, "token_garbage",
+                raise self._fail(TokenGarbage,
                                  f"the token answered PEEK 2 with {len(peek.codes)} code(s)")
             first, second, step = peek.codes[0], peek.codes[1], peek.step
             # A step lasts at most `period`, whatever seconds_left a token claims (it is a
@@ -264,7 +261,7 @@ class Station:
             deadline = self._clock() + min(peek.seconds_left, period) + 2.0
             while client.peek(1).step <= step:
                 if self._clock() > deadline:
-                    raise self._fail(504, "token_clock_stuck",
+                    raise self._fail(TokenClockStuck,
                                      "the token's step did not advance (frozen clock?)")
                 self._sleep(0.1)
             return first, second
@@ -278,6 +275,6 @@ class Station:
             if again.code != pressed.code:
                 return pressed.code, again.code
             if self._clock() > deadline:
-                raise self._fail(504, "token_clock_stuck",
+                raise self._fail(TokenClockStuck,
                                  "the token's code did not change at the step boundary")
             self._sleep(0.1)

@@ -13,7 +13,7 @@ import pytest
 
 from protocol import DeviceConnection, RequestReceived
 from protocol.messages import (
-    HashAlg,
+    Hash,
     InfoReply,
     InfoRequest,
     Kind,
@@ -22,13 +22,13 @@ from protocol.messages import (
     PressReply,
     Reply,
 )
-from validator.errors import InvalidAuthenticationCode
+from validator.errors import InvalidAuthenticationCode, StationError
 from validator.service import Validator
-from validator.station import Station, StationError
+from validator.station import Station
 
 SECRET = bytes(range(20))
 INFO = InfoReply(serial="GAHT00000001", model="keyfob", firmware="1.0", protocol_version=1,
-                 kind=Kind.TOTP, hash=HashAlg.SHA1, digits=6, period=30, provisioned=True,
+                 kind=Kind.TOTP, hash=Hash.SHA1, digits=6, period=30, provisioned=True,
                  locked=True, qa_mode=True, battery_ok=True)
 
 

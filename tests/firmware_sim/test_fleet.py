@@ -62,7 +62,7 @@ def test_fleet_is_reproducible_with_a_seed(tmp_path: Path) -> None:
     for name in ("a", "b"):
         with serve_fleet(directory=tmp_path / name, count=4, seed=123, drift_spread=5,
                          durable=False) as fleet:
-            serials.append({s: t.state.clock.drift.ppm for s, t in fleet.tokens.items()})
+            serials.append({s: t.state.clock.crystal.ppm for s, t in fleet.tokens.items()})
     assert serials[0] == serials[1]
 
 
@@ -73,7 +73,7 @@ def test_plain_pskc_and_config_file(tmp_path: Path) -> None:
     with serve_fleet(directory=tmp_path / "f", **fields) as fleet:
         keys = pskc.PSKC(str(fleet.seed_file)).keys
         assert len(keys) == 2 and all(k.secret and len(k.secret) == 20 for k in keys)
-        assert all(t.state.clock.drift.ppm == 3.5 for t in fleet.tokens.values())
+        assert all(t.state.clock.crystal.ppm == 3.5 for t in fleet.tokens.values())
         assert all(s.startswith("GACD") for s in fleet.tokens)
 
 

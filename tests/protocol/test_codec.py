@@ -33,7 +33,7 @@ from protocol.messages import (
     ErrorReply,
     FactoryResetRequest,
     FreezeRequest,
-    HashAlg,
+    Hash,
     InfoReply,
     InfoRequest,
     Kind,
@@ -73,7 +73,7 @@ requests = st.one_of(
         ProvisionRequest,
         seed=st.binary(max_size=255),
         kind=st.sampled_from(Kind),
-        hash=st.sampled_from(HashAlg),
+        hash=st.sampled_from(Hash),
         digits=st.integers(0, 255),
         period=st.integers(0, 65535),
         counter=st.integers(0, 2**64 - 1),
@@ -93,7 +93,7 @@ replies = st.one_of(
         firmware=ascii_text,
         protocol_version=st.integers(0, 255),
         kind=st.sampled_from(Kind),
-        hash=st.sampled_from(HashAlg),
+        hash=st.sampled_from(Hash),
         digits=st.integers(0, 255),
         period=st.integers(0, 65535),
         provisioned=st.booleans(),
@@ -143,7 +143,7 @@ def test_every_reply_round_trips(reply: object) -> None:
 def test_reply_must_fit_its_command() -> None:
     with pytest.raises(LocalProtocolError):
         encode_reply(
-            Command.PRESS, InfoReply("S", "m", "f", 1, Kind.TOTP, HashAlg.SHA1, 6, 30, 1, 1, 1, 1)
+            Command.PRESS, InfoReply("S", "m", "f", 1, Kind.TOTP, Hash.SHA1, 6, 30, 1, 1, 1, 1)
         )  # type: ignore[arg-type]
 
 

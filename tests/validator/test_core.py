@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol import Kind
 from validator import core
-from validator.core import Kind, Policy, Reason, TokenState
+from validator.core import Policy, Reason, TokenState
 from validator.otp import hotp, totp
 
 RFC4226_KEY = b"12345678901234567890"
@@ -47,7 +48,7 @@ def test_rfc6238_vectors_through_core(row: tuple, index: int, algorithm: str) ->
     t, expected = row[0], row[index]
     key = RFC6238_KEYS[algorithm]
     assert totp(key, t, 8, algorithm) == expected
-    state = TokenState(kind=Kind.TOTP, digits=8, algorithm=algorithm)
+    state = TokenState(kind=Kind.TOTP, digits=8, hash=algorithm)
     decision = core.verify(state, key, expected, float(t))
     assert decision.accepted, decision.reason
     assert decision.matched == t // 30
@@ -182,7 +183,7 @@ def test_throttle_locks_doubles_caps_and_clears() -> None:
 
 
 def test_state_json_roundtrip_keeps_drift() -> None:
-    state = TokenState(kind=Kind.TOTP, digits=8, algorithm="sha256", period=60, t0=5)
+    state = TokenState(kind=Kind.TOTP, digits=8, hash="sha256", period=60, t0=5)
     s = int((NOW - 5) // 60)
     d = core.resync(state, KEY, hotp(KEY, s - 1, 8, "sha256"), hotp(KEY, s, 8, "sha256"),
                     NOW)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from protocol import Kind
 from validator import core
-from validator.core import Kind, Policy, Reason, TokenState
+from validator.core import Policy, Reason, TokenState
 from validator.drift import DriftPolicy
 from validator.otp import hotp
 

@@ -64,22 +64,22 @@ def test_valid_samples_import_and_verify(validator: Validator, name: str) -> Non
         if info.kind == "totp":
             # The README's secret, the file's step, digits and hash: pyotp-independent
             # computation, cross-checked with pyotp for SHA-1.
-            first = totp(secret, t - info.period, info.digits, info.algorithm, info.period)
-            second = totp(secret, t, info.digits, info.algorithm, info.period)
-            if info.algorithm == "sha1":
+            first = totp(secret, t - info.period, info.digits, info.hash, info.period)
+            second = totp(secret, t, info.digits, info.hash, info.period)
+            if info.hash == "sha1":
                 import base64
                 ref = pyotp.TOTP(base64.b32encode(secret).decode(), digits=info.digits,
                                  interval=info.period)
                 assert ref.at(t) == second
         else:
             n = 0 if info.watermark is None else info.watermark + 1
-            first = hotp(secret, n, info.digits, info.algorithm)
-            second = hotp(secret, n + 1, info.digits, info.algorithm)
+            first = hotp(secret, n, info.digits, info.hash)
+            second = hotp(secret, n + 1, info.digits, info.hash)
         validator.enable("alice", serial, first, second, now=t)
         if info.kind == "totp":
-            nxt = totp(secret, t + info.period, info.digits, info.algorithm, info.period)
+            nxt = totp(secret, t + info.period, info.digits, info.hash, info.period)
         else:
-            nxt = hotp(secret, n + 2, info.digits, info.algorithm)
+            nxt = hotp(secret, n + 2, info.digits, info.hash)
         assert validator.verify("alice", nxt, now=t + info.period).accepted
         validator.deactivate("alice", serial, now=t + info.period)
 
@@ -88,8 +88,8 @@ def test_sample_parameters_honoured(validator: Validator) -> None:
     validator.import_seed_file((SAMPLES / "multiotp/tokens_totp_aes.pskc").read_bytes(),
                                key_hex=PSK, now=T0)
     a, b = validator.get_token("ZZ8000000001"), validator.get_token("ZZ8000000002")
-    assert (a.algorithm, a.digits, a.period, a.kind) == ("sha256", 8, 30, "totp")
-    assert b.algorithm == "sha512"
+    assert (a.hash, a.digits, a.period, a.kind) == ("sha256", 8, 30, "totp")
+    assert b.hash == "sha512"
     validator.import_seed_file((SAMPLES / "feitian/file1.pskcxml").read_bytes(), now=T0)
     assert validator.get_token("2600124809778").period == 60
     validator.import_seed_file((SAMPLES / "multiotp/tokens_hotp_pbe.pskc").read_bytes(),
@@ -155,7 +155,7 @@ def test_csv_import(validator: Validator) -> None:
     result = validator.import_seed_file(CSV, "csv", now=T0)
     assert result.imported == ["C-1", "C-2", "C-3"]
     c2 = validator.get_token("C-2")
-    assert (c2.kind, c2.digits, c2.algorithm, c2.watermark) == ("hotp", 8, "sha256", 4)
+    assert (c2.kind, c2.digits, c2.hash, c2.watermark) == ("hotp", 8, "sha256", 4)
     assert validator.get_token("C-3").period == 60
     key = b"12345678901234567890"
     validator.enable("bob", "C-2", hotp(key, 5, 8, "sha256"), hotp(key, 6, 8, "sha256"),

@@ -172,7 +172,7 @@ def test_seeds_encrypted_at_rest_and_key_file_0600(db_path: Path) -> None:
     v = Validator.open(db_path)
     secrets_ = [os.urandom(20), os.urandom(32), os.urandom(64)]
     for i, s in enumerate(secrets_):
-        v.register_token(f"T{i}", s, algorithm=["sha1", "sha256", "sha512"][i], now=T0)
+        v.register_token(f"T{i}", s, hash=["sha1", "sha256", "sha512"][i], now=T0)
     v.rotate_key(now=T0 + 1)
     key_file = Path(f"{db_path}.key")
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600

@@ -28,26 +28,26 @@ from typing import Protocol
 
 from firmware_sim.models import build_model
 from firmware_sim.runner import MemoryPort, open_token
-from protocol.connection import TokenClient, TokenRefused, pyserial_reader
-from protocol.errors import ProtocolError
-from protocol.messages import (
+from protocol import (
     AdjustOffsetRequest,
     AgeRequest,
     BatteryRequest,
     DriftSettings,
     ErrorCode,
+    Hash,
+    Kind,
+    ProtocolError,
     SetDriftRequest,
     TemperatureMode,
+    TokenClient,
+    TokenRefused,
+    pyserial_reader,
 )
 from tools.scenario.spec import ClockSpec, Event, Expect, Scenario
 from validator.core import Policy
 from validator.errors import InvalidAuthenticationCode, ValidatorError
 from validator.service import Validator
 from validator.store import Durability
-
-_TEMP = {"none": TemperatureMode.NONE, "constant": TemperatureMode.CONSTANT,
-         "daily": TemperatureMode.DAILY}
-_SEED_BYTES = {"sha1": 20, "sha256": 32, "sha512": 64}
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class TimeSource(Protocol):
 
 
 class ValidatorSide(Protocol):
-    def register(self, serial: str, secret: bytes, kind: str, hash: str, digits: int,
+    def register(self, serial: str, secret: bytes, kind: Kind, hash: Hash, digits: int,
                  period: int) -> None: ...
 
     def enable(self, user: str, serial: str, code1: str, code2: str,
@@ -135,14 +135,14 @@ class ValidatorSide(Protocol):
 
 def drift_settings(clock: ClockSpec) -> DriftSettings:
     return DriftSettings(ppm=clock.ppm, aging_ppm_per_year=clock.aging_ppm_per_year,
-                         temperature_mode=_TEMP[clock.temperature],
+                         temperature_mode=TemperatureMode.from_label(clock.temperature),
                          temperature_c=clock.temp_c, temperature_swing_c=clock.temp_swing_c)
 
 
 def scenario_secret(scenario: Scenario) -> bytes:
     if scenario.token.secret is not None:
         return scenario.token.secret
-    return random.Random(f"{scenario.seed}:secret").randbytes(_SEED_BYTES[scenario.token.hash])
+    return random.Random(f"{scenario.seed}:secret").randbytes(scenario.token.hash.seed_bytes)
 
 
 def scenario_serial(scenario: Scenario) -> str:
@@ -376,9 +376,9 @@ class ServiceSide:
     def __init__(self, validator: Validator) -> None:
         self.v = validator
 
-    def register(self, serial: str, secret: bytes, kind: str, hash: str, digits: int,
+    def register(self, serial: str, secret: bytes, kind: Kind, hash: Hash, digits: int,
                  period: int) -> None:
-        self.v.register_token(serial, secret, kind=kind, algorithm=hash, digits=digits,
+        self.v.register_token(serial, secret, kind=kind, hash=hash, digits=digits,
                               period=period, now=0.0)
 
     @staticmethod
@@ -427,12 +427,11 @@ def run_in_process(scenario: Scenario,
     real validator service on a temporary SQLite file. Deterministic for a seed."""
     spec = scenario.token
     sim = SimTime(scenario.start_ms)
-    model = build_model(spec.model, kind=spec.kind,  # type: ignore[arg-type]
-                        hash=spec.hash, digits=spec.digits,  # type: ignore[arg-type]
+    model = build_model(spec.model, kind=spec.kind, hash=spec.hash, digits=spec.digits,
                         period=spec.period)
     c = scenario.clock
     secret = scenario_secret(scenario)
-    token = open_token(model, serial=scenario_serial(scenario), seed=secret, drift=c.drift(),
+    token = open_token(model, serial=scenario_serial(scenario), seed=secret, crystal=c.crystal(),
                        qa=True, now=lambda: sim.now_ms)
     port = MemoryPort(token)
     client = TokenClient(pyserial_reader(port), port.write)

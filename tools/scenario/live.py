@@ -36,22 +36,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import serial
 
-from protocol.connection import TokenClient, pyserial_reader
-from protocol.errors import ProtocolError
-from protocol.messages import (
+from protocol import (
     AdjustOffsetRequest,
     AgeRequest,
     BatteryRequest,
     FactoryResetRequest,
-    HashAlg,
+    Hash,
     Kind,
+    ProtocolError,
     ProvisionRequest,
     SetDriftRequest,
+    TokenClient,
     UnfreezeRequest,
+    pyserial_reader,
 )
+from tools.api_client import ApiClient, ApiError
 from tools.scenario.engine import (
     Engine,
     EventResult,
@@ -64,7 +65,6 @@ from tools.scenario.spec import Scenario, ValidatorSpec
 
 REAL_GAP_MS = 5000
 """Gaps shorter than this are slept for real in live mode."""
-_HASH = {"sha1": HashAlg.SHA1, "sha256": HashAlg.SHA256, "sha512": HashAlg.SHA512}
 
 
 class LiveError(Exception):
@@ -101,88 +101,95 @@ class LiveTime:
 
 
 class HttpSide:
-    """The daemon's API v1 as a `ValidatorSide`."""
+    """The daemon's API v1 as a `ValidatorSide`. A refusal of a step is its outcome; a
+    failure of the run itself (no daemon, a bad key, a 5xx) is a RuntimeError."""
 
     def __init__(self, url: str, key: str, timeout: float) -> None:
-        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout,
-                                 headers={"Authorization": f"Bearer {key}"})
+        self.api = ApiClient(url, key, timeout)
         self.suffix = secrets.token_hex(4)
         self.users: set[str] = set()
 
     def close(self) -> None:
-        self.http.close()
+        self.api.close()
 
     def user(self, name: str) -> str:
         mapped = f"{name}.{self.suffix}"
         self.users.add(mapped)
         return mapped
 
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def _call(self, call: Callable[[], Any], done: str = "accepted") -> Outcome:
+        """`done` if the call succeeds, the API's refusal (and its reason) if it refuses."""
         try:
-            r = self.http.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            raise RuntimeError(f"daemon: {exc}") from None
-        try:
-            data = r.json() if r.content else None
-        except ValueError:
-            data = None
-        if r.status_code in (401, 403) or r.status_code >= 500:
-            message = data.get("message") if isinstance(data, dict) else r.text[:200]
-            raise RuntimeError(f"daemon: HTTP {r.status_code} on {method} {path}: {message}")
-        return r.status_code, data
+            call()
+        except ApiError as exc:
+            return self._refusal(self._check(exc))
+        return Outcome(done)
 
     @staticmethod
-    def _refusal(data: Any) -> Outcome:
-        if not isinstance(data, dict):
-            return Outcome("refused", None, "no JSON error")
-        reason = data.get("reason") or data.get("error")
-        return Outcome("refused", reason, str(data.get("message", "")))
+    def _check(exc: ApiError) -> ApiError:
+        """`exc` if it is a refusal of the step; a RuntimeError if the run itself failed."""
+        if exc.status is None or exc.status in (401, 403) or exc.status >= 500:
+            raise RuntimeError(f"daemon: {exc}") from None
+        return exc
 
-    def register(self, serial: str, secret: bytes, kind: str, hash: str, digits: int,
+    @staticmethod
+    def _refusal(exc: ApiError) -> Outcome:
+        data = exc.data if isinstance(exc.data, dict) else {}
+        if not data:
+            return Outcome("refused", None, "no JSON error")
+        return Outcome("refused", data.get("reason") or exc.error, exc.message)
+
+    def register(self, serial: str, secret: bytes, kind: Kind, hash: Hash, digits: int,
                  period: int) -> None:
         body = {"serial": serial, "secret_hex": secret.hex(), "kind": kind, "hash": hash,
                 "digits": digits, "period": period}
-        status, data = self.call("POST", "/v1/tokens", body)
-        if status == 409:  # left by an earlier run: remove it, then register afresh
-            self.remove(serial)
-            status, data = self.call("POST", "/v1/tokens", body)
-        if status != 201:
-            raise LiveError(f"the daemon refused to register {serial}: "
-                            f"{data.get('message') if isinstance(data, dict) else status}")
+        try:
+            try:
+                self.api.create_token(body)
+            except ApiError as exc:
+                if self._check(exc).status != 409:
+                    raise
+                self.remove(serial)  # left by an earlier run: remove it, register afresh
+                self.api.create_token(body)
+        except ApiError as exc:
+            raise LiveError(f"the daemon refused to register {serial}: {exc.message}") from None
 
     def remove(self, serial: str) -> None:
-        status, data = self.call("GET", f"/v1/tokens/{serial}")
-        if status == 200 and isinstance(data, dict) and data.get("user"):
-            self.call("DELETE", f"/v1/users/{data['user']}/devices/{serial}")
-        self.call("DELETE", f"/v1/tokens/{serial}")
+        try:
+            data = self.api.get_token(serial)
+            if isinstance(data, dict) and data.get("user"):
+                self.api.deactivate_device(data["user"], serial)
+            self.api.delete_token(serial)
+        except ApiError as exc:
+            self._check(exc)
 
     def enable(self, user: str, serial: str, code1: str, code2: str,
                now: float | None) -> Outcome:
-        status, data = self.call("POST", f"/v1/users/{self.user(user)}/devices",
-                                 {"serial": serial, "code1": code1, "code2": code2})
-        return Outcome("accepted") if status == 201 else self._refusal(data)
+        return self._call(lambda: self.api.enable_device(self.user(user), serial, code1, code2))
 
     def verify(self, user: str, code: str, now: float | None) -> Outcome:
-        status, data = self.call("POST", "/v1/verify", {"user": self.user(user), "code": code})
-        if status != 200 or not isinstance(data, dict):
-            return self._refusal(data)
+        try:
+            data = self.api.verify(self.user(user), code)
+        except ApiError as exc:
+            return self._refusal(self._check(exc))
+        if not isinstance(data, dict):
+            return Outcome("refused", None, "no JSON verdict")
         return Outcome("accepted") if data.get("ok") else Outcome("refused", data.get("reason"))
 
     def resync(self, user: str, serial: str, code1: str, code2: str,
                now: float | None) -> Outcome:
-        status, data = self.call("POST", f"/v1/users/{self.user(user)}/devices/{serial}/resync",
-                                 {"code1": code1, "code2": code2})
-        return Outcome("accepted") if status == 200 else self._refusal(data)
+        return self._call(lambda: self.api.resync_device(self.user(user), serial, code1, code2))
 
     def deactivate(self, user: str, serial: str, now: float | None) -> Outcome:
-        status, data = self.call("DELETE", f"/v1/users/{self.user(user)}/devices/{serial}")
-        return Outcome("ok") if status == 204 else self._refusal(data)
+        return self._call(lambda: self.api.deactivate_device(self.user(user), serial), "ok")
 
     def estimate(self, serial: str, now: float | None) -> float | None:
-        status, data = self.call("GET", f"/v1/tokens/{serial}")
-        if status != 200 or not isinstance(data, dict):
+        try:
+            data = self.api.get_token(serial)
+        except ApiError as exc:
+            self._check(exc)
             return None
-        drift = data.get("drift") or {}
+        drift = (data.get("drift") if isinstance(data, dict) else None) or {}
         value = drift.get("offset_seconds")
         return float(value) if isinstance(value, int | float) else None
 
@@ -197,7 +204,7 @@ def _prepare_token(client: TokenClient, scenario: Scenario, secret: bytes) -> st
     client.info_command(BatteryRequest(False))
     client.clock_command(UnfreezeRequest())
     client.info_command(FactoryResetRequest())
-    client.info_command(ProvisionRequest(seed=secret, kind=Kind.TOTP, hash=_HASH[t.hash],
+    client.info_command(ProvisionRequest(seed=secret, kind=Kind.TOTP, hash=t.hash,
                                          digits=t.digits, period=t.period, counter=0))
     client.clock_command(SetDriftRequest(drift_settings(scenario.clock)))
     offset_ms = client.clock().offset_ms
@@ -216,7 +223,11 @@ def run_live(scenario: Scenario, *, url: str, key: str, port: str, timeout: floa
         link = serial.serial_for_url(port, timeout=timeout, write_timeout=timeout)
     except (serial.SerialException, OSError, ValueError) as exc:
         raise LiveError(f"cannot open {port}: {exc}") from None
-    side = HttpSide(url, key, timeout)
+    try:
+        side = HttpSide(url, key, timeout)
+    except ApiError as exc:
+        link.close()
+        raise LiveError(str(exc)) from None
     serial_no = None
     try:
         client = TokenClient(pyserial_reader(link), link.write)
@@ -227,7 +238,7 @@ def run_live(scenario: Scenario, *, url: str, key: str, port: str, timeout: floa
             raise LiveError(f"{port}: {exc}") from None
         t = scenario.token
         try:
-            side.register(serial_no, secret, "totp", t.hash, t.digits, t.period)
+            side.register(serial_no, secret, Kind.TOTP, t.hash, t.digits, t.period)
         except RuntimeError as exc:
             raise LiveError(str(exc)) from None
         result = RunResult(scenario, "live", serial_no)

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from firmware_sim.clock import Drift
-from firmware_sim.models import HASHES, KINDS, PRESETS, build_model
+from firmware_sim.clock import Crystal
+from firmware_sim.models import PRESETS, build_model
 from firmware_sim.token import check_serial
+from protocol import Hash, Kind, TemperatureMode
 from tools._args import parse_duration_ms, parse_time_ms
 from validator.core import Policy
 
@@ -46,7 +47,7 @@ REASONS = (
     "already_assigned", "not_assigned", "device_limit", "unknown_serial",  # enable/deactivate
 )
 CODES = ("current", "replay", "old", "wrong")
-TEMPERATURES = ("none", "constant", "daily")
+TEMPERATURES = TemperatureMode.labels()
 _USER = re.compile(r"[A-Za-z0-9+=,.@_-]{1,40}")
 MAX_DAYS = 36_500
 MAX_OFFSET_S = 1e9  # clock offsets and jumps, either sign: far beyond any crystal
@@ -66,8 +67,8 @@ class ScenarioError(Exception):
 @dataclass(frozen=True)
 class TokenSpec:
     model: str = "keyfob"
-    kind: str = "totp"
-    hash: str = "sha1"
+    kind: Kind = Kind.TOTP
+    hash: Hash = Hash.SHA1
     digits: int = 6
     period: int = 30
     serial: str | None = None
@@ -76,7 +77,8 @@ class TokenSpec:
 
 @dataclass(frozen=True)
 class ClockSpec:
-    """The crystal: the same fields as firmware_sim's `Drift`, plus an initial offset."""
+    """The crystal: firmware_sim's `Crystal` as the file names its fields, plus an initial
+    offset."""
 
     ppm: float = 0.0
     aging_ppm_per_year: float = 0.0
@@ -85,11 +87,11 @@ class ClockSpec:
     temp_swing_c: float = 0.0
     offset_s: float = 0.0
 
-    def drift(self) -> Drift:
+    def crystal(self) -> Crystal:
         """The firmware's crystal settings. Raises ValueError beyond its limits."""
-        return Drift(ppm=self.ppm, aging_ppm_per_year=self.aging_ppm_per_year,
-                     temp_mode=self.temperature, temp_c=self.temp_c,  # type: ignore[arg-type]
-                     temp_swing_c=self.temp_swing_c)
+        return Crystal(ppm=self.ppm, aging_ppm_per_year=self.aging_ppm_per_year,
+                       temperature_mode=TemperatureMode.from_label(self.temperature),
+                       temperature_c=self.temp_c, temperature_swing_c=self.temp_swing_c)
 
     def describe(self) -> str:
         parts = [f"{self.ppm:+g} ppm"]
@@ -372,15 +374,15 @@ class _Parser:
         if model not in PRESETS:
             raise self.fail(self.loc.key(line, "model"),
                             f"unknown model {model!r}; have: {', '.join(PRESETS)}")
-        kind = _choice(self, t, "kind", KINDS, line, default=None)
-        hash_ = _choice(self, t, "hash", HASHES, line, default=None)
+        kind = _choice(self, t, "kind", Kind.labels(), line, default=None)
+        hash_ = _choice(self, t, "hash", Hash.labels(), line, default=None)
         digits = _typed(self, t, "digits", int, line, "6 or 8", default=None)
         period = _typed(self, t, "period", int, line, "an integer", default=None)
         try:
             m = build_model(model, kind=kind, hash=hash_, digits=digits, period=period)
         except ValueError as exc:
             raise self.fail(line, str(exc)) from None
-        if m.kind != "totp":
+        if m.kind is not Kind.TOTP:
             raise self.fail(self.loc.key(line, "kind") if "kind" in t else line,
                             "scenarios drive TOTP tokens (their clock is what they test)")
         secret = None
@@ -637,7 +639,7 @@ def _clock(p: _Parser, c: dict[str, Any], line: int, *, allow_offset: bool) -> C
         values["temperature"] = "daily" if values.get("temp_swing_c") else "constant"
     spec = replace(ClockSpec(), **values)
     try:
-        spec.drift()
+        spec.crystal()
     except ValueError as exc:
         raise p.fail(line, f"bad clock settings: {exc}") from None
     return spec

@@ -29,8 +29,9 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from firmware_sim import otp as token_otp
-from firmware_sim.clock import YEAR_MS, Clock, Drift
+from firmware_sim import otp_engine as token_otp
+from firmware_sim.clock import YEAR_MS, Clock, Crystal, implied_mode
+from protocol import Kind
 from validator import core
 from validator.drift import DriftPolicy
 
@@ -179,12 +180,12 @@ def _population(p: StudyParams) -> list[_Token]:
         temp = max(-30.0, min(70.0, rng.gauss(p.temp_mean_c, p.temp_sd_c)))
         swing = rng.uniform(0.0, p.temp_swing_c) if p.temp_swing_c else 0.0
         aging = rng.gauss(0.0, p.aging_sd) if p.aging_sd else 0.0
-        mode = "daily" if swing else ("constant" if temp != 25.0 else "none")
-        drift = Drift(ppm=ppm, aging_ppm_per_year=aging, temp_mode=mode,  # type: ignore[arg-type]
-                      temp_c=temp, temp_swing_c=swing)
+        crystal = Crystal(ppm=ppm, aging_ppm_per_year=aging,
+                          temperature_mode=implied_mode(temp, swing), temperature_c=temp,
+                          temperature_swing_c=swing)
         offset_us = round(rng.uniform(-p.initial_offset_s, p.initial_offset_s) * 1e6)
         enable_ms = T0_MS + round(rng.uniform(p.day_start_h, p.day_end_h) * HOUR_MS)
-        clock = Clock(anchor_true_ms=T0_MS, anchor_offset_us=offset_us, drift=drift,
+        clock = Clock(anchor_true_ms=T0_MS, anchor_offset_us=offset_us, crystal=crystal,
                       aging_start_ms=T0_MS)
         logins = []
         t = enable_ms
@@ -241,7 +242,7 @@ def run_study(p: StudyParams) -> StudyResult:
             trace.offset_s = [off / 1000 for _, _, _, off in logins]
         for name, policy in policies.items():
             st = stats[name]
-            state = core.TokenState(kind=core.Kind.TOTP, period=period)
+            state = core.TokenState(kind=Kind.TOTP, period=period)
             decision = core.check_enable(state, key, c1, c2, enable_now, policy)
             if not decision.accepted:  # cannot happen within ±24 h; counted if it does
                 st.failed_resyncs += 1

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import segno
 
+from protocol import Hash, Kind
 from validator import errors as core_errors
 from validator.aws import params as p
 from validator.aws.errors import AwsError, access_denied_mfa, no_such_entity, validation_error
@@ -29,7 +30,7 @@ from validator.aws.store import AwsStore, VirtualDevice
 from validator.aws.xml import Members, blob, boolean, iso8601
 from validator.service import TokenInfo, Validator
 
-SEED_BYTES = 40  # AWS's virtual-device seeds are 64 base32 characters
+AWS_SEED_BYTES = 40  # AWS's virtual-device seeds are 64 base32 characters
 MAX_TAGS = 50
 DEFAULT_SESSION_SECONDS = 43_200
 
@@ -155,10 +156,10 @@ def create_virtual_mfa_device(ctx: Context, params: p.Params) -> Members:
     if not p.SERIAL.fullmatch(serial):
         raise AwsError("InvalidInput", "The path and name make a serial number (ARN) that is "
                        "not 9-256 characters of [\\w+=/:,.@-].", 400)
-    seed = secrets.token_bytes(SEED_BYTES)
+    seed = secrets.token_bytes(AWS_SEED_BYTES)
     base32 = base64.b32encode(seed).decode("ascii").rstrip("=")
     try:
-        ctx.validator.register_token(serial, seed, kind="totp", digits=6, algorithm="sha1",
+        ctx.validator.register_token(serial, seed, kind=Kind.TOTP, digits=6, hash=Hash.SHA1,
                                      period=30, now=ctx.now)
     except core_errors.ValidatorError as exc:
         raise translate(exc, serial) from None

@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
-from typing import Any
 
 import pyotp
 
-from firmware_sim.models import Hash
-
-_DIGESTS: dict[str, Callable[..., Any]] = {
-    "sha1": hashlib.sha1,
-    "sha256": hashlib.sha256,
-    "sha512": hashlib.sha512,
-}
+from protocol import Hash
 
 
-def hotp(seed: bytes, counter: int, *, digits: int = 6, hash: Hash = "sha1") -> str:
+def hotp(seed: bytes, counter: int, *, digits: int = 6, hash: Hash = Hash.SHA1) -> str:
     """The RFC 4226 code for `counter`."""
     secret = base64.b32encode(seed).decode("ascii")
-    return pyotp.HOTP(secret, digits=digits, digest=_DIGESTS[hash]).at(counter)
+    # hashlib's constructor of that name (every Hash label is one: sha1, sha256, sha512)
+    return pyotp.HOTP(secret, digits=digits, digest=getattr(hashlib, hash)).at(counter)
 
 
 def time_step(time_ms: int, period: int) -> int:
@@ -37,7 +30,7 @@ def time_step(time_ms: int, period: int) -> int:
 
 
 def totp(
-    seed: bytes, time_ms: int, *, digits: int = 6, hash: Hash = "sha1", period: int = 30
+    seed: bytes, time_ms: int, *, digits: int = 6, hash: Hash = Hash.SHA1, period: int = 30
 ) -> str:
     """The RFC 6238 code at a Unix time in milliseconds."""
     return hotp(seed, time_step(time_ms, period), digits=digits, hash=hash)

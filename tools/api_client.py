@@ -1,0 +1,184 @@
+"""The one client of the validator's HTTP API v1 (sync, on httpx).
+
+Every `foblab validator ...` client command, `foblab demo` and the live scenarios talk to
+the daemon through `ApiClient`: one method per operation, path segments (serials, user
+names, station names) always URL-quoted, and one error type, `ApiError`, for everything
+that is not a success: the API's refusal (its `error` code, `message` and HTTP status), an
+answer that is not the API's, an unreachable daemon or a bad URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+__all__ = ["ApiClient", "ApiError", "quote_segment"]
+
+
+class ApiError(Exception):
+    """A request that did not succeed.
+
+    `status` is the HTTP status (None when no answer came), `error` the API's stable error
+    code (`unknown_serial`, ...; `unreachable`, `bad_url` or `http_error` when the answer
+    is not the API's own), `message` its one-line text and `data` the whole JSON body (a
+    refusal may carry more, e.g. `reason` and `retry_after`). `str()` is the line a command
+    prints.
+    """
+
+    def __init__(self, message: str, *, status: int | None, error: str,
+                 data: Any = None, line: str | None = None) -> None:
+        super().__init__(line or message)
+        self.message = message
+        self.status = status
+        self.error = error
+        self.data = data
+
+    @property
+    def refused(self) -> bool:
+        """True for the API's own refusal of this request (a 4xx with an error body)."""
+        return self.status is not None and 400 <= self.status < 500 and self.error not in (
+            "http_error", "unreachable", "bad_url")
+
+
+def quote_segment(value: str) -> str:
+    """`value` as one path segment: every reserved character quoted, `/` included."""
+    return quote(value, safe="")
+
+
+class ApiClient:
+    """The daemon at `url`, as the role of `key` (None: no key, for /healthz)."""
+
+    def __init__(self, url: str, key: str | None = None, timeout: float = 60.0, *,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
+                                      transport=transport)
+        except httpx.InvalidURL as exc:  # not even a URL: say so before any request
+            raise ApiError(f"bad URL {url!r}: {exc}", status=None, error="bad_url") from None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- the one request path ------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, body: Any = None,
+                params: Mapping[str, Any] | None = None) -> Any:
+        """The decoded JSON of a 2xx answer (None when it has no body); ApiError otherwise.
+        `params` left None are not sent; booleans are sent as true/false."""
+        query = {k: (str(v).lower() if isinstance(v, bool) else v)
+                 for k, v in (params or {}).items() if v is not None}
+        try:
+            response = self._http.request(method, path, json=body, params=query)
+        except httpx.InvalidURL as exc:
+            raise ApiError(f"bad URL {self.url!r}: {exc}", status=None,
+                           error="bad_url") from None
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach {self.url}: {exc}", status=None,
+                           error="unreachable") from None
+        try:
+            data = response.json() if response.content else None
+        except ValueError:
+            data = None
+        status = response.status_code
+        if 200 <= status < 300:
+            return data
+        if isinstance(data, dict) and "error" in data:
+            message = str(data.get("message"))
+            raise ApiError(message, status=status, error=str(data["error"]), data=data,
+                           line=f"{message} ({data['error']}, HTTP {status})")
+        raise ApiError(f"HTTP {status} from {self.url}{path}", status=status,
+                       error="http_error", data=data if data is not None else response.text[:200])
+
+    # -- operations, one method each ---------------------------------------------------------
+
+    def health(self) -> Any:
+        return self.request("GET", "/healthz")
+
+    def create_token(self, body: Mapping[str, Any]) -> Any:
+        return self.request("POST", "/v1/tokens", body=dict(body))
+
+    def import_tokens(self, content: str, format: str, *, passphrase: str | None = None,
+                      key_hex: str | None = None, skip_duplicates: bool = False) -> Any:
+        body: dict[str, Any] = {"format": format, "content": content}
+        if passphrase:
+            body["passphrase"] = passphrase
+        if key_hex:
+            body["key_hex"] = key_hex
+        if skip_duplicates:
+            body["skip_duplicates"] = True
+        return self.request("POST", "/v1/tokens/import", body=body)
+
+    def list_tokens(self, *, user: str | None = None, unassigned: bool | None = None,
+                    kind: str | None = None, limit: int | None = None,
+                    offset: int | None = None) -> Any:
+        return self.request("GET", "/v1/tokens", params={
+            "user": user, "unassigned": unassigned, "kind": kind, "limit": limit,
+            "offset": offset})
+
+    def get_token(self, serial: str) -> Any:
+        return self.request("GET", f"/v1/tokens/{quote_segment(serial)}")
+
+    def delete_token(self, serial: str) -> None:
+        self.request("DELETE", f"/v1/tokens/{quote_segment(serial)}")
+
+    def unlock_token(self, serial: str) -> Any:
+        return self.request("POST", f"/v1/tokens/{quote_segment(serial)}/unlock")
+
+    def rotate_key(self) -> Any:
+        return self.request("POST", "/v1/admin/rotate-key")
+
+    def enable_device(self, user: str, serial: str, code1: str, code2: str) -> Any:
+        return self.request("POST", f"/v1/users/{quote_segment(user)}/devices",
+                            body={"serial": serial, "code1": code1, "code2": code2})
+
+    def list_devices(self, user: str) -> Any:
+        return self.request("GET", f"/v1/users/{quote_segment(user)}/devices")
+
+    def deactivate_device(self, user: str, serial: str) -> None:
+        self.request("DELETE",
+                     f"/v1/users/{quote_segment(user)}/devices/{quote_segment(serial)}")
+
+    def resync_device(self, user: str, serial: str, code1: str, code2: str) -> Any:
+        return self.request(
+            "POST", f"/v1/users/{quote_segment(user)}/devices/{quote_segment(serial)}/resync",
+            body={"code1": code1, "code2": code2})
+
+    def verify(self, user: str, code: str, serial: str | None = None) -> Any:
+        """The verdict, accepted or not (`ok`, `reason`, ...): a refused code is an answer,
+        not an ApiError."""
+        body: dict[str, Any] = {"user": user, "code": code}
+        if serial:
+            body["serial"] = serial
+        return self.request("POST", "/v1/verify", body=body)
+
+    def audit(self, *, serial: str | None = None, user: str | None = None,
+              action: str | None = None, result: str | None = None,
+              limit: int | None = None, offset: int | None = None) -> Any:
+        return self.request("GET", "/v1/audit", params={
+            "serial": serial, "user": user, "action": action, "result": result,
+            "limit": limit, "offset": offset})
+
+    def list_stations(self) -> Any:
+        return self.request("GET", "/v1/stations")
+
+    def station_info(self, name: str) -> Any:
+        return self.request("GET", f"/v1/stations/{quote_segment(name)}")
+
+    def station_enroll(self, name: str, user: str, **options: Any) -> Any:
+        """Enroll the token on station `name` for `user`; `options` (provision, kind, hash,
+        digits, period) left None are not sent."""
+        body = {"user": user, **{k: v for k, v in options.items() if v is not None}}
+        return self.request("POST", f"/v1/stations/{quote_segment(name)}/enroll", body=body)
