@@ -33,7 +33,6 @@ from protocol import Kind
 
 MANIFEST = "manifest.json"
 SEED_FILE = "seeds.pskc"
-_PSKC_URI = "urn:ietf:params:xml:ns:keyprov:pskc:"
 
 
 @dataclass(frozen=True)
@@ -228,8 +227,8 @@ def write_seed_file(path: Path, states: Iterable[FirmwareState], *,
         )
         container.add_key(
             id=st.serial, serial=st.serial, secret=st.seed, manufacturer="foblab",
-            model=st.model, algorithm=_PSKC_URI + st.kind,
-            algorithm_suite="HMAC-" + st.hash.upper(), response_encoding="DECIMAL",
+            model=st.model, algorithm=st.kind.pskc_algorithm,
+            algorithm_suite=st.hash.pskc_suite, response_encoding="DECIMAL",
             response_length=st.digits, **extra,
         )
     if passphrase:

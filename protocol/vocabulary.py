@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any, Final, Self
 
 _BY_WIRE: dict[type, dict[int, Any]] = {}
+PSKC_ALGORITHM_PREFIX: Final = "urn:ietf:params:xml:ns:keyprov:pskc:"
 
 
 class _Vocabulary(StrEnum):
@@ -83,6 +84,11 @@ class Kind(_Vocabulary):
     TOTP = ("totp", 1)
     HOTP = ("hotp", 2)
 
+    @property
+    def pskc_algorithm(self) -> str:
+        """The kind as a PSKC seed file names it (RFC 6030 §6.1: the URI ends in the label)."""
+        return PSKC_ALGORITHM_PREFIX + self.value
+
 
 class Hash(_Vocabulary):
     """The HMAC hash of a token's codes; its label is also its `hashlib` name."""
@@ -105,6 +111,11 @@ class Hash(_Vocabulary):
     @property
     def hashlib_name(self) -> str:
         return self.value
+
+    @property
+    def pskc_suite(self) -> str:
+        """The hash as a PSKC seed file's AlgorithmParameters Suite names it: HMAC-SHA256."""
+        return "HMAC-" + self.value.upper()
 
     @classmethod
     def _normalise(cls, text: str) -> str:

@@ -18,16 +18,20 @@ from functools import cache
 from typing import Any
 
 from protocol import MAX_PERIOD, MIN_PERIOD, TOKEN_DIGITS, Hash, Kind
+from validator import rules
+from validator.errors import InvalidJson, InvalidRequest
 from validator.service import MAX_COUNTER
 
-# Users as AWS allows them (the core checks the same); serials as the core stores them.
-USER_PATTERN = r"^[A-Za-z0-9+=,.@_-]{1,64}$"
-SERIAL_PATTERN = r"^[\x21-\x7e]{1,256}$"
-STATION_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-CODE = {"type": "string", "minLength": 1, "maxLength": 10, "pattern": "^[0-9]+$",
-        "description": "the digits on the token's display"}
-USER = {"type": "string", "pattern": USER_PATTERN, "minLength": 1, "maxLength": 64}
-SERIAL = {"type": "string", "pattern": SERIAL_PATTERN, "minLength": 1, "maxLength": 256}
+
+def _text(rule: rules.Rule, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "pattern": rule.pattern, "minLength": rule.min_length,
+            "maxLength": rule.max_length, **extra}
+
+
+CODE = _text(rules.CODE, description="the digits on the token's display")
+USER = _text(rules.USER)
+SERIAL = _text(rules.SERIAL)
+STATION = {"type": "string", "pattern": rules.STATION.pattern}
 HASH = {"type": "string", "enum": list(Hash.labels())}
 KIND = {"type": "string", "enum": list(Kind.labels())}
 DIGITS = {"type": "integer", "enum": list(TOKEN_DIGITS)}
@@ -71,20 +75,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-class RequestError(Exception):
-    """A request the API refuses: HTTP status, machine code, one-line message."""
-
-    def __init__(self, status: int, code: str, message: str,
-                 headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-
-
-def _bad(message: str) -> RequestError:
-    return RequestError(400, "invalid_request", message)
+def _bad(message: str) -> InvalidRequest:
+    return InvalidRequest(message)
 
 
 @cache
@@ -99,7 +91,7 @@ def _name(key: object) -> str:
 
 
 def check(schema: Mapping[str, Any], value: Any, where: str = "body") -> None:
-    """Raise RequestError (400) unless `value` satisfies `schema`."""
+    """Raise InvalidRequest (400) unless `value` satisfies `schema`."""
     kind = schema.get("type")
     if kind == "object":
         if not isinstance(value, dict):
@@ -151,7 +143,7 @@ def parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError, UnicodeDecodeError):
-        raise RequestError(400, "invalid_json", "the body is not valid JSON") from None
+        raise InvalidJson("the body is not valid JSON") from None
 
 
 # -- query parameters ------------------------------------------------------------------------

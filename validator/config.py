@@ -29,13 +29,13 @@ command-line options, then this file, then the defaults here.
 from __future__ import annotations
 
 import dataclasses
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from validator import rules
 from validator.core import Policy
 from validator.drift import DriftPolicy
 from validator.store import Durability
@@ -43,7 +43,6 @@ from validator.store import Durability
 CONFIG_NAME = "foblab.toml"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8700
-STATION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class ConfigError(Exception):
@@ -94,8 +93,8 @@ def _typed(section: str, key: str, value: Any, kind: type) -> Any:
 
 
 def check_station(name: str, url: str) -> None:
-    if not STATION_NAME.fullmatch(name):
-        raise ConfigError(f"station name {name!r} must be 1-64 letters, digits, '_', '.', '-'")
+    if not rules.STATION.matches(name):
+        raise ConfigError(f"station name {name!r} must be {rules.STATION.requirement()}")
     if not isinstance(url, str) or not url or len(url) > 1024:
         raise ConfigError(f"station {name!r} needs a port URL (a device path, a PTY "
                           "symlink or socket://HOST:PORT)")
@@ -172,12 +171,18 @@ def load(path: str | Path) -> Settings:
 
 def default_document(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> dict[str, Any]:
     """What `init` writes: every [validator] key with its default, empty [stations]."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    scalars = {key: defaults[key] for key in _SCALARS}
+    scalars.update(host=host, port=port, durability=Durability.NORMAL.value.lower())
+    policy = Policy()
     return {
-        "validator": {**_DEFAULT_FILES, "host": host, "port": port, "durability": "normal",
-                      "max_body_bytes": 16 * 1024, "max_import_bytes": 16 * 1024 * 1024,
-                      "station_timeout": 2.0, "access_log": True},
-        "policy": {"window": 1, "max_failures": 5, "lock_base": 30.0, "lock_cap": 3600.0,
-                   "max_devices": 8},
+        "validator": {**_DEFAULT_FILES, **scalars},
+        "policy": {key: getattr(policy, key) for key in _WRITTEN_POLICY},
         "stations": {},
         "aws": {},
     }
+
+
+_WRITTEN_POLICY = ("window", "max_failures", "lock_base", "lock_cap", "max_devices")
+"""The [policy] keys `init` writes out (with the core's defaults), as the ones an operator
+tunes first; every other Policy field may be added by hand."""

@@ -17,6 +17,7 @@ from protocol import DEFAULT_PERIOD, MAX_DIGITS, MIN_DIGITS, Hash, Kind
 from validator import drift as _drift
 from validator.drift import Drift, DriftPolicy
 from validator.otp import digest, hotp, pack_counter, truncate
+from validator.rules import well_formed_code as well_formed
 
 
 class Reason(enum.StrEnum):
@@ -169,11 +170,6 @@ _TRACKING: Final = DriftPolicy.TRACKING
 _new = object.__new__
 _compare = hmac.compare_digest
 _track = _drift.track
-
-
-def well_formed(code: str, digits: int) -> bool:
-    """Exactly `digits` ASCII digits (no unicode digits, no spaces, no signs)."""
-    return len(code) == digits and code.isascii() and code.isdigit()
 
 
 def _locked(state: TokenState, now: float) -> Decision | None:

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 import pskc
 from pskc.exceptions import PSKCError
 
-from protocol import Hash, Kind
+from protocol import MAX_DIGITS, MIN_DIGITS, PSKC_ALGORITHM_PREFIX, Hash, Kind
 from validator.errors import SeedFileError
 
-_ALGORITHM_URI = "urn:ietf:params:xml:ns:keyprov:pskc:"
+_PIN_URI = PSKC_ALGORITHM_PREFIX + "pin"
+_KIND_URIS = {kind.pskc_algorithm: kind for kind in Kind}
 CSV_HEADER = ("serial", "secret_hex", "kind", "digits", "period_or_counter", "hash")
 
 
@@ -60,6 +61,12 @@ def _suite(name: str | None, where: str) -> Hash:
         return Hash.from_label(name)  # "HMAC-SHA256" and "sha-256" alike
     except ValueError:
         raise SeedFileError(f"{where}: unsupported hash suite {name!r}") from None
+
+
+def _check_digits(digits: int, where: str) -> None:
+    if not MIN_DIGITS <= digits <= MAX_DIGITS:
+        raise SeedFileError(f"{where}: {digits} digits is not supported "
+                            f"({MIN_DIGITS} to {MAX_DIGITS})")
 
 
 def parse_pskc(content: bytes | str, *, passphrase: str | None = None,
@@ -99,14 +106,11 @@ def parse_pskc(content: bytes | str, *, passphrase: str | None = None,
         name = key.serial or key.id
         where = f"key {index} ({name or 'no id'})"
         uri = key.algorithm or ""
-        if uri == _ALGORITHM_URI + "pin":
+        if uri == _PIN_URI:
             skipped.append(f"{where}: a PIN key, not an OTP key")
             continue
-        if uri == _ALGORITHM_URI + "hotp":
-            kind = Kind.HOTP
-        elif uri == _ALGORITHM_URI + "totp":
-            kind = Kind.TOTP
-        else:
+        kind = _KIND_URIS.get(uri)
+        if kind is None:
             raise SeedFileError(f"{where}: unsupported algorithm {uri or 'none'!r}")
         if not name:
             raise SeedFileError(f"{where}: neither a serial number nor a key id")
@@ -128,8 +132,7 @@ def parse_pskc(content: bytes | str, *, passphrase: str | None = None,
             raise SeedFileError(f"{where}: response encoding {key.response_encoding!r} is "
                                 "not DECIMAL")
         digits = key.response_length or 6
-        if not 6 <= digits <= 10:
-            raise SeedFileError(f"{where}: {digits} digits is not supported (6 to 10)")
+        _check_digits(digits, where)
         period = int(interval) if interval else 30
         if period <= 0:
             raise SeedFileError(f"{where}: time interval {period} is not positive")
@@ -178,8 +181,7 @@ def parse_csv(content: bytes | str) -> ParsedFile:
         except ValueError:
             raise SeedFileError(f"{where}: digits and period_or_counter must be "
                                 "integers") from None
-        if not 6 <= digits <= 10:
-            raise SeedFileError(f"{where}: {digits} digits is not supported (6 to 10)")
+        _check_digits(digits, where)
         try:
             hash_ = Hash.from_label(hash_text or Hash.SHA1)
         except ValueError as exc:

@@ -12,7 +12,6 @@ an ordinary outcome.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from protocol import DEFAULT_PERIOD, Hash, Kind
-from validator import core
+from validator import core, rules
 from validator.core import DEFAULT_POLICY, Decision, Policy, Reason, TokenState
 from validator.drift import Drift
 from validator.errors import (
@@ -44,7 +43,6 @@ from validator.store import (
     AuditEntry,
     AuditEvent,
     Cas,
-    DuplicateSerials,
     Durability,
     SQLiteStore,
     Store,
@@ -58,8 +56,6 @@ __all__ = [
     "ValidatorError", "VerifyResult",
 ]
 
-_USER_CHARS = re.compile(r"[A-Za-z0-9+=,.@_-]+")
-_SERIAL = re.compile(r"[\x21-\x7e]{1,256}")  # AWS MFA serials (ARNs) run to 256
 _MAX_ATTEMPTS = 64
 # Every TOTP step and HOTP counter must stay inside RFC 4226's 8-byte counter, whatever a
 # seed file says: one that does not fit cannot be packed, and verify would fail with an
@@ -160,10 +156,8 @@ class Validator:
         return self._clock() if now is None else float(now)
 
     def _check_user(self, user: str) -> None:
-        if not isinstance(user, str) or not 1 <= len(user) <= self.max_user_length \
-                or not _USER_CHARS.fullmatch(user):
-            raise InvalidUser(f"user names are 1-{self.max_user_length} letters, digits and "
-                              "+=,.@_-")
+        if not rules.USER.matches(user, self.max_user_length):
+            raise InvalidUser(rules.USER.describe("user names", self.max_user_length))
 
     def _record(self, serial: str) -> TokenRecord:
         record = self.store.get(serial)
@@ -199,9 +193,9 @@ class Validator:
         return _info(self._record(serial), t)
 
     def _state(self, r: SeedRecord, window: int | None) -> TokenState:
-        if not _SERIAL.fullmatch(r.serial):
-            raise InvalidParameter(f"serial {r.serial[:40]!r} must be 1-256 printable ASCII "
-                                   "characters without spaces")
+        if not rules.SERIAL.matches(r.serial):
+            raise InvalidParameter(f"serial {r.serial[:40]!r} must be "
+                                   f"{rules.SERIAL.requirement()}")
         if not r.secret:
             raise InvalidParameter(f"{r.serial}: empty secret")
         if not 0 <= r.counter <= MAX_COUNTER:
@@ -237,10 +231,7 @@ class Validator:
             rows = [TokenRecord(serial=r.serial, state=self._state(r, window),
                                 sealed=self.box.seal(r.serial, r.secret), created=now)
                     for r in unique]
-            try:
-                return self.store.insert_tokens(rows, audit, skip_existing=skip_duplicates)
-            except DuplicateSerials as exc:
-                raise DuplicateSerial(exc.serials) from None
+            return self.store.insert_tokens(rows, audit, skip_existing=skip_duplicates)
 
     def import_seed_file(self, content: bytes | str, format: str = "pskc", *,
                          passphrase: str | None = None, key_hex: str | None = None,

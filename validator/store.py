@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from validator.core import TokenState
+from validator.errors import DuplicateSerial
 
 SCHEMA_VERSION = 2
 
@@ -94,14 +95,6 @@ class Durability(enum.StrEnum):
 
 class StoreError(Exception):
     """The database cannot be used (a newer schema, a broken file)."""
-
-
-class DuplicateSerials(Exception):  # noqa: N818 - carries data, not a failure of the store
-    """An insert named serials that already exist; nothing was inserted."""
-
-    def __init__(self, serials: Sequence[str]) -> None:
-        self.serials = list(serials)
-        super().__init__(f"serials already registered: {', '.join(self.serials)}")
 
 
 class Cas(enum.Enum):
@@ -310,7 +303,7 @@ class SQLiteStore:
 
     def insert_tokens(self, records: Sequence[TokenRecord], audit: Sequence[AuditEvent],
                       *, skip_existing: bool = False) -> list[str]:
-        """Insert all records in one transaction. Existing serials raise `DuplicateSerials`
+        """Insert all records in one transaction. Existing serials raise `DuplicateSerial`
         (nothing inserted) unless `skip_existing`, which leaves them out. Returns the serials
         inserted."""
         with self._db.transaction() as conn:
@@ -322,7 +315,7 @@ class SQLiteStore:
                 existing.update(row[0] for row in conn.execute(
                     f"SELECT serial FROM tokens WHERE serial IN ({marks})", chunk))
             if existing and not skip_existing:
-                raise DuplicateSerials(sorted(existing))
+                raise DuplicateSerial(sorted(existing))
             fresh = [r for r in records if r.serial not in existing]
             conn.executemany(
                 "INSERT INTO tokens (serial, kind, user, state, sealed, version, created, "

@@ -13,11 +13,12 @@ import re
 import unicodedata
 from collections.abc import Mapping
 
+from validator import rules
 from validator.aws.errors import AwsError, missing, validation_error
 
 SERIAL = re.compile(r"[\w+=/:,.@-]{9,256}", re.ASCII)
-USER = re.compile(r"[\w+=,.@-]{1,128}", re.ASCII)
-CODE = re.compile(r"[0-9]{6}")
+USER = rules.USER.regex(128)  # our user rule, at IAM's own length ([\w+=,.@-] in ASCII)
+CODE = rules.CODE.regex(6, min_length=6)  # AWS's MFA codes are exactly six digits
 DEVICE_NAME = re.compile(r"[\w+=,.@-]{1,226}", re.ASCII)
 PATH = re.compile(r"/|/[\x21-\x7e]+/")
 _MEMBER = re.compile(r"(\w+)\.member\.([1-9][0-9]{0,3})(?:\.(\w+))?")

@@ -1,0 +1,185 @@
+"""Request decoding: from a Starlette request to a `Call` a handler can trust.
+
+Each operation is one `Endpoint`, an ASGI app mounted by Starlette's router. It reads the
+request through Starlette's own `Request` (headers, path and query parameters, the body
+stream) and adds only what Starlette leaves to the application: the Bearer key and its
+role, a body cap enforced while streaming (Content-Length may lie or be absent), the
+content type, and the checks of the path and query parameters and of the JSON body against
+the operation's schema. Every refusal is an exception of `validator.errors`, answered by
+`refusal_response`.
+
+Why an ASGI app per operation and not a Starlette function endpoint: a function endpoint
+runs inside Starlette's per-request exception wrapper, which costs more per request than
+the whole decoding here; the daemon's verify benchmark (docs/benchmarks.md) is what this
+keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from validator import api_schema as S
+from validator import rules
+from validator.api_schema import OpDoc
+from validator.apikeys import KeyRing, Role
+from validator.config import Settings
+from validator.errors import (
+    BodyTooLarge,
+    Disconnected,
+    Forbidden,
+    InvalidRequest,
+    InvalidUser,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidatorError,
+)
+from validator.http.metrics import Metrics
+from validator.http.middleware import OUTCOME, ROLE, refusal_response
+from validator.service import Validator
+
+if TYPE_CHECKING:
+    from validator.station import Station
+
+MAX_AUTHORIZATION = 512
+"""The longest Authorization header looked at (a key is some 50 characters)."""
+
+
+@dataclass
+class Api:
+    """What the handlers share."""
+
+    validator: Validator
+    keys: KeyRing
+    settings: Settings
+    stations: dict[str, Station] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
+
+
+@dataclass
+class Call:
+    """One authenticated, validated request as a handler sees it."""
+
+    api: Api
+    scope: Scope
+    role: Role | None
+    params: dict[str, str]
+    query: dict[str, Any]
+    body: Any
+
+    def outcome(self, value: str) -> None:
+        """What the request came to, for the access log (`accepted`, `enrolled`, ...)."""
+        self.scope[OUTCOME] = value
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation: what the OpenAPI document says, its Starlette route, its handler."""
+
+    doc: OpDoc
+    route: str  # Starlette path, e.g. /v1/tokens/{serial:path}
+    handler: Handler
+    large_body: bool = False
+
+
+def _path_checks() -> dict[str, Callable[[str], ValidatorError | None]]:
+    user, serial, station = rules.USER.regex(), rules.SERIAL.regex(), rules.STATION.regex()
+
+    def check_user(value: str) -> ValidatorError | None:
+        return None if user.fullmatch(value) else InvalidUser(rules.USER.describe("user names"))
+
+    def check_serial(value: str) -> ValidatorError | None:
+        return None if serial.fullmatch(value) else InvalidRequest(
+            rules.SERIAL.describe("serials"))
+
+    def check_station(value: str) -> ValidatorError | None:
+        return None if station.fullmatch(value) else InvalidRequest(
+            rules.STATION.describe("station names"))
+
+    return {"user": check_user, "serial": check_serial, "name": check_station}
+
+
+PATH_CHECKS = _path_checks()
+"""The rule of every path parameter the routes have, by its name."""
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {"user": S.USER, "serial": S.SERIAL, "name": S.STATION}
+"""The same rules as the OpenAPI document states them."""
+
+
+class Endpoint:
+    """The ASGI app of one operation: key, parameters, body, schema, handler, refusal."""
+
+    def __init__(self, api: Api, op: Op) -> None:
+        self.api = api
+        self.op = op
+        self.roles = frozenset(op.doc.roles)
+        self.schema = S.SCHEMAS[op.doc.body] if op.doc.body else None
+        self.limit = api.settings.max_import_bytes if op.large_body \
+            else api.settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await self._respond(request)
+        except ValidatorError as exc:
+            response = refusal_response(exc)
+        await response(scope, receive, send)
+
+    def _auth(self, request: Request) -> Role | None:
+        if not self.roles:
+            return None
+        header = request.headers.get("authorization")
+        if header is None or header[:7].lower() != "bearer " or len(header) > MAX_AUTHORIZATION:
+            raise Unauthorized("send an API key as Authorization: Bearer KEY")
+        role = self.api.keys.role_of(header[7:].strip().encode("latin-1"))
+        if role is None:
+            raise Unauthorized("unknown API key")
+        request.scope[ROLE] = role.value
+        if role not in self.roles:
+            raise Forbidden(f"the {role.value} key may not call this")
+        return role
+
+    async def _body(self, request: Request) -> Any:
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media and media != "application/json" and not media.endswith("+json"):
+            raise UnsupportedMediaType("send the body as Content-Type: application/json")
+        too_large = BodyTooLarge(f"the body may be at most {self.limit} bytes")
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            raise too_large
+        chunks = []
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.limit:  # a lying or absent Content-Length: stop reading
+                    raise too_large
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise Disconnected("the client went away") from None
+        if size == 0:
+            raise InvalidRequest("a JSON body is required")
+        return S.parse_json(b"".join(chunks))
+
+    async def _respond(self, request: Request) -> Response:
+        role = self._auth(request)
+        params: dict[str, str] = request.path_params
+        for name, value in params.items():
+            refused = PATH_CHECKS[name](value)
+            if refused is not None:
+                raise refused
+        query: dict[str, Any] = {}
+        if request.scope["query_string"] or self.op.doc.query:
+            query = S.parse_query(request.query_params.multi_items(), self.op.doc.query)
+        body = None
+        if self.schema is not None:
+            body = await self._body(request)
+            S.check(self.schema, body)
+        return await self.op.handler(Call(self.api, request.scope, role, params, query, body))

@@ -1,0 +1,261 @@
+"""The API's handlers, one per operation, and the JSON shapes they answer with.
+
+A handler gets a decoded, authenticated `Call`, calls `validator.service.Validator` (or a
+station), and returns a response; a refusal is an exception of `validator.errors`.
+
+Database calls run on the event loop: each is a few hundred microseconds (one indexed
+read, one compare-and-set in WAL mode; see docs/benchmarks.md), less than a hop to a worker
+thread costs. Seed-file imports and serial stations, which can take long, run in threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
+
+from protocol import DEFAULT_PERIOD, Hash, Kind
+from validator.errors import BadSecret, InvalidRequest, UnknownStation, ValidatorError
+from validator.http.decoding import Call
+from validator.http.middleware import error_response
+from validator.service import TokenInfo
+from validator.station import Station
+
+log = logging.getLogger("foblab.validator")
+
+
+# -- JSON shapes -------------------------------------------------------------------------
+
+def token_json(t: TokenInfo) -> dict[str, Any]:
+    now = time.time()
+    out: dict[str, Any] = {
+        "serial": t.serial, "kind": t.kind, "hash": t.hash, "digits": t.digits,
+        "user": t.user, "assigned_at": t.assigned_at, "created": t.created,
+        "failures": t.failures,
+        "locked_until": t.locked_until if t.locked_until > now else None,
+        "last_accepted": t.watermark,
+    }
+    if t.kind is Kind.TOTP:
+        out.update(period=t.period, t0=t.t0, window=t.window, drift={
+            "offset_seconds": round(t.offset_seconds, 3), "rate_ppm": round(t.rate_ppm, 3)})
+        # the true time at which the last accepted step began on the token, by the estimate
+        out["last_used"] = (None if t.watermark is None else
+                            round(t.t0 + t.watermark * t.period - t.offset_seconds, 3))
+    else:
+        out["next_counter"] = 0 if t.watermark is None else t.watermark + 1
+    return out
+
+
+def _json(content: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(content, status_code=status)
+
+
+def _decode_secret(body: dict[str, Any]) -> bytes:
+    b32, hexa = body.get("secret_b32"), body.get("secret_hex")
+    if (b32 is None) == (hexa is None):
+        raise InvalidRequest("give exactly one of secret_b32 and secret_hex")
+    try:
+        if b32 is not None:
+            text = b32.rstrip("=").upper()
+            secret = base64.b32decode(text + "=" * (-len(text) % 8))
+        else:
+            secret = bytes.fromhex(str(hexa))
+    except (binascii.Error, ValueError):
+        which = "secret_b32 is not valid base32" if b32 is not None \
+            else "secret_hex is not valid hex"
+        raise BadSecret(which) from None
+    if not 10 <= len(secret) <= 128:
+        raise BadSecret("the secret must be 10-128 bytes")
+    return secret
+
+
+# -- handlers ------------------------------------------------------------------------------
+
+async def create_token(c: Call) -> Response:
+    b = c.body
+    kind = Kind.from_label(b.get("kind", Kind.TOTP))
+    if kind is Kind.TOTP and "counter" in b:
+        raise InvalidRequest("counter is for HOTP tokens")
+    if kind is Kind.HOTP and ("period" in b or "t0" in b):
+        raise InvalidRequest("period and t0 are for TOTP tokens")
+    info = c.api.validator.register_token(
+        b["serial"], _decode_secret(b), kind=kind, digits=b.get("digits", 6),
+        hash=b.get("hash", Hash.SHA1), period=b.get("period", DEFAULT_PERIOD), t0=b.get("t0", 0),
+        counter=b.get("counter", 0))
+    return _json(token_json(info), 201)
+
+
+async def import_tokens(c: Call) -> Response:
+    b = c.body
+    if "passphrase" in b and "key_hex" in b:
+        raise InvalidRequest("give passphrase or key_hex, not both")
+    result = await run_in_threadpool(
+        c.api.validator.import_seed_file, b["content"], b["format"],
+        passphrase=b.get("passphrase"), key_hex=b.get("key_hex"),
+        skip_duplicates=b.get("skip_duplicates", False))
+    return _json({"imported": len(result.imported), "serials": result.imported,
+                  "skipped": result.skipped})
+
+
+async def rotate_key(c: Call) -> Response:
+    resealed = await run_in_threadpool(c.api.validator.rotate_key)
+    return _json({"resealed": resealed, "key_id": c.api.validator.box.key_id})
+
+
+def _page(c: Call) -> tuple[int, int]:
+    return c.query.get("limit", 100), c.query.get("offset", 0)
+
+
+def _next(items: Sequence[Any], limit: int, offset: int) -> int | None:
+    return offset + limit if len(items) == limit else None
+
+
+async def list_tokens(c: Call) -> Response:
+    limit, offset = _page(c)
+    unassigned = c.query.get("unassigned")
+    tokens = c.api.validator.list_tokens(
+        user=c.query.get("user"), kind=c.query.get("kind"),
+        assigned=None if unassigned is None else not unassigned, limit=limit, offset=offset)
+    return _json({"tokens": [token_json(t) for t in tokens], "limit": limit, "offset": offset,
+                  "next_offset": _next(tokens, limit, offset)})
+
+
+async def show_token(c: Call) -> Response:
+    return _json(token_json(c.api.validator.get_token(c.params["serial"])))
+
+
+async def delete_token(c: Call) -> Response:
+    c.api.validator.delete_token(c.params["serial"])
+    return Response(status_code=204)
+
+
+async def unlock_token(c: Call) -> Response:
+    return _json(token_json(c.api.validator.unlock(c.params["serial"])))
+
+
+async def enable_device(c: Call) -> Response:
+    b = c.body
+    info = c.api.validator.enable(c.params["user"], b["serial"], b["code1"], b["code2"])
+    c.outcome("enabled")
+    return _json(token_json(info), 201)
+
+
+async def list_devices(c: Call) -> Response:
+    user = c.params["user"]
+    return _json({"user": user,
+                  "devices": [token_json(t) for t in c.api.validator.list_devices(user)]})
+
+
+async def deactivate_device(c: Call) -> Response:
+    c.api.validator.deactivate(c.params["user"], c.params["serial"])
+    return Response(status_code=204)
+
+
+async def resync_device(c: Call) -> Response:
+    b = c.body
+    info = c.api.validator.resync(c.params["user"], c.params["serial"], b["code1"], b["code2"])
+    c.outcome("resynced")
+    out = token_json(info)
+    return _json({"ok": True, "serial": info.serial, "user": info.user,
+                  "drift": out.get("drift"), "token": out})
+
+
+async def verify(c: Call) -> Response:
+    b = c.body
+    result = c.api.validator.verify(b["user"], b["code"], serial=b.get("serial"))
+    reason = result.reason.value
+    c.api.metrics.verify[reason] += 1
+    c.outcome(reason)
+    out: dict[str, Any] = {"ok": result.accepted, "reason": reason, "user": b["user"],
+                           "serial": result.serial}
+    if result.retry_after:
+        out["retry_after"] = round(result.retry_after, 3)
+    return _json(out)
+
+
+async def audit(c: Call) -> Response:
+    limit, offset = _page(c)
+    q = c.query
+    entries = c.api.validator.audit(serial=q.get("serial"), user=q.get("user"),
+                                    action=q.get("action"), result=q.get("result"),
+                                    since=q.get("since"), until=q.get("until"),
+                                    limit=limit, offset=offset)
+    return _json({"entries": [{"id": e.id, "time": e.time, "action": e.action,
+                               "result": e.result, "reason": e.reason, "serial": e.serial,
+                               "user": e.user} for e in entries],
+                  "limit": limit, "offset": offset,
+                  "next_offset": _next(entries, limit, offset)})
+
+
+def _station(c: Call) -> Station:
+    name = c.params["name"]
+    station = c.api.stations.get(name)
+    if station is None:
+        raise UnknownStation(f"no station named {name!r} is configured")
+    return station
+
+
+async def list_stations(c: Call) -> Response:
+    return _json({"stations": [{"name": s.name, "port": s.url}
+                               for s in c.api.stations.values()]})
+
+
+async def _on_station(c: Call, station: Station, op: str, fn: Callable[[], Any]) -> Any:
+    """`fn()` in a worker thread holding the station (one request at a time talks to a
+    port), counted for /metrics by its result: ok, or the refusal's code."""
+
+    def locked() -> Any:
+        with station.lock:
+            return fn()
+
+    try:
+        result = await run_in_threadpool(locked)
+    except ValidatorError as exc:
+        c.api.metrics.stations[(station.name, op, exc.code)] += 1
+        raise
+    c.api.metrics.stations[(station.name, op, "ok")] += 1
+    return result
+
+
+async def station_info(c: Call) -> Response:
+    station = _station(c)
+    info = await _on_station(c, station, "info", station.info)
+    return _json({"station": station.name, "token": info})
+
+
+async def station_enroll(c: Call) -> Response:
+    station = _station(c)
+    b = c.body
+    validator = c.api.validator
+
+    def run() -> Any:
+        return station.enroll(validator, b["user"], provision=b.get("provision", False),
+                              kind=b.get("kind"), hash=b.get("hash"), digits=b.get("digits"),
+                              period=b.get("period"))
+
+    enrolled = await _on_station(c, station, "enroll", run)
+    c.outcome("enrolled")
+    return _json({"station": station.name, "serial": enrolled.serial, "user": enrolled.user,
+                  "provisioned": enrolled.provisioned, "token": token_json(enrolled.token)},
+                 201)
+
+
+async def healthz(c: Call) -> Response:
+    try:
+        await run_in_threadpool(c.api.validator.list_tokens, limit=1)
+    except Exception as exc:  # any failure of the database is what this reports
+        log.warning("health check failed: %s", type(exc).__name__)
+        return error_response(503, "unhealthy", "the database cannot be read")
+    return _json({"status": "ok"})
+
+
+async def metrics(c: Call) -> Response:
+    return Response(c.api.metrics.render(), media_type="text/plain; version=0.0.4")
+
+

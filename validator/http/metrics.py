@@ -1,0 +1,67 @@
+"""The daemon's Prometheus metrics: a few counters, a gauge and one histogram, rendered
+in the text exposition format by hand (no client library needed for so few)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+
+class Metrics:
+    """Prometheus text exposition, hand-rolled: a few counters, a gauge, one histogram."""
+
+    BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+               5.0, 10.0)
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.verify: Counter[str] = Counter()
+        self.stations: Counter[tuple[str, str, str]] = Counter()
+        self.in_flight = 0
+        self.buckets = [0] * len(self.BUCKETS)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests[(method, route, status)] += 1
+        self.count += 1
+        self.total += seconds
+        for i, bound in enumerate(self.BUCKETS):
+            if seconds <= bound:
+                self.buckets[i] += 1
+                break
+
+    def render(self) -> str:
+        out = [
+            "# HELP foblab_http_requests_total HTTP requests by method, route and status.",
+            "# TYPE foblab_http_requests_total counter",
+        ]
+        for (method, route, status), n in sorted(self.requests.items()):
+            out.append(f'foblab_http_requests_total{{method="{method}",route="{route}",'
+                       f'status="{status}"}} {n}')
+        out += ["# HELP foblab_http_request_duration_seconds Time to answer a request.",
+                "# TYPE foblab_http_request_duration_seconds histogram"]
+        running = 0
+        for bound, n in zip(self.BUCKETS, self.buckets, strict=True):
+            running += n
+            out.append(f'foblab_http_request_duration_seconds_bucket{{le="{bound}"}} {running}')
+        out += [f'foblab_http_request_duration_seconds_bucket{{le="+Inf"}} {self.count}',
+                f"foblab_http_request_duration_seconds_sum {self.total:.6f}",
+                f"foblab_http_request_duration_seconds_count {self.count}",
+                "# HELP foblab_http_requests_in_flight Requests being answered now.",
+                "# TYPE foblab_http_requests_in_flight gauge",
+                f"foblab_http_requests_in_flight {self.in_flight}",
+                "# HELP foblab_verify_total Verifications by outcome.",
+                "# TYPE foblab_verify_total counter"]
+        for reason, n in sorted(self.verify.items()):
+            out.append(f'foblab_verify_total{{reason="{reason}"}} {n}')
+        out += ["# HELP foblab_station_operations_total Station operations by result.",
+                "# TYPE foblab_station_operations_total counter"]
+        for (name, op, result), n in sorted(self.stations.items()):
+            out.append(f'foblab_station_operations_total{{station="{name}",op="{op}",'
+                       f'result="{result}"}} {n}')
+        out += ["# HELP foblab_start_time_seconds When the daemon started (Unix seconds).",
+                "# TYPE foblab_start_time_seconds gauge",
+                f"foblab_start_time_seconds {self.started:.3f}", ""]
+        return "\n".join(out)
