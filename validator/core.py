@@ -285,6 +285,50 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
     return _fail(state, Reason.INVALID_CODE, now, policy)
 
 
+def verify_reference(state: TokenState, key: bytes, code: str, now: float,
+                     policy: Policy = DEFAULT_POLICY) -> Decision:
+    """`verify` written plainly, as the specification its fast path is held to.
+
+    `verify` inlines the common case (a synced token's current code: one HMAC, the drift
+    update and the new state built without `__init__`), which a benchmark shows pays
+    (docs/benchmarks.md). This version has none of that: every step of the window, nearest
+    first, through `hotp` and `replace`, the drift through `drift.observe`. A property test
+    (tests/validator/test_reference.py) checks both decide alike for any state, code, time
+    and policy.
+    """
+    if state.locked_until > now:
+        return Decision(Reason.LOCKED, state, None, state.locked_until - now)
+    if not well_formed(code, state.digits):
+        return _fail(state, Reason.INVALID_CODE, now, policy)
+    if state.kind is Kind.HOTP:
+        return _verify_hotp(state, key, code, now, policy)
+    shown = now - policy.typing_allowance / 2
+    center = (shown + state.drift.predict(shown) - state.t0) / state.period
+    window = policy.window if state.window is None else state.window
+    replayed = False
+    for step in _order(center, window):
+        if step < 0 or not hmac.compare_digest(hotp(key, step, state.digits, state.hash),
+                                               code):
+            continue
+        if state.watermark is not None and step <= state.watermark:
+            replayed = True
+            continue
+        obs = _drift.interval(step, now, state.period, state.t0, policy.typing_allowance)
+        drift = _drift.observe(state.drift, obs, policy=policy.drift_policy,
+                               period=state.period, max_rate=policy.max_rate_ppm * 1e-6,
+                               history=policy.history)
+        return Decision(Reason.ACCEPTED, replace(state, watermark=step, drift=drift,
+                                                 failures=0, locked_until=0.0), step)
+    if replayed:
+        return _fail(state, Reason.REPLAYED, now, policy)
+    if policy.near_miss_steps and policy.drift_policy is DriftPolicy.TRACKING and \
+            state.drift.poly:
+        learnt = _near_miss(state, key, code, now, center, window, policy)
+        if learnt is not None:
+            state = replace(state, drift=learnt)
+    return _fail(state, Reason.INVALID_CODE, now, policy)
+
+
 def _verify_hotp(state: TokenState, key: bytes, code: str, now: float,
                  policy: Policy) -> Decision:
     digits = state.digits

@@ -454,3 +454,26 @@ def _whole_step(obs: Observation, period: int) -> float:
     # difference is ceil(lo / P) steps.
     lo = obs[1]
     return float(-((-lo) // period) * period)
+
+
+# -- plain reference versions of the fast paths ------------------------------------------------
+# `Drift.predict` and `track` are hand-inlined for the verification hot path. These say the
+# same thing plainly; tests/validator/test_reference.py checks the fast paths against them
+# for any estimate and observation.
+
+def predict_reference(drift: Drift, now: float) -> float:
+    """`Drift.predict` without the cached line and the inlined `_span`."""
+    poly = drift.soft or drift.poly
+    if not poly:
+        return drift.offset
+    a, r = believed_line(drift)
+    dt = now - drift.tref
+    lo, hi = _span(poly, dt)
+    return min(max(a + r * dt, lo), hi)
+
+
+def track_reference(drift: Drift, t: float, lo: float, hi: float, max_rate: float,
+                    history: int) -> Drift:
+    """`track` as what it is: `observe` under the tracking policy."""
+    return observe(drift, (t, lo, hi), policy=DriftPolicy.TRACKING, period=1,
+                   max_rate=max_rate, history=history)
