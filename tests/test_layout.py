@@ -78,3 +78,26 @@ def test_cli_group_lists_only_existing_commands() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     assert "foblab" in result.output
+
+
+@pytest.mark.parametrize("package", [p for p in PACKAGES if p != "protocol"] + ["bench"])
+def test_protocol_is_imported_through_its_front_door(package: str) -> None:
+    """Outside protocol/ (tests aside), `from protocol import ...` only: the package's
+    `__all__` is its public list."""
+    offenders = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) and \
+                node.level == 0 else [a.name for a in node.names] \
+                if isinstance(node, ast.Import) else []
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names
+                          if n.startswith("protocol.")]
+    assert not offenders, offenders
+
+
+def test_protocol_all_is_exactly_what_it_exports() -> None:
+    import protocol
+
+    public = {n for n in vars(protocol) if not n.startswith("_")} - {
+        "codec", "connection", "errors", "framing", "messages", "vocabulary"}
+    assert public == set(protocol.__all__)
