@@ -47,6 +47,13 @@ class _Vocabulary(StrEnum):
         return tuple(m.value for m in cls)
 
     @classmethod
+    def choices(cls) -> str:
+        """The labels for a message: `totp or hotp`, `sha1, sha256 or sha512`."""
+        labels = cls.labels()
+        return labels[0] if len(labels) == 1 else \
+            f"{', '.join(labels[:-1])} or {labels[-1]}"
+
+    @classmethod
     def _normalise(cls, text: str) -> str:
         return text.strip().lower()
 

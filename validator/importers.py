@@ -173,8 +173,8 @@ def parse_csv(content: bytes | str) -> ParsedFile:
             raise SeedFileError(f"{where}: empty secret")
         try:
             kind = Kind.from_label(kind_text)
-        except ValueError as exc:
-            raise SeedFileError(f"{where}: {exc}") from None
+        except ValueError:
+            raise SeedFileError(f"{where}: kind must be {Kind.choices()}") from None
         try:
             digits = int(digits_text) if digits_text else 6
             poc = int(poc_text) if poc_text else (30 if kind is Kind.TOTP else 0)
@@ -184,8 +184,8 @@ def parse_csv(content: bytes | str) -> ParsedFile:
         _check_digits(digits, where)
         try:
             hash_ = Hash.from_label(hash_text or Hash.SHA1)
-        except ValueError as exc:
-            raise SeedFileError(f"{where}: {exc}") from None
+        except ValueError:
+            raise SeedFileError(f"{where}: hash must be {Hash.choices()}") from None
         if kind is Kind.TOTP and poc <= 0:
             raise SeedFileError(f"{where}: the TOTP period must be positive")
         if kind is Kind.HOTP and poc < 0:
