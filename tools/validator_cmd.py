@@ -133,8 +133,11 @@ def serve(directory: Path | None, config: Path | None, host: str | None, port: i
     def ready(url: str) -> None:
         click.echo(f"foblab validator listening on {url}", err=True)
 
+    def radius_ready(address: str) -> None:
+        click.echo(f"foblab validator answering RADIUS on udp {address}", err=True)
+
     try:
-        code = run(settings, on_ready=ready, log_level=log_level)
+        code = run(settings, on_ready=ready, log_level=log_level, on_radius=radius_ready)
     except StartupError as exc:
         _fail(str(exc))
     sys.exit(code)

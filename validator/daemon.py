@@ -182,9 +182,11 @@ def _radius(settings: Settings) -> tuple[Any, Any] | None:
 
 
 def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
-          log_level: str = "info", graceful_timeout: int | None = 30) -> int:
+          log_level: str = "info", graceful_timeout: int | None = 30,
+          on_radius: Callable[[str], None] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT. Raises StartupError before serving; returns 0
-    after a clean shutdown, 1 if uvicorn could not start."""
+    after a clean shutdown, 1 if uvicorn could not start. `on_radius` gets the RADIUS
+    door's `HOST:PORT` once it answers (before `on_ready`)."""
     from validator.app import create_app
 
     _configure_logging(log_level)
@@ -241,8 +243,10 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
                                 client.name, client.network)
             listener.start()
             rhost, rport = listener.address
-            log.info("radius answering on udp %s", f"[{rhost}]:{rport}" if ":" in rhost
-                     else f"{rhost}:{rport}")
+            where = f"[{rhost}]:{rport}" if ":" in rhost else f"{rhost}:{rport}"
+            log.info("radius door on udp %s (%d client(s))", where, len(clients))
+            if on_radius is not None:
+                on_radius(where)
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         config = uvicorn.Config(
