@@ -300,10 +300,10 @@ def test_emulated_token_code_over_serial_then_radius(home: Home, tmp_path: Path)
     goes through RADIUS (a real UDP exchange with the daemon) and is accepted."""
     import json
 
+    from daemon_helpers import Port  # type: ignore[import-not-found]
+
     from firmware_sim.background import serve_fleet
     from tools.radius_cmd import exchange
-
-    from daemon_helpers import Port  # type: ignore[import-not-found]
 
     with serve_fleet(directory=tmp_path / "fleet", count=1, qa=True, seed=13) as fleet:
         manifest = json.loads(Path(fleet.manifest_path).read_text())
