@@ -177,6 +177,22 @@ def main() -> None:
             for n, _ in PHASES:
                 ratio = results[("radius", n)]["rate"] / results[("http", n)]["rate"]
                 print(f"   at {n}: RADIUS is {ratio:.0%} of HTTP verify")
+            # Does RADIUS traffic hold up the HTTP API? HTTP verify at 1 connection while
+            # RADIUS runs at 8 outstanding, against the 1-connection figure above.
+            step = _fresh_step(enabled)
+            radius_reqs = _radius_requests(first, 3_000, step)
+            first += 3_000
+            http_reqs = _verify_requests(key, first, 1_000, step)
+            first += 1_000
+            box: dict[str, Any] = {}
+            side = threading.Thread(target=lambda: box.update(
+                r=run_radius_load(*radius, radius_reqs, 8)))
+            side.start()
+            time.sleep(0.3)  # let the RADIUS load get going
+            r = run_load(host, int(port), http_reqs, 1)
+            side.join()
+            _report("HTTP verify during RADIUS load", "conns", 1, r)
+            _report("  the RADIUS load meanwhile", "outstanding", 8, box["r"])
         finally:
             proc.terminate()
             proc.wait(30)
