@@ -236,3 +236,14 @@ def test_fuzz_signed_requests(door: RadiusDoor, user: str, code: str, flip: int)
     data[flip % len(data)] ^= 0x5A
     door.handle(bytes(data), VPN, NOW)
     assert door.dropped["error"] == 0
+
+
+def test_the_reused_reply_encodes_like_a_fresh_one() -> None:
+    replies = codec.Replies()
+    for code, message in ((codec.ACCESS_ACCEPT, "Accepted"), (codec.ACCESS_REJECT, WRONG),
+                          (codec.ACCESS_ACCEPT, None)):
+        for user in ("a", "b"):
+            request = codec.decode(codec.access_request(user, "1", SECRET).RequestPacket(),
+                                   SECRET)
+            assert replies.answer(request, code, message) == \
+                codec.answer(request, code, message)

@@ -120,6 +120,36 @@ def answer(request: Request, code: int, message: str | None = None,
     return data
 
 
+class Replies:
+    """`answer`, faster for the common case: an answer without State to a request without
+    Proxy-State reuses one pyrad reply per (code, Reply-Message), only its Identifier,
+    authenticator and secret changed before pyrad encodes and signs it again. That halves
+    the cost of an answer (docs/benchmarks.md). Not thread-safe: one per listener."""
+
+    def __init__(self) -> None:
+        self._templates: dict[tuple[int, str | None], _packet.AuthPacket] = {}
+
+    def answer(self, request: Request, code: int, message: str | None = None,
+               state: bytes | None = None) -> bytes:
+        if state is not None or OrderedDict.__contains__(request.packet, 33):
+            return answer(request, code, message, state)
+        template = self._templates.get((code, message))
+        if template is None:
+            template = _packet.AuthPacket(code=code, secret=b"", authenticator=bytes(16),
+                                          dict=DICTIONARY)
+            template.message_authenticator = True
+            template._request_code = ACCESS_REQUEST  # how pyrad's CreateReply marks a reply
+            if message is not None:
+                template.AddAttribute("Reply-Message", message)
+            if len(self._templates) < 256:
+                self._templates[(code, message)] = template
+        template.id = request.ident
+        template.authenticator = request.authenticator
+        template.secret = request.packet.secret
+        data: bytes = template.ReplyPacket()
+        return data
+
+
 def access_request(user: str, password: str, secret: bytes, *, state: bytes | None = None,
                    message_authenticator: bool = True,
                    nas_identifier: str = "foblab") -> _packet.AuthPacket:

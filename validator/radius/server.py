@@ -120,6 +120,7 @@ class RadiusDoor:
         self._by_address: dict[str, Client | None] = {}
         self._cache: OrderedDict[tuple[Any, ...], tuple[float, bytes]] = OrderedDict()
         self._challenges: OrderedDict[bytes, _Challenge] = OrderedDict()
+        self._replies = codec.Replies()
 
     # -- the exchange ----------------------------------------------------------------------
 
@@ -173,12 +174,12 @@ class RadiusDoor:
             self.duplicates += 1
             return cached[1]
         if request.code == codec.STATUS_SERVER:  # RFC 5997: alive
-            out = codec.answer(request, codec.ACCESS_ACCEPT)
+            out = self._replies.answer(request, codec.ACCESS_ACCEPT)
             self.answered["status"] += 1
         else:
             started = time.perf_counter()
             code, message, state, outcome = self._decide(request, client, now)
-            out = codec.answer(request, code, message, state)
+            out = self._replies.answer(request, code, message, state)
             self.answered[outcome] += 1
             if self.log_requests:
                 access_log.info(json.dumps({
