@@ -479,9 +479,11 @@ def audit(client: Client, as_json: bool, serial: str | None, user: str | None,
         "serial": serial, "user": user, "action": action, "result": result, "limit": limit,
         "offset": offset})
     _show(data, as_json, lambda d: _table(
-        [{**e, "time": _when(e["time"])} for e in d["entries"]],
+        [{**e, "time": _when(e["time"]),
+          "via": f"{e.get('via')}:{e.get('client')}" if e.get("via") else None}
+         for e in d["entries"]],
         (("id", "ID"), ("time", "TIME"), ("action", "ACTION"), ("result", "RESULT"),
-         ("reason", "REASON"), ("serial", "SERIAL"), ("user", "USER"))))
+         ("reason", "REASON"), ("serial", "SERIAL"), ("user", "USER"), ("via", "VIA"))))
 
 
 @validator.group()

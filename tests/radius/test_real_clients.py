@@ -138,6 +138,13 @@ def test_accept_then_replay_then_wrong_code(home: Home) -> None:
     assert [(r["result"], r["reason"], r["via"], r["client"]) for r in rows][-3:] == [
         ("ok", "accepted", "radius", "vpn"), ("refused", "replayed", "radius", "vpn"),
         ("refused", "invalid_code", "radius", "vpn")]
+    table = subprocess.run([sys.executable, "-m", "tools.cli", "validator", "audit", "--user",
+                            "alice", "--action", "verify", "--dir", str(home.daemon.dir),
+                            "--url", home.daemon.url], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split()[-1] == "VIA"
+    assert table.stdout.splitlines()[-1].rstrip().endswith("radius:vpn")
 
 
 def test_unknown_user_gets_the_wrong_code_words(home: Home) -> None:
