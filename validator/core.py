@@ -133,7 +133,8 @@ class TokenState:
     def from_json(cls, data: dict[str, Any]) -> TokenState:
         return cls(
             kind=Kind.from_label(data["kind"]), digits=int(data["digits"]),
-            hash=Hash.from_label(data["algorithm"]), period=int(data["period"]), t0=int(data["t0"]),
+            hash=Hash.from_label(data["algorithm"]), period=int(data["period"]),
+            t0=int(data["t0"]),
             window=data.get("window"), watermark=data.get("watermark"),
             drift=Drift.from_json(data.get("drift") or {}),
             failures=int(data.get("failures", 0)),
@@ -147,13 +148,17 @@ class Decision:
 
     `state` is the token's state to commit (failures counted, watermark moved, drift
     updated). `matched` is the step or counter the code matched (None when refused);
-    `retry_after` the seconds to wait when `reason` is `locked`.
+    `retry_after` the seconds to wait when `reason` is `locked`. `near_miss`: a refused
+    TOTP code matched this step just outside the window, where the drift tracker says the
+    token's clock may be (see `_near_miss`); a door may ask for the next code to complete
+    an automatic resynchronisation. None otherwise.
     """
 
     reason: Reason
     state: TokenState
     matched: int | None = None
     retry_after: float = 0.0
+    near_miss: int | None = None
 
     @property
     def accepted(self) -> bool:
@@ -281,7 +286,9 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
             state.drift.poly:
         learnt = _near_miss(state, key, code, now, center, window, policy)
         if learnt is not None:
-            state = replace(state, drift=learnt)
+            drift, step = learnt
+            return Decision(_INVALID, record_failure(replace(state, drift=drift), now, policy),
+                            near_miss=step)
     return _fail(state, Reason.INVALID_CODE, now, policy)
 
 
@@ -325,7 +332,10 @@ def verify_reference(state: TokenState, key: bytes, code: str, now: float,
             state.drift.poly:
         learnt = _near_miss(state, key, code, now, center, window, policy)
         if learnt is not None:
-            state = replace(state, drift=learnt)
+            drift, step = learnt
+            return Decision(Reason.INVALID_CODE,
+                            record_failure(replace(state, drift=drift), now, policy),
+                            near_miss=step)
     return _fail(state, Reason.INVALID_CODE, now, policy)
 
 
@@ -357,8 +367,9 @@ def _observe(state: TokenState, step: int, now: float, policy: Policy) -> Drift:
 
 
 def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: float,
-               window: int, policy: Policy) -> Drift | None:
-    """The drift after a refused code that matches a step just outside the window.
+               window: int, policy: Policy) -> tuple[Drift, int] | None:
+    """The drift after a refused code that matches a step just outside the window, and
+    that step.
 
     A token refused once because its clock has moved to the window's edge (early on, while
     its rate is unknown) would be refused again next time: a refused code teaches nothing.
@@ -371,8 +382,10 @@ def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: flo
     Why this is safe: a random guess matches one of k extra steps with probability
     k·10^-digits, and all it can then do is move the estimate within what is physically
     possible anyway; old (observed) codes lie at or before the watermark and are never
-    compared; the attempt still counts as a failure toward the throttle; and the answer is
-    the same `invalid_code` whether or not it matched, so it is no oracle.
+    compared; the attempt still counts as a failure toward the throttle; and the reason is
+    the same `invalid_code` whether or not it matched. The HTTP and AWS doors show nothing
+    more, so they are no oracle; the RADIUS door turns a near miss into a challenge for the
+    token's next code (RFC 4226 §7.4), which only the token's holder can answer.
     """
     drift = state.drift
     period, t0 = state.period, state.t0
@@ -394,7 +407,7 @@ def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: flo
     for step in steps[:policy.near_miss_steps]:
         if hmac.compare_digest(hotp(key, step, digits, hash_), code):
             obs = _drift.interval(step, now, period, t0, allowance)
-            return _drift.learn(drift, obs, history=policy.history)
+            return _drift.learn(drift, obs, history=policy.history), step
     return None
 
 

@@ -188,7 +188,8 @@ async def audit(c: Call) -> Response:
                                     limit=limit, offset=offset)
     return _json({"entries": [{"id": e.id, "time": e.time, "action": e.action,
                                "result": e.result, "reason": e.reason, "serial": e.serial,
-                               "user": e.user} for e in entries],
+                               "user": e.user, "via": e.via, "client": e.client}
+                              for e in entries],
                   "limit": limit, "offset": offset,
                   "next_offset": _next(entries, limit, offset)})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 
 
 class Metrics:
@@ -19,6 +20,7 @@ class Metrics:
         self.verify: Counter[str] = Counter()
         self.stations: Counter[tuple[str, str, str]] = Counter()
         self.in_flight = 0
+        self.extra: list[Callable[[], str]] = []  # other doors' metrics (RADIUS)
         self.buckets = [0] * len(self.BUCKETS)
         self.count = 0
         self.total = 0.0
@@ -64,4 +66,4 @@ class Metrics:
         out += ["# HELP foblab_start_time_seconds When the daemon started (Unix seconds).",
                 "# TYPE foblab_start_time_seconds gauge",
                 f"foblab_start_time_seconds {self.started:.3f}", ""]
-        return "\n".join(out)
+        return "\n".join(out) + "".join(render() for render in self.extra)
