@@ -65,7 +65,7 @@ USER: Final = Rule("A-Za-z0-9+=,.@_-", 64, words="letters, digits and +=,.@_-")
 SERIAL: Final = Rule(r"\x21-\x7e", 256,
                      words="printable ASCII characters without spaces")
 """Serials as the validator stores them: AWS MFA serials (ARNs) run to 256."""
-STATION: Final = Rule("A-Za-z0-9_.-", 64, words="of A-Z a-z 0-9 _ . -")
+STATION: Final = Rule("A-Za-z0-9_.-", 64, words="letters, digits, '_', '.', '-'")
 """Names of enrollment stations (config keys and API path segments)."""
 CODE: Final = Rule("0-9", MAX_DIGITS, words="digits")
 """What a code may look like on the way in; the core then wants exactly the token's digits."""

@@ -56,7 +56,7 @@ def test_the_user_rule_is_one_rule_for_api_service_aws_and_scenarios(name: str, 
 
 def test_station_names_are_the_same_rule_in_the_config_and_the_api() -> None:
     check_station("bench-1.a_b", "/dev/null")
-    with pytest.raises(ConfigError, match="1-64 of A-Z a-z 0-9 _ . -"):
+    with pytest.raises(ConfigError, match="1-64 letters, digits, '_', '.', '-'"):
         check_station("bad name", "/dev/null")
     assert rules.STATION.matches("bench-1.a_b") and not rules.STATION.matches("bad name")
 
