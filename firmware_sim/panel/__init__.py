@@ -159,7 +159,8 @@ class TokenView:
     def refresh(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
         try:
-            info, shown, clock = self.call(lambda c: (c.info(), c.display(), c.clock()))
+            info, shown, clock = self.call(lambda c: (
+                (i := c.info()), c.display() if i.provisioned else None, c.clock()))
         except PanelError as exc:
             self.snapshot = {**self.snapshot, "error": str(exc)}
             return self.snapshot
@@ -174,7 +175,8 @@ class TokenView:
             "kind": info.kind.name.lower(), "hash": info.hash.name.lower(),
             "digits": info.digits, "period": info.period, "qa": info.qa_mode,
             "battery_ok": info.battery_ok, "provisioned": info.provisioned,
-            "code": shown.code, "seconds_left": shown.seconds_left,
+            "code": shown.code if shown else "", "seconds_left": shown.seconds_left if shown
+            else 0,
             "step_left": (period - (token_ms // 1000) % period) if totp else None,
             "token_time": token_ms / 1000, "offset_s": clock.offset_ms / 1000,
             "frozen": clock.frozen, "drift_ppm": d.ppm,
