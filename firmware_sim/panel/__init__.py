@@ -33,6 +33,7 @@ import serial
 from protocol.connection import TokenClient, pyserial_reader
 from protocol.errors import ProtocolError
 from protocol.messages import (
+    AdjustOffsetRequest,
     AgeRequest,
     BatteryRequest,
     ClockReply,
@@ -209,6 +210,11 @@ class TokenView:
         elif action == "age":
             span = parse_span(str(value))
             self.call(lambda c: c.clock_command(AgeRequest(span)))
+        elif action == "jump":
+            text = str(value).strip()
+            sign = -1 if text.startswith("-") else 1
+            delta = sign * parse_span(text.lstrip("+-"))
+            self.call(lambda c: c.clock_command(AdjustOffsetRequest(delta)))
         elif action == "set-time":
             when = parse_time(str(value))
             self.call(lambda c: c.clock_command(SetTimeRequest(when)))

@@ -57,6 +57,7 @@
     const data = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
     if (data.token) draw(card, data.token);
     field(card, "error").textContent = data.error || "";
+    card.dataset.answers = String(Number(card.dataset.answers || 0) + 1);
   }
 
   document.addEventListener("click", (event) => {
