@@ -3,8 +3,9 @@ live, and drives their button and QA controls.
 
 It talks to each token only through the protocol client on a pyserial URL (a PTY link,
 `socket://HOST:PORT`, a device), exactly as `foblab token` does: no back door into a
-token's state. A poller thread reads every token's INFO, DISPLAY and CLOCK about twice a
-second; the page follows over server-sent events. Buttons post small JSON requests that
+token's state. While a page is open, a poller thread reads every token's INFO, DISPLAY and
+CLOCK about twice a second and the page follows over server-sent events; with no page open
+the ports are left alone. Buttons post small JSON requests that
 must carry the page's token (no other site can press a button here), and every request must
 name a loopback host (no DNS rebinding).
 
@@ -244,6 +245,7 @@ class Panel:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.version = 0
+        self.watchers = 0  # open event streams: the tokens are polled only while one is
 
     @staticmethod
     def urls_from_fleet(directory: str | Path) -> list[str]:
@@ -277,8 +279,11 @@ class Panel:
         self.refresh_all()
 
         def loop() -> None:
+            # Only while a page watches: a port nobody looks at is left alone (a PTY has one
+            # input queue, so a poll could take the reply another program waits for).
             while not self._stop.wait(self.interval):
-                self.refresh_all()
+                if self.watchers:
+                    self.refresh_all()
 
         self._thread = threading.Thread(target=loop, name="foblab-panel-poll", daemon=True)
         self._thread.start()
@@ -323,6 +328,7 @@ class Panel:
         async def page(request: Request) -> Response:
             if not host_ok(request):
                 return PlainTextResponse("unknown host", 421)
+            await run_in_threadpool(self.refresh_all)
             html = env.get_template("panel.html").render(
                 tokens=self.state(), page_token=self.token)
             return HTMLResponse(html, headers=headers)
@@ -346,13 +352,17 @@ class Panel:
 
             async def stream() -> AsyncIterator[str]:
                 seen = -1
-                while not self._stop.is_set():
-                    if self.version != seen:
-                        seen = self.version
-                        yield f"data: {json.dumps({'tokens': self.state()})}\n\n"
-                    await asyncio.sleep(self.interval / 2)
-                    if await request.is_disconnected():
-                        break
+                self.watchers += 1
+                try:
+                    while not self._stop.is_set():
+                        if self.version != seen:
+                            seen = self.version
+                            yield f"data: {json.dumps({'tokens': self.state()})}\n\n"
+                        await asyncio.sleep(self.interval / 2)
+                        if await request.is_disconnected():
+                            break
+                finally:
+                    self.watchers -= 1
 
             return StreamingResponse(stream(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-store"})
