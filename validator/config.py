@@ -132,7 +132,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
     if not 0 <= values.get("port", DEFAULT_PORT) <= 65535:
         raise ConfigError("[validator] port must be 0-65535")
     for key in ("max_body_bytes", "max_import_bytes"):
-        if values.get(key, 1) < 1024:
+        if values.get(key, 1024) < 1024:
             raise ConfigError(f"[validator] {key} must be at least 1024")
     if values.get("station_timeout", 1.0) <= 0:
         raise ConfigError("[validator] station_timeout must be positive")
