@@ -217,7 +217,7 @@ def _walk(w: Walk, daemon: Any, fleet: Any, phone: Any, bench: Any) -> None:
     assert "already registered" in w.css("#import-result").text
 
     # alice: Manage MFA device -> virtual -> the QR code, read by zxing-cpp
-    w.go("/users")
+    w.go("/users", "users")
     w.css("#f-open").send_keys("alice")
     w.css("form.filters button").click()
     w.wait(lambda: "/ui/user?name=alice" in w.d.current_url)

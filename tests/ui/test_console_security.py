@@ -221,3 +221,27 @@ def test_a_huge_form_is_refused_and_the_console_lives_on(world: Any) -> None:
     r = client.post("/ui/tester", data={"csrf": csrf, "user": "a" * 20_000, "code": ""})
     assert r.status_code == 413
     assert client.get("/ui/tester").status_code == 200
+
+
+def test_a_locked_token_shows_its_lock_and_unlocks(world: Any) -> None:
+    import pyotp
+
+    client, _, clock, validator = world
+    clock.t = __import__("time").time()  # the service verifies at its own clock: the same
+    seed = b"s" * 20
+    validator.register_token("GAHT55500055", seed, now=clock.t)
+    totp = pyotp.TOTP(__import__("base64").b32encode(seed).decode())
+    validator.enable("frank", "GAHT55500055", totp.at(clock.t - 30), totp.at(clock.t),
+                     now=clock.t)
+    csrf = sign_in(client)
+    for _ in range(6):  # wrong codes through the tester until the token locks
+        client.post("/ui/tester", data={"csrf": csrf, "user": "frank", "code": "000000"})
+    page = client.get("/ui/token?serial=GAHT55500055").text
+    assert re.search(r'id="lock"><strong[^>]*>locked</strong> for \d+ s more', page)
+    r = client.post("/ui/tester", data={"csrf": csrf, "user": "frank", "code": "000000"})
+    assert 'data-reason="locked"' in r.text
+    r = client.post("/ui/token/unlock", data={"csrf": csrf, "serial": "GAHT55500055"},
+                    follow_redirects=False)
+    assert r.status_code == 303
+    page = client.get("/ui/token?serial=GAHT55500055").text
+    assert 'id="lock">not locked' in page and 'id="failures">0<' in page
