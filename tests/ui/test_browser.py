@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent / "aws"))
 
 from aws_helpers import decode_qr  # noqa: E402
 from browser import chrome  # noqa: E402
-from daemon_helpers import Port, init_dir, start  # noqa: E402
+from daemon_helpers import Port, start  # noqa: E402
 
 CODE = re.compile(r"[0-9]{6}")
 
@@ -80,7 +80,17 @@ class Walk:
             el.send_keys(value)
         if shot:
             self.shot(shot)
-        self.css(f"#{submit} button[type=submit]").click()
+        self.click(f"#{submit} button[type=submit]")
+
+    def click(self, selector: str) -> None:
+        """Click what loads a new page, and wait until it has replaced the old one."""
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        old = self.css("html")
+        self.css(selector).click()
+        WebDriverWait(self.d, 30).until(expected_conditions.staleness_of(old))
+        self.wait(lambda: self.d.execute_script("return document.readyState") == "complete")
 
     def wait(self, check: Callable[[], Any], timeout: float = 10) -> Any:
         deadline = time.monotonic() + timeout
@@ -168,6 +178,8 @@ def rig(tmp_path: Path) -> Iterator[dict[str, Any]]:
             serve_token(model="keyfob", qa=True, seed=None, pty=False,
                         tcp=("127.0.0.1", 0), serial="GAHT90001616",
                         state_dir=tmp_path / "bench", durable=False) as bench:
+        from validator.daemon import init_dir
+
         home = tmp_path / "validator"
         init_dir(home)
         daemon = start(home, "--station", f"bench={bench.url}")
@@ -206,23 +218,23 @@ def _walk(w: Walk, daemon: Any, fleet: Any, phone: Any, bench: Any) -> None:
     w.go("/tokens", "tokens-empty")
     w.css("#f-file").send_keys(str(fleet.seed_file))
     w.wait(lambda: "KeyPackage" in w.css("#f-content").get_attribute("value"))
-    w.css("#import-form button[type=submit]").click()
+    w.click("#import-form button[type=submit]")
     result = w.wait(lambda: w.css("#import-result").text)
     assert "2 imported" in result and "0 skipped" in result
     w.shot("tokens-imported")
     w.css("#f-file").send_keys(str(fleet.seed_file))
     w.wait(lambda: "KeyPackage" in w.css("#f-content").get_attribute("value"))
-    w.css("#import-form button[type=submit]").click()  # again: every key skipped
+    w.click("#import-form button[type=submit]")  # again: every key skipped
     assert "0 imported, 2 skipped" in w.wait(lambda: w.css("#import-result").text)
     assert "already registered" in w.css("#import-result").text
 
     # alice: Manage MFA device -> virtual -> the QR code, read by zxing-cpp
     w.go("/users", "users")
     w.css("#f-open").send_keys("alice")
-    w.css("form.filters button").click()
+    w.click("form.filters button")
     w.wait(lambda: "/ui/user?name=alice" in w.d.current_url)
     w.shot("user-alice")
-    w.css("#manage-mfa").click()
+    w.click("#manage-mfa")
     w.shot("mfa-choose")
     w.fill({"device_name": "alice-phone"}, "virtual-form")
     src = w.wait(lambda: w.css("#qr").get_attribute("src"))
@@ -274,7 +286,7 @@ def _walk(w: Walk, daemon: Any, fleet: Any, phone: Any, bench: Any) -> None:
 
     # resync through the wizard with two consecutive codes off the panel
     w.go("/user?name=alice")
-    w.css("a.button[href*='resync']").click()
+    w.click("a.button[href*='resync']")
     w.shot("resync-form")
     c1, c2 = w.two_codes(phone_serial)
     w.go("/user/resync?name=alice&serial=mfa%2Falice-phone")
@@ -292,7 +304,7 @@ def _walk(w: Walk, daemon: Any, fleet: Any, phone: Any, bench: Any) -> None:
 
     # deactivate, with a confirmation
     w.go("/user?name=alice")
-    w.css("a.button.danger").click()
+    w.click("a.button.danger")
     w.shot("deactivate-confirm")
     w.fill({"confirm": "wrong"}, "deactivate-form")
     assert "Type the serial to confirm" in w.css("#e-confirm").text
@@ -305,7 +317,7 @@ def _walk(w: Walk, daemon: Any, fleet: Any, phone: Any, bench: Any) -> None:
     # a hardware token from the fleet, by its serial, for bob
     serial = sorted(fleet.tokens)[0]
     w.go("/user/mfa?name=bob")
-    w.css("#hardware").click()
+    w.click("#hardware")
     w.shot("mfa-hardware")
     c1, c2 = w.two_codes(serial, "panel-fleet")
     w.go("/user/mfa/hardware?name=bob")
@@ -331,11 +343,11 @@ def _walk(w: Walk, daemon: Any, fleet: Any, phone: Any, bench: Any) -> None:
         link.close()
     w.css("form.row [name=user]").send_keys("erin")
     w.css("form.row [name=provision]").click()
-    w.css("form.row button").click()
+    w.click("form.row button")
     assert "Enrolled GAHT90001616 for erin" in w.wait(lambda: w.css("#enrolled").text, 15)
     w.shot("station-enrolled")
     w.go("/aws-keys", "aws-keys")
-    w.css("form[action$='/aws-keys/create'] button").click()
+    w.click("form[action$='/aws-keys/create'] button")
     created = w.wait(lambda: w.css("#created-key").text)
     assert re.search(r"AKIA[A-Z0-9]{16}", created)
     w.shot("aws-key-created")
@@ -359,7 +371,7 @@ def _walk(w: Walk, daemon: Any, fleet: Any, phone: Any, bench: Any) -> None:
 
     # sign out: the admin pages ask for the key again
     w.go("/tokens")
-    w.css("form.signout button").click()
+    w.click("form.signout button")
     w.wait(lambda: "/ui/login" in w.d.current_url)
     w.go("/tokens")
     assert "/ui/login" in w.d.current_url
