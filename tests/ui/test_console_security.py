@@ -245,3 +245,21 @@ def test_a_locked_token_shows_its_lock_and_unlocks(world: Any) -> None:
     assert r.status_code == 303
     page = client.get("/ui/token?serial=GAHT55500055").text
     assert 'id="lock">not locked' in page and 'id="failures">0<' in page
+
+
+def test_tokens_page_search_filter_and_paging(world: Any) -> None:
+    client, _, clock, validator = world
+    for i in range(30):
+        validator.register_token(f"GAHT{i:08d}", b"k" * 20, now=clock.t)
+    sign_in(client)
+    first = client.get("/ui/tokens").text
+    assert first.count('href="/ui/token?serial=GAHT') == 25 and "1–25" in first
+    next_url = re.search(r'href="(\?[^"]*offset=25[^"]*)">Next', first).group(1)
+    second = client.get("/ui/tokens" + next_url.replace("&amp;", "&")).text
+    assert second.count('href="/ui/token?serial=GAHT') == 5 and "Next" not in second
+    found = client.get("/ui/tokens?q=ht0000002").text
+    assert found.count('href="/ui/token?serial=GAHT') == 10  # GAHT00000020-29
+    assert client.get("/ui/tokens?assigned=yes").text.count("/ui/token?serial=") == 0
+    audit = client.get("/ui/audit").text
+    serials = re.findall(r'<td class="mono">(GAHT\d+)</td>', audit)
+    assert serials[:2] == ["GAHT00000029", "GAHT00000028"]  # newest first
