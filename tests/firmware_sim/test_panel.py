@@ -80,3 +80,34 @@ def test_buttons_need_the_page_token_and_a_loopback_host(tmp_path: Path) -> None
                              headers={"X-Panel-Token": secret}).json()
         assert re.fullmatch(r"[0-9]{6}", pressed["code"])
         assert re.fullmatch(r"[0-9]{6}", pressed["token"]["code"])  # lit (this step or the next)
+        _fuzz(url, secret, serial)
+
+
+def _fuzz(url: str, secret: str, serial: str) -> None:
+    """Whatever a page posts, the panel answers 200, 400 or 403 and stays up."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+                       st.text(max_size=30), st.lists(st.integers(), max_size=3))
+
+    @settings(max_examples=30, deadline=None)
+    @given(what=st.sampled_from(["qa", "press", "nothing"]),
+           body=st.one_of(
+               st.fixed_dictionaries({"token": st.just(serial), "action": st.sampled_from(
+                   ["drift", "temperature", "age", "jump", "set-time", "battery", "x"]),
+                   "value": values}),
+               st.dictionaries(st.text(max_size=8), values, max_size=3)),
+           raw=st.one_of(st.none(), st.binary(max_size=64)))
+    def post(what: str, body: dict[str, object], raw: bytes | None) -> None:
+        headers = {"X-Panel-Token": secret, "Content-Type": "application/json"}
+        if raw is not None:
+            r = httpx.post(url + f"api/{what}", content=raw, headers=headers)
+        else:
+            if body.get("action") == "battery":
+                body["value"] = "replaced"  # a dead battery would blank the other examples
+            r = httpx.post(url + f"api/{what}", json=body, headers=headers)
+        assert r.status_code in (200, 400), (what, body, raw, r.status_code, r.text)
+
+    post()
+    assert httpx.get(url + "state").status_code == 200
