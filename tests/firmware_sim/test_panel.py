@@ -91,7 +91,7 @@ def _fuzz(url: str, secret: str, serial: str) -> None:
     values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
                        st.text(max_size=30), st.lists(st.integers(), max_size=3))
 
-    @settings(max_examples=30, deadline=None)
+    @settings(max_examples=20, deadline=None)
     @given(what=st.sampled_from(["qa", "press", "nothing"]),
            body=st.one_of(
                st.fixed_dictionaries({"token": st.just(serial), "action": st.sampled_from(
