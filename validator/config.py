@@ -12,6 +12,8 @@
     max_import_bytes = 16777216        # POST /v1/tokens/import
     station_timeout = 2.0              # seconds to wait for a token's reply on a station
     access_log = true
+    ui = true                          # the web console at /ui/ (needs the `ui` extra)
+    ui_session_seconds = 3600          # a console sign-in lasts this long
 
     [policy]                           # validator.core.Policy fields; all optional
     window = 1
@@ -75,6 +77,8 @@ class Settings:
     max_import_bytes: int = 16 * 1024 * 1024
     station_timeout: float = 2.0
     access_log: bool = True
+    ui: bool = True
+    ui_session_seconds: float = 3600.0
     policy: Policy = field(default_factory=Policy)
     stations: dict[str, str] = field(default_factory=dict)
     aws: dict[str, Any] = field(default_factory=dict)
@@ -164,7 +168,8 @@ _DEFAULT_FILES = {"database": "validator.db", "seed_key_file": "seed.key",
                   "admin_key_file": "admin.key", "verifier_key_file": "verifier.key"}
 _SCALARS: dict[str, type] = {"host": str, "port": int, "durability": str,
                              "max_body_bytes": int, "max_import_bytes": int,
-                             "station_timeout": float, "access_log": bool}
+                             "station_timeout": float, "access_log": bool, "ui": bool,
+                             "ui_session_seconds": float}
 _POLICY_TYPES: dict[str, type] = {
     f.name: str if f.name == "drift_policy" else type(getattr(Policy(), f.name))
     for f in dataclasses.fields(Policy)}
@@ -216,6 +221,8 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
             raise ConfigError(f"[validator] {key} must be at least 1024")
     if values.get("station_timeout", 1.0) <= 0:
         raise ConfigError("[validator] station_timeout must be positive")
+    if not 1 <= values.get("ui_session_seconds", 60.0) <= 30 * 86_400:
+        raise ConfigError("[validator] ui_session_seconds must be 1 to 2592000 (30 days)")
 
     policy_raw = dict(data.get("policy", {}))
     extra = set(policy_raw) - set(_POLICY_TYPES)
@@ -262,7 +269,8 @@ def default_document(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> dict
     return {
         "validator": {**_DEFAULT_FILES, "host": host, "port": port, "durability": "normal",
                       "max_body_bytes": 16 * 1024, "max_import_bytes": 16 * 1024 * 1024,
-                      "station_timeout": 2.0, "access_log": True},
+                      "station_timeout": 2.0, "access_log": True, "ui": True,
+                      "ui_session_seconds": 3600.0},
         "policy": {"window": 1, "max_failures": 5, "lock_base": 30.0, "lock_cap": 3600.0,
                    "max_devices": 8},
         "stations": {},
