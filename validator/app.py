@@ -56,7 +56,8 @@ VERIFY = (Role.ADMIN, Role.VERIFIER)
 
 # The HTTP status of each core refusal.
 STATUS = {
-    "invalid_parameter": 400, "invalid_user": 400, "invalid_seed_file": 400, "seed_file_limit": 400, "bad_secret": 400,
+    "invalid_parameter": 400, "invalid_user": 400, "invalid_seed_file": 400,
+    "seed_file_limit": 400, "bad_secret": 400,
     "invalid_authentication_code": 400, "unknown_serial": 404, "not_assigned": 404,
     "duplicate_serial": 409, "already_assigned": 409, "device_limit": 409,
     "delete_conflict": 409, "conflict": 503,
@@ -550,8 +551,8 @@ def _operations() -> list[Op]:
         Op(OpDoc("GET", "/healthz", "Liveness: the database answers", (), errors=(503,)),
            "/healthz", healthz),
         Op(OpDoc("GET", "/metrics", "Prometheus metrics", ()), "/metrics", metrics),
-        Op(OpDoc("POST", "/v1/tokens/import", "Import a PSKC or CSV seed file: every usable key or none; "
-                 "the others listed with why",
+        Op(OpDoc("POST", "/v1/tokens/import", "Import a PSKC or CSV seed file: every "
+                 "usable key or none; the others listed with why",
                  ADMIN, body="TokenImport", errors=(409, 413, 415)),
            "/v1/tokens/import", import_tokens, large_body=True),
         Op(OpDoc("POST", "/v1/tokens", "Register one token", ADMIN, body="TokenCreate",
