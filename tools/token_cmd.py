@@ -148,12 +148,14 @@ def info(port: str, timeout: float, as_json: bool) -> None:
 
 @token.command()
 @common
-def press(port: str, timeout: float, as_json: bool) -> None:
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print the code alone (for $(...) in a shell).")
+def press(port: str, timeout: float, as_json: bool, quiet: bool) -> None:
     """Press the button: the code now on the display."""
     with _client(port, timeout) as c:
         r = c.press()
     _emit(as_json, {"code": r.code, "seconds_left": r.seconds_left},
-          r.code + (f"  ({r.seconds_left} s left)" if r.seconds_left else ""))
+          r.code + (f"  ({r.seconds_left} s left)" if r.seconds_left and not quiet else ""))
 
 
 @token.command()
@@ -293,6 +295,27 @@ def freeze(port: str, timeout: float, as_json: bool) -> None:
 def unfreeze(port: str, timeout: float, as_json: bool) -> None:
     """Let the clock run on from where it was frozen."""
     _clock_cmd(port, timeout, as_json, UnfreezeRequest())
+
+
+@qa.command("next")
+@common
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print the code alone (for $(...) in a shell).")
+def next_(port: str, timeout: float, as_json: bool, quiet: bool) -> None:
+    """Skip to the next code and press: what waiting for the display to change does, now.
+
+    A TOTP token's clock is stepped forward to half a second into its next step (the offset
+    grows by up to one period, as `qa offset` would); an event token is simply pressed.
+    """
+    with _client(port, timeout) as c:
+        info = c.info()
+        if info.kind is Kind.TOTP and info.period:
+            period_ms = info.period * 1000
+            now = c.clock().token_time_ms
+            c.clock_command(AdjustOffsetRequest((now // period_ms + 1) * period_ms + 500 - now))
+        r = c.press()
+    _emit(as_json, {"code": r.code, "seconds_left": r.seconds_left},
+          r.code + (f"  ({r.seconds_left} s left)" if r.seconds_left and not quiet else ""))
 
 
 @qa.command()

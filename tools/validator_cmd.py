@@ -421,6 +421,17 @@ def resync(client: Client, as_json: bool, user: str, serial: str, code1: str,
 
 # -- verify, audit, station ----------------------------------------------------------------
 
+REFUSAL_HINTS = {
+    "replayed": "a code is good once: this one, or a later one, was already used (enable and "
+                "resync use their two codes); wait for the display to show a new code",
+    "invalid_code": "not a code of the user's token near now: a typo, another token, or a "
+                    "clock far off (then: foblab validator device resync)",
+    "locked": "too many wrong codes; wait, or: foblab validator token unlock SERIAL",
+    "no_device": "the user has no enabled token: foblab validator device enable",
+}
+"""Why `verify` was refused, in a person's words, after the API's reason."""
+
+
 @client_command(validator)
 @click.argument("user")
 @click.argument("code")
@@ -437,7 +448,9 @@ def verify(client: Client, as_json: bool, user: str, code: str, serial: str | No
         click.echo(f"accepted ({data['serial']})")
     else:
         wait = f", retry in {data['retry_after']:.0f} s" if data.get("retry_after") else ""
-        click.echo(f"refused: {data['reason']}{wait}", err=True)
+        hint = REFUSAL_HINTS.get(data["reason"])
+        click.echo(f"refused: {data['reason']}{wait}" + (f" ({hint})" if hint else ""),
+                   err=True)
     sys.exit(0 if data["ok"] else 1)
 
 
