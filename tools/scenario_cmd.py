@@ -50,10 +50,13 @@ def scenario() -> None:
                                           "socket://HOST:PORT). It must be in QA mode.")
 @click.option("--timeout", type=float, default=5.0, show_default=True,
               help="Live: seconds to wait for the token or the daemon.")
+@click.option("--reset-token", is_flag=True,
+              help="Live: allow erasing a token that holds a seed or is registered with the "
+                   "daemon (otherwise such a token is refused).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only failures and the verdict.")
 def run(files: tuple[Path, ...], seed: int | None, as_json: bool, junit: Path | None,
         live: bool, url: str | None, key: str | None, port_url: str | None, timeout: float,
-        quiet: bool) -> None:
+        reset_token: bool, quiet: bool) -> None:
     """Run scenario FILEs and check every expectation.
 
     In-process (default): simulated time, deterministic for a seed. With --live the same
@@ -90,7 +93,8 @@ def run(files: tuple[Path, ...], seed: int | None, as_json: bool, junit: Path | 
                     click.echo(line)
             try:
                 result = run_live(sc, url=url, key=_read_key(key), port=port_url,
-                                  timeout=timeout, on_event=show if stream else None)
+                                  timeout=timeout, on_event=show if stream else None,
+                                  reset_token=reset_token)
             except LiveError as exc:
                 _fail(f"{sc.path}: {exc}")
         else:
