@@ -150,3 +150,27 @@ def test_sim_fleet_refuses_per_group_options_beside_a_config(tmp_path: Path,
                           str(config), *option], capture_output=True, text=True, timeout=10)
     assert out.returncode == 1 and f"{option[0]} and --config" in out.stderr
     assert not (tmp_path / "f").exists()
+
+
+def test_sim_run_refuses_options_that_contradict_the_state_file(tmp_path: Path) -> None:
+    """A restarted token keeps its seed; a different --seed is an error naming --fresh."""
+    base = ["--serial", "GAHT12345678", "--state-dir", str(tmp_path / "state"),
+            "--pty-link", str(tmp_path / "fob")]
+    proc, ready = start("run", *base, "--seed", SEED)
+    stop(proc)
+    other = "3132333435363738393031323334353637383931"
+    for extra, named in ((["--seed", other], "--seed"), (["--digits", "8"], "--digits 8"),
+                         (["--blank"], "--blank")):
+        done = subprocess.run([FOBLAB, "sim", "run", *base, *extra], capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 1, done
+        assert named in done.stderr and "--fresh" in done.stderr, done.stderr
+        assert SEED not in done.stderr and other not in done.stderr  # never a secret
+    proc, ready = start("run", *base, "--seed", SEED)  # the same seed: restored, fine
+    assert ready["restored"] is True
+    stop(proc)
+    proc, ready = start("run", *base, "--seed", other, "--fresh")
+    assert ready["restored"] is False
+    stop(proc)
+    state = json.loads((tmp_path / "state" / "GAHT12345678.json").read_text())
+    assert state["seed"] == other
