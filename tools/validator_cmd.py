@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from tools._args import fail as _fail
+from tools._paging import echo_note, fetch, page_options
 from tools.cli import LazyGroup
 from validator.config import CONFIG_NAME, DEFAULT_PORT, ConfigError, check_station, load
 
@@ -315,16 +316,19 @@ def import_(client: Client, as_json: bool, file: Path, fmt: str | None,
 @click.option("--user")
 @click.option("--unassigned", is_flag=True, help="Only tokens no user holds.")
 @click.option("--kind", type=click.Choice(["totp", "hotp"]))
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
+@page_options
 def list_(client: Client, as_json: bool, user: str | None, unassigned: bool,
-          kind: str | None, limit: int, offset: int) -> None:
-    """List tokens."""
-    _, data = client.call("GET", "/v1/tokens", params={
-        "user": user, "unassigned": True if unassigned else None, "kind": kind,
-        "limit": limit, "offset": offset})
-    _show(data, as_json, lambda d: _table([_token_row(t) for t in d["tokens"]],
-                                          _TOKEN_COLUMNS))
+          kind: str | None, limit: int, page: int, all_: bool, offset: int | None) -> None:
+    """List tokens, by serial (a page of 100 unless --all; a note says when there is more)."""
+    filters = {"user": user, "unassigned": True if unassigned else None, "kind": kind}
+    data = fetch(lambda p: client.call("GET", "/v1/tokens", params={**filters, **p})[1],
+                 "tokens", limit=limit, page=page, all_=all_, offset=offset)
+
+    def human(d: dict[str, Any]) -> None:
+        _table([_token_row(t) for t in d["tokens"]], _TOKEN_COLUMNS)
+        echo_note(d, "tokens")
+
+    _show(data, as_json, human)
 
 
 def _q(serial: str) -> str:
@@ -459,18 +463,25 @@ def verify(client: Client, as_json: bool, user: str, code: str, serial: str | No
 @click.option("--user")
 @click.option("--action")
 @click.option("--result", type=click.Choice(["ok", "refused"]))
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option("--oldest-first", is_flag=True, help="Oldest entries first.")
+@page_options
 def audit(client: Client, as_json: bool, serial: str | None, user: str | None,
-          action: str | None, result: str | None, limit: int, offset: int) -> None:
-    """The audit log, oldest first."""
-    _, data = client.call("GET", "/v1/audit", params={
-        "serial": serial, "user": user, "action": action, "result": result, "limit": limit,
-        "offset": offset})
-    _show(data, as_json, lambda d: _table(
-        [{**e, "time": _when(e["time"])} for e in d["entries"]],
-        (("id", "ID"), ("time", "TIME"), ("action", "ACTION"), ("result", "RESULT"),
-         ("reason", "REASON"), ("serial", "SERIAL"), ("user", "USER"))))
+          action: str | None, result: str | None, oldest_first: bool, limit: int,
+          page: int, all_: bool, offset: int | None) -> None:
+    """The audit log, newest first (a page of 100 unless --all; a note says when there is
+    more)."""
+    filters = {"serial": serial, "user": user, "action": action, "result": result,
+               "order": "oldest" if oldest_first else "newest"}
+    data = fetch(lambda p: client.call("GET", "/v1/audit", params={**filters, **p})[1],
+                 "entries", limit=limit, page=page, all_=all_, offset=offset)
+
+    def human(d: dict[str, Any]) -> None:
+        _table([{**e, "time": _when(e["time"])} for e in d["entries"]],
+               (("id", "ID"), ("time", "TIME"), ("action", "ACTION"), ("result", "RESULT"),
+                ("reason", "REASON"), ("serial", "SERIAL"), ("user", "USER")))
+        echo_note(d, "entries")
+
+    _show(data, as_json, human)
 
 
 @validator.group()

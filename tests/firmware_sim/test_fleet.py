@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pskc
-import pytest
 import pyotp
+import pytest
 
 from firmware_sim.background import serve_fleet
 from firmware_sim.fleet import FleetSpec, Group, load_config
