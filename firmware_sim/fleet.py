@@ -23,7 +23,7 @@ import os
 import random
 import resource
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,9 @@ class Fleet:
     def seed_file(self) -> Path:
         return self.directory / SEED_FILE
 
-    async def start(self) -> Fleet:
+    async def start(self, on_token: Callable[[int], None] | None = None) -> Fleet:
+        """Open every token and its port, then write the seed file and the manifest;
+        `on_token(1)` after each token (for a progress bar)."""
         loop = asyncio.get_running_loop()
         spec = self.spec
         groups = spec.all_groups()
@@ -175,6 +177,8 @@ class Fleet:
                     self.tokens[serial] = token
                     self.ports[serial] = PtyPort(loop, token.session, link=links / serial,
                                                  baud=spec.baud)
+                    if on_token is not None:
+                        on_token(1)
             self._write_pskc()
             self._write_manifest()
         except BaseException:

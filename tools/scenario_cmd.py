@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from tools._args import fail
+from tools._progress import bar, wanted
 from tools.scenario import report
 from tools.scenario.engine import EventResult, RunResult, run_in_process, scenario_serial
 from tools.scenario.spec import Scenario, ScenarioError, load
@@ -64,12 +65,15 @@ def run(files: tuple[Path, ...], seed: int | None, as_json: bool, junit: Path | 
     applied to the token's clock with AGE (the daemon keeps the wall clock), as described
     in docs/scenarios.md.
     """
+    if junit is not None:
+        _check_output(junit, "--junit")
     scenarios: list[Scenario] = []
+    invalid: list[tuple[str, str]] = []  # (file, problem): run the others, report these
     for path in files:
         try:
             scenarios.append(load(path).with_seed(seed))
         except ScenarioError as exc:
-            _fail(str(exc))
+            invalid.append((str(path), str(exc)))
     if live:
         missing = [name for name, value in (("--url", url), ("--key", key),
                                             ("--port", port_url)) if not value]
@@ -110,18 +114,33 @@ def run(files: tuple[Path, ...], seed: int | None, as_json: bool, junit: Path | 
                 click.echo("")
     if junit is not None:
         try:
-            junit.write_bytes(report.junit(runs))
+            junit.write_bytes(report.junit(runs, invalid))
         except OSError as exc:
             _fail(f"cannot write {junit}: {exc}")
+    for _, problem in invalid:  # after the runs, so they are not lost in the timeline
+        click.echo(f"foblab: error: {problem}", err=True)
     if as_json:
         docs = [report.to_json(r) for r in runs]
-        out: Any = docs[0] if len(docs) == 1 else {
-            "passed": all(r.passed for r in runs), "scenarios": docs}
+        out: Any = docs[0] if len(docs) == 1 and not invalid else {
+            "passed": all(r.passed for r in runs) and not invalid, "scenarios": docs,
+            "invalid": [{"file": f, "error": e} for f, e in invalid]}
         click.echo(json.dumps(out, indent=1))
-    elif len(runs) > 1:
+    elif len(runs) + len(invalid) > 1:
         good = sum(r.passed for r in runs)
-        click.echo(f"{good}/{len(runs)} scenarios passed")
-    sys.exit(0 if all(r.passed for r in runs) else 1)
+        click.echo(f"{good}/{len(runs) + len(invalid)} scenarios passed"
+                   + (f", {len(invalid)} could not be run" if invalid else ""))
+    sys.exit(2 if invalid else 0 if all(r.passed for r in runs) else 1)
+
+
+def _check_output(path: Path, option: str) -> None:
+    """An output file's folder must exist and be writable before the work starts."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        _fail(f"{option} {path}: the folder {folder} does not exist")
+    if path.is_dir():
+        _fail(f"{option} {path} is a folder")
+    if not os.access(folder, os.W_OK):
+        _fail(f"{option} {path}: the folder {folder} is not writable")
 
 
 def _read_key(key: str) -> str:
@@ -200,7 +219,10 @@ def study(tokens: int, years: float, interval_days: float, regular: bool,
         except ImportError:
             _fail("--plot needs matplotlib: pip install 'foblab[plot]' "
                   "(or .venv/bin/pip install matplotlib)")
-    result = run_study(params)
+        _check_output(plot, "--plot")
+    with bar(params.tokens, f"study: {params.tokens:,} tokens, {params.years:g} years",
+             show=wanted(as_json=as_json)) as advance:
+        result = run_study(params, on_token=advance)
     if plot is not None:
         try:
             draw(result, str(plot))

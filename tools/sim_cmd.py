@@ -26,6 +26,7 @@ from firmware_sim.runner import TokenRunner, open_token
 from firmware_sim.storage import StorageError
 from tools._args import HEX, HOST_PORT
 from tools._args import fail as _fail
+from tools._progress import bar, wanted
 
 
 def default_state_dir() -> Path:
@@ -254,8 +255,10 @@ def fleet(count: int | None, directory: Path, model: str | None, config: Path | 
 
     async def main() -> None:
         running = Fleet(spec)
+        total = sum(g.count for g in spec.all_groups())
         try:
-            await running.start()
+            with bar(total, f"starting {total:,} tokens", show=wanted(as_json=as_json)) as step:
+                await running.start(on_token=step)
         except (ValueError, StorageError, OSError) as exc:
             _fail(f"cannot start the fleet: {exc}")
         try:

@@ -22,6 +22,7 @@ import click
 
 from tools._args import fail as _fail
 from tools._paging import echo_note, fetch, page_options
+from tools._progress import waiting, wanted
 from tools.cli import LazyGroup
 from validator.config import CONFIG_NAME, DEFAULT_PORT, ConfigError, check_station, load
 
@@ -526,6 +527,8 @@ def enroll(client: Client, as_json: bool, name: str, user: str, provision: bool,
                        ("period", period)):
         if value is not None:
             body[key] = value
+    waiting(f"enrolling the token on station {name}: reading two consecutive codes from it "
+            "takes up to a period (30 s)", show=wanted(as_json=as_json))
     _, data = client.call("POST", f"/v1/stations/{_q(name)}/enroll", body=body)
     _show(data, as_json, lambda d: click.echo(
         f"enrolled {d['serial']} for {d['user']}" +
