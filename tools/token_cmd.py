@@ -41,6 +41,7 @@ from tools._args import DURATION, HEX, SIGNED_DURATION, TIME, format_time_ms
 from tools._args import fail as _fail
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+MAX_PEEK = 32  # codes a PEEK reply holds (firmware_sim MAX_PEEK; one frame)
 NEGATIVE_OK = {"ignore_unknown_options": True}  # so `-12.5` and `-90s` are arguments
 
 
@@ -389,7 +390,8 @@ def next_(port: str, timeout: float, as_json: bool, quiet: bool) -> None:
 
 @qa.command()
 @common
-@click.option("--count", type=click.IntRange(1, 255), default=3, show_default=True)
+@click.option("--count", type=click.IntRange(1, MAX_PEEK), default=3, show_default=True,
+              help=f"How many codes, 1 to {MAX_PEEK} (as many as fit one reply frame).")
 def peek(port: str, timeout: float, as_json: bool, count: int) -> None:
     """Codes for the current step and the next COUNT-1 (HOTP: the next presses)."""
     with _client(port, timeout) as c:
