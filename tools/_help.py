@@ -18,7 +18,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
             "foblab sim fleet --count 100 --dir fleet --qa"),
     "sim run": ("foblab sim run --qa --serial GAHT12345678 --pty-link fob",
                 "foblab sim run --model event --tcp 127.0.0.1:7001 --json"),
-    "sim fleet": ("foblab sim fleet --count 100 --dir fleet --qa --seed 1",
+    "sim fleet": ("foblab sim fleet --count 100 --dir fleet --qa --rng-seed 1",
                   "foblab sim fleet --config fleet.toml --dir fleet --json"),
     "token": ("foblab token press fob", "foblab token info socket://127.0.0.1:7001 --json"),
     "token info": ("foblab token info fob", "foblab token info /dev/ttyUSB0 --json"),
@@ -27,9 +27,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "token display": ("foblab token display fob",),
     "token clock": ("foblab token clock fob", "foblab token clock fob --json"),
     "token watch": ("foblab token watch fob", "foblab token watch fob --press-every 60s"),
-    "token provision": ("foblab token provision fob --seed "
+    "token provision": ("foblab token provision fob --seed-hex "
                         "3132333435363738393031323334353637383930",
-                        "foblab token provision fob --seed 3132... --kind hotp --digits 8"),
+                        "foblab token provision fob --seed-hex 3132... --kind hotp --digits 8"),
     "token qa": ("foblab token qa drift fob 40", "foblab token qa age fob 365d"),
     "token qa drift": ("foblab token qa drift fob 40",
                        "foblab token qa drift fob -12.5 --temp 5 --swing 8"),
@@ -57,7 +57,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "validator rotate-key": ("foblab validator rotate-key --dir lab",),
     "validator token": ("foblab validator token import seeds.pskc --dir lab",
                         "foblab validator token list --dir lab"),
-    "validator token add": ("foblab validator token add GAHT12345678 --secret-hex "
+    "validator token add": ("foblab validator token add GAHT12345678 --seed-hex "
                             "3132333435363738393031323334353637383930 --dir lab",),
     "validator token import": ("foblab validator token import GAHT12345678.pskc --dir lab",
                                "foblab validator token import fleet/seeds.pskc "
@@ -90,7 +90,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "scenario": ("foblab scenario run scenarios/*.toml", "foblab scenario study"),
     "scenario run": ("foblab scenario run scenarios/*.toml -q --junit out.xml",
                      "foblab scenario run scenarios/replay-attempt.toml --live --url "
-                     "http://127.0.0.1:8700 --key lab/admin.key --port fob"),
+                     "http://127.0.0.1:8700 --key-file lab/admin.key --token qa-blank"),
     "scenario study": ("foblab scenario study --plot study.png",
                        "foblab scenario study --tokens 200 --ppm-sd 10 --json"),
 }
@@ -120,6 +120,9 @@ class Group(click.Group):
 def decorate(cmd: click.Command, path: str) -> None:
     """Attach the examples of `path` (and below) to `cmd`, and whole first lines to its
     groups' command lists. Lazily loaded subcommands are decorated as they load."""
+    from tools._vocab import accept_old
+
+    accept_old(cmd, path)
     examples = EXAMPLES.get(path)
     if examples and not cmd.epilog:
         cmd.epilog = _epilog(examples)

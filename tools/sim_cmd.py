@@ -62,7 +62,7 @@ def sim() -> None:
 @click.option("--model", type=click.Choice(list(PRESETS)), default=DEFAULT_MODEL,
               show_default=True)
 @click.option("--serial", help="Serial number (default: a new one in the model's format).")
-@click.option("--seed", type=HEX, help="The secret, hex (default: a random one).")
+@click.option("--seed-hex", "seed", type=HEX, help="The secret, hex (default: a random one).")
 @click.option("--blank", is_flag=True, help="No seed: a blank token waiting for PROVISION.")
 @click.option("--kind", type=click.Choice(KINDS), help="Override the model's kind.")
 @click.option("--hash", "hash_", type=click.Choice(HASHES), help="Override the model's hash.")
@@ -95,11 +95,11 @@ def run(model: str, serial: str | None, seed: bytes | None, blank: bool, kind: A
 
     A token keeps its state (seed, counter, clock) in a file named after its serial: run the
     same --serial again and it is restored, as a real token survives being switched off.
-    Options that contradict that file (--seed, --blank, --kind, --hash, --digits, --period)
+    Options that contradict that file (--seed-hex, --blank, --kind, --hash, --digits, --period)
     are refused; --fresh erases the file first.
     """
     if seed is not None and blank:
-        _fail("--seed and --blank exclude each other")
+        _fail("--seed-hex and --blank exclude each other")
     if pty_link is not None and tcp is not None:
         _fail("--pty-link and --tcp exclude each other")
     state_dir = state_dir if state_dir is not None else default_state_dir()
@@ -188,7 +188,7 @@ def _contradictions(state: Any, *, seed: bytes | None, blank: bool, kind: Any, h
 
     clash = []
     if seed is not None and (state.seed is None or not hmac.compare_digest(seed, state.seed)):
-        clash.append("--seed")
+        clash.append("--seed-hex")
     if blank and state.seed is not None:
         clash.append("--blank")
     for name, given, stored in (("--kind", kind, state.kind), ("--hash", hash_, state.hash),
@@ -208,7 +208,8 @@ def _contradictions(state: Any, *, seed: bytes | None, blank: bool, kind: Any, h
 @click.option("--config", type=click.Path(exists=True, path_type=Path),
               help="TOML file with [[group]] tables (model, count, drift_ppm, drift_spread, "
                    "aging_ppm_per_year).")
-@click.option("--seed", type=int, help="Random seed: the same seed gives the same fleet.")
+@click.option("--rng-seed", "seed", type=int,
+              help="Seed of the random generator: the same seed gives the same fleet.")
 @click.option("--drift-ppm", type=float, default=None, help="Every token's drift, ppm.")
 @click.option("--drift-spread", type=float, default=None,
               help="Each token's drift is --drift-ppm plus uniform(-X, +X) ppm.")
@@ -223,7 +224,7 @@ def fleet(count: int | None, directory: Path, model: str | None, config: Path | 
           as_json: bool) -> None:
     """Run many tokens in one process until SIGTERM or Ctrl-C.
 
-    --seed, --qa, --pskc-passphrase and --baud given on the command line win over the config
+    --rng-seed, --qa, --pskc-passphrase and --baud given on the command line win over the config
     file; --count, --model, --drift-ppm and --drift-spread belong to its [[group]] tables.
     """
     fields: dict[str, Any] = {}

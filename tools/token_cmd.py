@@ -288,7 +288,7 @@ def _names(enum: Any) -> list[str]:
 
 @token.command()
 @common
-@click.option("--seed", "seed", type=HEX, required=True, help="The secret, hex.")
+@click.option("--seed-hex", "seed", type=HEX, required=True, help="The secret, hex.")
 @click.option("--kind", type=click.Choice(_names(Kind)), default="totp", show_default=True)
 @click.option("--hash", "hash_", type=click.Choice(_names(HashAlg)), default="sha1",
               show_default=True)

@@ -263,8 +263,8 @@ def token() -> None:
 
 @client_command(token)
 @click.argument("serial")
-@click.option("--secret-b32", help="The seed, base32.")
-@click.option("--secret-hex", help="The seed, hex.")
+@click.option("--seed-b32", "secret_b32", help="The secret, base32.")
+@click.option("--seed-hex", "secret_hex", help="The secret, hex.")
 @click.option("--kind", type=click.Choice(["totp", "hotp"]), default="totp", show_default=True)
 @click.option("--hash", "hash_", type=click.Choice(["sha1", "sha256", "sha512"]),
               default="sha1", show_default=True)
@@ -275,6 +275,8 @@ def add(client: Client, as_json: bool, serial: str, secret_b32: str | None,
         secret_hex: str | None, kind: str, hash_: str, digits: str, period: int | None,
         counter: int | None) -> None:
     """Register one token."""
+    if (secret_b32 is None) == (secret_hex is None):
+        _fail("give the secret as --seed-hex HEX or --seed-b32 B32 (one of them)")
     body: dict[str, Any] = {"serial": serial, "kind": kind, "hash": hash_,
                             "digits": int(digits)}
     for key, value in (("secret_b32", secret_b32), ("secret_hex", secret_hex),
@@ -289,7 +291,8 @@ def add(client: Client, as_json: bool, serial: str, secret_b32: str | None,
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["pskc", "csv"]),
               help="Default: from the file's suffix (.csv is CSV, else PSKC).")
-@click.option("--passphrase", help="PBKDF2 passphrase of an encrypted PSKC file.")
+@click.option("--pskc-passphrase", "passphrase",
+              help="PBKDF2 passphrase of an encrypted PSKC file.")
 @click.option("--key-hex", help="Pre-shared AES key of an encrypted PSKC file.")
 @click.option("--skip-duplicates", is_flag=True, help="Leave out serials already registered.")
 def import_(client: Client, as_json: bool, file: Path, fmt: str | None,

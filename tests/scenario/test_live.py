@@ -80,7 +80,7 @@ def test_live_cli_with_junit_and_a_key_file(daemon: tuple[str, str], token: Toke
     xml_path = tmp_path / "live.xml"
     result = CliRunner().invoke(scenario, [
         "run", str(ROOT / "scenarios" / "replay-attempt.toml"), "--live", "--url", url,
-        "--key", str(key_file), "--port", token.url, "--junit", str(xml_path)])
+        "--key-file", str(key_file), "--token", token.url, "--junit", str(xml_path)])
     assert result.exit_code == 0, result.output
     assert "live, seed 5" in result.output and "PASS: 6/6" in result.output
     suite = ET.parse(xml_path).getroot().find("testsuite")
@@ -127,6 +127,7 @@ def test_live_refuses_a_token_enrolled_with_the_daemon(daemon: tuple[str, str],
     result = CliRunner().invoke(scenario, [
         "run", str(SHIPPED[0]), "--live", "--url", url, "--key", key, "--port", token.url])
     assert result.exit_code == 2
+    assert "--port is deprecated" in result.output  # the old spelling still works
     assert f"token {serial} is registered with the daemon" in result.output
     assert "--reset-token" in result.output
     assert httpx.get(f"{url}/v1/tokens/{serial}", headers=auth).status_code == 200  # kept

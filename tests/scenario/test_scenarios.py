@@ -174,7 +174,7 @@ def test_the_cli_refuses_a_policy_the_core_refuses_with_the_line(tmp_path: Path)
 def test_live_options_are_checked() -> None:
     good = str(ROOT / "scenarios" / "replay-attempt.toml")
     result = CliRunner().invoke(scenario, ["run", good, "--live", "--url", "http://x"])
-    assert result.exit_code == 2 and "--live needs --key, --port" in result.output
+    assert result.exit_code == 2 and "--live needs --key or --key-file, --token" in result.output
 
 
 def test_junit_is_written_for_the_files_that_ran_with_the_invalid_one_as_an_error(

@@ -74,10 +74,10 @@ def test_battery_and_reset_and_provision(qa_token: TokenRunner) -> None:
     code, _, err = run("token", "press", qa_token.url)
     assert code == 1 and "battery_dead" in err and len(err.strip().splitlines()) == 1
     run_json("token", "qa", "battery", qa_token.url, "replaced")
-    code, _, err = run("token", "provision", qa_token.url, "--seed", "00ff")
+    code, _, err = run("token", "provision", qa_token.url, "--seed-hex", "00ff")
     assert code == 1 and "already_provisioned" in err
     assert run_json("token", "qa", "reset", qa_token.url)["provisioned"] is False
-    info = run_json("token", "provision", qa_token.url, "--seed", SEED, "--kind", "hotp")
+    info = run_json("token", "provision", qa_token.url, "--seed-hex", SEED, "--kind", "hotp")
     assert info["kind"] == "hotp" and info["locked"] is True
     assert run_json("token", "press", qa_token.url)["code"] == "755224"
 
