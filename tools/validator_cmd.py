@@ -123,11 +123,33 @@ def serve(directory: Path | None, config: Path | None, host: str | None, port: i
 
 # -- the API client ------------------------------------------------------------------------
 
+# The API's words for things the command line names otherwise: an error relayed from the
+# daemon is reworded so it names the options the user can type.
+API_WORDS = (
+    ('send "provision": true', "give --provision"),
+    ("secret_b32", "--seed-b32"),
+    ("secret_hex", "--seed-hex"),
+    ("key_hex", "--key-hex"),
+    ("skip_duplicates", "--skip-duplicates"),
+)
+
+WHERE_HELP = ("give --dir DIR (a folder made by `foblab validator init`), or --url URL with "
+              "--key KEY or --key-file FILE, or set FOBLAB_URL and FOBLAB_KEY")
+
+
+def in_cli_words(message: str) -> str:
+    for api, cli in API_WORDS:
+        message = message.replace(api, cli)
+    return message
+
+
 class Client:
-    def __init__(self, url: str, key: str | None, timeout: float) -> None:
+    def __init__(self, url: str, key: str | None, timeout: float,
+                 defaulted: bool = False) -> None:
         self.url = url.rstrip("/")
         self.key = key
         self.timeout = timeout
+        self.defaulted = defaulted  # no location given: the URL is the built-in default
 
     def call(self, method: str, path: str, *, body: Any = None,
              params: dict[str, Any] | None = None, ok: Sequence[int] = (200, 201, 204)
@@ -143,6 +165,9 @@ class Client:
         except httpx.InvalidURL as exc:
             _fail(f"bad URL {self.url!r}: {exc}")
         except httpx.HTTPError as exc:
+            if self.defaulted:
+                _fail(f"cannot reach {self.url} ({exc}); that is only the default "
+                      f"location: {WHERE_HELP}")
             _fail(f"cannot reach {self.url}: {exc}")
         try:
             data = response.json() if response.content else None
@@ -150,7 +175,8 @@ class Client:
             data = None
         if response.status_code not in ok:
             if isinstance(data, dict) and "error" in data:
-                _fail(f"{data.get('message')} ({data['error']}, HTTP {response.status_code})")
+                _fail(f"{in_cli_words(str(data.get('message')))} ({data['error']}, "
+                      f"HTTP {response.status_code})")
             _fail(f"HTTP {response.status_code} from {self.url}{path}")
         return response.status_code, data
 
@@ -177,17 +203,28 @@ def client_command(group: click.Group, name: str | None = None) -> Callable[[F],
 
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
-        def inner(url: str | None, key: str | None, directory: Path | None, timeout: float,
-                  as_json: bool, **kwargs: Any) -> Any:
+        def inner(url: str | None, key: str | None, key_file: Path | None,
+                  directory: Path | None, timeout: float, as_json: bool, **kwargs: Any) -> Any:
             dir_url, dir_key = _from_dir(directory) if directory is not None else (None, None)
-            final_url = url or os.environ.get("FOBLAB_URL") or dir_url \
-                or f"http://127.0.0.1:{DEFAULT_PORT}"
-            final_key = key or os.environ.get("FOBLAB_KEY") or dir_key
-            return fn(client=Client(final_url, final_key, timeout), as_json=as_json, **kwargs)
+            given_url = url or os.environ.get("FOBLAB_URL") or dir_url
+            final_url = given_url or f"http://127.0.0.1:{DEFAULT_PORT}"
+            file_key = None
+            if key_file is not None:
+                try:
+                    file_key = key_file.read_text().strip()
+                except (OSError, UnicodeDecodeError) as exc:
+                    _fail(f"cannot read the key file {key_file}: {exc}")
+            final_key = key or file_key or os.environ.get("FOBLAB_KEY") or dir_key
+            if not final_key:
+                _fail(f"no API key for {final_url}: {WHERE_HELP}")
+            return fn(client=Client(final_url, final_key, timeout, defaulted=not given_url),
+                      as_json=as_json, **kwargs)
 
         for option in (
             click.option("--url", help="The daemon's URL (env FOBLAB_URL)."),
             click.option("--key", help="API key (env FOBLAB_KEY)."),
+            click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
+                         help="A file holding the API key (as validator init writes)."),
             click.option("--dir", "directory", type=click.Path(path_type=Path),
                          help="An init'd folder: URL and admin key from it."),
             click.option("--timeout", type=float, default=60.0, show_default=True),
