@@ -124,8 +124,11 @@ def test_live_refuses_a_token_enrolled_with_the_daemon(daemon: tuple[str, str],
     r = httpx.post(f"{url}/v1/tokens", headers=auth,
                    json={"serial": serial, "secret_hex": "31" * 20})
     assert r.status_code == 201, r.text
-    result = CliRunner().invoke(scenario, [
-        "run", str(SHIPPED[0]), "--live", "--url", url, "--key", key, "--port", token.url])
+    from tools.cli import main  # the old spellings are the foblab command's
+
+    result = CliRunner().invoke(main, [
+        "scenario", "run", str(SHIPPED[0]), "--live", "--url", url, "--key", key,
+        "--port", token.url])
     assert result.exit_code == 2
     assert "--port is deprecated" in result.output  # the old spelling still works
     assert f"token {serial} is registered with the daemon" in result.output
