@@ -20,6 +20,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                 "foblab sim run --model event --tcp 127.0.0.1:7001 --json"),
     "sim fleet": ("foblab sim fleet --count 100 --dir fleet --qa --rng-seed 1",
                   "foblab sim fleet --config fleet.toml --dir fleet --json"),
+    "sim panel": ("foblab sim panel --dir fleet",
+                  "foblab sim panel --token socket://127.0.0.1:7001"),
     "token": ("foblab token press fob", "foblab token info socket://127.0.0.1:7001 --json"),
     "token info": ("foblab token info fob", "foblab token info /dev/ttyUSB0 --json"),
     "token press": ("foblab token press fob", "foblab validator verify alice "
@@ -82,6 +84,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "validator station info": ("foblab validator station info bench1 --dir lab",),
     "validator station enroll": ("foblab validator station enroll bench1 bob --provision "
                                  "--dir lab",),
+    "validator radius": ("foblab validator radius test alice 287082 --secret-file "
+                         "lab/radius-vpn.secret",),
+    "validator radius test": ("foblab validator radius test alice 287082 --secret-file "
+                              "lab/radius-vpn.secret",
+                              "foblab validator radius test alice 287082 --server "
+                              "127.0.0.1:1812 --secret-file vpn.secret --json"),
     "validator aws-keys": ("foblab validator aws-keys create --dir lab",),
     "validator aws-keys create": ("foblab validator aws-keys create --dir lab",
                                   "foblab validator aws-keys create --dir lab --json"),

@@ -83,6 +83,7 @@ class Metrics:
         self.verify: Counter[str] = Counter()
         self.stations: Counter[tuple[str, str, str]] = Counter()
         self.in_flight = 0
+        self.extra: list[Callable[[], str]] = []  # other doors' metrics (RADIUS)
         self.buckets = [0] * len(self.BUCKETS)
         self.count = 0
         self.total = 0.0
@@ -128,7 +129,7 @@ class Metrics:
         out += ["# HELP foblab_start_time_seconds When the daemon started (Unix seconds).",
                 "# TYPE foblab_start_time_seconds gauge",
                 f"foblab_start_time_seconds {self.started:.3f}", ""]
-        return "\n".join(out)
+        return "\n".join(out) + "".join(render() for render in self.extra)
 
 
 class Observe:
@@ -484,7 +485,8 @@ async def audit(c: Call) -> Response:
                                     newest_first=q.get("order") == "newest")
     return _json({"entries": [{"id": e.id, "time": e.time, "action": e.action,
                                "result": e.result, "reason": e.reason, "serial": e.serial,
-                               "user": e.user} for e in entries],
+                               "user": e.user, "via": e.via, "client": e.client}
+                              for e in entries],
                   "limit": limit, "offset": offset,
                   "next_offset": _next(entries, limit, offset),
                   "total": c.api.validator.count_audit(**filters)})
@@ -669,6 +671,10 @@ def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
         for path in ("/aws", "/aws/"):
             routes.append(Route(path, aws.handle, methods=["GET", "POST"],
                                 include_in_schema=False))
+    if settings.ui:  # the web console (validator/ui), a door over the same service
+        from validator.ui import mount
+        if (console := mount(validator, keys, settings, stations=stations, aws=aws)):
+            routes.append(console)
 
     from contextlib import asynccontextmanager
 

@@ -160,9 +160,6 @@ def _directives(block: Block, lines: list[str], start: int) -> None:
         raise DocError(f"{where}: doc-test directives on a ```{block.info} block")
     if block.background and not block.ready:
         raise DocError(f"{where}: a background block needs ready=PATH or ready=URL")
-    if block.not_runnable is not None and block.info != "sh":
-        raise DocError(f"{where}: `not runnable` goes on ```sh blocks; this one is "
-                       f"```{block.info}, which is never run")
 
 
 # -- the convention's own tests --------------------------------------------------------------
