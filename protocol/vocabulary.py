@@ -97,6 +97,23 @@ class Kind(_Vocabulary):
         return PSKC_ALGORITHM_PREFIX + self.value
 
 
+PSKC_PIN: Final = "pin"
+"""What `PSKC_ALGORITHMS` makes of a PIN key's algorithm (skipped by an import)."""
+_PSKC_ALGORITHM_SPELLINGS: Final = (
+    PSKC_ALGORITHM_PREFIX,  # RFC 6030 §10 (and the algorithm profiles it registers)
+    # draft-ietf-keyprov-pskc-02 .. -05, draft-hoyer-keyprov-pskc-algorithm-profiles-01
+    "urn:ietf:params:xml:ns:keyprov:pskc#",
+    "http://www.ietf.org/keyprov/pskc#",  # draft-ietf-keyprov-pskc-00/-01 and vendor files
+    "",  # draft-hoyer-keyprov-portable-symmetric-key-container-00/-01: bare names
+)
+PSKC_ALGORITHMS: Final[dict[str, str]] = {
+    prefix + name: name
+    for prefix in _PSKC_ALGORITHM_SPELLINGS for name in (*(k.value for k in Kind), PSKC_PIN)}
+"""Every algorithm name a PSKC file (RFC 6030 or the drafts before it) may give a key, in
+lower case, mapped to what foblab makes of it: a `Kind` label, or `PSKC_PIN` for a PIN key.
+Look names up lower-cased: vendors differ in case."""
+
+
 class Hash(_Vocabulary):
     """The HMAC hash of a token's codes; its label is also its `hashlib` name."""
 

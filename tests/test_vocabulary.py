@@ -156,3 +156,14 @@ def _scenario(extra: str) -> Any:
     event = '[[event]]\naction = "enable"\nday = 0\nexpect = "accepted"\n'
     text = 'name = "v"\nseed = 1\n' + extra + event
     return spec.parse(text, "vocabulary.toml")
+
+
+def test_every_kind_is_read_from_a_pskc_file_in_every_dialect() -> None:
+    """The PSKC algorithm table is derived from `Kind`: each spelling of each kind maps to
+    it, the PIN key is named apart, and nothing else is in the table."""
+    for kind in Kind:
+        assert protocol.PSKC_ALGORITHMS[kind.pskc_algorithm] == kind.label
+        assert Kind.from_label(protocol.PSKC_ALGORITHMS["http://www.ietf.org/keyprov/pskc#"
+                                                        + kind.label]) is kind
+    assert set(protocol.PSKC_ALGORITHMS.values()) == {*Kind.labels(), protocol.PSKC_PIN}
+    assert all(name == name.lower() for name in protocol.PSKC_ALGORITHMS)

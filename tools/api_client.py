@@ -107,11 +107,21 @@ class ApiClient:
     def health(self) -> Any:
         return self.request("GET", "/healthz")
 
+    def has_console(self) -> bool:
+        """True when the daemon serves the web console (/ui/, needs foblab[ui])."""
+        try:
+            return self._http.get("/ui/login").status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def create_token(self, body: Mapping[str, Any]) -> Any:
         return self.request("POST", "/v1/tokens", body=dict(body))
 
     def import_tokens(self, content: str, format: str, *, passphrase: str | None = None,
-                      key_hex: str | None = None, skip_duplicates: bool = False) -> Any:
+                      key_hex: str | None = None, skip_duplicates: bool = False,
+                      dry_run: bool = False) -> Any:
+        """Import a seed file; `dry_run` checks it and says what would be imported and
+        skipped, writing nothing."""
         body: dict[str, Any] = {"format": format, "content": content}
         if passphrase:
             body["passphrase"] = passphrase
@@ -119,6 +129,8 @@ class ApiClient:
             body["key_hex"] = key_hex
         if skip_duplicates:
             body["skip_duplicates"] = True
+        if dry_run:
+            body["dry_run"] = True
         return self.request("POST", "/v1/tokens/import", body=body)
 
     def list_tokens(self, *, user: str | None = None, unassigned: bool | None = None,
@@ -166,10 +178,12 @@ class ApiClient:
 
     def audit(self, *, serial: str | None = None, user: str | None = None,
               action: str | None = None, result: str | None = None,
-              limit: int | None = None, offset: int | None = None) -> Any:
+              order: str | None = None, limit: int | None = None,
+              offset: int | None = None) -> Any:
+        """The audit log; `order` "newest" (the API's default) or "oldest"."""
         return self.request("GET", "/v1/audit", params={
             "serial": serial, "user": user, "action": action, "result": result,
-            "limit": limit, "offset": offset})
+            "order": order, "limit": limit, "offset": offset})
 
     def list_stations(self) -> Any:
         return self.request("GET", "/v1/stations")

@@ -14,6 +14,8 @@ import functools
 import json
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +26,8 @@ import click
 from protocol import Hash, Kind
 from tools import choices
 from tools._args import fail as _fail
+from tools._paging import echo_note, fetch, page_options
+from tools._progress import waiting, wanted
 from tools.api_client import ApiClient, ApiError
 from tools.cli import LazyGroup
 from validator.config import (
@@ -148,6 +152,26 @@ def serve(directory: Path | None, config: Path | None, host: str | None, port: i
 
 # -- the API client ------------------------------------------------------------------------
 
+# The API's words for things the command line names otherwise: an error relayed from the
+# daemon is reworded so it names the options the user can type.
+API_WORDS = (
+    ('send "provision": true', "give --provision"),
+    ("secret_b32", "--seed-b32"),
+    ("secret_hex", "--seed-hex"),
+    ("key_hex", "--key-hex"),
+    ("skip_duplicates", "--skip-duplicates"),
+)
+
+WHERE_HELP = ("give --dir DIR (a folder made by `foblab validator init`), or --url URL with "
+              "--key KEY or --key-file FILE, or set FOBLAB_URL and FOBLAB_KEY")
+
+
+def in_cli_words(message: str) -> str:
+    for api, cli in API_WORDS:
+        message = message.replace(api, cli)
+    return message
+
+
 def _from_dir(directory: Path) -> tuple[str, str | None]:
     try:
         settings = load(directory / CONFIG_NAME)
@@ -170,21 +194,34 @@ def client_command(group: click.Group, name: str | None = None) -> Callable[[F],
 
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
-        def inner(url: str | None, key: str | None, directory: Path | None, timeout: float,
-                  as_json: bool, **kwargs: Any) -> Any:
+        def inner(url: str | None, key: str | None, key_file: Path | None,
+                  directory: Path | None, timeout: float, as_json: bool, **kwargs: Any) -> Any:
             dir_url, dir_key = _from_dir(directory) if directory is not None else (None, None)
-            final_url = url or os.environ.get("FOBLAB_URL") or dir_url \
-                or f"http://127.0.0.1:{DEFAULT_PORT}"
-            final_key = key or os.environ.get("FOBLAB_KEY") or dir_key
+            given_url = url or os.environ.get("FOBLAB_URL") or dir_url
+            final_url = given_url or f"http://127.0.0.1:{DEFAULT_PORT}"
+            file_key = None
+            if key_file is not None:
+                try:
+                    file_key = key_file.read_text().strip()
+                except (OSError, UnicodeDecodeError) as exc:
+                    _fail(f"cannot read the key file {key_file}: {exc}")
+            final_key = key or file_key or os.environ.get("FOBLAB_KEY") or dir_key
+            if not final_key:
+                _fail(f"no API key for {final_url}: {WHERE_HELP}")
             try:
                 with ApiClient(final_url, final_key, timeout) as client:
                     return fn(client=client, as_json=as_json, **kwargs)
             except ApiError as exc:
-                _fail(str(exc))
+                if exc.error == "unreachable" and not given_url:
+                    # no location given: the URL tried is only the built-in default
+                    _fail(f"{exc.message}; that is only the default location: {WHERE_HELP}")
+                _fail(in_cli_words(str(exc)))
 
         for option in (
             click.option("--url", help="The daemon's URL (env FOBLAB_URL)."),
             click.option("--key", help="API key (env FOBLAB_KEY)."),
+            click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
+                         help="A file holding the API key (as validator init writes)."),
             click.option("--dir", "directory", type=click.Path(path_type=Path),
                          help="An init'd folder: URL and admin key from it."),
             click.option("--timeout", type=float, default=60.0, show_default=True),
@@ -246,6 +283,9 @@ def _token_detail(t: dict[str, Any]) -> None:
     for key in ("created", "assigned_at", "last_used", "locked_until"):
         if key in t:
             click.echo(f"{key:<14} {_when(t[key])}")
+    if "expires" in t:  # from its seed file's key policy; codes are refused after it
+        click.echo(f"{'expires':<14} "
+                   f"{'never' if t['expires'] is None else _when(t['expires'])}")
     if t.get("drift"):
         d = t["drift"]
         click.echo(f"{'drift':<14} offset {d['offset_seconds']} s, rate {d['rate_ppm']} ppm")
@@ -260,8 +300,8 @@ def token() -> None:
 
 @client_command(token)
 @click.argument("serial")
-@click.option("--secret-b32", help="The seed, base32.")
-@click.option("--secret-hex", help="The seed, hex.")
+@click.option("--seed-b32", "secret_b32", help="The secret, base32.")
+@click.option("--seed-hex", "secret_hex", help="The secret, hex.")
 @click.option("--kind", type=choices.KIND, default=Kind.TOTP.label,
               show_default=True)
 @click.option("--hash", "hash_", type=choices.HASH,
@@ -273,6 +313,8 @@ def add(client: ApiClient, as_json: bool, serial: str, secret_b32: str | None,
         secret_hex: str | None, kind: str, hash_: str, digits: str, period: int | None,
         counter: int | None) -> None:
     """Register one token."""
+    if (secret_b32 is None) == (secret_hex is None):
+        _fail("give the secret as --seed-hex HEX or --seed-b32 B32 (one of them)")
     body: dict[str, Any] = {"serial": serial, "kind": kind, "hash": hash_,
                             "digits": int(digits)}
     for key, value in (("secret_b32", secret_b32), ("secret_hex", secret_hex),
@@ -287,37 +329,102 @@ def add(client: ApiClient, as_json: bool, serial: str, secret_b32: str | None,
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["pskc", "csv"]),
               help="Default: from the file's suffix (.csv is CSV, else PSKC).")
-@click.option("--passphrase", help="PBKDF2 passphrase of an encrypted PSKC file.")
+@click.option("--pskc-passphrase", "passphrase",
+              help="PBKDF2 passphrase of an encrypted PSKC file.")
 @click.option("--key-hex", help="Pre-shared AES key of an encrypted PSKC file.")
-@click.option("--skip-duplicates", is_flag=True, help="Leave out serials already registered.")
+@click.option("--skip-duplicates", is_flag=True,
+              help="Leave out serials already registered or repeated in the file.")
+@click.option("--dry-run", is_flag=True,
+              help="Read, decrypt and check the file; print what would be imported and "
+                   "skipped; write nothing.")
 def import_(client: ApiClient, as_json: bool, file: Path, fmt: str | None,
-            passphrase: str | None, key_hex: str | None, skip_duplicates: bool) -> None:
-    """Import every token of a PSKC or CSV seed file (all or nothing)."""
+            passphrase: str | None, key_hex: str | None, skip_duplicates: bool,
+            dry_run: bool) -> None:
+    """Import every usable token of a PSKC or CSV seed file (all of them or none), and list
+    the keys left out and why (a PIN key, another algorithm, an expired key policy...)."""
     fmt = fmt or ("csv" if file.suffix.lower() == ".csv" else "pskc")
     try:
         content = file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         _fail(f"cannot read {file}: {exc}")
-    data = client.import_tokens(content, fmt, passphrase=passphrase, key_hex=key_hex,
-                                skip_duplicates=skip_duplicates)
-    _show(data, as_json, lambda d: click.echo(
-        f"imported {d['imported']} token(s)" +
-        (f", skipped {len(d['skipped'])}" if d.get("skipped") else "")))
+    keys = _count_keys(content, fmt)
+    with _Working(f"{'checking' if dry_run else 'importing'} {keys:,} keys from {file.name}",
+                  enabled=keys > _PROGRESS_KEYS and not as_json):
+        data = client.import_tokens(content, fmt, passphrase=passphrase, key_hex=key_hex,
+                                    skip_duplicates=skip_duplicates, dry_run=dry_run)
+    _show(data, as_json, _import_report)
+
+
+_PROGRESS_KEYS = 300  # a file of more keys shows that it is being worked on (on a TTY)
+
+
+def _count_keys(content: str, fmt: str) -> int:
+    """About how many keys a file holds (for the progress line only)."""
+    if fmt == "csv":
+        return max(0, sum(1 for line in content.splitlines()
+                          if line.strip() and not line.lstrip().startswith("#")) - 1)
+    return content.count("<Key ") + content.count(":Key ") + content.count("<Secret ")
+
+
+class _Working:
+    """On a TTY (stderr), a line that says what is being done and for how long, redrawn
+    in place until the work ends; nothing otherwise."""
+
+    def __init__(self, what: str, *, enabled: bool) -> None:
+        self.what = what
+        self.enabled = enabled and sys.stderr.isatty()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Working:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        frames = "|/-\\"
+        i = 0
+        while not self._stop.wait(0.2):
+            click.echo(f"\r{frames[i % 4]} {self.what}... {time.monotonic() - started:.0f} s",
+                       err=True, nl=False)
+            i += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            click.echo("\r\x1b[K", err=True, nl=False)
+
+
+def _import_report(d: dict[str, Any]) -> None:
+    verb = "would import" if d.get("dry_run") else "imported"
+    skipped = d.get("skipped") or []
+    click.echo(f"{verb} {d['imported']} token(s)" +
+               (f", skipped {len(skipped)}:" if skipped else ""))
+    if skipped:
+        _table(skipped, (("serial", "SERIAL"), ("reason", "REASON"), ("detail", "DETAIL")))
 
 
 @client_command(token, "list")
 @click.option("--user")
 @click.option("--unassigned", is_flag=True, help="Only tokens no user holds.")
 @click.option("--kind", type=choices.KIND)
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
+@page_options
 def list_(client: ApiClient, as_json: bool, user: str | None, unassigned: bool,
-          kind: str | None, limit: int, offset: int) -> None:
-    """List tokens."""
-    data = client.list_tokens(user=user, unassigned=True if unassigned else None, kind=kind,
-                              limit=limit, offset=offset)
-    _show(data, as_json, lambda d: _table([_token_row(t) for t in d["tokens"]],
-                                          _TOKEN_COLUMNS))
+          kind: str | None, limit: int, page: int, all_: bool, offset: int | None) -> None:
+    """List tokens, by serial (a page of 100 unless --all; a note says when there is more)."""
+    filters: dict[str, Any] = {"user": user, "unassigned": True if unassigned else None,
+                               "kind": kind}
+    data = fetch(lambda p: client.list_tokens(**filters, **p),
+                 "tokens", limit=limit, page=page, all_=all_, offset=offset)
+
+    def human(d: dict[str, Any]) -> None:
+        _table([_token_row(t) for t in d["tokens"]], _TOKEN_COLUMNS)
+        echo_note(d, "tokens")
+
+    _show(data, as_json, human)
 
 
 @client_command(token)
@@ -406,6 +513,17 @@ def resync(client: ApiClient, as_json: bool, user: str, serial: str, code1: str,
 
 # -- verify, audit, station ----------------------------------------------------------------
 
+REFUSAL_HINTS = {
+    "replayed": "a code is good once: this one, or a later one, was already used (enable and "
+                "resync use their two codes); wait for the display to show a new code",
+    "invalid_code": "not a code of the user's token near now: a typo, another token, or a "
+                    "clock far off (then: foblab validator device resync)",
+    "locked": "too many wrong codes; wait, or: foblab validator token unlock SERIAL",
+    "no_device": "the user has no enabled token: foblab validator device enable",
+}
+"""Why `verify` was refused, in a person's words, after the API's reason."""
+
+
 @client_command(validator)
 @click.argument("user")
 @click.argument("code")
@@ -419,7 +537,9 @@ def verify(client: ApiClient, as_json: bool, user: str, code: str, serial: str |
         click.echo(f"accepted ({data['serial']})")
     else:
         wait = f", retry in {data['retry_after']:.0f} s" if data.get("retry_after") else ""
-        click.echo(f"refused: {data['reason']}{wait}", err=True)
+        hint = REFUSAL_HINTS.get(data["reason"])
+        click.echo(f"refused: {data['reason']}{wait}" + (f" ({hint})" if hint else ""),
+                   err=True)
     sys.exit(0 if data["ok"] else 1)
 
 
@@ -428,19 +548,27 @@ def verify(client: ApiClient, as_json: bool, user: str, code: str, serial: str |
 @click.option("--user")
 @click.option("--action")
 @click.option("--result", type=click.Choice(["ok", "refused"]))
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option("--oldest-first", is_flag=True, help="Oldest entries first.")
+@page_options
 def audit(client: ApiClient, as_json: bool, serial: str | None, user: str | None,
-          action: str | None, result: str | None, limit: int, offset: int) -> None:
-    """The audit log, oldest first."""
-    data = client.audit(serial=serial, user=user, action=action, result=result, limit=limit,
-                        offset=offset)
-    _show(data, as_json, lambda d: _table(
-        [{**e, "time": _when(e["time"]),
-          "via": f"{e.get('via')}:{e.get('client')}" if e.get("via") else None}
-         for e in d["entries"]],
-        (("id", "ID"), ("time", "TIME"), ("action", "ACTION"), ("result", "RESULT"),
-         ("reason", "REASON"), ("serial", "SERIAL"), ("user", "USER"), ("via", "VIA"))))
+          action: str | None, result: str | None, oldest_first: bool, limit: int,
+          page: int, all_: bool, offset: int | None) -> None:
+    """The audit log, newest first (a page of 100 unless --all; a note says when there is
+    more)."""
+    filters: dict[str, Any] = {"serial": serial, "user": user, "action": action,
+                               "result": result, "order": "oldest" if oldest_first else "newest"}
+    data = fetch(lambda p: client.audit(**filters, **p),
+                 "entries", limit=limit, page=page, all_=all_, offset=offset)
+
+    def human(d: dict[str, Any]) -> None:
+        _table([{**e, "time": _when(e["time"]),
+                 "via": f"{e.get('via')}:{e.get('client')}" if e.get("via") else None}
+                for e in d["entries"]],
+               (("id", "ID"), ("time", "TIME"), ("action", "ACTION"), ("result", "RESULT"),
+                ("reason", "REASON"), ("serial", "SERIAL"), ("user", "USER"), ("via", "VIA")))
+        echo_note(d, "entries")
+
+    _show(data, as_json, human)
 
 
 @validator.group()
@@ -479,6 +607,8 @@ def enroll(client: ApiClient, as_json: bool, name: str, user: str, provision: bo
            kind: str | None, hash_: str | None, digits: str | None,
            period: int | None) -> None:
     """Enroll the token on station NAME for USER (reads two codes from it)."""
+    waiting(f"enrolling the token on station {name}: reading two consecutive codes from it "
+            "takes up to a period (30 s)", show=wanted(as_json=as_json))
     data = client.station_enroll(name, user, provision=provision or None, kind=kind,
                                  hash=hash_, digits=None if digits is None else int(digits),
                                  period=period)

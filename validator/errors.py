@@ -38,12 +38,6 @@ class InvalidJson(InvalidRequest):
     code = "invalid_json"
 
 
-class BadSecret(InvalidRequest):
-    """A secret that is not valid base32/hex, or of a length no token has."""
-
-    code = "bad_secret"
-
-
 class Disconnected(InvalidRequest):
     """The client went away before its body arrived."""
 
@@ -85,6 +79,13 @@ class InvalidParameter(ValidatorError):
     code = "invalid_parameter"
 
 
+class BadSecret(InvalidParameter):
+    """A secret that is not valid base32/hex, or outside the length every way in allows
+    (see `Validator.min_secret_bytes`)."""
+
+    code = "bad_secret"
+
+
 class InvalidUser(ValidatorError):
     """A user name outside 1-64 (configurable) of letters, digits and `+=,.@_-`."""
 
@@ -95,6 +96,13 @@ class SeedFileError(ValidatorError):
     """A seed file was refused; nothing from it was imported. The message names the key."""
 
     code = "invalid_seed_file"
+
+
+class SeedFileLimit(SeedFileError):
+    """A seed file past one of the import limits (size, depth, elements, keys, field
+    length); the message names the limit and its config key."""
+
+    code = "seed_file_limit"
 
 
 class InvalidAuthenticationCode(ValidatorError):
@@ -122,15 +130,17 @@ class NotAssigned(ValidatorError):
 
 
 class DuplicateSerial(ValidatorError):
-    """Serials already registered (or repeated within one file): `serials` names them.
-    Raised by the store itself, so there is one class for it."""
+    """Serials already registered, or (`in_file`) given more than once in one seed file:
+    `serials` names them. Raised by the store itself, so there is one class for it."""
 
     code = "duplicate_serial"
     status = 409
 
-    def __init__(self, serials: list[str]) -> None:
+    def __init__(self, serials: list[str], *, in_file: bool = False) -> None:
         self.serials = serials
-        super().__init__(f"serial(s) already registered: {', '.join(serials)}")
+        self.in_file = in_file
+        what = "repeated in the file" if in_file else "already registered"
+        super().__init__(f"serial(s) {what}: {', '.join(serials)}")
 
 
 class AlreadyAssigned(ValidatorError):
@@ -157,6 +167,13 @@ class Conflict(ValidatorError):
 
     code = "conflict"
     status = 503
+
+
+class DoorDisabled(ValidatorError):
+    """A page or request of a door that is not running (the AWS endpoint without [aws])."""
+
+    code = "door_disabled"
+    status = 404
 
 
 # -- enrollment stations ---------------------------------------------------------------------

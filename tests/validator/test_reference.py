@@ -87,7 +87,8 @@ def situations(draw: st.DrawFn) -> tuple[TokenState, bytes, str, float, Policy]:
         kind=kind, digits=digits, hash=hash_, period=period, t0=t0,
         window=draw(st.one_of(st.none(), st.integers(0, 3))), watermark=watermark,
         drift=est, failures=draw(st.integers(0, 6)),
-        locked_until=draw(st.sampled_from([0.0, now - 1, now + 30])))
+        locked_until=draw(st.sampled_from([0.0, now - 1, now + 30])),
+        expires=draw(st.sampled_from([None, now - 1, now, now + 30])))
     key = draw(st.binary(min_size=10, max_size=64))
     which = draw(st.sampled_from(["near", "random", "malformed"]))
     if which == "near":

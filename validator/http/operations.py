@@ -41,7 +41,8 @@ def operations() -> list[Op]:
         Op(OpDoc("GET", "/healthz", "Liveness: the database answers", (), errors=(503,)),
            "/healthz", healthz),
         Op(OpDoc("GET", "/metrics", "Prometheus metrics", ()), "/metrics", metrics),
-        Op(OpDoc("POST", "/v1/tokens/import", "Import a PSKC or CSV seed file, all or nothing",
+        Op(OpDoc("POST", "/v1/tokens/import", "Import a PSKC or CSV seed file: every "
+                 "usable key or none; the others listed with why",
                  ADMIN, body="TokenImport", errors=(409, 413, 415)),
            "/v1/tokens/import", import_tokens, large_body=True),
         Op(OpDoc("POST", "/v1/tokens", "Register one token", ADMIN, body="TokenCreate",
@@ -71,10 +72,13 @@ def operations() -> list[Op]:
            "/v1/users/{user}/devices/{serial:path}", deactivate_device),
         Op(OpDoc("POST", "/v1/verify", "Verify a code", VERIFY, body="Verify",
                  errors=(413, 415)), "/v1/verify", verify),
-        Op(OpDoc("GET", "/v1/audit", "Audit log, oldest first", ADMIN, query=(
+        Op(OpDoc("GET", "/v1/audit", "Audit log, oldest first (order=newest: newest first)",
+                 ADMIN, query=(
             Param("serial", S.SERIAL), Param("user", S.USER), Param("action", string),
             Param("result", string), Param("since", {"type": "number"}),
-            Param("until", {"type": "number"}), *page)), "/v1/audit", audit),
+            Param("until", {"type": "number"}),
+            Param("order", {"type": "string", "enum": ["oldest", "newest"]}), *page)),
+           "/v1/audit", audit),
         Op(OpDoc("POST", "/v1/admin/rotate-key", "Re-encrypt every stored secret under a "
                  "new seed key", ADMIN), "/v1/admin/rotate-key", rotate_key),
         Op(OpDoc("GET", "/v1/stations", "Configured enrollment stations", ADMIN),
