@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("protocol", "firmware_sim", "validator", "tools")
+PACKAGES = ("protocol", "firmware_sim", "validator", "tools", "foblab")
 ALLOWED = {
     "protocol": set(),
     "firmware_sim": {"protocol"},
     "validator": {"protocol"},
     "tools": {"protocol", "firmware_sim", "validator"},
+    "foblab": {"protocol", "firmware_sim", "validator", "tools"},  # the library/pytest plugin
 }
 
 

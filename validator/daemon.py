@@ -81,9 +81,13 @@ def init_dir(directory: Path, *, host: str = "127.0.0.1", port: int = 8700,
 
 # -- start-up checks -------------------------------------------------------------------------
 
-def open_validator(settings: Settings) -> Validator:
+def open_validator(settings: Settings, *,
+                   clock: Callable[[], float] | None = None) -> Validator:
     """The validator on the configured database and seed key; neither is ever created
-    here (a typo in a path must not start an empty validator with a fresh key)."""
+    here (a typo in a path must not start an empty validator with a fresh key).
+
+    `clock` is for foblab's own test lab (`foblab.lab(time_machine=True)`) only: `serve`
+    never passes one, so a daemon run by `foblab validator serve` always reads true time."""
     if not settings.seed_key_file.is_file():
         raise StartupError(f"seed key file {settings.seed_key_file} does not exist")
     if not settings.database.is_file():
@@ -96,7 +100,8 @@ def open_validator(settings: Settings) -> Validator:
     try:
         SecretBox.from_file(settings.seed_key_file)
         validator = Validator.open(settings.database, settings.seed_key_file,
-                                   policy=settings.policy, durability=settings.durability)
+                                   policy=settings.policy, durability=settings.durability,
+                                   clock=clock or time.time)
     except KeyFileError as exc:
         raise StartupError(str(exc)) from None
     except (sqlite3.Error, StoreError, OSError) as exc:

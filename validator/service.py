@@ -141,12 +141,13 @@ class Validator:
     @classmethod
     def open(cls, db_path: str | os.PathLike[str], key_path: str | os.PathLike[str] | None = None,
              *, policy: Policy = DEFAULT_POLICY,
-             durability: Durability = Durability.NORMAL, max_user_length: int = 64) -> Validator:
+             durability: Durability = Durability.NORMAL, max_user_length: int = 64,
+             clock: Callable[[], float] = time.time) -> Validator:
         """A validator on the SQLite file `db_path`, its seed key at `key_path` (default:
         `<db_path>.key`, created 0600 on first use)."""
         key_file = Path(key_path) if key_path is not None else Path(f"{os.fspath(db_path)}.key")
         return cls(SQLiteStore(db_path, durability=durability), SecretBox.from_file(key_file),
-                   policy, max_user_length=max_user_length)
+                   policy, max_user_length=max_user_length, clock=clock)
 
     def close(self) -> None:
         self.store.close()
