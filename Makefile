@@ -29,9 +29,9 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check protocol firmware_sim validator tools tests bench
+	$(VENV)/bin/ruff check protocol firmware_sim validator tools foblab tests bench
 	$(VENV)/bin/mypy --strict protocol
-	$(VENV)/bin/mypy firmware_sim validator tools
+	$(VENV)/bin/mypy firmware_sim validator tools foblab
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -5,14 +5,16 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firmware_sim import clock as crystal
-from firmware_sim.background import LoopThread
 from firmware_sim.runner import TokenRunner, open_token, wall_ms
 from foblab._clock import LabClock
 from foblab._token import PORTS, LabToken, new_seed
 from foblab._validator import AwsKeys, LabValidator
+
+if TYPE_CHECKING:
+    from firmware_sim.background import LoopThread
 
 
 class Lab:
@@ -82,6 +84,8 @@ class Lab:
         try:
             if port != "memory":
                 if self._loop is None:
+                    from firmware_sim.background import LoopThread  # only for ports
+
                     self._loop = LoopThread()
                 runner = TokenRunner(tok, pty=port == "pty",
                                      pty_link=self.dir / "ports" / tok.serial,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from firmware_sim.background import LoopThread
 from firmware_sim.models import SEED_BYTES
 from firmware_sim.runner import MemoryPort, Token, TokenRunner
 from foblab._clock import LabClock, _seconds
@@ -21,6 +20,9 @@ from protocol.messages import (
     SetTimeRequest,
     UnfreezeRequest,
 )
+
+if TYPE_CHECKING:
+    from firmware_sim.background import LoopThread
 
 PORTS = ("memory", "pty", "tcp")
 

@@ -108,7 +108,14 @@ class LabValidator:
             self._validator.close()
             raise
         self._sock = sock
-        self.client = self.api_client(self.admin_key)
+        self._client: httpx.Client | None = None
+
+    @property
+    def client(self) -> httpx.Client:
+        """An admin API client (made on first use: an HTTP client costs some 100 ms)."""
+        if self._client is None:
+            self._client = self.api_client(self.admin_key)
+        return self._client
 
     def api_client(self, key: str | None = None) -> httpx.Client:
         """An HTTP client for the API with `key` (default: the admin key) as its Bearer."""
@@ -186,7 +193,8 @@ class LabValidator:
         if getattr(self, "_closed", False):
             return
         self._closed = True
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
         self._server.should_exit = True
         self._thread.join(15)
         self._sock.close()

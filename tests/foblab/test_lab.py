@@ -121,7 +121,7 @@ def test_memory_tokens_have_no_port_url() -> None:
     with foblab.lab() as lab:
         tok = lab.token()
         with pytest.raises(RuntimeError, match="port='pty'"):
-            tok.port_url
+            _ = tok.port_url
         with pytest.raises(ValueError, match="port must be"):
             lab.token(port="usb")
 
@@ -129,7 +129,7 @@ def test_memory_tokens_have_no_port_url() -> None:
 def test_the_time_machine_is_off_by_default_and_not_in_serve(tmp_path: Path) -> None:
     with foblab.lab() as lab:
         with pytest.raises(RuntimeError, match="time_machine=True"):
-            lab.clock
+            _ = lab.clock
     out = subprocess.run([sys.executable, "-m", "tools.cli", "validator", "serve", "--help"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "clock" not in out.stdout.lower()
