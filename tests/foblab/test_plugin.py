@@ -54,3 +54,40 @@ def test_ctrl_c_during_a_test_leaves_nothing_behind(tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=60)
     assert "KeyboardInterrupt" in out, out
     assert not list(temp.glob("foblab-lab-*")), out
+
+
+def test_docs_show_the_example_projects_code_line_for_line() -> None:
+    """Every ```python block of docs/testing.md that starts `# examples/mfa-app/PATH` is
+    that file's text, so the worked examples in the doc are the ones CI runs."""
+    import re
+
+    doc = (ROOT / "docs" / "testing.md").read_text()
+    blocks = re.findall(r"```python\n# (examples/mfa-app/\S+)\n(.*?)```", doc, re.S)
+    assert len(blocks) >= 7
+    for path, text in blocks:
+        assert (ROOT / path).read_text() == text, path
+    shown = {path for path, _ in blocks}
+    tests = {f"examples/mfa-app/tests/{p.name}" for p in (EXAMPLE / "tests").glob("test_*.py")}
+    assert tests <= shown, tests - shown
+
+
+def test_the_python_api_example_of_the_doc_runs() -> None:
+    import re
+
+    doc = (ROOT / "docs" / "testing.md").read_text()
+    example = re.search(r"## Without pytest.*?```python\n(.*?)```", doc, re.S)
+    assert example is not None
+    exec(compile(example.group(1), "docs/testing.md", "exec"), {})
+
+
+def test_the_readme_example_passes_as_a_test_of_another_project(tmp_path: Path) -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## In your own tests", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    (tmp_path / "test_readme.py").write_text(code.group(1))
+    proc = _pytest(tmp_path, "-q", "--import-mode=importlib")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "1 passed" in out, out
