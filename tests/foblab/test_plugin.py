@@ -30,6 +30,22 @@ def test_the_example_project_passes_in_two_workers(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("foblab-lab-*")), out
 
 
+def test_a_failed_test_leaves_nothing_behind(tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_fails.py").write_text(
+        "def test_fails(foblab_validator, foblab_token):\n"
+        "    foblab_token(port='pty')\n"
+        "    foblab_token(port='tcp')\n"
+        "    assert foblab_validator.verify('nobody', '123456').accepted\n")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = _pytest(suite, "-q", "--import-mode=importlib", env={"TMPDIR": str(temp)})
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "1 failed" in out, out
+    assert not list(temp.glob("foblab-lab-*")), out
+
+
 def test_ctrl_c_during_a_test_leaves_nothing_behind(tmp_path: Path) -> None:
     tests = tmp_path / "suite"
     tests.mkdir()
