@@ -96,6 +96,9 @@ class VerifyResult:
     reason: Reason
     serial: str | None = None
     retry_after: float = 0.0
+    window: int | None = None
+    """The guessing surface: how many steps or counters a code would have been accepted
+    at, over the devices checked (None: no device was)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,24 +414,26 @@ class Validator:
                 return self._answer(user, None, Reason.NO_DEVICE, t)
             decisions = [(r, core.verify(r.state, self.box.open(r.serial, r.sealed), code, t,
                                          self.policy)) for r in records]
+            window = sum(d.window for _, d in decisions)
             winner = next(((r, d) for r, d in decisions if d.accepted), None)
             if winner is not None:
                 record, decision = winner
-                audit = [AuditEvent(t, "verify", "ok", Reason.ACCEPTED, record.serial, user)]
+                audit = [AuditEvent(t, "verify", "ok", Reason.ACCEPTED, record.serial, user,
+                                    window)]
                 if self.store.compare_and_set(record.serial, record.version, decision.state,
                                               audit=audit) is Cas.OK:
-                    return VerifyResult(True, Reason.ACCEPTED, record.serial)
+                    return VerifyResult(True, Reason.ACCEPTED, record.serial, 0.0, window)
                 continue
             if not self._commit_failures(decisions):
                 continue
             reasons = {d.reason for _, d in decisions}
             one = records[0].serial if len(records) == 1 else serial
             if Reason.REPLAYED in reasons:
-                return self._answer(user, one, Reason.REPLAYED, t)
+                return self._answer(user, one, Reason.REPLAYED, t, window=window)
             if Reason.INVALID_CODE in reasons:
-                return self._answer(user, one, Reason.INVALID_CODE, t)
+                return self._answer(user, one, Reason.INVALID_CODE, t, window=window)
             wait = min(d.retry_after for _, d in decisions)
-            return self._answer(user, one, Reason.LOCKED, t, wait)
+            return self._answer(user, one, Reason.LOCKED, t, wait, window)
         raise Conflict("too many concurrent changes to the same token; try again")
 
     def _commit_failures(self, decisions: list[tuple[TokenRecord, Decision]]) -> bool:
@@ -443,9 +448,10 @@ class Validator:
         return ok
 
     def _answer(self, user: str, serial: str | None, reason: Reason, now: float,
-                retry_after: float = 0.0) -> VerifyResult:
-        self.store.add_audit([AuditEvent(now, "verify", "refused", reason, serial, user)])
-        return VerifyResult(False, reason, serial, retry_after)
+                retry_after: float = 0.0, window: int | None = None) -> VerifyResult:
+        self.store.add_audit([AuditEvent(now, "verify", "refused", reason, serial, user,
+                                         window)])
+        return VerifyResult(False, reason, serial, retry_after, window)
 
     def resync(self, user: str, serial: str, code1: str, code2: str,
                now: float | None = None) -> TokenInfo:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from validator.core import TokenState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each migration takes the schema from version n-1 to n; appended, never edited.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -69,6 +69,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "INSERT INTO sealed_columns VALUES ('tokens', 'serial', '')",
     ),
+    # The guessing surface of a verification: how many steps (or counters) a code would
+    # have been accepted at, over the user's devices (core.Decision.window).
+    3: ("ALTER TABLE audit ADD COLUMN window_steps INTEGER",),
 }
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
@@ -135,6 +138,8 @@ class AuditEvent:
     reason: str | None = None
     serial: str | None = None
     user: str | None = None
+    window: int | None = None
+    """verify: how many steps or counters a code would have been accepted at."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +153,7 @@ class AuditEntry:
     reason: str | None
     serial: str | None
     user: str | None
+    window: int | None = None
 
 
 class _Keep:
@@ -304,9 +310,10 @@ class SQLiteStore:
     def _write(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
         if events:
             conn.executemany(
-                "INSERT INTO audit (time, serial, user, action, result, reason) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.time, e.serial, e.user, e.action, e.result, e.reason) for e in events])
+                "INSERT INTO audit (time, serial, user, action, result, reason, window_steps) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e.time, e.serial, e.user, e.action, e.result, e.reason, e.window)
+                 for e in events])
 
     def insert_tokens(self, records: Sequence[TokenRecord], audit: Sequence[AuditEvent],
                       *, skip_existing: bool = False) -> list[str]:
@@ -447,6 +454,7 @@ class SQLiteStore:
             args.append(until)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._conn().execute(
-            f"SELECT id, time, action, result, reason, serial, user FROM audit {clause} "
+            f"SELECT id, time, action, result, reason, serial, user, window_steps FROM audit "
+            f"{clause} "
             "ORDER BY id LIMIT ? OFFSET ?", (*args, int(limit), int(offset))).fetchall()
         return [AuditEntry(*row) for row in rows]
