@@ -84,6 +84,7 @@ class Metrics:
         self.verify: Counter[str] = Counter()
         self.stations: Counter[tuple[str, str, str]] = Counter()
         self.in_flight = 0
+        self.extra: list[Callable[[], str]] = []  # other doors' metrics (RADIUS)
         self.buckets = [0] * len(self.BUCKETS)
         self.count = 0
         self.total = 0.0
@@ -151,7 +152,7 @@ class Metrics:
         out += ["# HELP foblab_start_time_seconds When the daemon started (Unix seconds).",
                 "# TYPE foblab_start_time_seconds gauge",
                 f"foblab_start_time_seconds {self.started:.3f}", ""]
-        return "\n".join(out)
+        return "\n".join(out) + "".join(render() for render in self.extra)
 
 
 class Observe:
@@ -507,7 +508,9 @@ async def audit(c: Call) -> Response:
                                     limit=limit, offset=offset)
     return _json({"entries": [{"id": e.id, "time": e.time, "action": e.action,
                                "result": e.result, "reason": e.reason, "serial": e.serial,
-                               "user": e.user, "window": e.window} for e in entries],
+                               "user": e.user, "via": e.via, "client": e.client,
+                               "window": e.window}
+                              for e in entries],
                   "limit": limit, "offset": offset,
                   "next_offset": _next(entries, limit, offset)})
 

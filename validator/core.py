@@ -164,16 +164,20 @@ class Decision:
 
     `state` is the token's state to commit (failures counted, watermark moved, drift
     updated). `matched` is the step or counter the code matched (None when refused);
-    `retry_after` the seconds to wait when `reason` is `locked`. `window` is the guessing
-    surface of this decision: how many steps (TOTP) or counters (HOTP) a code would have
-    been accepted at (those at or before the watermark excluded); for a resync or enable,
-    how many pairs were searched; 0 when the token was locked.
+    `retry_after` the seconds to wait when `reason` is `locked`. `near_miss`: a refused
+    TOTP code matched this step just outside the window, where the drift tracker says the
+    token's clock may be (see `_near_miss`); a door may ask for the next code to complete
+    an automatic resynchronisation. None otherwise. `window` is the guessing surface of
+    this decision: how many steps (TOTP) or counters (HOTP) a code would have been
+    accepted at (those at or before the watermark excluded); for a resync or enable, how
+    many pairs were searched; 0 when the token was locked.
     """
 
     reason: Reason
     state: TokenState
     matched: int | None = None
     retry_after: float = 0.0
+    near_miss: int | None = None
     _window: int = 0
     """The window, or -1: work it out from `_basis` when asked (the accept fast path)."""
     _basis: tuple[TokenState, float, float, Policy] | None = field(
@@ -326,7 +330,7 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
     digits = state.digits
     if len(code) != digits or not code.isascii() or not code.isdigit():
         first, last = window_steps(state, now, center, policy)
-        return Decision(_INVALID, record_failure(state, now, policy), None, 0.0,
+        return Decision(_INVALID, record_failure(state, now, policy), None, 0.0, None,
                         _surface(state, first, last))
     base = int(center // 1)
     # The common case, a synced token's current code: one HMAC, then the accepted state.
@@ -339,7 +343,7 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
                            policy.max_rate_ppm * 1e-6, policy.history)
         else:
             drift = _observe(state, base, now, policy)
-        return Decision(_ACCEPTED, _accepted_state(state, base, drift), base, 0.0, -1,
+        return Decision(_ACCEPTED, _accepted_state(state, base, drift), base, 0.0, None, -1,
                         (state, now, center, policy))
     first, last = window_steps(state, now, center, policy)
     return _search(state, key, code, now, policy, center, first, last,
@@ -359,7 +363,7 @@ def verify_reference(state: TokenState, key: bytes, code: str, now: float,
     surface = _surface(state, first, last)
     if not well_formed(code, state.digits):
         return Decision(Reason.INVALID_CODE, record_failure(state, now, policy), None, 0.0,
-                        surface)
+                        None, surface)
     return _search(state, key, code, now, policy, center, first, last, surface)
 
 
@@ -379,13 +383,15 @@ def _search(state: TokenState, key: bytes, code: str, now: float, policy: Policy
             decision._window = surface
             return decision
     if replayed:
-        return Decision(Reason.REPLAYED, state, None, 0.0, surface)
+        return Decision(Reason.REPLAYED, state, None, 0.0, None, surface)
     if policy.near_miss_steps and policy.drift_policy is DriftPolicy.TRACKING and \
             state.drift.poly:
         learnt = _near_miss(state, key, code, now, center, first, last, policy)
         if learnt is not None:
-            state = replace(state, drift=learnt)
-    return Decision(Reason.INVALID_CODE, record_failure(state, now, policy), None, 0.0,
+            drift, step = learnt
+            return Decision(_INVALID, record_failure(replace(state, drift=drift), now, policy),
+                            None, 0.0, step, surface)
+    return Decision(Reason.INVALID_CODE, record_failure(state, now, policy), None, 0.0, None,
                     surface)
 
 
@@ -395,7 +401,7 @@ def _verify_hotp(state: TokenState, key: bytes, code: str, now: float,
     algorithm = state.algorithm
     surface = policy.hotp_lookahead + 1
     if not well_formed(code, digits):
-        return Decision(_INVALID, record_failure(state, now, policy), None, 0.0, surface)
+        return Decision(_INVALID, record_failure(state, now, policy), None, 0.0, None, surface)
     first = state.next_counter
     for counter in range(first, first + policy.hotp_lookahead + 1):
         if hmac.compare_digest(hotp(key, counter, digits, algorithm), code):
@@ -404,8 +410,8 @@ def _verify_hotp(state: TokenState, key: bytes, code: str, now: float,
             return decision
     for counter in range(max(0, first - 1 - policy.hotp_lookahead), first):
         if hmac.compare_digest(hotp(key, counter, digits, algorithm), code):
-            return Decision(Reason.REPLAYED, state, None, 0.0, surface)
-    return Decision(_INVALID, record_failure(state, now, policy), None, 0.0, surface)
+            return Decision(Reason.REPLAYED, state, None, 0.0, None, surface)
+    return Decision(_INVALID, record_failure(state, now, policy), None, 0.0, None, surface)
 
 
 def _observe(state: TokenState, step: int, now: float, policy: Policy) -> Drift:
@@ -422,8 +428,9 @@ def _observe(state: TokenState, step: int, now: float, policy: Policy) -> Drift:
 
 
 def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: float,
-               first_ok: int, last_ok: int, policy: Policy) -> Drift | None:
-    """The drift after a refused code that matches a step just outside the window.
+               first_ok: int, last_ok: int, policy: Policy) -> tuple[Drift, int] | None:
+    """The drift after a refused code that matches a step just outside the window, and
+    that step.
 
     A token refused once because its clock has moved past the window's edge (early on,
     while its rate is unknown; or when its rate has changed: a token brought in from a cold
@@ -441,8 +448,10 @@ def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: flo
     k·10^-digits, and the throttle counts every guess; a lucky one is a real code of a
     step near the belief, so at worst the owner's next code is refused once and, being a
     near miss itself, teaches the tracker back. Old (observed) codes lie at or before the
-    watermark and are never compared; the answer is the same `invalid_code` whether or not
-    it matched, so it is no oracle.
+    watermark and are never compared; the reason is the same `invalid_code` whether or not
+    it matched. The HTTP and AWS doors show nothing more, so they are no oracle; the RADIUS
+    door turns a near miss into a challenge for the token's next code (RFC 4226 §7.4),
+    which only the token's holder can answer.
     """
     drift = state.drift
     period, t0 = state.period, state.t0
@@ -462,7 +471,7 @@ def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: flo
         if hmac.compare_digest(hotp(key, step, digits, algorithm), code):
             obs = _drift.interval(step, now, period, t0, allowance)
             return _drift.learn(drift, obs, history=policy.history,
-                                max_rate=policy.max_rate_ppm * 1e-6)
+                                max_rate=policy.max_rate_ppm * 1e-6), step
     return None
 
 
@@ -495,7 +504,8 @@ def resync(state: TokenState, key: bytes, code1: str, code2: str, now: float,
         for n in range(first, first + policy.resync_counters + 1):
             if pair_at(n):
                 new = replace(state, watermark=n + 1, failures=0, locked_until=0.0)
-                return Decision(Reason.ACCEPTED, new, n + 1, 0.0, policy.resync_counters + 1)
+                return Decision(Reason.ACCEPTED, new, n + 1, 0.0, None,
+                                policy.resync_counters + 1)
         failed = _fail(state, Reason.INVALID_CODE, now, policy)
         failed._window = policy.resync_counters + 1
         return failed
@@ -518,7 +528,7 @@ def resync(state: TokenState, key: bytes, code1: str, code2: str, now: float,
                                  max_rate=policy.max_rate_ppm * 1e-6,
                                  fresh=policy.fresh_allowance)
             new = replace(state, watermark=second, drift=drift, failures=0, locked_until=0.0)
-            return Decision(Reason.ACCEPTED, new, second, 0.0, 2 * reach + 1)
+            return Decision(Reason.ACCEPTED, new, second, 0.0, None, 2 * reach + 1)
     failed = _fail(state, Reason.REPLAYED if replayed else Reason.INVALID_CODE, now, policy)
     failed._window = 2 * reach + 1
     return failed

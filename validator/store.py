@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from validator.core import TokenState
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each migration takes the schema from version n-1 to n; appended, never edited.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -69,9 +69,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "INSERT INTO sealed_columns VALUES ('tokens', 'serial', '')",
     ),
+    # The door a request came through when it is not the HTTP API ("radius"), and the
+    # name of the RADIUS client (NAS) that sent it.
+    3: (
+        "ALTER TABLE audit ADD COLUMN via TEXT",
+        "ALTER TABLE audit ADD COLUMN client TEXT",
+    ),
     # The guessing surface of a verification: how many steps (or counters) a code would
     # have been accepted at, over the user's devices (core.Decision.window).
-    3: ("ALTER TABLE audit ADD COLUMN window_steps INTEGER",),
+    4: ("ALTER TABLE audit ADD COLUMN window_steps INTEGER",),
 }
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
@@ -138,6 +144,8 @@ class AuditEvent:
     reason: str | None = None
     serial: str | None = None
     user: str | None = None
+    via: str | None = None  # the door, when not the HTTP API: "radius"
+    client: str | None = None  # the RADIUS client's configured name
     window: int | None = None
     """verify: how many steps or counters a code would have been accepted at."""
 
@@ -153,6 +161,8 @@ class AuditEntry:
     reason: str | None
     serial: str | None
     user: str | None
+    via: str | None = None
+    client: str | None = None
     window: int | None = None
 
 
@@ -310,9 +320,10 @@ class SQLiteStore:
     def _write(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
         if events:
             conn.executemany(
-                "INSERT INTO audit (time, serial, user, action, result, reason, window_steps) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(e.time, e.serial, e.user, e.action, e.result, e.reason, e.window)
+                "INSERT INTO audit (time, serial, user, action, result, reason, via, client, "
+                "window_steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.time, e.serial, e.user, e.action, e.result, e.reason, e.via, e.client,
+                  e.window)
                  for e in events])
 
     def insert_tokens(self, records: Sequence[TokenRecord], audit: Sequence[AuditEvent],
@@ -454,7 +465,8 @@ class SQLiteStore:
             args.append(until)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._conn().execute(
-            f"SELECT id, time, action, result, reason, serial, user, window_steps FROM audit "
+            f"SELECT id, time, action, result, reason, serial, user, via, client, window_steps "
+            f"FROM audit "
             f"{clause} "
             "ORDER BY id LIMIT ? OFFSET ?", (*args, int(limit), int(offset))).fetchall()
         return [AuditEntry(*row) for row in rows]
