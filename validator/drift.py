@@ -180,14 +180,16 @@ class Drift:
         return (self.line or believed_line(self))[1]
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "offset": self.offset,
             "tref": self.tref,
             "poly": [list(v) for v in self.poly],
             "history": [list(o) for o in self.history],
             "soft": [list(v) for v in self.soft],
-            "changed": self.changed,
         }
+        if self.changed:  # absent for a token whose rate never changed: the form as before
+            out["changed"] = self.changed
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Drift:
