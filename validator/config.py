@@ -9,9 +9,16 @@
     port = 8700
     durability = "normal"              # or "full": fsync every accepted code
     max_body_bytes = 16384             # every request body but seed-file imports
-    max_import_bytes = 16777216        # POST /v1/tokens/import
+    max_import_bytes = 16777216        # POST /v1/tokens/import, and a seed file in it
+    import_max_depth = 32              # a seed file's XML nesting
+    import_max_elements = 1000000      # a seed file's XML elements
+    import_max_keys = 100000           # a seed file's keys (PSKC) or rows (CSV)
+    import_max_field_chars = 4096      # one CSV field, one XML element's text
+    min_secret_bytes = 16              # every token's seed; 10 for a legacy fleet
     station_timeout = 2.0              # seconds to wait for a token's reply on a station
     access_log = true
+    ui = true                          # the web console at /ui/ (needs the `ui` extra)
+    ui_session_seconds = 3600          # a console sign-in lasts this long
 
     [policy]                           # validator.core.Policy fields; all optional
     window = 1
@@ -47,6 +54,8 @@ from typing import Any
 
 from validator.core import Policy
 from validator.drift import DriftPolicy
+from validator.importers import DEFAULT_LIMITS, ImportLimits
+from validator.service import LOWEST_MIN_SECRET_BYTES, MAX_SECRET_BYTES, MIN_SECRET_BYTES
 from validator.store import Durability
 
 CONFIG_NAME = "foblab.toml"
@@ -73,13 +82,26 @@ class Settings:
     durability: Durability = Durability.NORMAL
     max_body_bytes: int = 16 * 1024
     max_import_bytes: int = 16 * 1024 * 1024
+    import_max_depth: int = DEFAULT_LIMITS.max_depth
+    import_max_elements: int = DEFAULT_LIMITS.max_elements
+    import_max_keys: int = DEFAULT_LIMITS.max_keys
+    import_max_field_chars: int = DEFAULT_LIMITS.max_field_chars
+    min_secret_bytes: int = MIN_SECRET_BYTES
     station_timeout: float = 2.0
     access_log: bool = True
+    ui: bool = True
+    ui_session_seconds: float = 3600.0
     policy: Policy = field(default_factory=Policy)
     stations: dict[str, str] = field(default_factory=dict)
     aws: dict[str, Any] = field(default_factory=dict)
     radius: RadiusConfig | None = None  # None: no RADIUS door
     source: Path | None = None  # the config file, for messages
+
+    def import_limits(self) -> ImportLimits:
+        return ImportLimits(max_bytes=self.max_import_bytes, max_depth=self.import_max_depth,
+                            max_elements=self.import_max_elements,
+                            max_keys=self.import_max_keys,
+                            max_field_chars=self.import_max_field_chars)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -164,7 +186,11 @@ _DEFAULT_FILES = {"database": "validator.db", "seed_key_file": "seed.key",
                   "admin_key_file": "admin.key", "verifier_key_file": "verifier.key"}
 _SCALARS: dict[str, type] = {"host": str, "port": int, "durability": str,
                              "max_body_bytes": int, "max_import_bytes": int,
-                             "station_timeout": float, "access_log": bool}
+                             "station_timeout": float, "access_log": bool, "ui": bool,
+                             "ui_session_seconds": float,
+                             "import_max_depth": int, "import_max_elements": int,
+                             "import_max_keys": int, "import_max_field_chars": int,
+                             "min_secret_bytes": int}
 _POLICY_TYPES: dict[str, type] = {
     f.name: str if f.name == "drift_policy" else type(getattr(Policy(), f.name))
     for f in dataclasses.fields(Policy)}
@@ -214,8 +240,18 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
     for key in ("max_body_bytes", "max_import_bytes"):
         if values.get(key, 1024) < 1024:
             raise ConfigError(f"[validator] {key} must be at least 1024")
+    for key in ("import_max_depth", "import_max_elements", "import_max_keys",
+                "import_max_field_chars"):
+        if values.get(key, 1) < 1:
+            raise ConfigError(f"[validator] {key} must be at least 1")
+    if not LOWEST_MIN_SECRET_BYTES <= values.get("min_secret_bytes", MIN_SECRET_BYTES) \
+            <= MAX_SECRET_BYTES:
+        raise ConfigError(f"[validator] min_secret_bytes must be {LOWEST_MIN_SECRET_BYTES} "
+                          f"to {MAX_SECRET_BYTES}")
     if values.get("station_timeout", 1.0) <= 0:
         raise ConfigError("[validator] station_timeout must be positive")
+    if not 1 <= values.get("ui_session_seconds", 60.0) <= 30 * 86_400:
+        raise ConfigError("[validator] ui_session_seconds must be 1 to 2592000 (30 days)")
 
     policy_raw = dict(data.get("policy", {}))
     extra = set(policy_raw) - set(_POLICY_TYPES)
@@ -262,7 +298,13 @@ def default_document(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> dict
     return {
         "validator": {**_DEFAULT_FILES, "host": host, "port": port, "durability": "normal",
                       "max_body_bytes": 16 * 1024, "max_import_bytes": 16 * 1024 * 1024,
-                      "station_timeout": 2.0, "access_log": True},
+                      "station_timeout": 2.0, "access_log": True, "ui": True,
+                      "ui_session_seconds": 3600.0,
+                      "import_max_depth": DEFAULT_LIMITS.max_depth,
+                      "import_max_elements": DEFAULT_LIMITS.max_elements,
+                      "import_max_keys": DEFAULT_LIMITS.max_keys,
+                      "import_max_field_chars": DEFAULT_LIMITS.max_field_chars,
+                      "min_secret_bytes": MIN_SECRET_BYTES},
         "policy": {"window": 1, "max_failures": 5, "lock_base": 30.0, "lock_cap": 3600.0,
                    "max_devices": 8},
         "stations": {},
