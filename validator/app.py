@@ -77,6 +77,7 @@ class Metrics:
 
     BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                5.0, 10.0)
+    WINDOW_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 24)
 
     def __init__(self) -> None:
         self.started = time.time()
@@ -88,6 +89,9 @@ class Metrics:
         self.buckets = [0] * len(self.BUCKETS)
         self.count = 0
         self.total = 0.0
+        self.window_buckets = [0] * len(self.WINDOW_BUCKETS)
+        self.window_count = 0
+        self.window_total = 0
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests[(method, route, status)] += 1
@@ -96,6 +100,15 @@ class Metrics:
         for i, bound in enumerate(self.BUCKETS):
             if seconds <= bound:
                 self.buckets[i] += 1
+                break
+
+    def observe_window(self, steps: int) -> None:
+        """One verification's guessing surface (`VerifyResult.window`)."""
+        self.window_count += 1
+        self.window_total += steps
+        for i, bound in enumerate(self.WINDOW_BUCKETS):
+            if steps <= bound:
+                self.window_buckets[i] += 1
                 break
 
     def render(self) -> str:
@@ -122,6 +135,16 @@ class Metrics:
                 "# TYPE foblab_verify_total counter"]
         for reason, n in sorted(self.verify.items()):
             out.append(f'foblab_verify_total{{reason="{reason}"}} {n}')
+        out += ["# HELP foblab_verify_window_steps Guessing surface of a verification: the "
+                "steps or counters a code would have been accepted at.",
+                "# TYPE foblab_verify_window_steps histogram"]
+        running = 0
+        for bound, n in zip(self.WINDOW_BUCKETS, self.window_buckets, strict=True):
+            running += n
+            out.append(f'foblab_verify_window_steps_bucket{{le="{bound}"}} {running}')
+        out += [f'foblab_verify_window_steps_bucket{{le="+Inf"}} {self.window_count}',
+                f"foblab_verify_window_steps_sum {self.window_total}",
+                f"foblab_verify_window_steps_count {self.window_count}"]
         out += ["# HELP foblab_station_operations_total Station operations by result.",
                 "# TYPE foblab_station_operations_total counter"]
         for (name, op, result), n in sorted(self.stations.items()):
@@ -467,6 +490,8 @@ async def verify(c: Call) -> Response:
     result = c.api.validator.verify(b["user"], b["code"], serial=b.get("serial"))
     reason = result.reason.value
     c.api.metrics.verify[reason] += 1
+    if result.window is not None:
+        c.api.metrics.observe_window(result.window)
     c.outcome(reason)
     out: dict[str, Any] = {"ok": result.accepted, "reason": reason, "user": b["user"],
                            "serial": result.serial}
@@ -485,7 +510,8 @@ async def audit(c: Call) -> Response:
                                     newest_first=q.get("order") == "newest")
     return _json({"entries": [{"id": e.id, "time": e.time, "action": e.action,
                                "result": e.result, "reason": e.reason, "serial": e.serial,
-                               "user": e.user, "via": e.via, "client": e.client}
+                               "user": e.user, "via": e.via, "client": e.client,
+                               "window": e.window}
                               for e in entries],
                   "limit": limit, "offset": offset,
                   "next_offset": _next(entries, limit, offset),
