@@ -9,14 +9,14 @@ tests of an application's own MFA flow.
         assert lab.validator.verify("alice", tok.next_code()).accepted
 
 In pytest the same pieces are fixtures (`foblab_token`, `foblab_validator`, `foblab_aws`,
-`foblab_lab`, `foblab_clock`), registered by the `foblab` plugin when foblab is installed.
-See docs/testing.md.
+`foblab_radius`, `foblab_lab`, `foblab_clock`), registered by the `foblab` plugin when
+foblab is installed. See docs/testing.md.
 """
 
 from foblab._clock import LabClock
 from foblab._lab import Lab, lab
 from foblab._token import LabToken
-from foblab._validator import AwsKeys, LabError, LabValidator, Verification
+from foblab._validator import AwsKeys, LabError, LabValidator, RadiusServer, Verification
 
 __all__ = ["AwsKeys", "Lab", "LabClock", "LabError", "LabToken", "LabValidator",
-           "Verification", "lab"]
+           "RadiusServer", "Verification", "lab"]

@@ -58,6 +58,24 @@ class AwsKeys:
         return f"AwsKeys({self.endpoint_url}, {self.access_key_id}, secret=***)"
 
 
+@dataclass(frozen=True)
+class RadiusServer:
+    """The lab validator's RADIUS door: where to send Access-Requests and the shared secret
+    of the client `name` (every loopback address), which sends Message-Authenticators."""
+
+    host: str
+    port: int
+    secret: bytes
+    name: str = "lab"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def __repr__(self) -> str:  # the secret stays out of test reports
+        return f"RadiusServer({self.host}:{self.port}, client {self.name}, secret=***)"
+
+
 class LabValidator:
     """The validator daemon of a lab. `url`, `admin_key`, `verifier_key`, `client` (an
     admin API client), and helpers: `enroll(user, token)`, `verify(user, code)`,
@@ -109,6 +127,8 @@ class LabValidator:
             raise
         self._sock = sock
         self._client: httpx.Client | None = None
+        self._clock = clock or time.time
+        self._radius: tuple[RadiusServer, Any] | None = None
 
     @property
     def client(self) -> httpx.Client:
@@ -188,11 +208,34 @@ class LabValidator:
             store.close()
         return AwsKeys(f"{self.url}/aws", akid, secret)
 
+    def radius(self) -> RadiusServer:
+        """The daemon's RADIUS door on a free loopback UDP port (started on first use), on
+        the same validator (and clock) as the API, for one client: every loopback address,
+        a fresh shared secret."""
+        if self._radius is None:
+            import ipaddress
+            import secrets
+
+            from validator.radius.server import Client, RadiusDoor, RadiusListener, bind
+
+            secret = secrets.token_hex(16).encode()
+            client = Client("lab", ipaddress.ip_network("127.0.0.0/8"), secret)
+            sock = bind("127.0.0.1", 0)
+            door = RadiusDoor(self._validator, [client], clock=self._clock,
+                              log_requests=False)
+            listener = RadiusListener(door, sock)
+            listener.start()
+            host, port = listener.address
+            self._radius = (RadiusServer(host, port, secret), listener)
+        return self._radius[0]
+
     def close(self) -> None:
         """Stop the daemon (in-flight requests finish) and close its database. Idempotent."""
         if getattr(self, "_closed", False):
             return
         self._closed = True
+        if self._radius is not None:
+            self._radius[1].stop()
         if self._client is not None:
             self._client.close()
         self._server.should_exit = True

@@ -9,6 +9,7 @@ is all it takes. Fixtures:
   `new_user()`.
 - `foblab_token` (function): a factory of emulated tokens, closed after the test.
 - `foblab_aws` (function): a fresh AWS access key pair and the endpoint URL.
+- `foblab_radius` (module): the daemon's RADIUS door: `host`, `port`, `address`, `secret`.
 - `foblab_clock` (module): the lab's time machine (only with the marker above).
 
 Nothing heavy is imported until a fixture is used, so the plugin costs other test suites
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from foblab import AwsKeys, Lab, LabClock, LabToken, LabValidator
+    from foblab import AwsKeys, Lab, LabClock, LabToken, LabValidator, RadiusServer
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,6 +64,11 @@ def foblab_token(foblab_lab: Lab) -> Iterator[Callable[..., LabToken]]:
 @pytest.fixture
 def foblab_aws(foblab_lab: Lab) -> AwsKeys:
     return foblab_lab.aws_keys()
+
+
+@pytest.fixture(scope="module")
+def foblab_radius(foblab_validator: LabValidator) -> RadiusServer:
+    return foblab_validator.radius()
 
 
 @pytest.fixture(scope="module")

@@ -162,3 +162,20 @@ def test_doctests() -> None:
         assert result.failed == 0, module
         tried += result.attempted
     assert tried >= 6
+
+
+def test_the_radius_door_on_the_lab_clock() -> None:
+    from tools.radius_cmd import exchange
+
+    with foblab.lab(time_machine=True) as lab:
+        tok = lab.token()
+        user = lab.validator.new_user()
+        lab.validator.enroll(user, tok)
+        radius = lab.validator.radius()
+        assert radius.secret.decode() not in repr(radius)
+        code = tok.next_code()
+        assert exchange(radius.address, user, code, radius.secret).code == "Access-Accept"
+        assert exchange(radius.address, user, code, radius.secret).code == "Access-Reject"
+        lab.clock.advance("1h")  # the door reads the lab's clock, as the token does
+        later = tok.next_code()
+        assert exchange(radius.address, user, later, radius.secret).code == "Access-Accept"
