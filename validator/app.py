@@ -57,6 +57,7 @@ VERIFY = (Role.ADMIN, Role.VERIFIER)
 # The HTTP status of each core refusal.
 STATUS = {
     "invalid_parameter": 400, "invalid_user": 400, "invalid_seed_file": 400,
+    "seed_file_limit": 400, "bad_secret": 400,
     "invalid_authentication_code": 400, "unknown_serial": 404, "not_assigned": 404,
     "duplicate_serial": 409, "already_assigned": 409, "device_limit": 409,
     "delete_conflict": 409, "conflict": 503,
@@ -76,6 +77,7 @@ class Metrics:
 
     BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                5.0, 10.0)
+    WINDOW_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 24)
 
     def __init__(self) -> None:
         self.started = time.time()
@@ -83,9 +85,13 @@ class Metrics:
         self.verify: Counter[str] = Counter()
         self.stations: Counter[tuple[str, str, str]] = Counter()
         self.in_flight = 0
+        self.extra: list[Callable[[], str]] = []  # other doors' metrics (RADIUS)
         self.buckets = [0] * len(self.BUCKETS)
         self.count = 0
         self.total = 0.0
+        self.window_buckets = [0] * len(self.WINDOW_BUCKETS)
+        self.window_count = 0
+        self.window_total = 0
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests[(method, route, status)] += 1
@@ -94,6 +100,15 @@ class Metrics:
         for i, bound in enumerate(self.BUCKETS):
             if seconds <= bound:
                 self.buckets[i] += 1
+                break
+
+    def observe_window(self, steps: int) -> None:
+        """One verification's guessing surface (`VerifyResult.window`)."""
+        self.window_count += 1
+        self.window_total += steps
+        for i, bound in enumerate(self.WINDOW_BUCKETS):
+            if steps <= bound:
+                self.window_buckets[i] += 1
                 break
 
     def render(self) -> str:
@@ -120,6 +135,16 @@ class Metrics:
                 "# TYPE foblab_verify_total counter"]
         for reason, n in sorted(self.verify.items()):
             out.append(f'foblab_verify_total{{reason="{reason}"}} {n}')
+        out += ["# HELP foblab_verify_window_steps Guessing surface of a verification: the "
+                "steps or counters a code would have been accepted at.",
+                "# TYPE foblab_verify_window_steps histogram"]
+        running = 0
+        for bound, n in zip(self.WINDOW_BUCKETS, self.window_buckets, strict=True):
+            running += n
+            out.append(f'foblab_verify_window_steps_bucket{{le="{bound}"}} {running}')
+        out += [f'foblab_verify_window_steps_bucket{{le="+Inf"}} {self.window_count}',
+                f"foblab_verify_window_steps_sum {self.window_total}",
+                f"foblab_verify_window_steps_count {self.window_count}"]
         out += ["# HELP foblab_station_operations_total Station operations by result.",
                 "# TYPE foblab_station_operations_total counter"]
         for (name, op, result), n in sorted(self.stations.items()):
@@ -128,7 +153,7 @@ class Metrics:
         out += ["# HELP foblab_start_time_seconds When the daemon started (Unix seconds).",
                 "# TYPE foblab_start_time_seconds gauge",
                 f"foblab_start_time_seconds {self.started:.3f}", ""]
-        return "\n".join(out)
+        return "\n".join(out) + "".join(render() for render in self.extra)
 
 
 class Observe:
@@ -332,7 +357,7 @@ def token_json(t: TokenInfo) -> dict[str, Any]:
         "user": t.user, "assigned_at": t.assigned_at, "created": t.created,
         "failures": t.failures,
         "locked_until": t.locked_until if t.locked_until > now else None,
-        "last_accepted": t.watermark,
+        "last_accepted": t.watermark, "expires": t.expires,
     }
     if t.kind == "totp":
         out.update(period=t.period, t0=t.t0, window=t.window, drift={
@@ -364,9 +389,7 @@ def _decode_secret(body: dict[str, Any]) -> bytes:
         which = "secret_b32 is not valid base32" if b32 is not None \
             else "secret_hex is not valid hex"
         raise RequestError(400, "bad_secret", which) from None
-    if not 10 <= len(secret) <= 128:
-        raise RequestError(400, "bad_secret", "the secret must be 10-128 bytes")
-    return secret
+    return secret  # its length: the service's one rule for every way in
 
 
 # -- handlers ------------------------------------------------------------------------------
@@ -392,9 +415,10 @@ async def import_tokens(c: Call) -> Response:
     result = await run_in_threadpool(
         c.api.validator.import_seed_file, b["content"], b["format"],
         passphrase=b.get("passphrase"), key_hex=b.get("key_hex"),
-        skip_duplicates=b.get("skip_duplicates", False))
+        skip_duplicates=b.get("skip_duplicates", False), dry_run=b.get("dry_run", False))
     return _json({"imported": len(result.imported), "serials": result.imported,
-                  "skipped": result.skipped})
+                  "skipped": [s.to_json() for s in result.skipped],
+                  "dry_run": result.dry_run})
 
 
 async def rotate_key(c: Call) -> Response:
@@ -413,11 +437,12 @@ def _next(items: Sequence[Any], limit: int, offset: int) -> int | None:
 async def list_tokens(c: Call) -> Response:
     limit, offset = _page(c)
     unassigned = c.query.get("unassigned")
-    tokens = c.api.validator.list_tokens(
-        user=c.query.get("user"), kind=c.query.get("kind"),
-        assigned=None if unassigned is None else not unassigned, limit=limit, offset=offset)
+    filters: dict[str, Any] = dict(user=c.query.get("user"), kind=c.query.get("kind"),
+                                   assigned=None if unassigned is None else not unassigned)
+    tokens = c.api.validator.list_tokens(**filters, limit=limit, offset=offset)
     return _json({"tokens": [token_json(t) for t in tokens], "limit": limit, "offset": offset,
-                  "next_offset": _next(tokens, limit, offset)})
+                  "next_offset": _next(tokens, limit, offset),
+                  "total": c.api.validator.count_tokens(**filters)})
 
 
 async def show_token(c: Call) -> Response:
@@ -465,6 +490,8 @@ async def verify(c: Call) -> Response:
     result = c.api.validator.verify(b["user"], b["code"], serial=b.get("serial"))
     reason = result.reason.value
     c.api.metrics.verify[reason] += 1
+    if result.window is not None:
+        c.api.metrics.observe_window(result.window)
     c.outcome(reason)
     out: dict[str, Any] = {"ok": result.accepted, "reason": reason, "user": b["user"],
                            "serial": result.serial}
@@ -476,15 +503,19 @@ async def verify(c: Call) -> Response:
 async def audit(c: Call) -> Response:
     limit, offset = _page(c)
     q = c.query
-    entries = c.api.validator.audit(serial=q.get("serial"), user=q.get("user"),
-                                    action=q.get("action"), result=q.get("result"),
-                                    since=q.get("since"), until=q.get("until"),
-                                    limit=limit, offset=offset)
+    filters: dict[str, Any] = dict(serial=q.get("serial"), user=q.get("user"),
+                                   action=q.get("action"), result=q.get("result"),
+                                   since=q.get("since"), until=q.get("until"))
+    entries = c.api.validator.audit(**filters, limit=limit, offset=offset,
+                                    newest_first=q.get("order") == "newest")
     return _json({"entries": [{"id": e.id, "time": e.time, "action": e.action,
                                "result": e.result, "reason": e.reason, "serial": e.serial,
-                               "user": e.user} for e in entries],
+                               "user": e.user, "via": e.via, "client": e.client,
+                               "window": e.window}
+                              for e in entries],
                   "limit": limit, "offset": offset,
-                  "next_offset": _next(entries, limit, offset)})
+                  "next_offset": _next(entries, limit, offset),
+                  "total": c.api.validator.count_audit(**filters)})
 
 
 def _station(c: Call) -> Station:
@@ -551,7 +582,8 @@ def _operations() -> list[Op]:
         Op(OpDoc("GET", "/healthz", "Liveness: the database answers", (), errors=(503,)),
            "/healthz", healthz),
         Op(OpDoc("GET", "/metrics", "Prometheus metrics", ()), "/metrics", metrics),
-        Op(OpDoc("POST", "/v1/tokens/import", "Import a PSKC or CSV seed file, all or nothing",
+        Op(OpDoc("POST", "/v1/tokens/import", "Import a PSKC or CSV seed file: every "
+                 "usable key or none; the others listed with why",
                  ADMIN, body="TokenImport", errors=(409, 413, 415)),
            "/v1/tokens/import", import_tokens, large_body=True),
         Op(OpDoc("POST", "/v1/tokens", "Register one token", ADMIN, body="TokenCreate",
@@ -581,10 +613,13 @@ def _operations() -> list[Op]:
            "/v1/users/{user}/devices/{serial:path}", deactivate_device),
         Op(OpDoc("POST", "/v1/verify", "Verify a code", VERIFY, body="Verify",
                  errors=(413, 415)), "/v1/verify", verify),
-        Op(OpDoc("GET", "/v1/audit", "Audit log, oldest first", ADMIN, query=(
+        Op(OpDoc("GET", "/v1/audit", "Audit log, oldest first (order=newest: newest first)",
+                 ADMIN, query=(
             Param("serial", S.SERIAL), Param("user", S.USER), Param("action", string),
             Param("result", string), Param("since", {"type": "number"}),
-            Param("until", {"type": "number"}), *page)), "/v1/audit", audit),
+            Param("until", {"type": "number"}),
+            Param("order", {"type": "string", "enum": ["oldest", "newest"]}), *page)),
+           "/v1/audit", audit),
         Op(OpDoc("POST", "/v1/admin/rotate-key", "Re-encrypt every stored secret under a "
                  "new seed key", ADMIN), "/v1/admin/rotate-key", rotate_key),
         Op(OpDoc("GET", "/v1/stations", "Configured enrollment stations", ADMIN),
@@ -663,6 +698,10 @@ def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
         for path in ("/aws", "/aws/"):
             routes.append(Route(path, aws.handle, methods=["GET", "POST"],
                                 include_in_schema=False))
+    if settings.ui:  # the web console (validator/ui), a door over the same service
+        from validator.ui import mount
+        if (console := mount(validator, keys, settings, stations=stations, aws=aws)):
+            routes.append(console)
 
     from contextlib import asynccontextmanager
 

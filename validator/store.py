@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from validator.core import TokenState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 # Each migration takes the schema from version n-1 to n; appended, never edited.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -69,6 +69,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "INSERT INTO sealed_columns VALUES ('tokens', 'serial', '')",
     ),
+    # The door a request came through when it is not the HTTP API ("radius"), and the
+    # name of the RADIUS client (NAS) that sent it.
+    3: (
+        "ALTER TABLE audit ADD COLUMN via TEXT",
+        "ALTER TABLE audit ADD COLUMN client TEXT",
+    ),
+    # The guessing surface of a verification: how many steps (or counters) a code would
+    # have been accepted at, over the user's devices (core.Decision.window).
+    4: ("ALTER TABLE audit ADD COLUMN window_steps INTEGER",),
 }
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
@@ -135,6 +144,10 @@ class AuditEvent:
     reason: str | None = None
     serial: str | None = None
     user: str | None = None
+    via: str | None = None  # the door, when not the HTTP API: "radius"
+    client: str | None = None  # the RADIUS client's configured name
+    window: int | None = None
+    """verify: how many steps or counters a code would have been accepted at."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +161,9 @@ class AuditEntry:
     reason: str | None
     serial: str | None
     user: str | None
+    via: str | None = None
+    client: str | None = None
+    window: int | None = None
 
 
 class _Keep:
@@ -183,7 +199,15 @@ class Store(Protocol):
     def audit(self, *, serial: str | None = None, user: str | None = None,
               action: str | None = None, result: str | None = None,
               since: float | None = None, until: float | None = None,
-              limit: int = 100, offset: int = 0) -> list[AuditEntry]: ...
+              limit: int = 100, offset: int = 0,
+              newest_first: bool = False) -> list[AuditEntry]: ...
+
+    def count_tokens(self, *, user: str | None = None, kind: str | None = None,
+                     assigned: bool | None = None) -> int: ...
+
+    def count_audit(self, *, serial: str | None = None, user: str | None = None,
+                    action: str | None = None, result: str | None = None,
+                    since: float | None = None, until: float | None = None) -> int: ...
 
     def reseal_all(self, reseal: Callable[[str, bytes], bytes],
                    audit: Sequence[AuditEvent] = ()) -> int: ...
@@ -304,9 +328,11 @@ class SQLiteStore:
     def _write(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
         if events:
             conn.executemany(
-                "INSERT INTO audit (time, serial, user, action, result, reason) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.time, e.serial, e.user, e.action, e.result, e.reason) for e in events])
+                "INSERT INTO audit (time, serial, user, action, result, reason, via, client, "
+                "window_steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.time, e.serial, e.user, e.action, e.result, e.reason, e.via, e.client,
+                  e.window)
+                 for e in events])
 
     def insert_tokens(self, records: Sequence[TokenRecord], audit: Sequence[AuditEvent],
                       *, skip_existing: bool = False) -> list[str]:
@@ -412,41 +438,71 @@ class SQLiteStore:
     def list_tokens(self, *, user: str | None = None, kind: str | None = None,
                     assigned: bool | None = None, limit: int = 100,
                     offset: int = 0) -> list[TokenRecord]:
-        where, args = [], []
-        if user is not None:
-            where.append("user = ?")
-            args.append(user)
-        if kind is not None:
-            where.append("kind = ?")
-            args.append(kind)
-        if assigned is not None:
-            where.append("user IS NOT NULL" if assigned else "user IS NULL")
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = _token_filter(user, kind, assigned)
         rows = self._conn().execute(
             f"SELECT {_COLUMNS} FROM tokens {clause} ORDER BY serial LIMIT ? OFFSET ?",
             (*args, int(limit), int(offset))).fetchall()
         return [_record(row) for row in rows]
 
+    def count_tokens(self, *, user: str | None = None, kind: str | None = None,
+                     assigned: bool | None = None) -> int:
+        """How many tokens `list_tokens` would page through."""
+        clause, args = _token_filter(user, kind, assigned)
+        return int(self._conn().execute(f"SELECT COUNT(*) FROM tokens {clause}",
+                                        args).fetchone()[0])
+
     def audit(self, *, serial: str | None = None, user: str | None = None,
               action: str | None = None, result: str | None = None,
               since: float | None = None, until: float | None = None,
-              limit: int = 100, offset: int = 0) -> list[AuditEntry]:
-        """Audit entries matching every given filter, oldest first, paginated."""
-        where: list[str] = []
-        args: list[object] = []
-        for column, value in (("serial", serial), ("user", user), ("action", action),
-                              ("result", result)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if since is not None:
-            where.append("time >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("time < ?")
-            args.append(until)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+              limit: int = 100, offset: int = 0,
+              newest_first: bool = False) -> list[AuditEntry]:
+        """Audit entries matching every given filter, oldest (or newest) first, paginated."""
+        clause, args = _audit_filter(serial, user, action, result, since, until)
+        order = "DESC" if newest_first else "ASC"
         rows = self._conn().execute(
-            f"SELECT id, time, action, result, reason, serial, user FROM audit {clause} "
-            "ORDER BY id LIMIT ? OFFSET ?", (*args, int(limit), int(offset))).fetchall()
+            f"SELECT id, time, action, result, reason, serial, user, via, client, window_steps "
+            f"FROM audit {clause} ORDER BY id {order} LIMIT ? OFFSET ?",
+            (*args, int(limit), int(offset))).fetchall()
         return [AuditEntry(*row) for row in rows]
+
+    def count_audit(self, *, serial: str | None = None, user: str | None = None,
+                    action: str | None = None, result: str | None = None,
+                    since: float | None = None, until: float | None = None) -> int:
+        """How many entries `audit` would page through."""
+        clause, args = _audit_filter(serial, user, action, result, since, until)
+        return int(self._conn().execute(f"SELECT COUNT(*) FROM audit {clause}",
+                                        args).fetchone()[0])
+
+
+def _token_filter(user: str | None, kind: str | None,
+                  assigned: bool | None) -> tuple[str, list[object]]:
+    where: list[str] = []
+    args: list[object] = []
+    if user is not None:
+        where.append("user = ?")
+        args.append(user)
+    if kind is not None:
+        where.append("kind = ?")
+        args.append(kind)
+    if assigned is not None:
+        where.append("user IS NOT NULL" if assigned else "user IS NULL")
+    return (f"WHERE {' AND '.join(where)}" if where else ""), args
+
+
+def _audit_filter(serial: str | None, user: str | None, action: str | None,
+                  result: str | None, since: float | None,
+                  until: float | None) -> tuple[str, list[object]]:
+    where: list[str] = []
+    args: list[object] = []
+    for column, value in (("serial", serial), ("user", user), ("action", action),
+                          ("result", result)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if since is not None:
+        where.append("time >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("time < ?")
+        args.append(until)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), args
