@@ -12,6 +12,9 @@
     max_import_bytes = 16777216        # POST /v1/tokens/import
     station_timeout = 2.0              # seconds to wait for a token's reply on a station
     access_log = true
+    head_timeout = 5.0                 # seconds a connection has to send a request head
+    max_connections = 1024             # open connections; idle ones are shed beyond it
+    trusted_proxies = []               # addresses/networks whose X-Forwarded-For counts
 
     [policy]                           # validator.core.Policy fields; all optional
     window = 1
@@ -29,6 +32,7 @@ command-line options, then this file, then the defaults here.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -65,6 +69,9 @@ class Settings:
     max_import_bytes: int = 16 * 1024 * 1024
     station_timeout: float = 2.0
     access_log: bool = True
+    head_timeout: float = 5.0
+    max_connections: int = 1024
+    trusted_proxies: tuple[str, ...] = ()
     policy: Policy = field(default_factory=Policy)
     stations: dict[str, str] = field(default_factory=dict)
     aws: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +86,8 @@ _DEFAULT_FILES = {"database": "validator.db", "seed_key_file": "seed.key",
                   "admin_key_file": "admin.key", "verifier_key_file": "verifier.key"}
 _SCALARS: dict[str, type] = {"host": str, "port": int, "durability": str,
                              "max_body_bytes": int, "max_import_bytes": int,
-                             "station_timeout": float, "access_log": bool}
+                             "station_timeout": float, "access_log": bool,
+                             "head_timeout": float, "max_connections": int}
 _POLICY_TYPES: dict[str, type] = {
     f.name: str if f.name == "drift_policy" else type(getattr(Policy(), f.name))
     for f in dataclasses.fields(Policy)}
@@ -91,6 +99,20 @@ def _typed(section: str, key: str, value: Any, kind: type) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"[{section}] {key} must be a {kind.__name__}, not {value!r}")
     return value
+
+
+def _proxies(raw: Any) -> tuple[str, ...]:
+    """The trusted proxies: IP addresses or networks, each checked."""
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        raise ConfigError("[validator] trusted_proxies must be a list of addresses or "
+                          "networks, e.g. [\"127.0.0.1\", \"10.0.0.0/8\"]")
+    for entry in raw:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"[validator] trusted_proxies: {entry!r} is not an IP address "
+                              "or network") from None
+    return tuple(raw)
 
 
 def check_station(name: str, url: str) -> None:
@@ -107,7 +129,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
     main = dict(data.get("validator", {}))
-    extra = set(main) - set(_FILE_KEYS) - set(_SCALARS)
+    extra = set(main) - set(_FILE_KEYS) - set(_SCALARS) - {"trusted_proxies"}
     if extra:
         raise ConfigError(f"unknown key(s) in [validator]: {', '.join(sorted(extra))}")
     values: dict[str, Any] = {}
@@ -127,10 +149,15 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
     if not 0 <= values.get("port", DEFAULT_PORT) <= 65535:
         raise ConfigError("[validator] port must be 0-65535")
     for key in ("max_body_bytes", "max_import_bytes"):
-        if values.get(key, 1) < 1024:
+        if values.get(key, 1024) < 1024:
             raise ConfigError(f"[validator] {key} must be at least 1024")
     if values.get("station_timeout", 1.0) <= 0:
         raise ConfigError("[validator] station_timeout must be positive")
+    if not 0 < values.get("head_timeout", 1.0) <= 3600:
+        raise ConfigError("[validator] head_timeout must be more than 0 and at most 3600 s")
+    if values.get("max_connections", 1) < 1:
+        raise ConfigError("[validator] max_connections must be at least 1")
+    values["trusted_proxies"] = _proxies(main.get("trusted_proxies", []))
 
     policy_raw = dict(data.get("policy", {}))
     extra = set(policy_raw) - set(_POLICY_TYPES)
@@ -175,7 +202,8 @@ def default_document(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> dict
     return {
         "validator": {**_DEFAULT_FILES, "host": host, "port": port, "durability": "normal",
                       "max_body_bytes": 16 * 1024, "max_import_bytes": 16 * 1024 * 1024,
-                      "station_timeout": 2.0, "access_log": True},
+                      "station_timeout": 2.0, "access_log": True, "head_timeout": 5.0,
+                      "max_connections": 1024, "trusted_proxies": []},
         "policy": {"window": 1, "max_failures": 5, "lock_base": 30.0, "lock_cap": 3600.0,
                    "max_devices": 8},
         "stations": {},

@@ -30,6 +30,7 @@ from validator.aws import xml as x
 from validator.aws.errors import AwsError, service_failure
 from validator.aws.params import Params
 from validator.aws.store import AwsStore, token_digest
+from validator.connections import discard_body
 from validator.secrets_box import SealError
 from validator.service import Validator
 
@@ -113,17 +114,28 @@ class AwsEndpoint:
             return self._error(service_failure(), x.IAM_NS, request_id, "?")
 
     async def _body(self, request: Request) -> bytes:
+        too_large = AwsError("RequestEntityTooLarge", f"Request bodies are limited to "
+                             f"{MAX_BODY} bytes", 413)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-            raise AwsError("RequestEntityTooLarge", f"Request bodies are limited to "
-                           f"{MAX_BODY} bytes", 413)
+            # read the rest first (bounded): a client that sends it all before reading
+            # must hear the 413, not a reset
+            await discard_body(request.receive, int(declared))
+            raise too_large
         chunks, size = [], 0
-        async for chunk in request.stream():
+        while True:
+            message = await request.receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY:
-                raise AwsError("RequestEntityTooLarge", f"Request bodies are limited to "
-                               f"{MAX_BODY} bytes", 413)
+                if message.get("more_body", False):
+                    await discard_body(request.receive, None)
+                raise too_large
             chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
         return b"".join(chunks)
 
     def _handle(self, request: Request, body: bytes, request_id: str) -> Response:
@@ -157,7 +169,8 @@ class AwsEndpoint:
         return Response(x.error(namespace, request_id, exc.code, exc.message,
                                 sender=exc.sender),
                         status_code=exc.status, media_type="text/xml",
-                        headers={"x-amzn-RequestId": request_id})
+                        headers={"x-amzn-RequestId": request_id,
+                                 **({"Connection": "close"} if exc.status == 413 else {})})
 
     @staticmethod
     def _params(request: Request, body: bytes) -> dict[str, str]:
