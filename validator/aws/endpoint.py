@@ -29,7 +29,7 @@ from validator.aws import actions, sigv4
 from validator.aws import xml as x
 from validator.aws.errors import AwsError, service_failure
 from validator.aws.params import Params
-from validator.aws.store import AwsStore, token_digest
+from validator.aws.store import AwsStore, Credentials, token_digest
 from validator.connections import discard_body
 from validator.secrets_box import SealError
 from validator.service import Validator
@@ -150,6 +150,7 @@ class AwsEndpoint:
             handler, version = self._action(values)
             ctx = actions.Context(self._core(), self.store, self.account_id, now, caller)
             try:
+                actions.authorize(ctx, action, Params(values))
                 result = handler(ctx, Params(values))
             except core_errors.ValidatorError as exc:
                 raise actions.translate(exc) from None
@@ -217,10 +218,10 @@ class AwsEndpoint:
             body=body)
         if self.allow_any_signature:
             return actions.Caller(None)
-        session = False
+        found: Credentials | None = None
 
         def secret_for(auth: sigv4.Authorization) -> str:
-            nonlocal session
+            nonlocal found
             try:
                 found = self.store.credentials(auth.access_key_id)
             except SealError:
@@ -231,7 +232,6 @@ class AwsEndpoint:
             if found is None:
                 raise _invalid_token()
             if found.token_sha256 is not None:
-                session = True
                 token = signed.header("x-amz-security-token")
                 if not token or not hmac.compare_digest(token_digest(token[0]),
                                                         found.token_sha256):
@@ -242,4 +242,6 @@ class AwsEndpoint:
             return found.secret
 
         auth = sigv4.verify(signed, secret_for, now, self.max_skew)
-        return actions.Caller(auth.access_key_id, session=session)
+        assert found is not None
+        return actions.Caller(auth.access_key_id, session=found.token_sha256 is not None,
+                              mfa=found.mfa, user=found.user)
