@@ -194,7 +194,6 @@ def test_an_older_database_gets_the_new_columns(tmp_path) -> None:
 
     from validator.aws.store import AwsStore
     from validator.secrets_box import SecretBox
-
     from validator.service import Validator
 
     db = tmp_path / "old.db"
