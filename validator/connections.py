@@ -147,6 +147,7 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _head_timer: asyncio.TimerHandle | None = None
         _counted = False
+        _in_head = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             if guard.open >= guard.max_connections:
@@ -180,6 +181,10 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
             if not self._counted:
                 return
             super().data_received(data)
+            # A kept-alive connection's next head usually arrives whole, in one read: only
+            # a head left incomplete by this read needs a deadline (no timer per request).
+            if self._in_head and self._head_timer is None and self.parser is not None:
+                self._head_timer = self.loop.call_later(guard.head_timeout, self._head_late)
 
         def _waiting_for_head(self) -> None:
             guard.idle[self] = None
@@ -199,10 +204,10 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            if self._head_timer is None:  # the first byte of a kept-alive connection's head
-                self._head_timer = self.loop.call_later(guard.head_timeout, self._head_late)
+            self._in_head = True
 
         def on_headers_complete(self) -> None:
+            self._in_head = False
             self._cancel_head_timer()
             guard.idle.pop(self, None)
             super().on_headers_complete()
