@@ -78,3 +78,43 @@ def test_cli_group_lists_only_existing_commands() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     assert "foblab" in result.output
+
+
+# A door decodes its protocol, calls validator.service and encodes the answer: it never
+# reaches the store or the core itself, so every door gets the same replay, throttling,
+# drift and audit behaviour by construction.
+DOORS = {"validator/radius": {"validator.store", "validator.core", "validator.drift",
+                              "validator.otp"}}
+
+
+def _full_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("door", sorted(DOORS))
+def test_a_door_goes_through_the_service(door: str) -> None:
+    files = sorted((ROOT / door).rglob("*.py"))
+    assert files, door
+    offenders = []
+    for path in files:
+        imported = _full_imports(path)
+        bad = {name for name in imported for banned in DOORS[door]
+               if name == banned or name.startswith(banned + ".")}
+        if bad:
+            offenders.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    assert not offenders, offenders
+    assert any("validator.service" in _full_imports(p) for p in files), door
+
+
+def test_door_checker_catches_a_store_import(tmp_path: Path) -> None:
+    bad = tmp_path / "x.py"
+    bad.write_text("def f():\n    from validator import store\n")
+    assert "validator.store" in _full_imports(bad)

@@ -5,7 +5,8 @@ enrollment station, runs the real validator daemon (`foblab validator serve`, uv
 ephemeral loopback port) as a child process in its own process group, and then tells the
 story of a token's life through the HTTP API and the serial ports: import the vendor's PSKC
 file, enable alice with two consecutive codes, log in, replay, a wrong code, a year of drift
-at +40 ppm, resync, and a blank token provisioned through the station for bob.
+at +40 ppm, resync, a login through the RADIUS door (as a VPN would send it), and a blank
+token provisioned through the station for bob.
 
 Every step states what must happen and checks it; the exit status is 0 only if all did.
 Whatever happens (a failed step, Ctrl-C, SIGTERM) the daemon's process group is stopped,
@@ -104,9 +105,32 @@ def _signals_as_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
+RADIUS_SECRET_FILE = "radius-vpn.secret"
+
+
+def _radius_config(directory: Path) -> bool:
+    """Give the daemon a RADIUS door with one client, a VPN on loopback, when pyrad (the
+    `radius` extra) is installed. Returns whether it did."""
+    import secrets
+
+    try:
+        import pyrad  # noqa: F401
+    except ImportError:
+        return False
+    from validator.secrets_box import write_private_file
+
+    write_private_file(directory / RADIUS_SECRET_FILE, secrets.token_hex(16).encode())
+    with (directory / "foblab.toml").open("a") as f:
+        f.write(f'\n[radius]\nlisten = "127.0.0.1:0"\n\n[[radius.clients]]\nname = "vpn"\n'
+                f'address = "127.0.0.1/32"\nsecret_file = "{RADIUS_SECRET_FILE}"\n')
+    return True
+
+
 @contextmanager
-def _daemon(directory: Path, station_url: str, log_path: Path) -> Iterator[tuple[str, int]]:
-    """`foblab validator serve` on an ephemeral port, in its own process group."""
+def _daemon(directory: Path, station_url: str, log_path: Path
+            ) -> Iterator[tuple[str, int, tuple[str, int] | None]]:
+    """`foblab validator serve` on an ephemeral port, in its own process group; its URL,
+    pid and RADIUS address (None without a [radius] table)."""
     log = open(log_path, "wb")  # noqa: SIM115 - closed below, after the child is gone
     cmd = [sys.executable, "-c", "from tools.cli import main; main()", "validator", "serve",
            "--dir", str(directory), "--port", "0", "--station", f"{STATION}={station_url}",
@@ -129,7 +153,8 @@ def _daemon(directory: Path, station_url: str, log_path: Path) -> Iterator[tuple
                 raise DemoAbort("the daemon did not start within 30 s")
             else:
                 time.sleep(0.05)
-        yield url, proc.pid
+        m = re.search(r"answering RADIUS on udp (\S+):(\d+)", log_path.read_text())
+        yield url, proc.pid, (m.group(1), int(m.group(2))) if m else None
     finally:
         _stop(proc)
         log.close()
@@ -241,8 +266,9 @@ def _story(story: Story, work: Path, stack: ExitStack) -> None:
 
     # 2. the daemon
     made = init_dir(work / "validator")
-    url, pid = stack.enter_context(_daemon(work / "validator", blank.url,
-                                           work / "validator" / "daemon.log"))
+    with_radius = _radius_config(work / "validator")
+    url, pid, radius = stack.enter_context(_daemon(work / "validator", blank.url,
+                                                   work / "validator" / "daemon.log"))
     api = Api(url, str(made["admin_key"]))
     stack.callback(api.close)
     status, _ = api.call("GET", "/healthz")
@@ -325,7 +351,18 @@ def _story(story: Story, work: Path, stack: ExitStack) -> None:
                  f"(token {fob.offset_s():+.1f} s)", "accepted", got,
                  detail={"drift": drift, "token_offset_s": fob.offset_s()})
 
-    # 11. the enrollment station: provision the blank token and enable it for bob
+    # 11. the same token through the RADIUS door, as a VPN asks
+    if with_radius:
+        code = fob.code()
+        got = _radius_login(work / "validator", radius, "alice", code)
+        fob.used = fob.step()
+        where = f"{radius[0]}:{radius[1]}" if radius else "?"
+        story.expect("radius", f"a VPN sends alice's next code {code} to the RADIUS door "
+                     f"(udp {where}, PAP with Message-Authenticator)", "Access-Accept", got)
+    else:
+        story.say("(no RADIUS step: pyrad, the radius extra, is not installed)")
+
+    # 12. the enrollment station: provision the blank token and enable it for bob
     # (QA: its clock is put 2 s before a step boundary, so the station's wait for its
     # second code is short)
     bench = Fob(blank.url)
@@ -345,6 +382,19 @@ def _story(story: Story, work: Path, stack: ExitStack) -> None:
         code = bench.code()
         story.expect("bob", f"bob logs in with his new token's code, {code}", "accepted",
                      login("bob", code))
+
+
+def _radius_login(directory: Path, radius: tuple[str, int] | None, user: str,
+                  code: str) -> str:
+    from tools.radius_cmd import NoAnswer, exchange
+
+    if radius is None:
+        return "no RADIUS door"
+    secret = (directory / RADIUS_SECRET_FILE).read_bytes().strip()
+    try:
+        return exchange(radius, user, code, secret).code
+    except NoAnswer:
+        return "no answer"
 
 
 def run_demo(as_json: bool, broken: str | None) -> tuple[Story, Path, float]:

@@ -9,6 +9,7 @@ failure is one line `foblab: error: ...` on stderr and exit status 1.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -22,14 +23,22 @@ import click
 
 from tools._args import fail as _fail
 from tools.cli import LazyGroup
-from validator.config import CONFIG_NAME, DEFAULT_PORT, ConfigError, check_station, load
+from validator.config import (
+    CONFIG_NAME,
+    DEFAULT_PORT,
+    ConfigError,
+    check_station,
+    load,
+    parse_listen,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 
 
-@click.group(cls=LazyGroup, lazy={"aws-keys": "tools.aws_keys_cmd:aws_keys"})
+@click.group(cls=LazyGroup, lazy={"aws-keys": "tools.aws_keys_cmd:aws_keys",
+                                  "radius": "tools.radius_cmd:radius"})
 def validator() -> None:
     """The validator daemon: init, serve, and its API from the command line."""
 
@@ -85,10 +94,13 @@ def _station_option(values: Sequence[str]) -> dict[str, str]:
               help="Listen port (0: any free port; default from the config, else 8700).")
 @click.option("--station", "stations", multiple=True, metavar="NAME=URL",
               help="Add an enrollment station (repeatable).")
+@click.option("--radius", "radius_listen", metavar="HOST:PORT",
+              help="Answer RADIUS on this UDP address (needs a [radius] table with clients; "
+                   "overrides its listen).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(directory: Path | None, config: Path | None, host: str | None, port: int | None,
-          stations: Sequence[str], log_level: str) -> None:
+          stations: Sequence[str], radius_listen: str | None, log_level: str) -> None:
     """Run the daemon until SIGTERM or Ctrl-C."""
     from validator.daemon import StartupError
     from validator.daemon import serve as run
@@ -107,13 +119,25 @@ def serve(directory: Path | None, config: Path | None, host: str | None, port: i
         changes["port"] = port
     if stations:
         changes["stations"] = {**settings.stations, **_station_option(stations)}
+    if radius_listen is not None:
+        if settings.radius is None:
+            _fail("--radius needs a [radius] table with [[radius.clients]] in the config "
+                  "(docs/radius.md)")
+        try:
+            rhost, rport = parse_listen(radius_listen, "--radius")
+        except ConfigError as exc:
+            _fail(str(exc))
+        changes["radius"] = dataclasses.replace(settings.radius, host=rhost, port=rport)
     settings = settings.replace(**changes)
 
     def ready(url: str) -> None:
         click.echo(f"foblab validator listening on {url}", err=True)
 
+    def radius_ready(address: str) -> None:
+        click.echo(f"foblab validator answering RADIUS on udp {address}", err=True)
+
     try:
-        code = run(settings, on_ready=ready, log_level=log_level)
+        code = run(settings, on_ready=ready, log_level=log_level, on_radius=radius_ready)
     except StartupError as exc:
         _fail(str(exc))
     sys.exit(code)
@@ -455,9 +479,11 @@ def audit(client: Client, as_json: bool, serial: str | None, user: str | None,
         "serial": serial, "user": user, "action": action, "result": result, "limit": limit,
         "offset": offset})
     _show(data, as_json, lambda d: _table(
-        [{**e, "time": _when(e["time"])} for e in d["entries"]],
+        [{**e, "time": _when(e["time"]),
+          "via": f"{e.get('via')}:{e.get('client')}" if e.get("via") else None}
+         for e in d["entries"]],
         (("id", "ID"), ("time", "TIME"), ("action", "ACTION"), ("result", "RESULT"),
-         ("reason", "REASON"), ("serial", "SERIAL"), ("user", "USER"))))
+         ("reason", "REASON"), ("serial", "SERIAL"), ("user", "USER"), ("via", "VIA"))))
 
 
 @validator.group()

@@ -85,6 +85,7 @@ class Metrics:
         self.verify: Counter[str] = Counter()
         self.stations: Counter[tuple[str, str, str]] = Counter()
         self.in_flight = 0
+        self.extra: list[Callable[[], str]] = []  # other doors' metrics (RADIUS)
         self.buckets = [0] * len(self.BUCKETS)
         self.count = 0
         self.total = 0.0
@@ -133,7 +134,7 @@ class Metrics:
         if self.connections is not None:
             out += self.connections.render()
         out.append("")
-        return "\n".join(out)
+        return "\n".join(out) + "".join(render() for render in self.extra)
 
 
 class Observe:
@@ -492,7 +493,8 @@ async def audit(c: Call) -> Response:
                                     limit=limit, offset=offset)
     return _json({"entries": [{"id": e.id, "time": e.time, "action": e.action,
                                "result": e.result, "reason": e.reason, "serial": e.serial,
-                               "user": e.user} for e in entries],
+                               "user": e.user, "via": e.via, "client": e.client}
+                              for e in entries],
                   "limit": limit, "offset": offset,
                   "next_offset": _next(entries, limit, offset)})
 

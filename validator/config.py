@@ -25,6 +25,14 @@
 
     [aws]                              # handed to validator.aws as it is
 
+    [radius]                           # the RADIUS door; off without this table
+    listen = "127.0.0.1:1812"          # serve --radius HOST:PORT overrides it
+    [[radius.clients]]                 # one per NAS; requests from elsewhere are dropped
+    name = "vpn"
+    address = "127.0.0.1/32"           # an address or a CIDR
+    secret_file = "radius-vpn.secret"  # relative to this folder, 0600 (or secret = "...")
+    legacy = false                     # true: no Message-Authenticator required (logged)
+
 Unknown keys are refused (a typo must not silently fall back to a default). Precedence:
 command-line options, then this file, then the defaults here.
 """
@@ -47,6 +55,7 @@ from validator.store import Durability
 CONFIG_NAME = "foblab.toml"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8700
+DEFAULT_RADIUS_PORT = 1812
 STATION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -75,10 +84,85 @@ class Settings:
     policy: Policy = field(default_factory=Policy)
     stations: dict[str, str] = field(default_factory=dict)
     aws: dict[str, Any] = field(default_factory=dict)
+    radius: RadiusConfig | None = None  # None: no RADIUS door
     source: Path | None = None  # the config file, for messages
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RadiusClientConfig:
+    """One RADIUS client (NAS) as configured; its secret is read at start-up."""
+
+    name: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    secret_file: Path | None = None
+    secret: str | None = field(default=None, repr=False)
+    legacy: bool = False
+
+
+@dataclass(frozen=True)
+class RadiusConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_RADIUS_PORT
+    clients: tuple[RadiusClientConfig, ...] = ()
+
+
+def parse_listen(text: str, what: str = "[radius] listen") -> tuple[str, int]:
+    """`HOST:PORT` (`[V6]:PORT` for IPv6) as (host, port); port 0 picks a free one."""
+    host, sep, port = str(text).rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} must be HOST:PORT, not {text!r}")
+    return host, int(port)
+
+
+def _radius(raw: Any, base: Path) -> RadiusConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("[radius] must be a table")
+    extra = set(raw) - {"listen", "clients"}
+    if extra:
+        raise ConfigError(f"unknown key(s) in [radius]: {', '.join(sorted(extra))}")
+    host, port = parse_listen(raw.get("listen", f"{DEFAULT_HOST}:{DEFAULT_RADIUS_PORT}"))
+    clients: list[RadiusClientConfig] = []
+    entries = raw.get("clients", [])
+    if not isinstance(entries, list):
+        raise ConfigError("[[radius.clients]] must be an array of tables")
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ConfigError("[[radius.clients]] must be an array of tables")
+        extra = set(entry) - {"name", "address", "secret_file", "secret", "legacy"}
+        if extra:
+            raise ConfigError(f"unknown key(s) in [[radius.clients]]: "
+                              f"{', '.join(sorted(extra))}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not STATION_NAME.fullmatch(name):
+            raise ConfigError(f"[[radius.clients]] name {name!r} must be 1-64 letters, "
+                              "digits, '_', '.', '-'")
+        if any(c.name == name for c in clients):
+            raise ConfigError(f"[[radius.clients]] name {name!r} is used twice")
+        try:
+            network = ipaddress.ip_network(str(entry.get("address", "")), strict=False)
+        except ValueError:
+            raise ConfigError(f"radius client {name!r}: address must be an IP address or "
+                              f"a CIDR, not {entry.get('address')!r}") from None
+        has_file, has_secret = "secret_file" in entry, "secret" in entry
+        if has_file == has_secret:
+            raise ConfigError(f"radius client {name!r} needs secret_file or secret (one)")
+        secret_file = None
+        if has_file:
+            raw_path = entry["secret_file"]
+            if not isinstance(raw_path, str) or not raw_path:
+                raise ConfigError(f"radius client {name!r}: secret_file must be a path")
+            path = Path(raw_path).expanduser()
+            secret_file = path if path.is_absolute() else base / path
+        secret = entry.get("secret")
+        if has_secret and (not isinstance(secret, str) or not secret):
+            raise ConfigError(f"radius client {name!r}: secret must be a non-empty string")
+        legacy = _typed("radius.clients", "legacy", entry.get("legacy", False), bool)
+        clients.append(RadiusClientConfig(name, network, secret_file, secret, legacy))
+    return RadiusConfig(host, port, tuple(clients))
 
 
 _FILE_KEYS = ("database", "seed_key_file", "admin_key_file", "verifier_key_file")
@@ -125,7 +209,7 @@ def check_station(name: str, url: str) -> None:
 
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Settings:
     """Settings from a parsed TOML document; relative paths are resolved against `base`."""
-    unknown = set(data) - {"validator", "policy", "stations", "aws"}
+    unknown = set(data) - {"validator", "policy", "stations", "aws", "radius"}
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
     main = dict(data.get("validator", {}))
@@ -180,6 +264,8 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
         check_station(name, url)
     values["stations"] = stations
     values["aws"] = dict(data.get("aws", {}))
+    if "radius" in data:
+        values["radius"] = _radius(data["radius"], base)
     return Settings(source=source, **values)
 
 

@@ -145,13 +145,17 @@ class Decision:
 
     `state` is the token's state to commit (failures counted, watermark moved, drift
     updated). `matched` is the step or counter the code matched (None when refused);
-    `retry_after` the seconds to wait when `reason` is `locked`.
+    `retry_after` the seconds to wait when `reason` is `locked`. `near_miss`: a refused
+    TOTP code matched this step just outside the window, where the drift tracker says the
+    token's clock may be (see `_near_miss`); a door may ask for the next code to complete
+    an automatic resynchronisation. None otherwise.
     """
 
     reason: Reason
     state: TokenState
     matched: int | None = None
     retry_after: float = 0.0
+    near_miss: int | None = None
 
     @property
     def accepted(self) -> bool:
@@ -284,7 +288,9 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
             state.drift.poly:
         learnt = _near_miss(state, key, code, now, center, window, policy)
         if learnt is not None:
-            state = replace(state, drift=learnt)
+            drift, step = learnt
+            return Decision(_INVALID, record_failure(replace(state, drift=drift), now, policy),
+                            near_miss=step)
     return _fail(state, Reason.INVALID_CODE, now, policy)
 
 
@@ -316,8 +322,9 @@ def _observe(state: TokenState, step: int, now: float, policy: Policy) -> Drift:
 
 
 def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: float,
-               window: int, policy: Policy) -> Drift | None:
-    """The drift after a refused code that matches a step just outside the window.
+               window: int, policy: Policy) -> tuple[Drift, int] | None:
+    """The drift after a refused code that matches a step just outside the window, and
+    that step.
 
     A token refused once because its clock has moved to the window's edge (early on, while
     its rate is unknown) would be refused again next time: a refused code teaches nothing.
@@ -330,8 +337,10 @@ def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: flo
     Why this is safe: a random guess matches one of k extra steps with probability
     k·10^-digits, and all it can then do is move the estimate within what is physically
     possible anyway; old (observed) codes lie at or before the watermark and are never
-    compared; the attempt still counts as a failure toward the throttle; and the answer is
-    the same `invalid_code` whether or not it matched, so it is no oracle.
+    compared; the attempt still counts as a failure toward the throttle; and the reason is
+    the same `invalid_code` whether or not it matched. The HTTP and AWS doors show nothing
+    more, so they are no oracle; the RADIUS door turns a near miss into a challenge for the
+    token's next code (RFC 4226 §7.4), which only the token's holder can answer.
     """
     drift = state.drift
     period, t0 = state.period, state.t0
@@ -353,7 +362,7 @@ def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: flo
     for step in steps[:policy.near_miss_steps]:
         if hmac.compare_digest(hotp(key, step, digits, algorithm), code):
             obs = _drift.interval(step, now, period, t0, allowance)
-            return _drift.learn(drift, obs, history=policy.history)
+            return _drift.learn(drift, obs, history=policy.history), step
     return None
 
 

@@ -96,6 +96,9 @@ class VerifyResult:
     reason: Reason
     serial: str | None = None
     retry_after: float = 0.0
+    # A refused code was a near miss on this token (see `core.Decision.near_miss`): the
+    # RADIUS door challenges for the next code. The HTTP and AWS doors never show it.
+    near_miss: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +328,8 @@ class Validator:
 
     def _prove(self, action: str, decide: Callable[..., Decision],
                admit: Callable[[TokenRecord], None], user: str, serial: str, code1: str,
-               code2: str, now: float, *, assign: bool = False) -> TokenInfo:
+               code2: str, now: float, *, assign: bool = False, via: str | None = None,
+               client: str | None = None) -> TokenInfo:
         """Enable's and resync's attempt: read the token, let `admit` refuse it, let the
         core `decide` on the code pair, then commit by compare-and-set either the refusal's
         failure count (and raise) or the new state, assigned to `user` when `assign`.
@@ -337,9 +341,9 @@ class Validator:
             key = self.box.open(serial, record.sealed)
             decision = decide(record.state, key, code1, code2, now, self.policy)
             if not decision.accepted:
-                self._refuse(action, record, user, decision, now)
+                self._refuse(action, record, user, decision, now, via, client)
                 return None
-            audit = [AuditEvent(now, action, "ok", Reason.ACCEPTED, serial, user)]
+            audit = [AuditEvent(now, action, "ok", Reason.ACCEPTED, serial, user, via, client)]
             if assign:
                 cas = self.store.compare_and_set(serial, record.version, decision.state,
                                                  user=user, assigned_at=now,
@@ -358,10 +362,11 @@ class Validator:
         return self._retry(attempt)
 
     def _refuse(self, action: str, record: TokenRecord, user: str, decision: Decision,
-                now: float) -> None:
+                now: float, via: str | None = None, client: str | None = None) -> None:
         """Commit a refused enable/resync's failure count, then raise; returning means the
         commit lost a race and the caller must decide again."""
-        audit = [AuditEvent(now, action, "refused", decision.reason, record.serial, user)]
+        audit = [AuditEvent(now, action, "refused", decision.reason, record.serial, user,
+                            via, client)]
         if decision.state is record.state:
             self.store.add_audit(audit)
         elif self.store.compare_and_set(record.serial, record.version, decision.state,
@@ -395,9 +400,11 @@ class Validator:
     # -- verification ----------------------------------------------------------------------
 
     def verify(self, user: str, code: str, now: float | None = None,
-               serial: str | None = None) -> VerifyResult:
+               serial: str | None = None, *, via: str | None = None,
+               client: str | None = None) -> VerifyResult:
         """Check `code` against the user's devices (or the one named by `serial`). An
-        accepted code's new state is committed before this returns."""
+        accepted code's new state is committed before this returns. `via` and `client`
+        name the door and its client in the audit row (None: the HTTP API)."""
         self._check_user(user)
         t = self._now(now)
         code = code if isinstance(code, str) else ""
@@ -406,15 +413,17 @@ class Validator:
             if serial is not None:
                 records = [r for r in records if r.serial == serial]
                 if not records:
-                    return self._answer(user, serial, Reason.NOT_ENABLED, t)
+                    return self._answer(user, serial, Reason.NOT_ENABLED, t, via=via,
+                                        client=client)
             if not records:
-                return self._answer(user, None, Reason.NO_DEVICE, t)
+                return self._answer(user, None, Reason.NO_DEVICE, t, via=via, client=client)
             decisions = [(r, core.verify(r.state, self.box.open(r.serial, r.sealed), code, t,
                                          self.policy)) for r in records]
             winner = next(((r, d) for r, d in decisions if d.accepted), None)
             if winner is not None:
                 record, decision = winner
-                audit = [AuditEvent(t, "verify", "ok", Reason.ACCEPTED, record.serial, user)]
+                audit = [AuditEvent(t, "verify", "ok", Reason.ACCEPTED, record.serial, user,
+                                    via, client)]
                 if self.store.compare_and_set(record.serial, record.version, decision.state,
                                               audit=audit) is Cas.OK:
                     return VerifyResult(True, Reason.ACCEPTED, record.serial)
@@ -424,11 +433,13 @@ class Validator:
             reasons = {d.reason for _, d in decisions}
             one = records[0].serial if len(records) == 1 else serial
             if Reason.REPLAYED in reasons:
-                return self._answer(user, one, Reason.REPLAYED, t)
+                return self._answer(user, one, Reason.REPLAYED, t, via=via, client=client)
             if Reason.INVALID_CODE in reasons:
-                return self._answer(user, one, Reason.INVALID_CODE, t)
+                near = next((r.serial for r, d in decisions if d.near_miss is not None), None)
+                return self._answer(user, one, Reason.INVALID_CODE, t, via=via,
+                                    client=client, near_miss=near)
             wait = min(d.retry_after for _, d in decisions)
-            return self._answer(user, one, Reason.LOCKED, t, wait)
+            return self._answer(user, one, Reason.LOCKED, t, wait, via=via, client=client)
         raise Conflict("too many concurrent changes to the same token; try again")
 
     def _commit_failures(self, decisions: list[tuple[TokenRecord, Decision]]) -> bool:
@@ -443,15 +454,18 @@ class Validator:
         return ok
 
     def _answer(self, user: str, serial: str | None, reason: Reason, now: float,
-                retry_after: float = 0.0) -> VerifyResult:
-        self.store.add_audit([AuditEvent(now, "verify", "refused", reason, serial, user)])
-        return VerifyResult(False, reason, serial, retry_after)
+                retry_after: float = 0.0, *, via: str | None = None,
+                client: str | None = None, near_miss: str | None = None) -> VerifyResult:
+        self.store.add_audit([AuditEvent(now, "verify", "refused", reason, serial, user, via,
+                                         client)])
+        return VerifyResult(False, reason, serial, retry_after, near_miss)
 
     def resync(self, user: str, serial: str, code1: str, code2: str,
-               now: float | None = None) -> TokenInfo:
+               now: float | None = None, *, via: str | None = None,
+               client: str | None = None) -> TokenInfo:
         """Resynchronise the user's token from two consecutive codes (AWS
-        ResyncMFADevice): the drift is reset to what the pair shows and the very next code
-        is accepted."""
+        ResyncMFADevice, or RADIUS's challenge after a near miss): the drift is reset to
+        what the pair shows and the very next code is accepted."""
         self._check_user(user)
 
         def admit(record: TokenRecord) -> None:
@@ -459,7 +473,7 @@ class Validator:
                 raise NotAssigned(f"token {serial!r} is not assigned to {user!r}")
 
         return self._prove("resync", core.resync, admit, user, serial, code1, code2,
-                           self._now(now))
+                           self._now(now), via=via, client=client)
 
     def unlock(self, serial: str, now: float | None = None) -> TokenInfo:
         """Clear a token's failure count and lock (an administrator's action)."""

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from validator.core import TokenState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each migration takes the schema from version n-1 to n; appended, never edited.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -68,6 +68,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             aad_prefix TEXT NOT NULL
         )""",
         "INSERT INTO sealed_columns VALUES ('tokens', 'serial', '')",
+    ),
+    # The door a request came through when it is not the HTTP API ("radius"), and the
+    # name of the RADIUS client (NAS) that sent it.
+    3: (
+        "ALTER TABLE audit ADD COLUMN via TEXT",
+        "ALTER TABLE audit ADD COLUMN client TEXT",
     ),
 }
 
@@ -135,6 +141,8 @@ class AuditEvent:
     reason: str | None = None
     serial: str | None = None
     user: str | None = None
+    via: str | None = None  # the door, when not the HTTP API: "radius"
+    client: str | None = None  # the RADIUS client's configured name
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +156,8 @@ class AuditEntry:
     reason: str | None
     serial: str | None
     user: str | None
+    via: str | None = None
+    client: str | None = None
 
 
 class _Keep:
@@ -304,9 +314,10 @@ class SQLiteStore:
     def _write(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
         if events:
             conn.executemany(
-                "INSERT INTO audit (time, serial, user, action, result, reason) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.time, e.serial, e.user, e.action, e.result, e.reason) for e in events])
+                "INSERT INTO audit (time, serial, user, action, result, reason, via, client) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.time, e.serial, e.user, e.action, e.result, e.reason, e.via, e.client)
+                 for e in events])
 
     def insert_tokens(self, records: Sequence[TokenRecord], audit: Sequence[AuditEvent],
                       *, skip_existing: bool = False) -> list[str]:
@@ -447,6 +458,7 @@ class SQLiteStore:
             args.append(until)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._conn().execute(
-            f"SELECT id, time, action, result, reason, serial, user FROM audit {clause} "
+            f"SELECT id, time, action, result, reason, serial, user, via, client FROM audit "
+            f"{clause} "
             "ORDER BY id LIMIT ? OFFSET ?", (*args, int(limit), int(offset))).fetchall()
         return [AuditEntry(*row) for row in rows]

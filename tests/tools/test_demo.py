@@ -39,7 +39,7 @@ def test_the_demo_tells_the_whole_story_and_exits_0() -> None:
     assert doc["ok"] is True
     assert [s["key"] for s in steps] == [
         "fleet", "daemon", "import", "enable", "login", "replay", "wrong", "drifted",
-        "resync", "login-again", "station", "bob"]
+        "resync", "login-again", "radius", "station", "bob"]
     assert all(s["ok"] for s in steps)
     assert doc["seconds"] < 60
     assert not Path(str(doc["workdir"])).exists()
