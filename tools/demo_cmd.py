@@ -258,11 +258,13 @@ def _story(story: Story, work: Path, stack: ExitStack) -> None:
                                             state_dir=work / "blank-state",
                                             pty_link=work / "station" / "blank",
                                             durable=False))
+    panel = _panel(stack, [str(fleet.ports[s].url) for s in serials])
     story.expect("fleet", f"started {FLEET_SIZE} emulated key fobs in QA mode on PTYs "
-                 f"({', '.join(serials)}) and a blank token on the enrollment station",
+                 f"({', '.join(serials)}) and a blank token on the enrollment station; "
+                 f"token panel on {panel or '(needs foblab[ui])'}",
                  "running", "running" if fleet.manifest_path.exists() else "missing",
-                 detail={"serials": serials, "ports": str(work / "fleet" / "ports")},
-                 fatal=True)
+                 detail={"serials": serials, "ports": str(work / "fleet" / "ports"),
+                         "panel": panel}, fatal=True)
 
     # 2. the daemon
     made = init_dir(work / "validator")
@@ -272,9 +274,13 @@ def _story(story: Story, work: Path, stack: ExitStack) -> None:
     api = Api(url, str(made["admin_key"]))
     stack.callback(api.close)
     status, _ = api.call("GET", "/healthz")
+    ui = api.http.get("/ui/login").status_code == 200
+    console = f"{url}/ui/" if ui else None
     story.expect("daemon", f"validator daemon (pid {pid}) listening on {url}, SQLite in "
-                 f"{work / 'validator'}", "healthy", "healthy" if status == 200 else
-                 f"HTTP {status}", detail={"url": url, "pid": pid}, fatal=True)
+                 f"{work / 'validator'}; web console on {console or '(needs foblab[ui])'}",
+                 "healthy", "healthy" if status == 200 else f"HTTP {status}",
+                 detail={"url": url, "pid": pid, "console": console,
+                         "admin_key_file": str(work / "validator" / "admin.key")}, fatal=True)
 
     # 3. the vendor's seed file
     status, data = api.call("POST", "/v1/tokens/import",
@@ -397,7 +403,30 @@ def _radius_login(directory: Path, radius: tuple[str, int] | None, user: str,
         return "no answer"
 
 
-def run_demo(as_json: bool, broken: str | None) -> tuple[Story, Path, float]:
+def _panel(stack: ExitStack, urls: list[str]) -> str | None:
+    """The token panel on the fleet (a free loopback port), or None without Jinja2."""
+    try:
+        import jinja2  # noqa: F401 - the panel's templates
+
+        from firmware_sim.panel import serve_panel
+    except ModuleNotFoundError:
+        return None
+    return stack.enter_context(serve_panel(urls))
+
+
+def _linger(story: Story) -> None:
+    """--serve: keep everything running for a look in the browser, until Ctrl-C."""
+    first, second = story.steps[0].detail, story.steps[1].detail
+    click.echo(f"serving until Ctrl-C: the web console on {second.get('console')} (sign in "
+               f"with the key in {second.get('admin_key_file')}), the token panel on "
+               f"{first.get('panel')}")
+    sys.stdout.flush()
+    while True:
+        time.sleep(3600)
+
+
+def run_demo(as_json: bool, broken: str | None,
+             serve: bool = False) -> tuple[Story, Path, float]:
     story = Story(as_json, broken)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="foblab-demo-"))
@@ -410,6 +439,12 @@ def run_demo(as_json: bool, broken: str | None) -> tuple[Story, Path, float]:
                 _story(story, work, stack)
             except DemoAbort as exc:
                 story.say(str(exc))
+            else:
+                if serve and not as_json and len(story.steps) >= 2:
+                    try:
+                        _linger(story)
+                    except KeyboardInterrupt:
+                        pass
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return story, work, time.monotonic() - started
@@ -419,11 +454,14 @@ def run_demo(as_json: bool, broken: str | None) -> tuple[Story, Path, float]:
 @click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON.")
 @click.option("--break", "broken", hidden=True, envvar="FOBLAB_DEMO_BREAK",
               help="Flip one step's expectation (for tests).")
-def demo(as_json: bool, broken: str | None) -> None:
+@click.option("--serve", is_flag=True,
+              help="After the story, keep the daemon, its web console and the token panel "
+                   "running until Ctrl-C.")
+def demo(as_json: bool, broken: str | None, serve: bool) -> None:
     """Run the whole story end to end: tokens, daemon, enable, login, drift, resync,
     enrollment. Needs nothing but this package; leaves nothing behind."""
     try:
-        story, work, seconds = run_demo(as_json, broken or None)
+        story, work, seconds = run_demo(as_json, broken or None, serve)
     except KeyboardInterrupt:
         click.echo("foblab demo: interrupted; everything it started is stopped and removed",
                    err=True)

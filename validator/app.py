@@ -676,6 +676,10 @@ def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
         for path in ("/aws", "/aws/"):
             routes.append(Route(path, aws.handle, methods=["GET", "POST"],
                                 include_in_schema=False))
+    if settings.ui:  # the web console (validator/ui), a door over the same service
+        from validator.ui import mount
+        if (console := mount(validator, keys, settings, stations=stations, aws=aws)):
+            routes.append(console)
 
     from contextlib import asynccontextmanager
 

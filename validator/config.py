@@ -15,6 +15,8 @@
     head_timeout = 5.0                 # seconds a connection has to send a request head
     max_connections = 1024             # open connections; idle ones are shed beyond it
     trusted_proxies = []               # addresses/networks whose X-Forwarded-For counts
+    ui = true                          # the web console at /ui/ (needs the `ui` extra)
+    ui_session_seconds = 3600          # a console sign-in lasts this long
 
     [policy]                           # validator.core.Policy fields; all optional
     window = 1
@@ -81,6 +83,8 @@ class Settings:
     head_timeout: float = 5.0
     max_connections: int = 1024
     trusted_proxies: tuple[str, ...] = ()
+    ui: bool = True
+    ui_session_seconds: float = 3600.0
     policy: Policy = field(default_factory=Policy)
     stations: dict[str, str] = field(default_factory=dict)
     aws: dict[str, Any] = field(default_factory=dict)
@@ -170,8 +174,9 @@ _DEFAULT_FILES = {"database": "validator.db", "seed_key_file": "seed.key",
                   "admin_key_file": "admin.key", "verifier_key_file": "verifier.key"}
 _SCALARS: dict[str, type] = {"host": str, "port": int, "durability": str,
                              "max_body_bytes": int, "max_import_bytes": int,
-                             "station_timeout": float, "access_log": bool,
-                             "head_timeout": float, "max_connections": int}
+                             "station_timeout": float, "access_log": bool, "ui": bool,
+                             "ui_session_seconds": float, "head_timeout": float,
+                             "max_connections": int}
 _POLICY_TYPES: dict[str, type] = {
     f.name: str if f.name == "drift_policy" else type(getattr(Policy(), f.name))
     for f in dataclasses.fields(Policy)}
@@ -242,6 +247,8 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
     if values.get("max_connections", 1) < 1:
         raise ConfigError("[validator] max_connections must be at least 1")
     values["trusted_proxies"] = _proxies(main.get("trusted_proxies", []))
+    if not 1 <= values.get("ui_session_seconds", 60.0) <= 30 * 86_400:
+        raise ConfigError("[validator] ui_session_seconds must be 1 to 2592000 (30 days)")
 
     policy_raw = dict(data.get("policy", {}))
     extra = set(policy_raw) - set(_POLICY_TYPES)
@@ -288,7 +295,8 @@ def default_document(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> dict
     return {
         "validator": {**_DEFAULT_FILES, "host": host, "port": port, "durability": "normal",
                       "max_body_bytes": 16 * 1024, "max_import_bytes": 16 * 1024 * 1024,
-                      "station_timeout": 2.0, "access_log": True, "head_timeout": 5.0,
+                      "station_timeout": 2.0, "access_log": True, "ui": True,
+                      "ui_session_seconds": 3600.0, "head_timeout": 5.0,
                       "max_connections": 1024, "trusted_proxies": []},
         "policy": {"window": 1, "max_failures": 5, "lock_base": 30.0, "lock_cap": 3600.0,
                    "max_devices": 8},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -294,6 +295,58 @@ class Validator:
     def get_token(self, serial: str, now: float | None = None) -> TokenInfo:
         return _info(self._record(serial), self._now(now))
 
+    def find_tokens(self, text: str, *, assigned: bool | None = None, limit: int = 100,
+                    offset: int = 0, now: float | None = None,
+                    scan_limit: int = 100_000) -> list[TokenInfo]:
+        """Tokens whose serial or user contains `text` (case-insensitive), in serial order,
+        paginated; a scan of at most `scan_limit` tokens (a search box, not an index)."""
+        t = self._now(now)
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise InvalidParameter("limit must be 1-1000 and offset >= 0")
+        needle = text.lower()
+        found: list[TokenInfo] = []
+        for start in range(0, scan_limit, 1000):
+            page = self.store.list_tokens(assigned=assigned, limit=1000, offset=start)
+            for r in page:
+                if needle in r.serial.lower() or (r.user and needle in r.user.lower()):
+                    found.append(_info(r, t))
+                    if len(found) >= offset + limit:
+                        return found[offset:]
+            if len(page) < 1000:
+                break
+        return found[offset:]
+
+    def users(self, *, scan_limit: int = 100_000) -> dict[str, int]:
+        """Every user holding a device, with how many (users are implicit: a user exists
+        while it holds a device)."""
+        counts: dict[str, int] = {}
+        for start in range(0, scan_limit, 1000):
+            page = self.store.list_tokens(assigned=True, limit=1000, offset=start)
+            for r in page:
+                if r.user is not None:
+                    counts[r.user] = counts.get(r.user, 0) + 1
+            if len(page) < 1000:
+                break
+        return dict(sorted(counts.items()))
+
+    def offset_history(self, serial: str) -> list[tuple[float, float, float]]:
+        """The drift tracker's kept observations of a TOTP token, oldest first: (true time,
+        lowest, highest offset in seconds the accepted code allowed). Empty for HOTP."""
+        record = self._record(serial)
+        if record.state.kind is not Kind.TOTP:
+            return []
+        return [(float(t), float(lo), float(hi)) for t, lo, hi in record.state.drift.history]
+
+    def create_virtual(self, serial: str, now: float | None = None,
+                       seed_bytes: int = 20) -> tuple[TokenInfo, bytes]:
+        """Register a virtual MFA device (an authenticator app's TOTP: SHA-1, 6 digits,
+        30 s) under a new random seed; returns it with the seed, which the caller shows
+        once and forgets."""
+        seed = secrets.token_bytes(seed_bytes)
+        info = self.register_token(serial, seed, kind="totp", digits=6, algorithm="sha1",
+                                   period=30, now=now)
+        return info, seed
+
     def delete_token(self, serial: str, now: float | None = None) -> None:
         """Delete an unassigned token (deactivate it first)."""
         t = self._now(now)
@@ -495,10 +548,15 @@ class Validator:
     def audit(self, *, serial: str | None = None, user: str | None = None,
               action: str | None = None, result: str | None = None,
               since: float | None = None, until: float | None = None,
-              limit: int = 100, offset: int = 0) -> list[AuditEntry]:
-        """Audit entries, oldest first, filtered and paginated (limit 1-1000)."""
+              limit: int = 100, offset: int = 0,
+              newest_first: bool = False) -> list[AuditEntry]:
+        """Audit entries, oldest (or newest) first, filtered and paginated (limit 1-1000)."""
         if not 1 <= limit <= 1000 or offset < 0:
             raise InvalidParameter("limit must be 1-1000 and offset >= 0")
+        if newest_first:
+            return self.store.audit(serial=serial, user=user, action=action, result=result,
+                                    since=since, until=until, limit=limit, offset=offset,
+                                    newest_first=True)
         return self.store.audit(serial=serial, user=user, action=action, result=result,
                                 since=since, until=until, limit=limit, offset=offset)
 

@@ -193,7 +193,8 @@ class Store(Protocol):
     def audit(self, *, serial: str | None = None, user: str | None = None,
               action: str | None = None, result: str | None = None,
               since: float | None = None, until: float | None = None,
-              limit: int = 100, offset: int = 0) -> list[AuditEntry]: ...
+              limit: int = 100, offset: int = 0,
+              newest_first: bool = False) -> list[AuditEntry]: ...
 
     def reseal_all(self, reseal: Callable[[str, bytes], bytes],
                    audit: Sequence[AuditEvent] = ()) -> int: ...
@@ -441,8 +442,9 @@ class SQLiteStore:
     def audit(self, *, serial: str | None = None, user: str | None = None,
               action: str | None = None, result: str | None = None,
               since: float | None = None, until: float | None = None,
-              limit: int = 100, offset: int = 0) -> list[AuditEntry]:
-        """Audit entries matching every given filter, oldest first, paginated."""
+              limit: int = 100, offset: int = 0,
+              newest_first: bool = False) -> list[AuditEntry]:
+        """Audit entries matching every given filter, oldest (or newest) first, paginated."""
         where: list[str] = []
         args: list[object] = []
         for column, value in (("serial", serial), ("user", user), ("action", action),
@@ -459,6 +461,6 @@ class SQLiteStore:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._conn().execute(
             f"SELECT id, time, action, result, reason, serial, user, via, client FROM audit "
-            f"{clause} "
-            "ORDER BY id LIMIT ? OFFSET ?", (*args, int(limit), int(offset))).fetchall()
+            f"{clause} ORDER BY id {'DESC' if newest_first else ''} LIMIT ? OFFSET ?",
+            (*args, int(limit), int(offset))).fetchall()
         return [AuditEntry(*row) for row in rows]
