@@ -14,6 +14,8 @@ import functools
 import json
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -271,6 +273,9 @@ def _token_detail(t: dict[str, Any]) -> None:
     for key in ("created", "assigned_at", "last_used", "locked_until"):
         if key in t:
             click.echo(f"{key:<14} {_when(t[key])}")
+    if "expires" in t:  # from its seed file's key policy; codes are refused after it
+        click.echo(f"{'expires':<14} "
+                   f"{'never' if t['expires'] is None else _when(t['expires'])}")
     if t.get("drift"):
         d = t["drift"]
         click.echo(f"{'drift':<14} offset {d['offset_seconds']} s, rate {d['rate_ppm']} ppm")
@@ -313,10 +318,16 @@ def add(client: Client, as_json: bool, serial: str, secret_b32: str | None,
               help="Default: from the file's suffix (.csv is CSV, else PSKC).")
 @click.option("--passphrase", help="PBKDF2 passphrase of an encrypted PSKC file.")
 @click.option("--key-hex", help="Pre-shared AES key of an encrypted PSKC file.")
-@click.option("--skip-duplicates", is_flag=True, help="Leave out serials already registered.")
+@click.option("--skip-duplicates", is_flag=True,
+              help="Leave out serials already registered or repeated in the file.")
+@click.option("--dry-run", is_flag=True,
+              help="Read, decrypt and check the file; print what would be imported and "
+                   "skipped; write nothing.")
 def import_(client: Client, as_json: bool, file: Path, fmt: str | None,
-            passphrase: str | None, key_hex: str | None, skip_duplicates: bool) -> None:
-    """Import every token of a PSKC or CSV seed file (all or nothing)."""
+            passphrase: str | None, key_hex: str | None, skip_duplicates: bool,
+            dry_run: bool) -> None:
+    """Import every usable token of a PSKC or CSV seed file (all of them or none), and list
+    the keys left out and why (a PIN key, another algorithm, an expired key policy...)."""
     fmt = fmt or ("csv" if file.suffix.lower() == ".csv" else "pskc")
     try:
         content = file.read_text()
@@ -329,10 +340,65 @@ def import_(client: Client, as_json: bool, file: Path, fmt: str | None,
         body["key_hex"] = key_hex
     if skip_duplicates:
         body["skip_duplicates"] = True
-    _, data = client.call("POST", "/v1/tokens/import", body=body)
-    _show(data, as_json, lambda d: click.echo(
-        f"imported {d['imported']} token(s)" +
-        (f", skipped {len(d['skipped'])}" if d.get("skipped") else "")))
+    if dry_run:
+        body["dry_run"] = True
+    keys = _count_keys(content, fmt)
+    with _Working(f"{'checking' if dry_run else 'importing'} {keys:,} keys from {file.name}",
+                  enabled=keys > _PROGRESS_KEYS and not as_json):
+        _, data = client.call("POST", "/v1/tokens/import", body=body)
+    _show(data, as_json, _import_report)
+
+
+_PROGRESS_KEYS = 300  # a file of more keys shows that it is being worked on (on a TTY)
+
+
+def _count_keys(content: str, fmt: str) -> int:
+    """About how many keys a file holds (for the progress line only)."""
+    if fmt == "csv":
+        return max(0, sum(1 for line in content.splitlines()
+                          if line.strip() and not line.lstrip().startswith("#")) - 1)
+    return content.count("<Key ") + content.count(":Key ") + content.count("<Secret ")
+
+
+class _Working:
+    """On a TTY (stderr), a line that says what is being done and for how long, redrawn
+    in place until the work ends; nothing otherwise."""
+
+    def __init__(self, what: str, *, enabled: bool) -> None:
+        self.what = what
+        self.enabled = enabled and sys.stderr.isatty()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Working:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        frames = "|/-\\"
+        i = 0
+        while not self._stop.wait(0.2):
+            click.echo(f"\r{frames[i % 4]} {self.what}... {time.monotonic() - started:.0f} s",
+                       err=True, nl=False)
+            i += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            click.echo("\r\x1b[K", err=True, nl=False)
+
+
+def _import_report(d: dict[str, Any]) -> None:
+    verb = "would import" if d.get("dry_run") else "imported"
+    skipped = d.get("skipped") or []
+    click.echo(f"{verb} {d['imported']} token(s)" +
+               (f", skipped {len(skipped)}:" if skipped else ""))
+    if skipped:
+        _table(skipped, (("serial", "SERIAL"), ("reason", "REASON"), ("detail", "DETAIL")))
 
 
 @client_command(token, "list")

@@ -9,7 +9,12 @@
     port = 8700
     durability = "normal"              # or "full": fsync every accepted code
     max_body_bytes = 16384             # every request body but seed-file imports
-    max_import_bytes = 16777216        # POST /v1/tokens/import
+    max_import_bytes = 16777216        # POST /v1/tokens/import, and a seed file in it
+    import_max_depth = 32              # a seed file's XML nesting
+    import_max_elements = 1000000      # a seed file's XML elements
+    import_max_keys = 100000           # a seed file's keys (PSKC) or rows (CSV)
+    import_max_field_chars = 4096      # one CSV field, one XML element's text
+    min_secret_bytes = 16              # every token's seed; 10 for a legacy fleet
     station_timeout = 2.0              # seconds to wait for a token's reply on a station
     access_log = true
     head_timeout = 5.0                 # seconds a connection has to send a request head
@@ -52,6 +57,8 @@ from typing import Any
 
 from validator.core import Policy
 from validator.drift import DriftPolicy
+from validator.importers import DEFAULT_LIMITS, ImportLimits
+from validator.service import LOWEST_MIN_SECRET_BYTES, MAX_SECRET_BYTES, MIN_SECRET_BYTES
 from validator.store import Durability
 
 CONFIG_NAME = "foblab.toml"
@@ -78,6 +85,11 @@ class Settings:
     durability: Durability = Durability.NORMAL
     max_body_bytes: int = 16 * 1024
     max_import_bytes: int = 16 * 1024 * 1024
+    import_max_depth: int = DEFAULT_LIMITS.max_depth
+    import_max_elements: int = DEFAULT_LIMITS.max_elements
+    import_max_keys: int = DEFAULT_LIMITS.max_keys
+    import_max_field_chars: int = DEFAULT_LIMITS.max_field_chars
+    min_secret_bytes: int = MIN_SECRET_BYTES
     station_timeout: float = 2.0
     access_log: bool = True
     head_timeout: float = 5.0
@@ -90,6 +102,12 @@ class Settings:
     aws: dict[str, Any] = field(default_factory=dict)
     radius: RadiusConfig | None = None  # None: no RADIUS door
     source: Path | None = None  # the config file, for messages
+
+    def import_limits(self) -> ImportLimits:
+        return ImportLimits(max_bytes=self.max_import_bytes, max_depth=self.import_max_depth,
+                            max_elements=self.import_max_elements,
+                            max_keys=self.import_max_keys,
+                            max_field_chars=self.import_max_field_chars)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -176,7 +194,10 @@ _SCALARS: dict[str, type] = {"host": str, "port": int, "durability": str,
                              "max_body_bytes": int, "max_import_bytes": int,
                              "station_timeout": float, "access_log": bool, "ui": bool,
                              "ui_session_seconds": float, "head_timeout": float,
-                             "max_connections": int}
+                             "max_connections": int,
+                             "import_max_depth": int, "import_max_elements": int,
+                             "import_max_keys": int, "import_max_field_chars": int,
+                             "min_secret_bytes": int}
 _POLICY_TYPES: dict[str, type] = {
     f.name: str if f.name == "drift_policy" else type(getattr(Policy(), f.name))
     for f in dataclasses.fields(Policy)}
@@ -240,6 +261,14 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
     for key in ("max_body_bytes", "max_import_bytes"):
         if values.get(key, 1024) < 1024:
             raise ConfigError(f"[validator] {key} must be at least 1024")
+    for key in ("import_max_depth", "import_max_elements", "import_max_keys",
+                "import_max_field_chars"):
+        if values.get(key, 1) < 1:
+            raise ConfigError(f"[validator] {key} must be at least 1")
+    if not LOWEST_MIN_SECRET_BYTES <= values.get("min_secret_bytes", MIN_SECRET_BYTES) \
+            <= MAX_SECRET_BYTES:
+        raise ConfigError(f"[validator] min_secret_bytes must be {LOWEST_MIN_SECRET_BYTES} "
+                          f"to {MAX_SECRET_BYTES}")
     if values.get("station_timeout", 1.0) <= 0:
         raise ConfigError("[validator] station_timeout must be positive")
     if not 0 < values.get("head_timeout", 1.0) <= 3600:
@@ -296,7 +325,12 @@ def default_document(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> dict
         "validator": {**_DEFAULT_FILES, "host": host, "port": port, "durability": "normal",
                       "max_body_bytes": 16 * 1024, "max_import_bytes": 16 * 1024 * 1024,
                       "station_timeout": 2.0, "access_log": True, "ui": True,
-                      "ui_session_seconds": 3600.0, "head_timeout": 5.0,
+                      "ui_session_seconds": 3600.0,
+                      "import_max_depth": DEFAULT_LIMITS.max_depth,
+                      "import_max_elements": DEFAULT_LIMITS.max_elements,
+                      "import_max_keys": DEFAULT_LIMITS.max_keys,
+                      "import_max_field_chars": DEFAULT_LIMITS.max_field_chars,
+                      "min_secret_bytes": MIN_SECRET_BYTES, "head_timeout": 5.0,
                       "max_connections": 1024, "trusted_proxies": []},
         "policy": {"window": 1, "max_failures": 5, "lock_base": 30.0, "lock_cap": 3600.0,
                    "max_devices": 8},

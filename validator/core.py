@@ -32,6 +32,7 @@ class Reason(enum.StrEnum):
     LOCKED = "locked"
     NO_DEVICE = "no_device"
     NOT_ENABLED = "not_enabled"
+    EXPIRED = "expired"  # the token's key policy expired (its seed file said when)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,8 @@ class TokenState:
     `watermark` is the last accepted time step (TOTP) or counter (HOTP); no code at or
     before it is ever accepted again. None: nothing accepted yet.
     `window`: a per-token override of `Policy.window` (None: use the policy's).
+    `expires`: when the token's key may no longer be used (Unix seconds, from the seed
+    file's key policy), or None. From then on every code is refused as `expired`.
     """
 
     kind: Kind
@@ -103,6 +106,7 @@ class TokenState:
     drift: Drift = field(default_factory=Drift)
     failures: int = 0
     locked_until: float = 0.0
+    expires: float | None = None
 
     def __post_init__(self) -> None:
         if not 6 <= self.digits <= 10:
@@ -120,12 +124,15 @@ class TokenState:
         return 0 if self.watermark is None else self.watermark + 1
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "kind": self.kind.value, "digits": self.digits, "algorithm": self.algorithm,
             "period": self.period, "t0": self.t0, "window": self.window,
             "watermark": self.watermark, "drift": self.drift.to_json(),
             "failures": self.failures, "locked_until": self.locked_until,
         }
+        if self.expires is not None:
+            out["expires"] = self.expires
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TokenState:
@@ -136,6 +143,7 @@ class TokenState:
             drift=Drift.from_json(data.get("drift") or {}),
             failures=int(data.get("failures", 0)),
             locked_until=float(data.get("locked_until", 0.0)),
+            expires=None if data.get("expires") is None else float(data["expires"]),
         )
 
 
@@ -202,6 +210,7 @@ def _accepted_state(state: TokenState, matched: int, drift: Drift) -> TokenState
     new.drift = drift
     new.failures = 0
     new.locked_until = 0.0
+    new.expires = state.expires
     return new
 
 
@@ -245,7 +254,10 @@ def _order(center: float, window: int) -> list[int]:
 def verify(state: TokenState, key: bytes, code: str, now: float,
            policy: Policy = DEFAULT_POLICY) -> Decision:
     """Check one code. Refuses malformed codes without any HMAC, and locked tokens without
-    looking at the code. Accepting moves the watermark to the matched step or counter."""
+    looking at the code, and expired tokens without either (an expiry is no failure: it is
+    not counted). Accepting moves the watermark to the matched step or counter."""
+    if state.expires is not None and now >= state.expires:
+        return Decision(Reason.EXPIRED, state)
     if state.locked_until > now:
         return Decision(Reason.LOCKED, state, None, state.locked_until - now)
     digits = state.digits
@@ -377,6 +389,8 @@ def resync(state: TokenState, key: bytes, code1: str, code2: str, now: float,
     believed clock for TOTP, `resync_counters` ahead for HOTP), nearest first, both after
     the watermark. On success the drift is reset to what the pair shows and the watermark
     moves to the second code, so the token's very next code is accepted."""
+    if state.expires is not None and now >= state.expires:
+        return Decision(Reason.EXPIRED, state)
     locked = _locked(state, now)
     if locked is not None:
         return locked

@@ -101,7 +101,9 @@ def open_validator(settings: Settings) -> Validator:
     try:
         SecretBox.from_file(settings.seed_key_file)
         validator = Validator.open(settings.database, settings.seed_key_file,
-                                   policy=settings.policy, durability=settings.durability)
+                                   policy=settings.policy, durability=settings.durability,
+                                   min_secret_bytes=settings.min_secret_bytes,
+                                   import_limits=settings.import_limits())
     except KeyFileError as exc:
         raise StartupError(str(exc)) from None
     except (sqlite3.Error, StoreError, OSError) as exc:

@@ -19,13 +19,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from validator import core
 from validator.core import DEFAULT_POLICY, Decision, Kind, Policy, Reason, TokenState
 from validator.drift import Drift
 from validator.errors import (
     AlreadyAssigned,
+    BadSecret,
     Conflict,
     DeleteConflict,
     DeviceLimit,
@@ -38,7 +39,16 @@ from validator.errors import (
     UnknownSerial,
     ValidatorError,
 )
-from validator.importers import SeedRecord, parse_csv, parse_pskc
+from validator.importers import (
+    DEFAULT_LIMITS,
+    ImportLimits,
+    Progress,
+    SeedRecord,
+    Skipped,
+    SkipReason,
+    parse_csv,
+    parse_pskc,
+)
 from validator.otp import ALGORITHMS
 from validator.secrets_box import SecretBox
 from validator.store import (
@@ -67,6 +77,11 @@ _MAX_ATTEMPTS = 64
 # error instead of refusing a code. Half the range leaves the look-ahead and resync room.
 MAX_COUNTER = 2**63  # the largest HOTP counter accepted, by import or API
 _MAX_SECONDS = 2**40  # |T0| and |initial drift|: some 35,000 years (the API's T0 bound)
+# One secret rule for every way in (API, seed files, AWS virtual devices, the station): RFC
+# 4226 §4 requires 128 bits; a legacy fleet's 80-bit seeds need `min_secret_bytes = 10`.
+MIN_SECRET_BYTES = 16
+LOWEST_MIN_SECRET_BYTES = 10
+MAX_SECRET_BYTES = 128
 T = TypeVar("T")
 
 
@@ -89,6 +104,7 @@ class TokenInfo:
     window: int | None
     offset_seconds: float  # believed token-clock offset at the time of the query (TOTP)
     rate_ppm: float  # believed clock rate error (TOTP)
+    expires: float | None = None  # from the seed file's key policy; refused after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +120,11 @@ class VerifyResult:
 
 @dataclass(frozen=True, slots=True)
 class ImportResult:
+    """What an import wrote (or, `dry_run`, would write) and every key it left out."""
+
     imported: list[str]
-    skipped: list[str]  # duplicates left out (skip_duplicates) and non-OTP keys
+    skipped: list[Skipped]
+    dry_run: bool = False
 
 
 def _info(record: TokenRecord, now: float) -> TokenInfo:
@@ -117,6 +136,7 @@ def _info(record: TokenRecord, now: float) -> TokenInfo:
         locked_until=s.locked_until, window=s.window,
         offset_seconds=s.drift.predict(now) if s.kind is Kind.TOTP else 0.0,
         rate_ppm=s.drift.rate() * 1e6 if s.kind is Kind.TOTP else 0.0,
+        expires=s.expires,
     )
 
 
@@ -130,12 +150,18 @@ class Validator:
     """The validator's operations. Thread-safe when its store is (SQLiteStore is)."""
 
     def __init__(self, store: Store, box: SecretBox, policy: Policy = DEFAULT_POLICY, *,
-                 max_user_length: int = 64,
+                 max_user_length: int = 64, min_secret_bytes: int = MIN_SECRET_BYTES,
+                 import_limits: ImportLimits = DEFAULT_LIMITS,
                  clock: Callable[[], float] = time.time) -> None:
+        if not LOWEST_MIN_SECRET_BYTES <= min_secret_bytes <= MAX_SECRET_BYTES:
+            raise ValueError(f"min_secret_bytes must be {LOWEST_MIN_SECRET_BYTES} to "
+                             f"{MAX_SECRET_BYTES}")
         self.store = store
         self.box = box
         self.policy = policy
         self.max_user_length = max_user_length
+        self.min_secret_bytes = min_secret_bytes
+        self.import_limits = import_limits
         self._clock = clock
         # Held from sealing a new secret until its row is committed, and across a whole key
         # rotation: otherwise a secret sealed under the old key just before a rotation, and
@@ -145,12 +171,24 @@ class Validator:
     @classmethod
     def open(cls, db_path: str | os.PathLike[str], key_path: str | os.PathLike[str] | None = None,
              *, policy: Policy = DEFAULT_POLICY,
-             durability: Durability = Durability.NORMAL, max_user_length: int = 64) -> Validator:
+             durability: Durability = Durability.NORMAL, max_user_length: int = 64,
+             min_secret_bytes: int = MIN_SECRET_BYTES,
+             import_limits: ImportLimits = DEFAULT_LIMITS) -> Validator:
         """A validator on the SQLite file `db_path`, its seed key at `key_path` (default:
         `<db_path>.key`, created 0600 on first use)."""
         key_file = Path(key_path) if key_path is not None else Path(f"{os.fspath(db_path)}.key")
         return cls(SQLiteStore(db_path, durability=durability), SecretBox.from_file(key_file),
-                   policy, max_user_length=max_user_length)
+                   policy, max_user_length=max_user_length, min_secret_bytes=min_secret_bytes,
+                   import_limits=import_limits)
+
+    def view(self, **changes: Any) -> Validator:
+        """A validator over the same store, box and settings with some changed (a door
+        with its own user-name limit): cheap, no I/O."""
+        args: dict[str, Any] = {"max_user_length": self.max_user_length,
+                                "min_secret_bytes": self.min_secret_bytes,
+                                "import_limits": self.import_limits, "clock": self._clock}
+        args.update(changes)
+        return Validator(self.store, self.box, self.policy, **args)
 
     def close(self) -> None:
         self.store.close()
@@ -208,8 +246,12 @@ class Validator:
         if not _SERIAL.fullmatch(r.serial):
             raise InvalidParameter(f"serial {r.serial[:40]!r} must be 1-256 printable ASCII "
                                    "characters without spaces")
-        if not r.secret:
-            raise InvalidParameter(f"{r.serial}: empty secret")
+        if not self.min_secret_bytes <= len(r.secret) <= MAX_SECRET_BYTES:
+            raise BadSecret(
+                f"{r.serial}: the secret is {len(r.secret)} bytes; {self.min_secret_bytes} to "
+                f"{MAX_SECRET_BYTES} are required (RFC 4226 asks for at least 16; "
+                f"min_secret_bytes may lower this to {LOWEST_MIN_SECRET_BYTES} for a legacy "
+                "fleet)")
         if r.algorithm not in ALGORITHMS:
             raise InvalidParameter(f"{r.serial}: algorithm must be one of {ALGORITHMS}")
         if not 0 <= r.counter <= MAX_COUNTER:
@@ -223,28 +265,18 @@ class Validator:
                 kind=r.kind, digits=r.digits, algorithm=r.algorithm, period=r.period,
                 t0=r.t0, window=window,
                 watermark=(r.counter - 1 if r.kind is Kind.HOTP and r.counter > 0 else None),
-                drift=Drift(offset=float(drift)))
+                drift=Drift(offset=float(drift)), expires=r.expires)
         except ValueError as exc:
             raise InvalidParameter(f"{r.serial}: {exc}") from None
 
     def _insert(self, records: list[SeedRecord], now: float, *, skip_duplicates: bool,
                 action: str, window: int | None = None) -> list[str]:
-        seen: set[str] = set()
-        repeated: list[str] = []
-        unique: list[SeedRecord] = []
-        for r in records:
-            if r.serial in seen:
-                repeated.append(r.serial)
-            else:
-                seen.add(r.serial)
-                unique.append(r)
-        if repeated and not skip_duplicates:
-            raise DuplicateSerial(sorted(set(repeated)))
-        audit = [AuditEvent(now, action, "ok", serial=r.serial) for r in unique]
+        """Seal and insert `records` (unique serials) in one transaction."""
+        audit = [AuditEvent(now, action, "ok", serial=r.serial) for r in records]
         with self.sealing:
             rows = [TokenRecord(serial=r.serial, state=self._state(r, window),
                                 sealed=self.box.seal(r.serial, r.secret), created=now)
-                    for r in unique]
+                    for r in records]
             try:
                 return self.store.insert_tokens(rows, audit, skip_existing=skip_duplicates)
             except DuplicateSerials as exc:
@@ -252,36 +284,67 @@ class Validator:
 
     def import_seed_file(self, content: bytes | str, format: str = "pskc", *,
                          passphrase: str | None = None, key_hex: str | None = None,
-                         skip_duplicates: bool = False, now: float | None = None
+                         skip_duplicates: bool = False, dry_run: bool = False,
+                         progress: Progress | None = None, now: float | None = None
                          ) -> ImportResult:
-        """Import every token of a PSKC or CSV file in one transaction: a bad key or a
-        duplicate serial (unless `skip_duplicates`) imports nothing."""
+        """Import every usable token of a PSKC or CSV file in one transaction, and report
+        every key left out (`Skipped`: a PIN key, another algorithm, a key policy that
+        forbids it, no secret; with `skip_duplicates`, serials repeated in the file or
+        already registered). An error in a usable key, or a duplicate serial without
+        `skip_duplicates`, imports nothing. `dry_run`: everything is read, decrypted and
+        checked, and nothing is written (not even the audit)."""
         t = self._now(now)
         fmt = format.lower()
         try:
             if fmt == "pskc":
-                parsed = parse_pskc(content, passphrase=passphrase, key_hex=key_hex)
+                parsed = parse_pskc(content, passphrase=passphrase, key_hex=key_hex, now=t,
+                                    limits=self.import_limits, progress=progress)
             elif fmt == "csv":
-                parsed = parse_csv(content)
+                parsed = parse_csv(content, limits=self.import_limits, progress=progress)
             else:
                 raise InvalidParameter("format must be pskc or csv")
             for r in parsed.records:
                 self._state(r, None)  # validate every key before writing any
         except (SeedFileError, InvalidParameter) as exc:
-            self.store.add_audit([AuditEvent(t, "import", "refused", reason=exc.code)])
+            if not dry_run:
+                self.store.add_audit([AuditEvent(t, "import", "refused", reason=exc.code)])
             if isinstance(exc, InvalidParameter):
                 raise SeedFileError(exc.message) from None
             raise
+        seen: set[str] = set()
+        unique: list[SeedRecord] = []
+        skipped: list[Skipped] = []
+        repeated: list[str] = []
+        for r in parsed.records:
+            if r.serial in seen:
+                repeated.append(r.serial)
+                skipped.append(Skipped(r.serial, SkipReason.DUPLICATE_IN_FILE,
+                                       "the serial appears more than once in the file; "
+                                       "the first is imported"))
+            else:
+                seen.add(r.serial)
+                unique.append(r)
         try:
-            imported = self._insert(parsed.records, t, skip_duplicates=skip_duplicates,
-                                    action="import")
+            if repeated and not skip_duplicates:
+                raise DuplicateSerial(sorted(set(repeated)), in_file=True)
+            if dry_run:
+                existing = [r.serial for r in unique if self.store.get(r.serial) is not None]
+                if existing and not skip_duplicates:
+                    raise DuplicateSerial(existing)
+                taken = set(existing)
+                imported = [r.serial for r in unique if r.serial not in taken]
+            else:
+                imported = self._insert(unique, t, skip_duplicates=skip_duplicates,
+                                        action="import")
         except DuplicateSerial as exc:
-            self.store.add_audit([AuditEvent(t, "import", "refused", reason=exc.code)])
+            if not dry_run:
+                self.store.add_audit([AuditEvent(t, "import", "refused", reason=exc.code)])
             raise
         inserted = set(imported)  # once: in the comprehension it would be rebuilt per record
-        left_out = [r.serial for r in parsed.records if r.serial not in inserted]
-        skipped = [f"{serial}: already registered" for serial in left_out] + parsed.skipped
-        return ImportResult(imported, skipped)
+        left_out = [Skipped(r.serial, SkipReason.ALREADY_REGISTERED,
+                            "a token with this serial is registered already")
+                    for r in unique if r.serial not in inserted]
+        return ImportResult(imported, parsed.skipped + skipped + left_out, dry_run)
 
     def list_tokens(self, *, user: str | None = None, kind: str | None = None,
                     assigned: bool | None = None, limit: int = 100, offset: int = 0,
@@ -491,7 +554,9 @@ class Validator:
                 near = next((r.serial for r, d in decisions if d.near_miss is not None), None)
                 return self._answer(user, one, Reason.INVALID_CODE, t, via=via,
                                     client=client, near_miss=near)
-            wait = min(d.retry_after for _, d in decisions)
+            if reasons == {Reason.EXPIRED}:
+                return self._answer(user, one, Reason.EXPIRED, t, via=via, client=client)
+            wait = min(d.retry_after for _, d in decisions if d.reason is Reason.LOCKED)
             return self._answer(user, one, Reason.LOCKED, t, wait, via=via, client=client)
         raise Conflict("too many concurrent changes to the same token; try again")
 

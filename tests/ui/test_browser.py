@@ -84,12 +84,22 @@ class Walk:
 
     def click(self, selector: str) -> None:
         """Click what loads a new page, and wait until it has replaced the old one."""
-        from selenium.webdriver.support import expected_conditions
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support.ui import WebDriverWait
 
         old = self.css("html")
         self.css(selector).click()
-        WebDriverWait(self.d, 30).until(expected_conditions.staleness_of(old))
+
+        def replaced(_: Any) -> bool:
+            # chromedriver reports a node of a replaced document either as a stale element
+            # or, mid-navigation, as "Node with given id does not belong to the document"
+            try:
+                old.is_enabled()
+            except WebDriverException:
+                return True
+            return False
+
+        WebDriverWait(self.d, 30).until(replaced)
         self.wait(lambda: self.d.execute_script("return document.readyState") == "complete")
 
     def wait(self, check: Callable[[], Any], timeout: float = 10) -> Any:

@@ -63,6 +63,8 @@ REASONS = {
     "no_device": "Refused: this user has no MFA device.",
     "not_enabled": "Refused: that device is not enabled for this user.",
     "code_required": "Refused: an MFA code is required.",
+    "expired": "Refused: the device's key has expired (its seed file's policy says so); "
+               "issue a new device.",
 }
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; script-src 'self'; "
