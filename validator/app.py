@@ -43,6 +43,7 @@ from validator import api_schema as S
 from validator.api_schema import OpDoc, Param, RequestError
 from validator.apikeys import KeyRing, Role
 from validator.config import Settings
+from validator.connections import ConnectionGuard, discard_body
 from validator.errors import InvalidAuthenticationCode, ValidatorError
 from validator.service import TokenInfo, Validator
 from validator.station import Station, StationError
@@ -79,7 +80,8 @@ class Metrics:
                5.0, 10.0)
     WINDOW_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 24)
 
-    def __init__(self) -> None:
+    def __init__(self, connections: ConnectionGuard | None = None) -> None:
+        self.connections = connections
         self.started = time.time()
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self.verify: Counter[str] = Counter()
@@ -152,7 +154,10 @@ class Metrics:
                        f'result="{result}"}} {n}')
         out += ["# HELP foblab_start_time_seconds When the daemon started (Unix seconds).",
                 "# TYPE foblab_start_time_seconds gauge",
-                f"foblab_start_time_seconds {self.started:.3f}", ""]
+                f"foblab_start_time_seconds {self.started:.3f}"]
+        if self.connections is not None:
+            out += self.connections.render()
+        out.append("")
         return "\n".join(out) + "".join(render() for render in self.extra)
 
 
@@ -309,9 +314,13 @@ class Endpoint:
         if media and media != b"application/json" and not media.endswith(b"+json"):
             raise RequestError(415, "unsupported_media_type",
                                "send the body as Content-Type: application/json")
+        too_large = RequestError(413, "body_too_large",
+                                 f"the body may be at most {self.limit} bytes",
+                                 {"Connection": "close"})
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            raise RequestError(413, "body_too_large",
-                               f"the body may be at most {self.limit} bytes")
+            # drain first: a client that writes its whole body before reading must hear it
+            await discard_body(receive, int(length) if length.isdigit() else 1 << 62)
+            raise too_large
         chunks = []
         size = 0
         while True:
@@ -321,8 +330,9 @@ class Endpoint:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                raise RequestError(413, "body_too_large",
-                                   f"the body may be at most {self.limit} bytes")
+                if message.get("more_body", False):
+                    await discard_body(receive, None)
+                raise too_large
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -674,13 +684,14 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
                stations: dict[str, Station] | None = None, aws: Any | None = None,
-               on_shutdown: Callable[[], None] | None = None) -> Starlette:
+               on_shutdown: Callable[[], None] | None = None,
+               connections: ConnectionGuard | None = None) -> Starlette:
     """The ASGI application. `aws`: an object with `async handle(request)` mounted at /aws
     (default: `validator.aws.AwsEndpoint` when that package exists)."""
     if stations is None:
         stations = {name: Station(name, url, timeout=settings.station_timeout)
                     for name, url in settings.stations.items()}
-    api = Api(validator, keys, settings, stations)
+    api = Api(validator, keys, settings, stations, metrics=Metrics(connections))
     ops = _operations()
     routes: list[BaseRoute] = []
     for op in ops:

@@ -36,6 +36,7 @@ import uvicorn
 
 from validator.apikeys import ApiKeyError, KeyRing, Role, new_key, write_key_file
 from validator.config import CONFIG_NAME, ConfigError, Settings, default_document
+from validator.connections import ConnectionGuard, guarded_protocol, raise_fd_limit
 from validator.secrets_box import KeyFileError, SecretBox
 from validator.service import Validator
 from validator.store import AuditEvent, StoreError
@@ -197,6 +198,11 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
     from validator.app import create_app
 
     _configure_logging(log_level)
+    before, after = raise_fd_limit()
+    if after != before:
+        log.info("file-descriptor limit raised from %d to %d", before, after)
+    guard = ConnectionGuard(settings.max_connections, settings.head_timeout)
+    guard.fit_fd_limit()
     try:
         keys = KeyRing.from_files({Role.ADMIN: settings.admin_key_file,
                                    Role.VERIFIER: settings.verifier_key_file})
@@ -233,7 +239,8 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
 
     try:
         try:
-            app = create_app(validator, keys, settings, on_shutdown=close)
+            app = create_app(validator, keys, settings, on_shutdown=close,
+                             connections=guard)
         except (ValueError, TypeError, KeyError, OSError) as exc:
             raise StartupError(f"cannot build the application: {exc}") from None
         if radius is not None:
@@ -258,7 +265,11 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
         url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         config = uvicorn.Config(
             app, loop="uvloop" if _fast("uvloop") else "asyncio",
-            http="httptools" if _fast("httptools") else "h11", lifespan="on",
+            # our httptools protocol with the head deadline and the connection cap
+            # (validator/connections.py); X-Forwarded-For only from trusted_proxies
+            http=guarded_protocol(guard), lifespan="on",
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=list(settings.trusted_proxies) or None,
             access_log=False, log_config=None, log_level=log_level, server_header=False,
             timeout_graceful_shutdown=graceful_timeout, backlog=2048)
         server = _Server(config, None if on_ready is None else lambda: on_ready(url))
