@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# `make demo` needs only the runtime (and the RADIUS and console extras it shows)
+DEMO   := $(VENV)/.demo
 
-.PHONY: test demo bench lint clean debian-deps
+.PHONY: test demo bench lint clean debian-deps dist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,16 +24,26 @@ debian-deps:
 test: $(STAMP) debian-deps
 	$(PY) -m pytest -q
 
-demo: $(STAMP)
+$(DEMO): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[radius,ui]'
+	touch $(DEMO)
+
+demo: $(DEMO)
 	$(VENV)/bin/foblab demo
+
+# The sdist and the wheel an operator installs (docs/operations.md), in dist/.
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --sdist --wheel --outdir dist .
 
 bench: $(STAMP)
 	$(PY) -m bench
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check protocol firmware_sim validator tools tests bench
+	$(VENV)/bin/ruff check protocol firmware_sim validator tools foblab tests bench
 	$(VENV)/bin/mypy --strict protocol
-	$(VENV)/bin/mypy firmware_sim validator tools
+	$(VENV)/bin/mypy firmware_sim validator tools foblab
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

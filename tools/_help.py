@@ -92,9 +92,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                               "127.0.0.1:1812 --secret-file vpn.secret --json"),
     "validator aws-keys": ("foblab validator aws-keys create --dir lab",),
     "validator aws-keys create": ("foblab validator aws-keys create --dir lab",
-                                  "foblab validator aws-keys create --dir lab --json"),
+                                  "foblab validator aws-keys create --dir lab --user alice"),
     "validator aws-keys list": ("foblab validator aws-keys list --dir lab",),
     "validator aws-keys delete": ("foblab validator aws-keys delete AKIA... --dir lab",),
+    "validator aws-keys sessions": ("foblab validator aws-keys sessions --dir lab",
+                                    "foblab validator aws-keys sessions --dir lab --revoke "
+                                    "ASIA..."),
     "scenario": ("foblab scenario run scenarios/*.toml", "foblab scenario study"),
     "scenario run": ("foblab scenario run scenarios/*.toml -q --junit out.xml",
                      "foblab scenario run scenarios/replay-attempt.toml --live --url "

@@ -1,4 +1,5 @@
-"""`foblab validator aws-keys create|list|delete`: the access keys of the AWS endpoint.
+"""`foblab validator aws-keys create|list|delete|sessions`: the access keys of the AWS
+endpoint, and the STS sessions they issued.
 
 Works directly on the validator's SQLite file (WAL lets it while the daemon runs): the
 daemon checks every request's SigV4 signature against these keys. The secret access key is
@@ -18,6 +19,9 @@ from typing import Any
 import click
 
 from tools._args import fail as _fail
+from validator import rules
+from validator.aws.endpoint import USER_NAME_MAX
+from validator.aws.params import USER as USER_NAME
 from validator.aws.store import AwsStore
 from validator.config import CONFIG_NAME, ConfigError, load
 from validator.secrets_box import KeyFileError, SecretBox
@@ -71,19 +75,29 @@ def aws_keys() -> None:
     """Access keys for the AWS-compatible endpoint (/aws)."""
 
 
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @aws_keys.command()
 @_where
+@click.option("--user", help="Bind the key to this one user: it may then manage only this "
+              "user's MFA devices (AWS's self-service MFA policy).")
 @click.option("--json", "as_json", is_flag=True, help="Print the new key as JSON.")
 def create(directory: Path | None, db: Path | None, key_file: Path | None,
-           as_json: bool) -> None:
+           user: str | None, as_json: bool) -> None:
     """Create an access key; its secret is printed this once."""
+    if user is not None and not USER_NAME.fullmatch(user):
+        _fail(f"--user must be {rules.USER.requirement(USER_NAME_MAX)}")
     with _store(directory, db, key_file) as store:
-        akid, secret = store.create_key(time.time())
+        akid, secret = store.create_key(time.time(), user=user)
     if as_json:
-        click.echo(json.dumps({"access_key_id": akid, "secret_access_key": secret}))
+        click.echo(json.dumps({"access_key_id": akid, "secret_access_key": secret,
+                               "user": user}))
     else:
         click.echo(f"access key id      {akid}\nsecret access key  {secret}\n"
-                   "(the secret is not shown again)")
+                   + (f"bound to user      {user}\n" if user else "")
+                   + "(the secret is not shown again)")
 
 
 @aws_keys.command("list")
@@ -95,12 +109,12 @@ def list_(directory: Path | None, db: Path | None, key_file: Path | None,
     with _store(directory, db, key_file) as store:
         keys = store.list_keys()
     if as_json:
-        click.echo(json.dumps([{"access_key_id": k.access_key_id, "created": k.created}
-                               for k in keys]))
+        click.echo(json.dumps([{"access_key_id": k.access_key_id, "created": k.created,
+                                "user": k.user} for k in keys]))
         return
     for k in keys:
-        created = datetime.fromtimestamp(k.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        click.echo(f"{k.access_key_id}  created {created}")
+        bound = f"  user {k.user}" if k.user else ""
+        click.echo(f"{k.access_key_id}  created {_utc(k.created)}{bound}")
     if not keys:
         click.echo("no access keys")
 
@@ -110,8 +124,47 @@ def list_(directory: Path | None, db: Path | None, key_file: Path | None,
 @click.argument("access_key_id")
 def delete(directory: Path | None, db: Path | None, key_file: Path | None,
            access_key_id: str) -> None:
-    """Delete an access key: requests signed with it are refused from now on."""
+    """Delete an access key and revoke the sessions it issued: requests signed with either
+    are refused from now on."""
     with _store(directory, db, key_file) as store:
-        if not store.delete_key(access_key_id):
-            _fail(f"no access key {access_key_id}")
-    click.echo(f"deleted {access_key_id}")
+        revoked = store.delete_key(access_key_id)
+    if revoked is None:
+        _fail(f"no access key {access_key_id}")
+    click.echo(f"deleted {access_key_id}; {revoked} session(s) revoked")
+
+
+@aws_keys.command()
+@_where
+@click.option("--revoke", "revoke", multiple=True, metavar="ASIA...",
+              help="Revoke this session (repeatable).")
+@click.option("--revoke-key", metavar="AKIA...",
+              help="Revoke every session this access key issued.")
+@click.option("--revoke-all", is_flag=True, help="Revoke every session.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def sessions(directory: Path | None, db: Path | None, key_file: Path | None,
+             revoke: tuple[str, ...], revoke_key: str | None, revoke_all: bool,
+             as_json: bool) -> None:
+    """List the STS sessions that have not expired (never their secrets), or revoke some:
+    requests signed with a revoked session are refused from then on."""
+    if sum((bool(revoke), revoke_key is not None, revoke_all)) > 1:
+        _fail("give one of --revoke, --revoke-key, --revoke-all")
+    with _store(directory, db, key_file) as store:
+        if revoke or revoke_key is not None or revoke_all:
+            n = store.revoke_sessions(list(revoke) if revoke else None, parent=revoke_key)
+            if as_json:
+                click.echo(json.dumps({"revoked": n}))
+            else:
+                click.echo(f"{n} session(s) revoked")
+            return
+        found = store.list_sessions(time.time())
+    if as_json:
+        click.echo(json.dumps([{"access_key_id": s.access_key_id, "parent": s.parent,
+                                "mfa": s.mfa, "user": s.user, "serial": s.serial,
+                                "created": s.created, "expires": s.expires} for s in found]))
+        return
+    for s in found:
+        mfa = f"mfa {s.serial} ({s.user})" if s.mfa else "no mfa (no IAM action)"
+        click.echo(f"{s.access_key_id}  from {s.parent or '?'}  {mfa}  "
+                   f"expires {_utc(s.expires)}")
+    if not found:
+        click.echo("no sessions")

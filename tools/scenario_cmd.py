@@ -25,6 +25,9 @@ from tools._vocab import warn_renamed
 from tools.scenario import report
 from tools.scenario.engine import EventResult, RunResult, run_in_process, scenario_serial
 from tools.scenario.spec import Scenario, ScenarioError, load
+from tools.scenario.study import POPULATIONS
+
+POPULATION_NAMES = tuple(POPULATIONS)
 
 
 def _fail(message: str, status: int = 2) -> NoReturn:
@@ -160,32 +163,38 @@ def _read_key_file(path: Path) -> str:
 
 
 @scenario.command()
+@click.option("--population", default="default", show_default=True,
+              type=click.Choice(["all", *POPULATION_NAMES]),
+              help="A population of docs/scenarios.md; `all` runs each in turn and prints "
+                   "one summary. The options below change it.")
 @click.option("--tokens", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
 @click.option("--years", type=click.FloatRange(0.01, 50), default=3.0, show_default=True)
-@click.option("--interval", "interval_days", type=click.FloatRange(0.01, 3650), default=7.0,
-              show_default=True, help="Mean days between a token's logins (exponential).")
-@click.option("--regular", is_flag=True, help="Log in every --interval days exactly instead.")
-@click.option("--hours", type=(float, float), default=(7.0, 22.0), show_default=True,
-              help="Logins happen at a random time of day between these hours (UTC).")
-@click.option("--typing", type=(float, float), default=(1.0, 5.0), show_default=True,
-              help="Seconds from reading a code to its arrival: uniform between these.")
-@click.option("--ppm-sd", type=float, default=2.0, show_default=True,
-              help="Crystal error: N(0, this) ppm ...")
-@click.option("--ppm-clip", type=float, default=20.0, show_default=True,
-              help="... clipped to ± this.")
-@click.option("--temp", "temp_mean", type=float, default=22.0, show_default=True,
-              help="Mean of the tokens' temperatures, °C (N(this, --temp-sd)).")
-@click.option("--temp-sd", type=float, default=4.0, show_default=True)
-@click.option("--temp-swing", type=float, default=3.0, show_default=True,
-              help="Largest daily temperature swing, ± °C (uniform per token).")
-@click.option("--aging-sd", type=float, default=1.0, show_default=True,
-              help="Aging: N(0, this) ppm per year.")
-@click.option("--initial-offset", type=float, default=10.0, show_default=True,
-              help="Clocks are set within ± this many seconds when enabled.")
+@click.option("--interval", "interval_days", type=click.FloatRange(0.01, 3650),
+              help="Mean days between a token's logins (exponential) [default: 7].")
+@click.option("--regular", is_flag=True, default=None,
+              help="Log in every --interval days exactly instead.")
+@click.option("--hours", type=(float, float),
+              help="Logins happen at a random time of day between these hours (UTC) "
+                   "[default: 7 22].")
+@click.option("--typing", type=(float, float),
+              help="Seconds from reading a code to its arrival: uniform between these "
+                   "[default: 1 5].")
+@click.option("--ppm-sd", type=float, help="Crystal error: N(0, this) ppm ... [default: 2]")
+@click.option("--ppm-clip", type=float, help="... clipped to ± this [default: 20].")
+@click.option("--temp", "temp_mean", type=float,
+              help="Mean of the tokens' temperatures, °C (N(this, --temp-sd)) [default: 22].")
+@click.option("--temp-sd", type=float, help="[default: 4]")
+@click.option("--temp-swing", type=float,
+              help="Largest daily temperature swing, ± °C (uniform per token) [default: 3].")
+@click.option("--aging-sd", type=float, help="Aging: N(0, this) ppm per year [default: 1].")
+@click.option("--initial-offset", type=float,
+              help="Clocks are set within ± this many seconds when enabled [default: 10].")
 @click.option("--zero-drift", is_flag=True,
               help="Perfect clocks and instant typing: every policy must accept all.")
 @click.option("--window", type=click.IntRange(0, 10), default=1, show_default=True,
-              help="TOTP steps searched either side of the believed step.")
+              help="TOTP steps searched either side of the believed step (foblab: at least).")
+@click.option("--max-window", type=click.IntRange(0, 10), default=4, show_default=True,
+              help="foblab's largest window, ± steps.")
 @click.option("--rng-seed", "seed", type=int, default=1, show_default=True,
               help="Seed of the random generator: the same seed, the same population.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
@@ -193,33 +202,46 @@ def _read_key_file(path: Path) -> str:
               help="Write a PNG: offset against time for sample tokens (needs matplotlib).")
 @click.option("--samples", type=click.IntRange(1, 20), default=6, show_default=True,
               help="Sample tokens drawn in the plot.")
-def study(tokens: int, years: float, interval_days: float, regular: bool,
-          hours: tuple[float, float], typing: tuple[float, float], ppm_sd: float,
-          ppm_clip: float, temp_mean: float, temp_sd: float, temp_swing: float,
-          aging_sd: float, initial_offset: float, zero_drift: bool, window: int, seed: int,
-          as_json: bool, plot: Path | None, samples: int) -> None:
-    """Monte Carlo drift study: the foblab tracker against the whole-step (privacyIDEA,
-    LinOTP) and sync-only (FreeIPA) policies, on the same token population, through the
-    real validator core."""
-    from tools.scenario.study import StudyParams, run_study, table
+def study(population: str, tokens: int, years: float, interval_days: float | None,
+          regular: bool | None, hours: tuple[float, float] | None,
+          typing: tuple[float, float] | None, ppm_sd: float | None, ppm_clip: float | None,
+          temp_mean: float | None, temp_sd: float | None, temp_swing: float | None,
+          aging_sd: float | None, initial_offset: float | None, zero_drift: bool,
+          window: int, max_window: int, seed: int, as_json: bool, plot: Path | None,
+          samples: int) -> None:
+    """Monte Carlo drift study: the foblab tracker against privacyIDEA's default TOTP
+    check, whole-step (LinOTP, privacyIDEA at ±1) and sync-only (FreeIPA), on the same
+    token population."""
+    from tools.scenario.study import StudyParams, run_study, summary, table
     from tools.scenario.study import plot as draw
 
-    fields: dict[str, Any] = dict(
-        tokens=tokens, years=years, interval_days=interval_days, regular=regular,
-        day_start_h=hours[0], day_end_h=hours[1], typing_min_s=typing[0],
-        typing_max_s=typing[1], ppm_sd=ppm_sd, ppm_clip=ppm_clip, temp_mean_c=temp_mean,
-        temp_sd_c=temp_sd, temp_swing_c=temp_swing, aging_sd=aging_sd,
-        initial_offset_s=initial_offset, window=window, seed=seed, samples=samples)
+    given: dict[str, Any] = dict(
+        interval_days=interval_days, regular=regular,
+        day_start_h=None if hours is None else hours[0],
+        day_end_h=None if hours is None else hours[1],
+        typing_min_s=None if typing is None else typing[0],
+        typing_max_s=None if typing is None else typing[1], ppm_sd=ppm_sd,
+        ppm_clip=ppm_clip, temp_mean_c=temp_mean, temp_sd_c=temp_sd,
+        temp_swing_c=temp_swing, aging_sd=aging_sd, initial_offset_s=initial_offset)
+    fields: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    fields.update(tokens=tokens, years=years, window=window, max_window=max_window,
+                  seed=seed, samples=samples)
+    names = list(POPULATIONS) if population == "all" else [population]
     try:
         if zero_drift:
-            for key in ("ppm_sd", "temp_mean_c", "temp_sd_c", "temp_swing_c", "aging_sd",
-                        "initial_offset_s", "typing_min_s", "typing_max_s"):
-                fields.pop(key)
-            params = StudyParams.zero_drift(**fields)
+            zero = StudyParams.zero_drift()
+            base = {k: getattr(zero, k) for k in (
+                "ppm_sd", "temp_mean_c", "temp_sd_c", "temp_swing_c", "aging_sd",
+                "initial_offset_s", "typing_min_s", "typing_max_s")}
+            runs: list[tuple[str | None, StudyParams]] = [
+                (None, StudyParams(**{**base, **fields}))]
         else:
-            params = StudyParams(**fields)
+            runs = [(name, StudyParams(**{**POPULATIONS[name][1], **fields}))
+                    for name in names]
     except ValueError as exc:
         _fail(str(exc))
+    if plot is not None and len(runs) > 1:
+        _fail("--plot draws one population: name it with --population")
     if plot is not None:  # fail before the work, not after
         try:
             import matplotlib  # noqa: F401
@@ -227,20 +249,24 @@ def study(tokens: int, years: float, interval_days: float, regular: bool,
             _fail("--plot needs matplotlib: pip install 'foblab[plot]' "
                   "(or .venv/bin/pip install matplotlib)")
         _check_output(plot, "--plot")
-    with bar(params.tokens, f"study: {params.tokens:,} tokens, {params.years:g} years",
+    total = sum(params.tokens for _, params in runs)
+    with bar(total, f"study: {total:,} tokens, {runs[0][1].years:g} years",
              show=wanted(as_json=as_json)) as advance:
-        result = run_study(params, on_token=advance)
+        results = [run_study(params, name, on_token=advance) for name, params in runs]
     if plot is not None:
         try:
-            draw(result, str(plot))
+            draw(results[0], str(plot))
         except (RuntimeError, OSError) as exc:
             _fail(str(exc))
     if as_json:
-        doc = result.to_json()
+        docs = [r.to_json() for r in results]
+        doc: dict[str, Any] = docs[0] if len(docs) == 1 else {"populations": docs}
         if plot is not None:
             doc["plot"] = str(plot)
         click.echo(json.dumps(doc, indent=1))
     else:
-        click.echo(table(result))
+        click.echo("\n\n".join(table(r) for r in results))
+        if len(results) > 1:
+            click.echo("\n" + summary(results))
         if plot is not None:
             click.echo(f"plot: {plot}")

@@ -26,7 +26,9 @@ from starlette.routing import BaseRoute, Route
 from validator import api_schema as S
 from validator.apikeys import KeyRing
 from validator.config import Settings
+from validator.connections import ConnectionGuard
 from validator.http.decoding import Api, Endpoint
+from validator.http.metrics import Metrics
 from validator.http.middleware import Observe, error_response
 from validator.http.operations import operations
 from validator.service import Validator
@@ -66,13 +68,14 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
                stations: dict[str, Station] | None = None, aws: Any | None = None,
-               on_shutdown: Callable[[], None] | None = None) -> Starlette:
+               on_shutdown: Callable[[], None] | None = None,
+               connections: ConnectionGuard | None = None) -> Starlette:
     """The ASGI application. `aws`: an object with `async handle(request)` mounted at /aws
     (default: `validator.aws.AwsEndpoint` when that package exists)."""
     if stations is None:
         stations = {name: Station(name, url, timeout=settings.station_timeout)
                     for name, url in settings.stations.items()}
-    api = Api(validator, keys, settings, stations)
+    api = Api(validator, keys, settings, stations, metrics=Metrics(connections))
     ops = operations()
     routes: list[BaseRoute] = []
     for op in ops:

@@ -17,6 +17,9 @@
     min_secret_bytes = 16              # every token's seed; 10 for a legacy fleet
     station_timeout = 2.0              # seconds to wait for a token's reply on a station
     access_log = true
+    head_timeout = 5.0                 # seconds a connection has to send a request head
+    max_connections = 1024             # open connections; idle ones are shed beyond it
+    trusted_proxies = []               # addresses/networks whose X-Forwarded-For counts
     ui = true                          # the web console at /ui/ (needs the `ui` extra)
     ui_session_seconds = 3600          # a console sign-in lasts this long
 
@@ -88,6 +91,9 @@ class Settings:
     min_secret_bytes: int = MIN_SECRET_BYTES
     station_timeout: float = 2.0
     access_log: bool = True
+    head_timeout: float = 5.0
+    max_connections: int = 1024
+    trusted_proxies: tuple[str, ...] = ()
     ui: bool = True
     ui_session_seconds: float = 3600.0
     policy: Policy = field(default_factory=Policy)
@@ -186,7 +192,8 @@ _DEFAULT_FILES = {"database": "validator.db", "seed_key_file": "seed.key",
 _SCALARS: dict[str, type] = {"host": str, "port": int, "durability": str,
                              "max_body_bytes": int, "max_import_bytes": int,
                              "station_timeout": float, "access_log": bool, "ui": bool,
-                             "ui_session_seconds": float,
+                             "ui_session_seconds": float, "head_timeout": float,
+                             "max_connections": int,
                              "import_max_depth": int, "import_max_elements": int,
                              "import_max_keys": int, "import_max_field_chars": int,
                              "min_secret_bytes": int}
@@ -203,6 +210,20 @@ def _typed(section: str, key: str, value: Any, kind: type) -> Any:
     return value
 
 
+def _proxies(raw: Any) -> tuple[str, ...]:
+    """The trusted proxies: IP addresses or networks, each checked."""
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        raise ConfigError("[validator] trusted_proxies must be a list of addresses or "
+                          "networks, e.g. [\"127.0.0.1\", \"10.0.0.0/8\"]")
+    for entry in raw:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"[validator] trusted_proxies: {entry!r} is not an IP address "
+                              "or network") from None
+    return tuple(raw)
+
+
 def check_station(name: str, url: str) -> None:
     if not rules.STATION.matches(name):
         raise ConfigError(f"station name {name!r} must be {rules.STATION.requirement()}")
@@ -217,7 +238,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
     main = dict(data.get("validator", {}))
-    extra = set(main) - set(_FILE_KEYS) - set(_SCALARS)
+    extra = set(main) - set(_FILE_KEYS) - set(_SCALARS) - {"trusted_proxies"}
     if extra:
         raise ConfigError(f"unknown key(s) in [validator]: {', '.join(sorted(extra))}")
     values: dict[str, Any] = {}
@@ -249,6 +270,11 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
                           f"to {MAX_SECRET_BYTES}")
     if values.get("station_timeout", 1.0) <= 0:
         raise ConfigError("[validator] station_timeout must be positive")
+    if not 0 < values.get("head_timeout", 1.0) <= 3600:
+        raise ConfigError("[validator] head_timeout must be more than 0 and at most 3600 s")
+    if values.get("max_connections", 1) < 1:
+        raise ConfigError("[validator] max_connections must be at least 1")
+    values["trusted_proxies"] = _proxies(main.get("trusted_proxies", []))
     if not 1 <= values.get("ui_session_seconds", 60.0) <= 30 * 86_400:
         raise ConfigError("[validator] ui_session_seconds must be 1 to 2592000 (30 days)")
 
@@ -294,12 +320,13 @@ def load(path: str | Path) -> Settings:
 
 def default_document(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> dict[str, Any]:
     """What `init` writes: every [validator] key with its default, empty [stations]."""
-    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}
     scalars = {key: defaults[key] for key in _SCALARS}
     scalars.update(host=host, port=port, durability=Durability.NORMAL.value.lower())
     policy = Policy()
     return {
-        "validator": {**_DEFAULT_FILES, **scalars},
+        "validator": {**_DEFAULT_FILES, **scalars,
+                      "trusted_proxies": list(defaults["trusted_proxies"])},
         "policy": {key: getattr(policy, key) for key in _WRITTEN_POLICY},
         "stations": {},
         "aws": {},

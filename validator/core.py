@@ -51,6 +51,16 @@ class Policy:
     the drift tracker's feasible bounds, a refused code is also compared with (nearest
     first). A match is still refused; it only tells the tracker where the clock is (see
     `verify`). 0 turns this off.
+    `max_window`: TOTP, tracking policy: the window is sized by what the tracker knows
+    (`window_rate_ppm`, `window_rate_change_ppm`: see `verify`), never less than ±`window`
+    and never more than ±`max_window` steps around the believed step. `max_window <=
+    window` gives a fixed ±`window`.
+    `window_rate_ppm`: the realistic bound on a token clock's rate (crystal, temperature
+    and aging together) the window assumes unless the token's own codes show more.
+    `window_rate_change_ppm`: how far the rate may have moved since the newest code
+    (temperature, aging): the window grows by this times the time since;
+    `window_unsteady_ppm` instead for a token whose rate has been seen to change (a code
+    contradicted its history within the last year: a token in a car through the seasons).
     """
 
     window: int = 1
@@ -67,12 +77,21 @@ class Policy:
     max_rate_ppm: float = 100.0
     history: int = 32
     near_miss_steps: int = 8
+    max_window: int = 4
+    window_rate_ppm: float = 50.0
+    window_rate_change_ppm: float = 1.0
+    window_unsteady_ppm: float = 10.0
 
     def __post_init__(self) -> None:
         if self.window < 0 or self.hotp_lookahead < 0 or self.max_failures < 1 or \
-                self.near_miss_steps < 0:
-            raise ValueError("window, hotp_lookahead, near_miss_steps must be >= 0 and "
-                             "max_failures >= 1")
+                self.near_miss_steps < 0 or self.max_window < 0:
+            raise ValueError("window, max_window, hotp_lookahead, near_miss_steps must be "
+                             ">= 0 and max_failures >= 1")
+        if not all(0 <= v <= 10_000 for v in (self.window_rate_ppm,
+                                              self.window_rate_change_ppm,
+                                              self.window_unsteady_ppm)):
+            raise ValueError("window_rate_ppm, window_rate_change_ppm and "
+                             "window_unsteady_ppm must be within 0-10000")
         if self.lock_base <= 0 or self.lock_cap < self.lock_base or self.history < 1:
             raise ValueError("lock_base > 0, lock_cap >= lock_base and history >= 1 required")
 
@@ -159,7 +178,10 @@ class Decision:
     `retry_after` the seconds to wait when `reason` is `locked`. `near_miss`: a refused
     TOTP code matched this step just outside the window, where the drift tracker says the
     token's clock may be (see `_near_miss`); a door may ask for the next code to complete
-    an automatic resynchronisation. None otherwise.
+    an automatic resynchronisation. None otherwise. `window` is the guessing surface of
+    this decision: how many steps (TOTP) or counters (HOTP) a code would have been
+    accepted at (those at or before the watermark excluded); for a resync or enable, how
+    many pairs were searched; 0 when the token was locked.
     """
 
     reason: Reason
@@ -167,10 +189,22 @@ class Decision:
     matched: int | None = None
     retry_after: float = 0.0
     near_miss: int | None = None
+    _window: int = 0
+    """The window, or -1: work it out from `_basis` when asked (the accept fast path)."""
+    _basis: tuple[TokenState, float, float, Policy] | None = field(
+        default=None, compare=False, hash=False, repr=False)
 
     @property
     def accepted(self) -> bool:
         return self.reason is _ACCEPTED
+
+    @property
+    def window(self) -> int:
+        if self._window < 0 and self._basis is not None:
+            state, now, center, policy = self._basis
+            self._window = _surface(state, *window_steps(state, now, center, policy))
+            self._basis = None
+        return self._window
 
 
 # Module constants: identity tests against these skip the enum classes' attribute lookups.
@@ -236,72 +270,94 @@ def _fail(state: TokenState, reason: Reason, now: float, policy: Policy) -> Deci
     return Decision(reason, record_failure(state, now, policy))
 
 
-def _order(center: float, window: int) -> list[int]:
-    """Steps within `window` of the step holding `center` (in steps), nearest first."""
+def _order(center: float, first: int, last: int) -> list[int]:
+    """Steps `first..last`, nearest the step holding `center` (in steps) first."""
+    return sorted(range(first, last + 1), key=lambda s: abs(s + 0.5 - center))
+
+
+def window_steps(state: TokenState, now: float, center: float,
+                 policy: Policy = DEFAULT_POLICY) -> tuple[int, int]:
+    """The TOTP steps `[first, last]` a code arriving at `now` is accepted at, for a belief
+    `center` (the believed step, fractional).
+
+    ±`window` around the believed step, widened (tracking policy only) to every step where
+    the token's clock can realistically be (`Drift.reach`: the tracker's feasible set under
+    `window_rate_ppm`, grown by `window_rate_change_ppm` times the time since the newest
+    code), but never beyond ±`max_window`. A token whose rate is well learnt gets
+    ±`window`; a young one, or one back from a long absence, what it needs.
+    """
+    w = policy.window if state.window is None else state.window
     base = int(center // 1)
-    frac = center - base
-    steps = [base]
-    for k in range(1, window + 1):
-        if frac >= 0.5:
-            steps += [base + k, base - k]
-        else:
-            steps += [base - k, base + k]
-    return steps
+    first, last = base - w, base + w
+    cap = policy.max_window
+    drift = state.drift
+    if cap > w and drift.poly and policy.drift_policy is _TRACKING:
+        lo, hi = drift.reach(now, policy.window_rate_ppm * 1e-6,
+                             policy.window_rate_change_ppm * 1e-6,
+                             policy.window_unsteady_ppm * 1e-6)
+        period, t0 = state.period, state.t0
+        # Steps whose offset interval [sP+T0-now, (s+1)P+T0-now+D) meets [lo, hi].
+        low = int((lo + now - t0 - policy.typing_allowance) // period)
+        high = int((hi + now - t0) // period)
+        if low < first:
+            first = low if low > base - cap else base - cap
+        if high > last:
+            last = high if high < base + cap else base + cap
+    return first, last
+
+
+def _surface(state: TokenState, first: int, last: int) -> int:
+    """How many of the steps `first..last` a code can still be accepted at."""
+    wm = state.watermark
+    floor = 0 if wm is None else wm + 1
+    n = last - (first if first > floor else floor) + 1
+    return n if n > 0 else 0
 
 
 def verify(state: TokenState, key: bytes, code: str, now: float,
            policy: Policy = DEFAULT_POLICY) -> Decision:
     """Check one code. Refuses malformed codes without any HMAC, and locked tokens without
     looking at the code, and expired tokens without either (an expiry is no failure: it is
-    not counted). Accepting moves the watermark to the matched step or counter."""
+    not counted). Accepting moves the watermark to the matched step or counter.
+
+    The fast version of `verify_reference` (which says the same plainly; a property test
+    holds them equal): the common case, a synced token's current code, costs one HMAC, and
+    its decision works out its `window` only when asked.
+    """
     if state.expires is not None and now >= state.expires:
         return Decision(Reason.EXPIRED, state)
     if state.locked_until > now:
         return Decision(Reason.LOCKED, state, None, state.locked_until - now)
-    digits = state.digits
-    if len(code) != digits or not code.isascii() or not code.isdigit():
-        return _fail(state, _INVALID, now, policy)
     if state.kind is _HOTP:
         return _verify_hotp(state, key, code, now, policy)
-
     period = state.period
     t0 = state.t0
-    hash_ = state.hash
     watermark = state.watermark
+    drift = state.drift
     # The code on display was read up to `typing_allowance` seconds before it arrived.
     shown = now - policy.typing_allowance / 2
-    center = (shown + state.drift.predict(shown) - t0) / period
+    center = (shown + drift.predict(shown) - t0) / period
+    digits = state.digits
+    if len(code) != digits or not code.isascii() or not code.isdigit():
+        first, last = window_steps(state, now, center, policy)
+        return Decision(_INVALID, record_failure(state, now, policy), None, 0.0, None,
+                        _surface(state, first, last))
     base = int(center // 1)
     # The common case, a synced token's current code: one HMAC, then the accepted state.
+    # (The window always holds the believed step, whatever its size.)
     if base > (-1 if watermark is None else watermark) and _compare(
-            truncate(digest(key, pack_counter(base), hash_), digits), code):
+            truncate(digest(key, pack_counter(base), state.hash), digits), code):
         if policy.drift_policy is _TRACKING:  # `_observe`, inlined
             lo = base * period + t0 - now
-            drift = _track(state.drift, now, lo, lo + period + policy.typing_allowance,
+            drift = _track(drift, now, lo, lo + period + policy.typing_allowance,
                            policy.max_rate_ppm * 1e-6, policy.history)
         else:
             drift = _observe(state, base, now, policy)
-        return Decision(_ACCEPTED, _accepted_state(state, base, drift), base)
-    window = policy.window if state.window is None else state.window
-    replayed = False
-    for step in _order(center, window):
-        if step < 0:  # before T0: no such code
-            continue
-        if hmac.compare_digest(hotp(key, step, digits, hash_), code):
-            if watermark is not None and step <= watermark:
-                replayed = True
-                continue
-            return _accept(state, step, now, policy)
-    if replayed:
-        return _fail(state, Reason.REPLAYED, now, policy)
-    if policy.near_miss_steps and policy.drift_policy is DriftPolicy.TRACKING and \
-            state.drift.poly:
-        learnt = _near_miss(state, key, code, now, center, window, policy)
-        if learnt is not None:
-            drift, step = learnt
-            return Decision(_INVALID, record_failure(replace(state, drift=drift), now, policy),
-                            near_miss=step)
-    return _fail(state, Reason.INVALID_CODE, now, policy)
+        return Decision(_ACCEPTED, _accepted_state(state, base, drift), base, 0.0, None, -1,
+                        (state, now, center, policy))
+    first, last = window_steps(state, now, center, policy)
+    return _search(state, key, code, now, policy, center, first, last,
+                   _surface(state, first, last))
 
 
 def verify_reference(state: TokenState, key: bytes, code: str, now: float,
@@ -309,62 +365,98 @@ def verify_reference(state: TokenState, key: bytes, code: str, now: float,
     """`verify` written plainly, as the specification its fast path is held to.
 
     `verify` inlines the common case (a synced token's current code: one HMAC, the drift
-    update and the new state built without `__init__`), which a benchmark shows pays
-    (docs/benchmarks.md). This version has none of that: every step of the window, nearest
-    first, through `hotp` and `replace`, the drift through `drift.observe`. A property test
-    (tests/validator/test_reference.py) checks both decide alike for any state, code, time
-    and policy.
+    update and the new state built without `__init__`, its window worked out only when
+    asked), which a benchmark shows pays (docs/benchmarks.md). This version has none of
+    that: every step of the window, nearest first, through `hotp` and `replace`, the drift
+    through `_observe` (whose tracking path, `drift.track`, has its own reference in
+    validator/drift.py). Property tests (tests/validator/test_reference.py,
+    tests/validator/test_window.py) check both decide alike for any state, code, time and
+    policy.
     """
     if state.expires is not None and now >= state.expires:
         return Decision(Reason.EXPIRED, state)
     if state.locked_until > now:
         return Decision(Reason.LOCKED, state, None, state.locked_until - now)
-    if not well_formed(code, state.digits):
-        return _fail(state, Reason.INVALID_CODE, now, policy)
     if state.kind is Kind.HOTP:
         return _verify_hotp(state, key, code, now, policy)
     shown = now - policy.typing_allowance / 2
     center = (shown + state.drift.predict(shown) - state.t0) / state.period
-    window = policy.window if state.window is None else state.window
+    first, last = window_steps(state, now, center, policy)
+    surface = _surface(state, first, last)
+    if not well_formed(code, state.digits):
+        return Decision(Reason.INVALID_CODE, record_failure(state, now, policy), None, 0.0,
+                        None, surface)
     replayed = False
-    for step in _order(center, window):
+    for step in _order(center, first, last):
         if step < 0 or not hmac.compare_digest(hotp(key, step, state.digits, state.hash),
                                                code):
             continue
         if state.watermark is not None and step <= state.watermark:
             replayed = True
             continue
-        obs = _drift.interval(step, now, state.period, state.t0, policy.typing_allowance)
-        drift = _drift.observe(state.drift, obs, policy=policy.drift_policy,
-                               period=state.period, max_rate=policy.max_rate_ppm * 1e-6,
-                               history=policy.history)
+        drift = _observe(state, step, now, policy)
         return Decision(Reason.ACCEPTED, replace(state, watermark=step, drift=drift,
-                                                 failures=0, locked_until=0.0), step)
+                                                 failures=0, locked_until=0.0),
+                        step, 0.0, None, surface)
     if replayed:
-        return _fail(state, Reason.REPLAYED, now, policy)
+        return Decision(Reason.REPLAYED, state, None, 0.0, None, surface)
     if policy.near_miss_steps and policy.drift_policy is DriftPolicy.TRACKING and \
             state.drift.poly:
-        learnt = _near_miss(state, key, code, now, center, window, policy)
+        learnt = _near_miss(state, key, code, now, center, first, last, policy)
         if learnt is not None:
             drift, step = learnt
             return Decision(Reason.INVALID_CODE,
                             record_failure(replace(state, drift=drift), now, policy),
-                            near_miss=step)
-    return _fail(state, Reason.INVALID_CODE, now, policy)
+                            None, 0.0, step, surface)
+    return Decision(Reason.INVALID_CODE, record_failure(state, now, policy), None, 0.0, None,
+                    surface)
+
+
+def _search(state: TokenState, key: bytes, code: str, now: float, policy: Policy,
+            center: float, first: int, last: int, surface: int) -> Decision:
+    """Every step of the window, nearest the belief first; then near misses."""
+    digits, hash_, watermark = state.digits, state.hash, state.watermark
+    replayed = False
+    for step in _order(center, first, last):
+        if step < 0:  # before T0: no such code
+            continue
+        if hmac.compare_digest(hotp(key, step, digits, hash_), code):
+            if watermark is not None and step <= watermark:
+                replayed = True
+                continue
+            decision = _accept(state, step, now, policy)
+            decision._window = surface
+            return decision
+    if replayed:
+        return Decision(Reason.REPLAYED, state, None, 0.0, None, surface)
+    if policy.near_miss_steps and policy.drift_policy is DriftPolicy.TRACKING and \
+            state.drift.poly:
+        learnt = _near_miss(state, key, code, now, center, first, last, policy)
+        if learnt is not None:
+            drift, step = learnt
+            return Decision(_INVALID, record_failure(replace(state, drift=drift), now, policy),
+                            None, 0.0, step, surface)
+    return Decision(Reason.INVALID_CODE, record_failure(state, now, policy), None, 0.0, None,
+                    surface)
 
 
 def _verify_hotp(state: TokenState, key: bytes, code: str, now: float,
                  policy: Policy) -> Decision:
     digits = state.digits
     hash_ = state.hash
+    surface = policy.hotp_lookahead + 1
+    if not well_formed(code, digits):
+        return Decision(_INVALID, record_failure(state, now, policy), None, 0.0, None, surface)
     first = state.next_counter
     for counter in range(first, first + policy.hotp_lookahead + 1):
         if hmac.compare_digest(hotp(key, counter, digits, hash_), code):
-            return _accept(state, counter, now, policy)
+            decision = _accept(state, counter, now, policy)
+            decision._window = surface
+            return decision
     for counter in range(max(0, first - 1 - policy.hotp_lookahead), first):
         if hmac.compare_digest(hotp(key, counter, digits, hash_), code):
-            return _fail(state, Reason.REPLAYED, now, policy)
-    return _fail(state, Reason.INVALID_CODE, now, policy)
+            return Decision(Reason.REPLAYED, state, None, 0.0, None, surface)
+    return Decision(_INVALID, record_failure(state, now, policy), None, 0.0, None, surface)
 
 
 def _observe(state: TokenState, step: int, now: float, policy: Policy) -> Drift:
@@ -381,47 +473,50 @@ def _observe(state: TokenState, step: int, now: float, policy: Policy) -> Drift:
 
 
 def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: float,
-               window: int, policy: Policy) -> tuple[Drift, int] | None:
+               first_ok: int, last_ok: int, policy: Policy) -> tuple[Drift, int] | None:
     """The drift after a refused code that matches a step just outside the window, and
     that step.
 
-    A token refused once because its clock has moved to the window's edge (early on, while
-    its rate is unknown) would be refused again next time: a refused code teaches nothing.
-    So a code that fails the window is also compared with up to `near_miss_steps` steps
-    outside it, nearest first, but only steps after the watermark and within the tracker's
-    feasible bounds at `now` (where the clock can physically be, given the observations and
-    the rate limit). A match is *not* accepted (the window never widens); the observation
-    only narrows the feasible set, so the next code is predicted where the clock really is.
+    A token refused once because its clock has moved past the window's edge (early on,
+    while its rate is unknown; or when its rate has changed: a token brought in from a cold
+    car) would be refused again next time: a refused code teaches nothing. So a code that
+    fails the window is also compared with up to `near_miss_steps` steps outside it, after
+    the watermark, nearest the belief first, where the clock can physically be
+    (`Drift.possible`: the newest code's interval, grown at the ±`max_rate_ppm` limit
+    since, whatever the older codes said). A match is *not* accepted; the observation
+    goes to the tracker (`drift.learn`): it narrows the feasible set if it agrees with it,
+    and if it does not (the rate changed since the kept codes), the set is rebuilt from it
+    and the newest kept codes that agree, as an accepted contradicting code does. The next
+    code is then predicted where the clock really is.
 
     Why this is safe: a random guess matches one of k extra steps with probability
-    k·10^-digits, and all it can then do is move the estimate within what is physically
-    possible anyway; old (observed) codes lie at or before the watermark and are never
-    compared; the attempt still counts as a failure toward the throttle; and the reason is
-    the same `invalid_code` whether or not it matched. The HTTP and AWS doors show nothing
-    more, so they are no oracle; the RADIUS door turns a near miss into a challenge for the
-    token's next code (RFC 4226 §7.4), which only the token's holder can answer.
+    k·10^-digits, and the throttle counts every guess; a lucky one is a real code of a
+    step near the belief, so at worst the owner's next code is refused once and, being a
+    near miss itself, teaches the tracker back. Old (observed) codes lie at or before the
+    watermark and are never compared; the reason is the same `invalid_code` whether or not
+    it matched. The HTTP and AWS doors show nothing more, so they are no oracle; the RADIUS
+    door turns a near miss into a challenge for the token's next code (RFC 4226 §7.4),
+    which only the token's holder can answer.
     """
     drift = state.drift
     period, t0 = state.period, state.t0
     allowance = policy.typing_allowance
-    lo, hi = drift.bounds(now)
+    extra = policy.near_miss_steps
+    lo, hi = drift.possible(now, policy.max_rate_ppm * 1e-6)
     # Steps whose offset interval [sP+T0-now, (s+1)P+T0-now+D) meets [lo, hi].
-    first = int((lo + now - t0 - allowance) // period)
-    last = int((hi + now - t0) // period)
-    base = int(center // 1)
-    reach = window + policy.near_miss_steps
-    first = max(first, base - reach)
-    last = min(last, base + reach)
-    first = max(first, 0 if state.watermark is None else state.watermark + 1)
-    steps = [s for s in range(first, last + 1) if not base - window <= s <= base + window]
+    first = max(int((lo + now - t0 - allowance) // period), first_ok - extra,
+                0 if state.watermark is None else state.watermark + 1)
+    last = min(int((hi + now - t0) // period), last_ok + extra)
+    steps = [s for s in range(first, last + 1) if not first_ok <= s <= last_ok]
     if not steps:
         return None
     steps.sort(key=lambda s: abs(s + 0.5 - center))
     digits, hash_ = state.digits, state.hash
-    for step in steps[:policy.near_miss_steps]:
+    for step in steps[:extra]:
         if hmac.compare_digest(hotp(key, step, digits, hash_), code):
             obs = _drift.interval(step, now, period, t0, allowance)
-            return _drift.learn(drift, obs, history=policy.history), step
+            return _drift.learn(drift, obs, history=policy.history,
+                                max_rate=policy.max_rate_ppm * 1e-6), step
     return None
 
 
@@ -443,7 +538,7 @@ def resync(state: TokenState, key: bytes, code1: str, code2: str, now: float,
         return locked
     digits = state.digits
     if not (well_formed(code1, digits) and well_formed(code2, digits)):
-        return _fail(state, Reason.INVALID_CODE, now, policy)
+        return _fail(state, Reason.INVALID_CODE, now, policy)  # no pair searched: 0
     hash_ = state.hash
     lowest = state.next_counter if state.watermark is not None else None
 
@@ -456,8 +551,11 @@ def resync(state: TokenState, key: bytes, code1: str, code2: str, now: float,
         for n in range(first, first + policy.resync_counters + 1):
             if pair_at(n):
                 new = replace(state, watermark=n + 1, failures=0, locked_until=0.0)
-                return Decision(Reason.ACCEPTED, new, matched=n + 1)
-        return _fail(state, Reason.INVALID_CODE, now, policy)
+                return Decision(Reason.ACCEPTED, new, n + 1, 0.0, None,
+                                policy.resync_counters + 1)
+        failed = _fail(state, Reason.INVALID_CODE, now, policy)
+        failed._window = policy.resync_counters + 1
+        return failed
 
     period = state.period
     # The pair was read with the second code current: centre the search on it.
@@ -477,8 +575,10 @@ def resync(state: TokenState, key: bytes, code1: str, code2: str, now: float,
                                  max_rate=policy.max_rate_ppm * 1e-6,
                                  fresh=policy.fresh_allowance)
             new = replace(state, watermark=second, drift=drift, failures=0, locked_until=0.0)
-            return Decision(Reason.ACCEPTED, new, matched=second)
-    return _fail(state, Reason.REPLAYED if replayed else Reason.INVALID_CODE, now, policy)
+            return Decision(Reason.ACCEPTED, new, second, 0.0, None, 2 * reach + 1)
+    failed = _fail(state, Reason.REPLAYED if replayed else Reason.INVALID_CODE, now, policy)
+    failed._window = 2 * reach + 1
+    return failed
 
 
 def check_enable(state: TokenState, key: bytes, code1: str, code2: str, now: float,

@@ -36,6 +36,7 @@ import uvicorn
 
 from validator.apikeys import ApiKeyError, KeyRing, Role, new_key, write_key_file
 from validator.config import CONFIG_NAME, ConfigError, Settings, default_document
+from validator.connections import ConnectionGuard, guarded_protocol, raise_fd_limit
 from validator.secrets_box import KeyFileError, SecretBox
 from validator.service import Validator
 from validator.store import AuditEvent, StoreError
@@ -85,9 +86,13 @@ def init_dir(directory: Path, *, host: str = "127.0.0.1", port: int = 8700,
 
 # -- start-up checks -------------------------------------------------------------------------
 
-def open_validator(settings: Settings) -> Validator:
+def open_validator(settings: Settings, *,
+                   clock: Callable[[], float] | None = None) -> Validator:
     """The validator on the configured database and seed key; neither is ever created
-    here (a typo in a path must not start an empty validator with a fresh key)."""
+    here (a typo in a path must not start an empty validator with a fresh key).
+
+    `clock` is for foblab's own test lab (`foblab.lab(time_machine=True)`) only: `serve`
+    never passes one, so a daemon run by `foblab validator serve` always reads true time."""
     if not settings.seed_key_file.is_file():
         raise StartupError(f"seed key file {settings.seed_key_file} does not exist")
     if not settings.database.is_file():
@@ -102,7 +107,8 @@ def open_validator(settings: Settings) -> Validator:
         validator = Validator.open(settings.database, settings.seed_key_file,
                                    policy=settings.policy, durability=settings.durability,
                                    min_secret_bytes=settings.min_secret_bytes,
-                                   import_limits=settings.import_limits())
+                                   import_limits=settings.import_limits(),
+                                   clock=clock or time.time)
     except KeyFileError as exc:
         raise StartupError(str(exc)) from None
     except (sqlite3.Error, StoreError, OSError) as exc:
@@ -192,6 +198,11 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
     from validator.app import create_app
 
     _configure_logging(log_level)
+    before, after = raise_fd_limit()
+    if after != before:
+        log.info("file-descriptor limit raised from %d to %d", before, after)
+    guard = ConnectionGuard(settings.max_connections, settings.head_timeout)
+    guard.fit_fd_limit()
     try:
         keys = KeyRing.from_files({Role.ADMIN: settings.admin_key_file,
                                    Role.VERIFIER: settings.verifier_key_file})
@@ -228,7 +239,8 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
 
     try:
         try:
-            app = create_app(validator, keys, settings, on_shutdown=close)
+            app = create_app(validator, keys, settings, on_shutdown=close,
+                             connections=guard)
         except (ValueError, TypeError, KeyError, OSError) as exc:
             raise StartupError(f"cannot build the application: {exc}") from None
         if radius is not None:
@@ -253,7 +265,11 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
         url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         config = uvicorn.Config(
             app, loop="uvloop" if _fast("uvloop") else "asyncio",
-            http="httptools" if _fast("httptools") else "h11", lifespan="on",
+            # our httptools protocol with the head deadline and the connection cap
+            # (validator/connections.py); X-Forwarded-For only from trusted_proxies
+            http=guarded_protocol(guard), lifespan="on",
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=list(settings.trusted_proxies) or None,
             access_log=False, log_config=None, log_level=log_level, server_header=False,
             timeout_graceful_shutdown=graceful_timeout, backlog=2048)
         server = _Server(config, None if on_ready is None else lambda: on_ready(url))

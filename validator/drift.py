@@ -40,6 +40,13 @@ from typing import Any, Final
 
 Vertex = tuple[float, float]
 Observation = tuple[float, float, float]  # (t, lo, hi) of the offset in seconds
+# The believed line and what the window needs, cached per state (`Drift.line`):
+# (a, r, rlo, rhi): the line `a + r*(t - tref)`; the active polygon's rates [rlo, rhi].
+Line = tuple[float, float, float, float]
+UNSTEADY_S: Final = 365.25 * 86_400.0
+"""How long a token whose rate was seen to change counts as unsteady (`Drift.reach`)."""
+STEADY_AFTER: Final = 8
+"""Codes after which a belief a new code proves wrong counts as a rate change (`track`)."""
 
 
 class DriftPolicy(enum.StrEnum):
@@ -79,6 +86,9 @@ class Drift:
     `line` caches the believed line `(a, r)` (offset at `tref`, rate): `r` is the mean of
     `RATE_PRIOR` over the rates of the active polygon (`soft`, else `poly`), and the line
     passes through the midpoint of the active polygon's offsets at the newest observation.
+    Behind those two it keeps what `reach` needs: the active polygon's range of rates.
+    `changed` is the time of the newest code that contradicted the set (the rate changed,
+    or a code came late), 0 if none has.
     A pure function of the other fields (`believed_line`), so it is left out of
     comparisons, hashing and the JSON form; `from_json` computes it. None: computed when
     needed.
@@ -89,7 +99,8 @@ class Drift:
     poly: tuple[Vertex, ...] = ()
     history: tuple[Observation, ...] = ()
     soft: tuple[Vertex, ...] = ()
-    line: tuple[float, float] | None = field(default=None, compare=False)
+    changed: float = 0.0
+    line: Line | None = field(default=None, compare=False)
 
     def predict(self, now: float) -> float:
         """The believed offset (token time minus true time) at `now`, in seconds.
@@ -121,6 +132,46 @@ class Drift:
             return (self.offset, self.offset)
         return _span(self.poly, now - self.tref)
 
+    def reach(self, now: float, rate_bound: float, rate_change: float,
+              unsteady: float) -> tuple[float, float]:
+        """Where the clock can realistically be at `now`: the newest observation's
+        interval, carried forward at the active polygon's rates (cut to `rate_bound`, s/s,
+        unless the evidence lies wholly beyond it), plus `rate_change` (s/s) times the time
+        since, for a rate that is not quite the polygon's (temperature, aging): `unsteady`
+        instead while a code has contradicted the set within `UNSTEADY_S` (a token whose
+        rate has been seen to change: in a car through the seasons).
+
+        A box (an interval, a range of rates) rather than the polygon: a handful of float
+        operations from the cached `line`, and never narrower than the exact set.
+        """
+        if not (self.soft or self.poly):
+            return (self.offset, self.offset)
+        _, _, rlo, rhi = self.line or believed_line(self)
+        t, lo, hi = self.history[-1]
+        gap = now - t
+        if self.changed and now - self.changed < UNSTEADY_S:
+            rate_change = unsteady
+        if rlo < -rate_bound < rhi:
+            rlo = -rate_bound
+        if rlo < rate_bound < rhi:
+            rhi = rate_bound
+        if gap < 0:  # `now` before the newest observation (a late request): swap the ends
+            gap = -gap
+            lo, hi = lo - rhi * gap, hi - rlo * gap
+        else:
+            lo, hi = lo + rlo * gap, hi + rhi * gap
+        return (lo - rate_change * gap, hi + rate_change * gap)
+
+    def possible(self, now: float, max_rate: float) -> tuple[float, float]:
+        """Where the clock can be at `now` if its rate may have changed to anything within
+        ±`max_rate` since the newest observation: that observation's interval, grown by
+        `max_rate` times the time since. A superset of `bounds`."""
+        if not self.history:
+            return self.bounds(now)
+        t, lo, hi = self.history[-1]
+        grow = max_rate * abs(now - t)
+        return (lo - grow, hi + grow)
+
     def rate(self) -> float:
         """The believed drift rate (seconds per second; 1e-6 = 1 ppm): the mean of
         `RATE_PRIOR` over the active polygon's rates."""
@@ -129,13 +180,16 @@ class Drift:
         return (self.line or believed_line(self))[1]
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "offset": self.offset,
             "tref": self.tref,
             "poly": [list(v) for v in self.poly],
             "history": [list(o) for o in self.history],
             "soft": [list(v) for v in self.soft],
         }
+        if self.changed:  # absent for a token whose rate never changed: the form as before
+            out["changed"] = self.changed
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Drift:
@@ -146,6 +200,7 @@ class Drift:
             history=tuple((float(t), float(lo), float(hi))
                           for t, lo, hi in data.get("history", ())),
             soft=tuple((float(a), float(r)) for a, r in data.get("soft", ())),
+            changed=float(data.get("changed", 0.0)),
         )
         if drift.soft or drift.poly:
             drift.line = believed_line(drift)
@@ -203,13 +258,13 @@ def _rate_in(lo: float, hi: float) -> float:
     return lo if m < lo else hi if m > hi else m
 
 
-def believed_line(drift: Drift) -> tuple[float, float]:
+def believed_line(drift: Drift) -> Line:
     """The believed line `(a, r)` of a tracked drift (see `Drift.line`)."""
     x = (drift.history[-1][0] if drift.history else drift.tref) - drift.tref
     return _belief(drift.soft or drift.poly, x)
 
 
-def _belief(poly: tuple[Vertex, ...] | list[Vertex], x: float) -> tuple[float, float]:
+def _belief(poly: tuple[Vertex, ...] | list[Vertex], x: float) -> Line:
     """The line whose rate is the mean of `RATE_PRIOR` over `poly`'s rates (`_rate_in`) and
     which passes through the midpoint of `poly`'s offsets at `x` (relative to tref): at the
     newest observation the offset is known best, whatever the rate. One pass over the
@@ -228,13 +283,15 @@ def _belief(poly: tuple[Vertex, ...] | list[Vertex], x: float) -> tuple[float, f
         elif r > rhi:
             rhi = r
     rate = _rate_in(rlo, rhi)
-    return ((lo + hi) / 2 - rate * x, rate)
+    return ((lo + hi) / 2 - rate * x, rate, rlo, rhi)
 
 
 def _made(offset: float, tref: float, poly: tuple[Vertex, ...],
-          history: tuple[Observation, ...], soft: tuple[Vertex, ...] = ()) -> Drift:
+          history: tuple[Observation, ...], soft: tuple[Vertex, ...] = (),
+          changed: float = 0.0) -> Drift:
     """A tracked `Drift` with its believed line computed afresh."""
-    return Drift(offset, tref, poly, history, soft, _belief(soft or poly, history[-1][0] - tref))
+    return Drift(offset, tref, poly, history, soft, changed,
+                 _belief(soft or poly, history[-1][0] - tref))
 
 
 def interval(step: int, now: float, period: int, t0: int, allowance: float) -> Observation:
@@ -339,11 +396,12 @@ def observe(
         return drift
     if policy is _WHOLE_STEP:
         return Drift(_whole_step(obs, period), drift.tref, drift.poly, drift.history,
-                     drift.soft, drift.line)
+                     drift.soft, drift.changed, drift.line)
     past = drift.history
     kept = _kept(past, obs, history)
     if not past:  # the first code: a rectangle, nothing to clip
-        return _made(drift.offset, obs[0], tuple(_start(obs, max_rate)), kept)
+        return _made(drift.offset, obs[0], tuple(_start(obs, max_rate)), kept, (),
+                     drift.changed)
     poly = drift.poly
     if poly:
         t, lo, hi = obs
@@ -358,7 +416,7 @@ def observe(
                     tuple(_add(list(soft), drift.tref, obs))
                 if len(soft) < 3:
                     soft = ()
-            return _made(drift.offset, drift.tref, poly, kept, soft)
+            return _made(drift.offset, drift.tref, poly, kept, soft, drift.changed)
     return _rebuilt(drift, kept, max_rate)
 
 
@@ -397,8 +455,15 @@ def track(drift: Drift, t: float, lo: float, hi: float, max_rate: float,
                 vhi = v
         if vlo >= lo and vhi <= hi and line is not None:  # nothing cut: the rate stands
             rate = line[1]
-            return Drift(drift.offset, tref, poly, kept, soft,
-                         ((vlo + vhi) / 2 - rate * dt, rate))
+            return Drift(drift.offset, tref, poly, kept, soft, drift.changed,
+                         ((vlo + vhi) / 2 - rate * dt, rate, line[2], line[3]))
+        changed = drift.changed
+        if len(past) >= STEADY_AFTER:
+            # A well-learnt belief the code proves wrong: the rate is changing (a token
+            # brought in from the cold) before any code contradicts the set itself.
+            p = drift.predict(t)
+            if p < lo or p > hi:
+                changed = t
         if not soft:
             poly = _narrow(poly, dt, lo, hi)
         if 3 <= len(poly) <= 2 * history + 4:
@@ -406,26 +471,28 @@ def track(drift: Drift, t: float, lo: float, hi: float, max_rate: float,
                 soft = _narrow(soft, dt, lo, hi)
                 if len(soft) < 3:
                     soft = ()
-            return _made(drift.offset, tref, poly, kept, soft)
+            return _made(drift.offset, tref, poly, kept, soft, changed)
         return _rebuilt(drift, kept, max_rate)
     return observe(drift, obs, policy=_TRACKING, period=1, max_rate=max_rate, history=history)
 
 
-def learn(drift: Drift, obs: Observation, *, history: int) -> Drift:
+def learn(drift: Drift, obs: Observation, *, history: int, max_rate: float) -> Drift:
     """The estimate after a *refused* near-miss code gave observation `obs`.
 
-    Only narrows: the polygon (and the soft one) are clipped by the observation, which the
-    caller has checked lies within `bounds`; if clipping would empty the set, nothing is
-    learnt. Never a rebuild, so an unaccepted code cannot make the tracker forget evidence.
+    Clips the polygon (and the soft one) by the observation when it agrees with them. When
+    it does not, the clock has left every line the kept codes allow (its rate changed:
+    temperature, aging), and the set is rebuilt from `obs` and the newest kept codes that
+    agree with it, as for an accepted code that contradicts the set.
     """
     if not drift.poly:
         return drift
+    kept = _kept(drift.history, obs, history)
     poly = _add(list(drift.poly), drift.tref, obs)
     if not 3 <= len(poly) <= 2 * history + 4:
-        return drift
+        return _rebuilt(drift, kept, max_rate)
     soft = _add(list(drift.soft), drift.tref, obs) if drift.soft else []
-    return _made(drift.offset, drift.tref, tuple(poly), _kept(drift.history, obs, history),
-                 tuple(soft) if len(soft) >= 3 else ())
+    return _made(drift.offset, drift.tref, tuple(poly), kept,
+                 tuple(soft) if len(soft) >= 3 else (), drift.changed)
 
 
 def reset(drift: Drift, obs: Observation, *, policy: DriftPolicy, period: int,
@@ -441,12 +508,12 @@ def reset(drift: Drift, obs: Observation, *, policy: DriftPolicy, period: int,
         return Drift(offset=_whole_step(obs, period))
     t, lo, hi = obs
     return _made((lo + hi) / 2, t, tuple(_start(obs, max_rate)), (obs,),
-                 tuple(_start((t, lo, min(hi, lo + fresh)), max_rate)))
+                 tuple(_start((t, lo, min(hi, lo + fresh)), max_rate)), drift.changed)
 
 
 def _rebuilt(drift: Drift, kept: tuple[Observation, ...], max_rate: float) -> Drift:
     tref, rebuilt = _rebuild(kept, max_rate)
-    return _made(drift.offset, tref, tuple(rebuilt), kept)
+    return _made(drift.offset, tref, tuple(rebuilt), kept, (), kept[-1][0])
 
 
 def _whole_step(obs: Observation, period: int) -> float:
@@ -466,7 +533,8 @@ def predict_reference(drift: Drift, now: float) -> float:
     poly = drift.soft or drift.poly
     if not poly:
         return drift.offset
-    a, r = believed_line(drift)
+    line = believed_line(drift)
+    a, r = line[0], line[1]
     dt = now - drift.tref
     lo, hi = _span(poly, dt)
     return min(max(a + r * dt, lo), hi)

@@ -112,6 +112,9 @@ class VerifyResult:
     # A refused code was a near miss on this token (see `core.Decision.near_miss`): the
     # RADIUS door challenges for the next code. The HTTP and AWS doors never show it.
     near_miss: str | None = None
+    window: int | None = None
+    """The guessing surface: how many steps or counters a code would have been accepted
+    at, over the devices checked (None: no device was)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +172,14 @@ class Validator:
              *, policy: Policy = DEFAULT_POLICY,
              durability: Durability = Durability.NORMAL, max_user_length: int = 64,
              min_secret_bytes: int = MIN_SECRET_BYTES,
-             import_limits: ImportLimits = DEFAULT_LIMITS) -> Validator:
+             import_limits: ImportLimits = DEFAULT_LIMITS,
+             clock: Callable[[], float] = time.time) -> Validator:
         """A validator on the SQLite file `db_path`, its seed key at `key_path` (default:
         `<db_path>.key`, created 0600 on first use)."""
         key_file = Path(key_path) if key_path is not None else Path(f"{os.fspath(db_path)}.key")
         return cls(SQLiteStore(db_path, durability=durability), SecretBox.from_file(key_file),
                    policy, max_user_length=max_user_length, min_secret_bytes=min_secret_bytes,
-                   import_limits=import_limits)
+                   import_limits=import_limits, clock=clock)
 
     def view(self, **changes: Any) -> Validator:
         """A validator over the same store, box and settings with some changed (a door
@@ -531,29 +535,34 @@ class Validator:
                 return self._answer(user, None, Reason.NO_DEVICE, t, via=via, client=client)
             decisions = [(r, core.verify(r.state, self.box.open(r.serial, r.sealed), code, t,
                                          self.policy)) for r in records]
+            window = sum(d.window for _, d in decisions)
             winner = next(((r, d) for r, d in decisions if d.accepted), None)
             if winner is not None:
                 record, decision = winner
                 audit = [AuditEvent(t, "verify", "ok", Reason.ACCEPTED, record.serial, user,
-                                    via, client)]
+                                    via, client, window)]
                 if self.store.compare_and_set(record.serial, record.version, decision.state,
                                               audit=audit) is Cas.OK:
-                    return VerifyResult(True, Reason.ACCEPTED, record.serial)
+                    return VerifyResult(True, Reason.ACCEPTED, record.serial, 0.0, None,
+                                        window)
                 continue
             if not self._commit_failures(decisions):
                 continue
             reasons = {d.reason for _, d in decisions}
             one = records[0].serial if len(records) == 1 else serial
             if Reason.REPLAYED in reasons:
-                return self._answer(user, one, Reason.REPLAYED, t, via=via, client=client)
+                return self._answer(user, one, Reason.REPLAYED, t, via=via, client=client,
+                                    window=window)
             if Reason.INVALID_CODE in reasons:
                 near = next((r.serial for r, d in decisions if d.near_miss is not None), None)
                 return self._answer(user, one, Reason.INVALID_CODE, t, via=via,
-                                    client=client, near_miss=near)
+                                    client=client, near_miss=near, window=window)
             if reasons == {Reason.EXPIRED}:
-                return self._answer(user, one, Reason.EXPIRED, t, via=via, client=client)
+                return self._answer(user, one, Reason.EXPIRED, t, via=via, client=client,
+                                    window=window)
             wait = min(d.retry_after for _, d in decisions if d.reason is Reason.LOCKED)
-            return self._answer(user, one, Reason.LOCKED, t, wait, via=via, client=client)
+            return self._answer(user, one, Reason.LOCKED, t, wait, via=via, client=client,
+                                window=window)
         raise Conflict("too many concurrent changes to the same token; try again")
 
     def _commit_failures(self, decisions: list[tuple[TokenRecord, Decision]]) -> bool:
@@ -569,10 +578,11 @@ class Validator:
 
     def _answer(self, user: str, serial: str | None, reason: Reason, now: float,
                 retry_after: float = 0.0, *, via: str | None = None,
-                client: str | None = None, near_miss: str | None = None) -> VerifyResult:
+                client: str | None = None, near_miss: str | None = None,
+                window: int | None = None) -> VerifyResult:
         self.store.add_audit([AuditEvent(now, "verify", "refused", reason, serial, user, via,
-                                         client)])
-        return VerifyResult(False, reason, serial, retry_after, near_miss)
+                                         client, window)])
+        return VerifyResult(False, reason, serial, retry_after, near_miss, window)
 
     def resync(self, user: str, serial: str, code1: str, code2: str,
                now: float | None = None, *, via: str | None = None,

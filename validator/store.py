@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from validator.core import TokenState
 from validator.errors import DuplicateSerial
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each migration takes the schema from version n-1 to n; appended, never edited.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -76,6 +76,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE audit ADD COLUMN via TEXT",
         "ALTER TABLE audit ADD COLUMN client TEXT",
     ),
+    # The guessing surface of a verification: how many steps (or counters) a code would
+    # have been accepted at, over the user's devices (core.Decision.window).
+    4: ("ALTER TABLE audit ADD COLUMN window_steps INTEGER",),
 }
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
@@ -136,6 +139,8 @@ class AuditEvent:
     user: str | None = None
     via: str | None = None  # the door, when not the HTTP API: "radius"
     client: str | None = None  # the RADIUS client's configured name
+    window: int | None = None
+    """verify: how many steps or counters a code would have been accepted at."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +156,7 @@ class AuditEntry:
     user: str | None
     via: str | None = None
     client: str | None = None
+    window: int | None = None
 
 
 class _Keep:
@@ -315,9 +321,10 @@ class SQLiteStore:
     def _write(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
         if events:
             conn.executemany(
-                "INSERT INTO audit (time, serial, user, action, result, reason, via, client) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(e.time, e.serial, e.user, e.action, e.result, e.reason, e.via, e.client)
+                "INSERT INTO audit (time, serial, user, action, result, reason, via, client, "
+                "window_steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.time, e.serial, e.user, e.action, e.result, e.reason, e.via, e.client,
+                  e.window)
                  for e in events])
 
     def insert_tokens(self, records: Sequence[TokenRecord], audit: Sequence[AuditEvent],
@@ -446,8 +453,8 @@ class SQLiteStore:
         clause, args = _audit_filter(serial, user, action, result, since, until)
         order = "DESC" if newest_first else "ASC"
         rows = self._conn().execute(
-            f"SELECT id, time, action, result, reason, serial, user, via, client FROM audit "
-            f"{clause} ORDER BY id {order} LIMIT ? OFFSET ?",
+            f"SELECT id, time, action, result, reason, serial, user, via, client, window_steps "
+            f"FROM audit {clause} ORDER BY id {order} LIMIT ? OFFSET ?",
             (*args, int(limit), int(offset))).fetchall()
         return [AuditEntry(*row) for row in rows]
 

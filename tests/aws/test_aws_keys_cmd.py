@@ -15,7 +15,7 @@ def test_create_list_delete(daemon) -> None:
     folder = str(daemon.folder)
     made = json.loads(foblab("validator", "aws-keys", "create", "--dir", folder,
                              "--json").stdout)
-    assert set(made) == {"access_key_id", "secret_access_key"}
+    assert set(made) == {"access_key_id", "secret_access_key", "user"} and made["user"] is None
     akid, secret = made["access_key_id"], made["secret_access_key"]
     assert akid.startswith("AKIA") and len(akid) == 20 and len(secret) == 40
 

@@ -152,7 +152,7 @@ def test_deleted_key_is_refused(daemon) -> None:
         akid, secret = store.create_key(time.time())
         assert daemon.client("iam", key=(akid, secret)).list_mfa_devices()["MFADevices"] \
             is not None
-        assert store.delete_key(akid)
+        assert store.delete_key(akid) == 0  # deleted; it had issued no session
     finally:
         store.close()
     with pytest.raises(ClientError) as exc:
@@ -269,3 +269,46 @@ def test_get_with_query_parameters(daemon) -> None:
         response = client.get(url, headers=dict(request.headers.items()))
     assert response.status_code == 200, response.text
     assert b"<ListVirtualMFADevicesResult>" in response.content
+
+
+UNSIGNED = [("Date", "Mon, 30 Nov 2026 12:00:00 GMT"), ("X-Extra", "1"),
+            ("User-Agent", "curl/8"), ("X-Forwarded-For", "203.0.113.9")]
+
+
+def test_unsigned_headers_never_stand_in_for_the_signature() -> None:
+    """Headers added after signing (not in SignedHeaders), an unsigned Date among them, in
+    either format: the signature is still checked, so a tampered request still fails."""
+    request, t = _botocore_signed("http://127.0.0.1/aws")
+    iso = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t))
+    for extra in ([*UNSIGNED], [("Date", iso)], [("date", iso), ("X-Extra", "2")]):
+        with_extra = sigv4.Request(request.method, request.raw_path, request.query,
+                                   [*request.headers, *extra], request.body)
+        sigv4.verify(with_extra, _secret, now=t)  # unsigned extras are ignored...
+        for tampered in (dict(body=BODY.replace(b"alice", b"mallo")),
+                         dict(headers=[(k, v.replace(v[-8:], "0" * 8)
+                                        if k.lower() == "authorization" else v)
+                                       for k, v in with_extra.headers])):
+            fields = {"method": request.method, "raw_path": request.raw_path,
+                      "query": request.query, "headers": with_extra.headers,
+                      "body": with_extra.body, **tampered}
+            # ...but never replace the check
+            assert _refused(sigv4.Request(**fields), t) == ("SignatureDoesNotMatch", 403), \
+                (extra, tampered.keys())
+
+
+def test_unsigned_headers_through_the_daemon(daemon) -> None:
+    import httpx
+
+    key = (daemon.access_key_id, daemon.secret_access_key)
+    request = AWSRequest(method="POST", url=daemon.url, data=BODY, headers={
+        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    SigV4Auth(Credentials(*key), "iam", "us-east-1").add_auth(request)
+    headers = dict(request.headers.items())
+    iso = headers["X-Amz-Date"]
+    with httpx.Client(trust_env=False, timeout=15) as client:
+        for extra in (dict(UNSIGNED), {"Date": iso}):
+            sent = {**headers, **extra}
+            assert client.post(daemon.url, content=BODY, headers=sent).status_code == 200
+            tampered = client.post(daemon.url, content=BODY.replace(b"alice", b"mallo"),
+                                   headers=sent)
+            assert aws_error(tampered) == ("SignatureDoesNotMatch", 403)

@@ -23,8 +23,8 @@ def spawn() -> Iterator[Any]:
     """Start daemons in a test; every one is stopped (SIGKILL if need be) afterwards."""
     started: list[Daemon] = []
 
-    def _spawn(directory: Path, *args: str) -> Daemon:
-        d = start(directory, *args)
+    def _spawn(directory: Path, *args: str, **popen: Any) -> Daemon:
+        d = start(directory, *args, **popen)
         started.append(d)
         return d
 

@@ -64,12 +64,12 @@ def set_config(directory: Path, section: str = "validator", **values: Any) -> No
     path.write_text(tomli_w.dumps(doc))
 
 
-def start(directory: Path, *args: str, timeout: float = 30) -> Daemon:
+def start(directory: Path, *args: str, timeout: float = 30, **popen: Any) -> Daemon:
     """`foblab validator serve --dir DIR --port 0 ARGS`; waits for its ready line."""
     proc = subprocess.Popen(
         [PYTHON, "-m", "tools.cli", "validator", "serve", "--dir", str(directory),
          "--port", "0", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True)
+        text=True, **popen)
     lines: list[str] = []
     ready = threading.Event()
     url: list[str] = []

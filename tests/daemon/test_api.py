@@ -3,6 +3,7 @@ the OpenAPI document, /healthz, /metrics, and logs that never hold a code or a k
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 import time
@@ -215,6 +216,17 @@ def test_logs_hold_no_code_and_no_key(daemon: Daemon) -> None:
         time.sleep(0.05)
     log = "".join(daemon.lines)
     assert '"route":"/v1/verify"' in log and '"outcome":"accepted"' in log
+    with daemon.client(None) as http:  # both verifications' guessing surfaces
+        metrics = http.get("/metrics").text
+    assert "# TYPE foblab_verify_window_steps histogram" in metrics
+    found = re.search(r"^foblab_verify_window_steps_count (\d+)$", metrics, re.M)
+    assert found is not None
+    count = int(found[1])
+    assert count >= 2
+    assert f'foblab_verify_window_steps_bucket{{le="9"}} {count}' in metrics
+    with daemon.client("admin") as http:
+        rows = http.get("/v1/audit", params={"user": "lola", "action": "verify"}).json()
+    assert [e["window"] is not None and e["window"] >= 1 for e in rows["entries"]] == [True] * 2
     for secret in (code, "99999999", daemon.admin, daemon.verifier, SECRET_B32, SECRET_HEX):
         assert secret not in log
     assert "Traceback" not in log

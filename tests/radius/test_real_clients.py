@@ -207,7 +207,8 @@ def test_unknown_client_address_is_dropped_and_counted(tmp_path: Path) -> None:
 
 def test_near_miss_challenge_then_next_code_resyncs(home: Home) -> None:
     center = int((time.time() - 2.5) // 30)
-    miss, following = totp_at(TOTP_KEY, center + 3), totp_at(TOTP_KEY, center + 4)
+    # enabled a year ago: the sized window is ±4 steps, a near miss lies beyond it
+    miss, following = totp_at(TOTP_KEY, center + 6), totp_at(TOTP_KEY, center + 7)
     first = radclient(home.radius, VPN_SECRET, {"User-Name": "carol", "User-Password": miss})
     assert first.code == "Access-Challenge", first.output
     assert first.message == "Enter the next code from your token"

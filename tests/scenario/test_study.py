@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tools.scenario.study import POLICIES, StudyParams, run_study
+from tools.scenario.study import POLICIES, POPULATIONS, StudyParams, population, run_study
 from tools.scenario_cmd import scenario
 
 
 def _numbers(doc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if k != "seconds"}
+    return {k: v for k, v in doc.items() if k not in ("seconds", "policy_seconds")}
 
 
 def test_deterministic_for_a_seed() -> None:
@@ -55,16 +55,19 @@ def test_cli_json_shape() -> None:
                                            "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
-    assert set(doc["policies"]) == {"foblab", "whole-step", "sync-only"}
+    assert set(doc["policies"]) == {"foblab", "privacyidea", "whole-step", "sync-only"}
     for s in doc["policies"].values():
-        assert {"refused_share", "resyncs_per_1000_token_years", "max_offset_s"} <= set(s)
+        assert {"refused_share", "resyncs_per_1000_token_years", "max_offset_s",
+                "mean_window_steps", "max_window_steps", "wider_than_1_share",
+                "return_accepted_share"} <= set(s)
     assert doc["params"]["tokens"] == 10
 
 
 def test_cli_table() -> None:
     result = CliRunner().invoke(scenario, ["study", "--tokens", "5", "--years", "0.2"])
     assert result.exit_code == 0
-    assert "whole-step" in result.output and "resyncs/1000 token-yr" in result.output
+    assert "whole-step" in result.output and "privacyidea" in result.output
+    assert "resyncs" in result.output and "window" in result.output
 
 
 def test_plot_without_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
@@ -170,3 +173,65 @@ def test_study_progress_only_on_a_terminal(tmp_path: Path) -> None:
     piped = subprocess.run(args, capture_output=True, timeout=120,
                            cwd=Path(__file__).resolve().parents[2])
     assert piped.returncode == 0 and piped.stderr == b""
+
+
+@pytest.mark.parametrize("name", list(POPULATIONS))
+def test_every_population_runs_and_foblab_keeps_its_window_small(name: str) -> None:
+    """A small run of each population: privacyIDEA's window is always 12 steps (6 behind,
+    5 ahead, after a resync's refused first code as well), whole-step's 3; foblab's is
+    never under 3 or over 9 steps and is 3 to 4 steps on average."""
+    result = run_study(population(name, tokens=25, years=1.0, seed=3), name)
+    doc = result.to_json()
+    p = doc["policies"]
+    assert doc["population"] == name
+    assert p["privacyidea"]["max_window_steps"] == 12
+    assert p["whole-step"]["max_window_steps"] == 3
+    assert 3 <= p["foblab"]["mean_window_steps"] <= 4
+    assert p["foblab"]["max_window_steps"] <= 9
+    assert p["foblab"]["refused_share"] <= p["whole-step"]["refused_share"]
+
+
+def test_the_gap_population_comes_back_after_six_months() -> None:
+    """Three months of use, six away, again: every return is counted, foblab accepts
+    nearly all first codes back, privacyIDEA's ±3 minutes misses the fast crystals."""
+    doc = run_study(population("gap", tokens=30, years=3.0, seed=2), "gap").to_json()
+    ours, pi = doc["policies"]["foblab"], doc["policies"]["privacyidea"]
+    assert ours["returns"] >= 30 * 3
+    assert ours["return_accepted_share"] >= 0.99
+    assert pi["return_accepted_share"] < 0.9
+    assert ours["resyncs_per_1000_token_years"] < pi["resyncs_per_1000_token_years"]
+
+
+def test_privacyidea_refuses_the_first_code_after_a_resync() -> None:
+    from tools.scenario.study import PrivacyIdeaPolicy
+    from validator.otp import hotp
+    key = bytes(range(20))
+    pi = PrivacyIdeaPolicy(30)
+    now = 1_900_000_000.0
+    s = int(now // 30)
+    state = pi.enable(key, hotp(key, s), hotp(key, s + 1), now + 31)
+    assert state is not None and not state.refuse_next
+    later = now + 86_400 * 30  # a month later, the clock 400 s ahead: out of its window
+    state, ok, window = pi.verify(state, key, hotp(key, int((later + 400) // 30)), later)
+    assert not ok and window == 12
+    state, ok = pi.resync(state, key, hotp(key, int((later + 400) // 30) + 1),
+                          hotp(key, int((later + 400) // 30) + 2), later + 40)
+    assert ok and state.refuse_next
+    after = later + 3600
+    state, ok, _ = pi.verify(state, key, hotp(key, int((after + 400) // 30)), after)
+    assert not ok  # the first code after a resync
+    state, ok, _ = pi.verify(state, key, hotp(key, int((after + 430) // 30)), after + 30)
+    assert ok
+
+
+def test_cli_population_and_all() -> None:
+    result = CliRunner().invoke(scenario, ["study", "--population", "car", "--tokens", "4",
+                                           "--years", "0.3", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["population"] == "car" and doc["params"]["seasonal_c"] == 12.0
+    result = CliRunner().invoke(scenario, ["study", "--population", "all", "--tokens", "2",
+                                           "--years", "0.2"])
+    assert result.exit_code == 0, result.output
+    for name in POPULATIONS:
+        assert f"population {name}:" in result.output

@@ -179,10 +179,13 @@ def test_40ppm_weekly_users_retry_at_once_with_the_next_code(seed: int) -> None:
 
 def test_40ppm_seed_2_needed_resyncs_without_near_miss_learning() -> None:
     """The seed that motivated near-miss learning: with it off, a token refused in its first
-    week (offset at the window's edge, rate still unknown) is refused again the next week.
-    If this stops failing, the per-seed test above no longer shows anything."""
-    out = weekly(POPULATION, 156, Policy(near_miss_steps=0), seed=2)
+    week (offset at the window's edge, rate still unknown) is refused again the next week,
+    at a fixed ±1 window. (The sized window now accepts that token's codes in the first
+    place, as the second assertion shows.) If this stops failing, the per-seed test above
+    no longer shows what near misses do."""
+    out = weekly(POPULATION, 156, Policy(near_miss_steps=0, max_window=1), seed=2)
     assert out.resyncs > 0
+    assert weekly(POPULATION, 156, Policy(near_miss_steps=0), seed=2).resyncs == 0
 
 
 def test_40ppm_weekly_three_years_tracking_vs_whole_step() -> None:
@@ -243,9 +246,24 @@ def _enabled_at_zero_offset() -> tuple[bytes, TokenState, int]:
     return key, decision.state, s
 
 
+def test_the_sized_window_accepts_a_young_fast_token() -> None:
+    """Two weeks after enabling, a token 70 s ahead (58 ppm: beyond the 50 ppm the window
+    assumes, but the code lies within it) is accepted at once: the window covers what the
+    tracker does not know yet, up to ±4 steps; and the decision says how wide it was."""
+    key, state, s = _enabled_at_zero_offset()
+    k = s + 2 * int(WEEK // P)
+    now = k * P + 10.0
+    decision = core.verify(state, key, hotp(key, int((now - 3 + 70) // P)), now, Policy())
+    assert decision.accepted and decision.window > 3
+    assert decision.window <= 9
+    fixed = core.verify(state, key, hotp(key, int((now - 3 + 70) // P)), now,
+                        Policy(max_window=1))
+    assert not fixed.accepted and fixed.window == 3
+
+
 def test_near_miss_is_refused_but_moves_the_estimate() -> None:
     key, state, s = _enabled_at_zero_offset()
-    policy = Policy()
+    policy = Policy(max_window=1)  # a fixed ±1 window: the sized one accepts this code
     # Two weeks later (±121 s physically possible at 100 ppm) the token runs 70 s ahead
     # (58 ppm): its code is two steps past the ±1 window around the prediction.
     k = s + 2 * int(WEEK // P)
@@ -266,7 +284,7 @@ def test_near_miss_is_refused_but_moves_the_estimate() -> None:
     then = now + 60
     code = hotp(key, int((then - 3 + 70) // P))
     assert core.verify(decision.state, key, code, then, policy).accepted
-    off = Policy(near_miss_steps=0)
+    off = Policy(near_miss_steps=0, max_window=1)
     blind = core.verify(state, key, shown, now, off)
     assert blind.reason is Reason.INVALID_CODE and blind.state.drift == before
     assert not core.verify(blind.state, key, code, then, off).accepted
@@ -291,7 +309,7 @@ def test_near_miss_at_or_before_the_watermark_teaches_nothing() -> None:
     now = k * P + 10.0
     # An old code (at or before the watermark) is never compared, even within the bounds.
     old = TokenState.from_json({**state.to_json(), "watermark": k + 5})
-    decision = core.verify(old, key, hotp(key, k + 2), now, Policy())
+    decision = core.verify(old, key, hotp(key, k + 2), now, Policy(max_window=1))
     assert decision.reason is Reason.INVALID_CODE and decision.state.drift == old.drift
 
 

@@ -127,6 +127,14 @@ def test_resync_then_next_code_and_throttle(validator: Validator) -> None:
     assert validator.get_token("TOK1").failures == 0
 
 
+def test_verify_result_carries_the_window_over_devices(validator: Validator) -> None:
+    validator.register_token("TOKW", SEED, now=T0)
+    enable(validator, "wendy", "TOKW")
+    one = validator.verify("wendy", hotp(SEED, step(T0) + 200), now=T0 + 30 * 200)
+    assert one.accepted and one.window is not None and 3 <= one.window <= 9
+    assert validator.verify("nobody", "123456", now=T0).window is None
+
+
 def test_audit_records_actions_never_codes(validator: Validator, db_path: Path) -> None:
     validator.register_token("TOK1", SEED, now=T0)
     enable(validator, "alice", "TOK1")
@@ -150,6 +158,10 @@ def test_audit_records_actions_never_codes(validator: Validator, db_path: Path) 
     assert [e.id for e in page1 + page2] == [e.id for e in entries[:6]]
     assert validator.audit(user="bob") == []
     assert validator.audit(since=T0 + 299, until=T0 + 301.5)[0].action == "deactivate"
+    # every verify row carries its guessing surface: steps after the watermark in the window
+    windows = [e.window for e in entries if e.action == "verify"]
+    assert all(w is not None and 1 <= w <= 9 for w in windows), windows
+    assert all(e.window is None for e in entries if e.action != "verify")
     import sqlite3
     with sqlite3.connect(db_path) as raw:
         rows = raw.execute("SELECT * FROM audit").fetchall()

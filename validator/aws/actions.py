@@ -5,9 +5,17 @@ actions without output); refusals are `AwsError`s. The core's errors are transla
 AWS's codes and statuses in one table (`translate`).
 
 Users are implicit, as everywhere in foblab: a user exists while it holds a device, and an
-access key may act on every user. Where AWS falls back to the calling user (UserName left
-out), foblab uses the device's assigned user (DeactivateMFADevice, GetMFADevice) or every
-user (ListMFADevices).
+access key may act on every user, unless it is bound to one (`aws-keys create --user`).
+Where AWS falls back to the calling user (UserName left out), foblab uses the bound user,
+else the device's assigned user (DeactivateMFADevice, GetMFADevice) or every user
+(ListMFADevices).
+
+`authorize` runs before every action, with AWS's rules for the two scopes foblab has:
+session credentials obtained without an MFA code may call no IAM action (AWS: "cannot call
+any IAM API operations unless MFA authentication information is included"), and a key
+bound to a user may manage only that user's MFA devices, as AWS's self-service MFA policy
+allows (create and list virtual devices; enable, resync, deactivate, get and list the
+user's own; delete and tag devices not assigned to someone else).
 """
 
 from __future__ import annotations
@@ -37,10 +45,14 @@ DEFAULT_SESSION_SECONDS = 43_200
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who signed the request: a long-term key, or session credentials from STS."""
+    """Who signed the request: a long-term key, or session credentials from STS. `mfa`:
+    the session was obtained with an MFA code (True for a long-term key). `user`: the one
+    user the key (or the session's parent key) is bound to, None for any user."""
 
     access_key_id: str | None
     session: bool = False
+    mfa: bool = True
+    user: str | None = None
 
 
 @dataclass
@@ -217,7 +229,7 @@ def deactivate_mfa_device(ctx: Context, params: p.Params) -> None:
 
 
 def list_mfa_devices(ctx: Context, params: p.Params) -> Members:
-    user = params.user(required=False)
+    user = params.user(required=False) or ctx.caller.user
     marker, max_items = params.paging()
     try:
         if user is not None:
@@ -345,6 +357,7 @@ def get_session_token(ctx: Context, params: p.Params) -> Members:
     if ctx.caller.session:
         raise AwsError("AccessDenied", "Cannot call GetSessionToken with session "
                        "credentials", 403)
+    bound = ctx.caller.user
     user: str | None = None
     if serial is not None or code is not None:
         if serial is None:
@@ -355,16 +368,76 @@ def get_session_token(ctx: Context, params: p.Params) -> Members:
             info = ctx.validator.get_token(serial, now=ctx.now)
         except core_errors.UnknownSerial:
             raise access_denied_mfa() from None
-        if info.user is None:
-            raise access_denied_mfa()
+        if info.user is None or (bound is not None and info.user != bound):
+            raise access_denied_mfa()  # a bound key proves MFA with its own user's device
         result = ctx.validator.verify(info.user, code, now=ctx.now, serial=serial)
         if not result.accepted:
             raise access_denied_mfa()
         user = info.user
-    session = ctx.store.create_session(user, serial, ctx.now + duration, ctx.now)
+    try:
+        session = ctx.store.create_session(user, serial, ctx.now + duration, ctx.now,
+                                           parent=ctx.caller.access_key_id)
+    except LookupError:  # the key was deleted while this request ran
+        raise AwsError("InvalidClientTokenId", "The security token included in the "
+                       "request is invalid.", 403) from None
     return [("Credentials", [
         ("AccessKeyId", session.access_key_id), ("SecretAccessKey", session.secret_access_key),
         ("SessionToken", session.session_token), ("Expiration", iso8601(session.expires))])]
+
+
+# -- who may call what -----------------------------------------------------------------
+
+_ANY_DEVICE = frozenset({"CreateVirtualMFADevice", "ListVirtualMFADevices"})
+_NAMED_USER = frozenset({"EnableMFADevice", "ResyncMFADevice"})
+_USER_OR_DEVICE = frozenset({"DeactivateMFADevice", "GetMFADevice"})
+_UNCLAIMED_DEVICE = frozenset({"DeleteVirtualMFADevice", "TagMFADevice", "UntagMFADevice",
+                               "ListMFADeviceTags"})
+
+
+def _denied(ctx: Context, action: str, resource: str | None, why: str = "") -> AwsError:
+    caller = ctx.caller
+    who = _user_arn(ctx, caller.user) if caller.user else f"access key {caller.access_key_id}"
+    on = f" on resource: {resource}" if resource else ""
+    return AwsError("AccessDenied", f"User: {who} is not authorized to perform: "
+                    f"iam:{action}{on}{why}", 403)
+
+
+def _device_user(ctx: Context, serial: str) -> str | None:
+    try:
+        return ctx.validator.get_token(serial, now=ctx.now).user
+    except core_errors.UnknownSerial:
+        return None  # the action itself answers NoSuchEntity
+
+
+def authorize(ctx: Context, action: str, params: p.Params) -> None:
+    """Refuse (AccessDenied, 403) what the caller's scope does not allow; see the module
+    docstring. Runs after the signature check, before the action."""
+    if action not in IAM_ACTIONS:
+        return
+    caller = ctx.caller
+    if caller.session and not caller.mfa:
+        raise _denied(ctx, action, None, " because no MFA code was presented when these "
+                      "session credentials were requested (GetSessionToken without "
+                      "SerialNumber and TokenCode)")
+    own = caller.user
+    if own is None or action in _ANY_DEVICE:
+        return
+    if action in _NAMED_USER or action == "ListMFADevices":
+        user = params.user(required=action in _NAMED_USER)
+        if user is not None and user != own:
+            raise _denied(ctx, action, _user_arn(ctx, user))
+        return
+    serial = params.serial()
+    assert serial is not None
+    if action in _USER_OR_DEVICE:
+        user = params.user(required=False) or _device_user(ctx, serial)
+        if user is not None and user != own:
+            raise _denied(ctx, action, _user_arn(ctx, user))
+        return
+    assert action in _UNCLAIMED_DEVICE, action
+    holder = _device_user(ctx, serial)
+    if holder is not None and holder != own:
+        raise _denied(ctx, action, serial)
 
 
 IAM_ACTIONS: dict[str, Handler] = {

@@ -29,7 +29,8 @@ from validator.aws import actions, sigv4
 from validator.aws import xml as x
 from validator.aws.errors import AwsError, service_failure
 from validator.aws.params import Params
-from validator.aws.store import AwsStore, token_digest
+from validator.aws.store import AwsStore, Credentials, token_digest
+from validator.connections import discard_body
 from validator.secrets_box import SealError
 from validator.service import Validator
 
@@ -64,7 +65,11 @@ class AwsEndpoint:
     default false) and `max_skew_s` (SigV4 clock-skew limit, default 300)."""
 
     def __init__(self, validator: Validator, db_path: Path, settings: Mapping[str, Any],
-                 *, clock: Callable[[], float] = time.time) -> None:
+                 *, clock: Callable[[], float] = time.time,
+                 signing_clock: Callable[[], float] | None = None) -> None:
+        """`clock` dates sessions and verifications; `signing_clock` (default: `clock`)
+        checks SigV4's timestamps, which clients take from true time. The two differ only in
+        foblab's test lab, whose time machine moves `clock`."""
         unknown = set(settings) - set(_DEFAULTS)
         if unknown:
             raise ValueError(f"[aws]: unknown setting(s) {', '.join(sorted(unknown))}; "
@@ -84,6 +89,7 @@ class AwsEndpoint:
         self.validator = validator
         self.store = AwsStore(db_path, lambda: validator.box)
         self._clock = clock
+        self._signing_clock = clock if signing_clock is None else signing_clock
         if self.allow_any_signature:
             log.warning("AWS ENDPOINT ACCEPTS ANY SIGNATURE ([aws] allow_any_signature = "
                         "true): every request to /aws is trusted without checking its "
@@ -113,17 +119,28 @@ class AwsEndpoint:
             return self._error(service_failure(), x.IAM_NS, request_id, "?")
 
     async def _body(self, request: Request) -> bytes:
+        too_large = AwsError("RequestEntityTooLarge", f"Request bodies are limited to "
+                             f"{MAX_BODY} bytes", 413)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-            raise AwsError("RequestEntityTooLarge", f"Request bodies are limited to "
-                           f"{MAX_BODY} bytes", 413)
+            # read the rest first (bounded): a client that sends it all before reading
+            # must hear the 413, not a reset
+            await discard_body(request.receive, int(declared))
+            raise too_large
         chunks, size = [], 0
-        async for chunk in request.stream():
+        while True:
+            message = await request.receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY:
-                raise AwsError("RequestEntityTooLarge", f"Request bodies are limited to "
-                               f"{MAX_BODY} bytes", 413)
+                if message.get("more_body", False):
+                    await discard_body(request.receive, None)
+                raise too_large
             chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
         return b"".join(chunks)
 
     def _handle(self, request: Request, body: bytes, request_id: str) -> Response:
@@ -138,6 +155,7 @@ class AwsEndpoint:
             handler, version = self._action(values)
             ctx = actions.Context(self._core(), self.store, self.account_id, now, caller)
             try:
+                actions.authorize(ctx, action, Params(values))
                 result = handler(ctx, Params(values))
             except core_errors.ValidatorError as exc:
                 raise actions.translate(exc) from None
@@ -157,7 +175,8 @@ class AwsEndpoint:
         return Response(x.error(namespace, request_id, exc.code, exc.message,
                                 sender=exc.sender),
                         status_code=exc.status, media_type="text/xml",
-                        headers={"x-amzn-RequestId": request_id})
+                        headers={"x-amzn-RequestId": request_id,
+                                 **({"Connection": "close"} if exc.status == 413 else {})})
 
     @staticmethod
     def _params(request: Request, body: bytes) -> dict[str, str]:
@@ -204,10 +223,10 @@ class AwsEndpoint:
             body=body)
         if self.allow_any_signature:
             return actions.Caller(None)
-        session = False
+        found: Credentials | None = None
 
         def secret_for(auth: sigv4.Authorization) -> str:
-            nonlocal session
+            nonlocal found
             try:
                 found = self.store.credentials(auth.access_key_id)
             except SealError:
@@ -218,7 +237,6 @@ class AwsEndpoint:
             if found is None:
                 raise _invalid_token()
             if found.token_sha256 is not None:
-                session = True
                 token = signed.header("x-amz-security-token")
                 if not token or not hmac.compare_digest(token_digest(token[0]),
                                                         found.token_sha256):
@@ -228,5 +246,7 @@ class AwsEndpoint:
                                    "request is expired", 403)
             return found.secret
 
-        auth = sigv4.verify(signed, secret_for, now, self.max_skew)
-        return actions.Caller(auth.access_key_id, session=session)
+        auth = sigv4.verify(signed, secret_for, self._signing_clock(), self.max_skew)
+        assert found is not None
+        return actions.Caller(auth.access_key_id, session=found.token_sha256 is not None,
+                              mfa=found.mfa, user=found.user)

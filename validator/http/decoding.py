@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -29,6 +29,7 @@ from validator import rules
 from validator.api_schema import OpDoc
 from validator.apikeys import KeyRing, Role
 from validator.config import Settings
+from validator.connections import discard_body
 from validator.errors import (
     BodyTooLarge,
     Disconnected,
@@ -150,20 +151,33 @@ class Endpoint:
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media and media != "application/json" and not media.endswith("+json"):
             raise UnsupportedMediaType("send the body as Content-Type: application/json")
-        too_large = BodyTooLarge(f"the body may be at most {self.limit} bytes")
+        # A refused body is drained (bounded, validator.connections) and the connection
+        # closed: a client that writes its whole body before reading must hear the 413.
+        too_large = BodyTooLarge(f"the body may be at most {self.limit} bytes",
+                                 headers={"Connection": "close"})
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await discard_body(request.receive, int(length) if length.isdigit() else 1 << 62)
             raise too_large
+        # Message by message rather than `request.stream()`: a body past the limit is
+        # drained only while the client says more is coming (`more_body`), which the
+        # stream does not tell; draining a finished body would wait for nothing.
         chunks = []
         size = 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > self.limit:  # a lying or absent Content-Length: stop reading
-                    raise too_large
-                chunks.append(chunk)
-        except ClientDisconnect:
-            raise Disconnected("the client went away") from None
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected("the client went away")
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            size += len(chunk)
+            if size > self.limit:  # a lying or absent Content-Length: stop reading
+                if more:
+                    await discard_body(request.receive, None)
+                raise too_large
+            chunks.append(chunk)
+            if not more:
+                break
         if size == 0:
             raise InvalidRequest("a JSON body is required")
         return S.parse_json(b"".join(chunks))

@@ -171,6 +171,8 @@ async def verify(c: Call) -> Response:
     result = c.api.validator.verify(b["user"], b["code"], serial=b.get("serial"))
     reason = result.reason.value
     c.api.metrics.verify[reason] += 1
+    if result.window is not None:
+        c.api.metrics.observe_window(result.window)
     c.outcome(reason)
     out: dict[str, Any] = {"ok": result.accepted, "reason": reason, "user": b["user"],
                            "serial": result.serial}
@@ -189,7 +191,8 @@ async def audit(c: Call) -> Response:
                                     newest_first=q.get("order") == "newest")
     return _json({"entries": [{"id": e.id, "time": e.time, "action": e.action,
                                "result": e.result, "reason": e.reason, "serial": e.serial,
-                               "user": e.user, "via": e.via, "client": e.client}
+                               "user": e.user, "via": e.via, "client": e.client,
+                               "window": e.window}
                               for e in entries],
                   "limit": limit, "offset": offset,
                   "next_offset": _next(entries, limit, offset),

@@ -1,0 +1,94 @@
+"""The verify phase of bench_daemon against several source trees in one run, interleaved
+round by round, each run on a fresh copy of one prepared 10,000-token database; reports
+rate, p50/p99 and the daemon's own CPU time per verification (user + system, from /proc),
+which a machine shared with other jobs disturbs far less than the rate.
+
+Usage: python -m bench.side_by_side old=/path/to/old/tree new=/path/to/new/tree
+       (ROUNDS=5 in the environment for more rounds; not part of `make bench`)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import bench_daemon as B
+
+CONNS = 8
+N = 4000
+NEW_KEYS = re.compile(r"(?m)^(head_timeout|max_connections|trusted_proxies) = .*\n")
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(tree: str, home: Path, step: int) -> dict[str, Any]:
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "validator", "serve", "--dir",
+                             str(home), "--port", "0"], cwd=tree, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    url = ""
+    for line in proc.stderr:
+        if "listening on " in line:
+            url = line.rsplit(" ", 1)[-1].strip()
+            break
+    if not url:
+        raise RuntimeError(f"the daemon of {tree} did not start")
+    log = open(home / "access.log", "w")  # noqa: SIM115 - closed below
+    threading.Thread(target=shutil.copyfileobj, args=(proc.stderr, log), daemon=True).start()
+    try:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        key = (home / "verifier.key").read_text().strip()
+        B.run_load(host, int(port), B._verify_requests(key, 0, 500, step), CONNS)
+        requests = B._verify_requests(key, 500, N, step)
+        before = _cpu(proc.pid)
+        r = B.run_load(host, int(port), requests, CONNS)
+        r["cpu_us"] = (_cpu(proc.pid) - before) / N * 1e6
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    return r
+
+
+def main(argv: list[str]) -> None:
+    trees = dict(a.split("=", 1) for a in argv)
+    rounds = int(os.environ.get("ROUNDS", "3"))
+    with tempfile.TemporaryDirectory(prefix="foblab-side-") as tmp:
+        master = Path(tmp) / "master"
+        enabled_at = B._prepare(master) - 1
+        config = master / "foblab.toml"  # new keys at their defaults: older trees refuse them
+        config.write_text(NEW_KEYS.sub("", config.read_text()))
+        results: dict[str, list[dict[str, Any]]] = {k: [] for k in trees}
+        for i in range(rounds):
+            for name, tree in trees.items():
+                home = Path(tmp) / f"{name}{i}"
+                shutil.copytree(master, home)
+                step = max(int(time.time() // 30), enabled_at + 1)
+                r = run(tree, home, step)
+                results[name].append(r)
+                print(f"   round {i} {name:>6}: {r['rate']:,.0f}/s, p50 {r['p50_ms']:.2f} ms, "
+                      f"p99 {r['p99_ms']:.2f} ms, {r['cpu_us']:.0f} µs CPU/verify, "
+                      f"{r['ok']}/{r['n']} accepted", flush=True)
+                shutil.rmtree(home)
+        for name, rs in results.items():
+            print(f"   {name:>6} median: {statistics.median(x['rate'] for x in rs):,.0f}/s, "
+                  f"p50 {statistics.median(x['p50_ms'] for x in rs):.2f} ms, "
+                  f"p99 {statistics.median(x['p99_ms'] for x in rs):.2f} ms, "
+                  f"{statistics.median(x['cpu_us'] for x in rs):.0f} µs CPU/verify")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,139 @@
+"""The sized window: the fast `core.verify` against its plain reference, and what every
+decision says about its guessing surface."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from validator import core
+from validator.core import Kind, Policy, Reason, TokenState
+from validator.drift import DriftPolicy
+from validator.otp import hotp
+
+P = 30
+START = 1_900_000_000.0
+DAY = 86_400.0
+
+
+def _history(seed: int, ppm: float, logins: int, gap_days: float,
+             policy: Policy) -> tuple[bytes, TokenState, float]:
+    """A token with `logins` accepted codes at about `gap_days` apart; its last `now`."""
+    rng = random.Random(seed)
+    key = rng.randbytes(20)
+    offset = rng.uniform(-10, 10)
+
+    def step(t: float) -> int:
+        return int((t + offset + ppm * 1e-6 * (t - START)) // P)
+
+    s = step(START)
+    state = core.check_enable(TokenState(kind=Kind.TOTP), key, hotp(key, s),
+                              hotp(key, s + 1), (s + 1) * P - offset + 3.0, policy).state
+    t = START + 60
+    for _ in range(logins):
+        t += rng.uniform(0.5, 1.5) * gap_days * DAY
+        read = t - rng.uniform(1, 5)
+        d = core.verify(state, key, hotp(key, step(read)), t, policy)
+        state = d.state
+    return key, state, t
+
+
+POLICIES = [Policy(), Policy(max_window=1), Policy(window=0, max_window=6),
+            Policy(window=2, max_window=3), Policy(near_miss_steps=0),
+            Policy(drift_policy=DriftPolicy.WHOLE_STEP),
+            Policy(drift_policy=DriftPolicy.SYNC_ONLY), Policy(window_unsteady_ppm=0.0)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 10_000), ppm=st.floats(-60, 60), logins=st.integers(0, 12),
+       gap=st.floats(0.01, 60), later=st.floats(0, 400 * DAY), shift=st.integers(-7, 7),
+       kind=st.sampled_from(["code", "wrong", "malformed", "replay"]),
+       which=st.integers(0, len(POLICIES) - 1), failures=st.integers(0, 6))
+def test_fast_verify_equals_the_reference(seed: int, ppm: float, logins: int, gap: float,
+                                          later: float, shift: int, kind: str, which: int,
+                                          failures: int) -> None:
+    policy = POLICIES[which]
+    key, state, t = _history(seed, ppm, logins, gap, policy)
+    if failures:
+        state = TokenState.from_json({**state.to_json(), "failures": failures,
+                                      "locked_until": t + later / 2 if failures > 4 else 0})
+    now = t + later
+    if kind == "wrong" and failures == 6:  # an expired token: refused before anything
+        state = TokenState.from_json({**state.to_json(), "expires": now - 1})
+    true_step = int((now + state.drift.predict(now)) // P) + shift
+    code = {"code": hotp(key, max(true_step, 0)), "wrong": "000000" if
+            hotp(key, max(true_step, 0)) != "000000" else "000001",
+            "malformed": "12a456", "replay": hotp(key, state.watermark or 0)}[kind]
+    fast = core.verify(state, key, code, now, policy)
+    ref = core.verify_reference(state, key, code, now, policy)
+    assert fast.reason is ref.reason
+    assert fast.state == ref.state
+    assert fast.matched == ref.matched
+    assert fast.retry_after == ref.retry_after
+    assert fast.window == ref.window
+    if fast.reason not in (Reason.LOCKED, Reason.EXPIRED):
+        cap = 2 * max(policy.window, policy.max_window if policy.drift_policy is
+                      DriftPolicy.TRACKING else 0) + 1
+        assert 0 <= fast.window <= cap
+
+
+def test_a_well_learnt_token_gets_plus_minus_one() -> None:
+    """A year of weekly codes from a steady 3 ppm crystal: the window is ±1 step, 3 steps."""
+    key, state, t = _history(4, 3.0, 52, 7.0, Policy())
+    assert len(state.drift.history) == 32
+    now = t + 7 * DAY
+    code = hotp(key, int((now + state.drift.predict(now)) // P))
+    d = core.verify(state, key, code, now)
+    assert d.accepted and d.window == 3
+
+
+def test_a_young_token_back_from_months_away_gets_a_wider_window_once() -> None:
+    """Enabled, used twice, then five months unused at 6 ppm (78 s): the window covers the
+    rate it does not know (capped at ±4), accepts, and the next code a week later is back
+    to ±1."""
+    key, state, t = _history(9, 6.0, 2, 1.0, Policy())
+    rng = random.Random(1)
+    offset0 = state.drift.predict(t)
+    now = t + 150 * DAY
+    true_off = offset0 + 6e-6 * 150 * DAY
+    d = core.verify(state, key, hotp(key, int((now - 2 + true_off) // P)), now)
+    assert d.accepted and 3 < d.window <= 9
+    later = now + 7 * DAY + rng.uniform(0, 3600)
+    d2 = core.verify(d.state, key, hotp(key, int((later - 2 + true_off + 6e-6 * 7 * DAY)
+                                                // P)), later)
+    assert d2.accepted and d2.window <= 4
+
+
+def test_the_cap_holds_and_a_code_beyond_it_still_teaches() -> None:
+    """Enabled, then 100 days unused: the window is capped at ±4 steps (9). A code 6 steps
+    past the believed one (21 ppm: physically possible, beyond the cap) is refused but
+    moves the estimate, and the next is accepted. A code 6 steps off only 3 days after
+    enabling (700 ppm) is physically impossible and teaches nothing."""
+    key, state, t = _history(2, 0.0, 0, 1.0, Policy())
+    now = t + 100 * DAY
+    center = int((now - 2.5 + state.drift.predict(now - 2.5)) // P)
+    beyond = center + 6
+    d = core.verify(state, key, hotp(key, beyond), now)
+    assert d.reason is Reason.INVALID_CODE and d.window == 9
+    assert d.state.drift != state.drift  # the near miss taught the tracker
+    nxt = core.verify(d.state, key, hotp(key, beyond + 2), now + 60)
+    assert nxt.accepted
+    soon = t + 3 * DAY
+    center = int((soon - 2.5 + state.drift.predict(soon - 2.5)) // P)
+    d = core.verify(state, key, hotp(key, center + 6), soon)
+    assert d.reason is Reason.INVALID_CODE and d.state.drift == state.drift
+
+
+def test_hotp_and_resync_decisions_report_their_surface() -> None:
+    key = bytes(range(20))
+    state = TokenState(kind=Kind.HOTP)
+    d = core.verify(state, key, hotp(key, 3), START)
+    assert d.accepted and d.window == 11
+    t = TokenState(kind=Kind.TOTP)
+    s = int(START // P)
+    r = core.resync(t, key, hotp(key, s), hotp(key, s + 1), START + 30)
+    assert r.accepted and r.window == 2 * (86_400 // P) + 1
+    locked = TokenState.from_json({**t.to_json(), "locked_until": START + 10})
+    assert core.verify(locked, key, "123456", START).window == 0
