@@ -49,6 +49,9 @@ class Policy:
     been on display (a soft belief; see `validator.drift`).
     `max_rate_ppm`: the physical bound on a token clock's rate error.
     `history`: drift observations kept per token.
+    `replay_memory`: how many steps or counters at and before the watermark a refused code
+    is also compared with: a match is answered `replayed` (a code that was valid once,
+    re-sent after it left the window) and, like every replay, never counts toward a lock.
     `near_miss_steps`: TOTP, tracking policy: how many steps outside the window, but within
     the drift tracker's feasible bounds, a refused code is also compared with (nearest
     first). A match is still refused; it only tells the tracker where the clock is (see
@@ -69,12 +72,13 @@ class Policy:
     max_rate_ppm: float = 100.0
     history: int = 32
     near_miss_steps: int = 8
+    replay_memory: int = 16
 
     def __post_init__(self) -> None:
         if self.window < 0 or self.hotp_lookahead < 0 or self.max_failures < 1 or \
-                self.near_miss_steps < 0:
-            raise ValueError("window, hotp_lookahead, near_miss_steps must be >= 0 and "
-                             "max_failures >= 1")
+                self.near_miss_steps < 0 or self.replay_memory < 0:
+            raise ValueError("window, hotp_lookahead, near_miss_steps, replay_memory must be "
+                             ">= 0 and max_failures >= 1")
         if self.lock_base <= 0 or self.lock_cap < self.lock_base or self.history < 1:
             raise ValueError("lock_base > 0, lock_cap >= lock_base and history >= 1 required")
 
@@ -278,8 +282,8 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
                 replayed = True
                 continue
             return _accept(state, step, now, policy)
-    if replayed:
-        return _fail(state, Reason.REPLAYED, now, policy)
+    if replayed or _recently_used(state, key, code, policy.replay_memory):
+        return Decision(_REPLAYED, state)
     if policy.near_miss_steps and policy.drift_policy is DriftPolicy.TRACKING and \
             state.drift.poly:
         learnt = _near_miss(state, key, code, now, center, window, policy)
@@ -296,10 +300,22 @@ def _verify_hotp(state: TokenState, key: bytes, code: str, now: float,
     for counter in range(first, first + policy.hotp_lookahead + 1):
         if hmac.compare_digest(hotp(key, counter, digits, algorithm), code):
             return _accept(state, counter, now, policy)
-    for counter in range(max(0, first - 1 - policy.hotp_lookahead), first):
-        if hmac.compare_digest(hotp(key, counter, digits, algorithm), code):
-            return _fail(state, Reason.REPLAYED, now, policy)
+    if _recently_used(state, key, code, max(policy.replay_memory, policy.hotp_lookahead + 1)):
+        return Decision(_REPLAYED, state)
     return _fail(state, Reason.INVALID_CODE, now, policy)
+
+
+def _recently_used(state: TokenState, key: bytes, code: str, memory: int) -> bool:
+    """Whether `code` is the code of one of the `memory` steps or counters at and before the
+    watermark, newest first: a code that was valid once (only refused codes get here)."""
+    watermark = state.watermark
+    if watermark is None:
+        return False
+    digits, algorithm = state.digits, state.algorithm
+    for n in range(watermark, max(-1, watermark - memory), -1):
+        if hmac.compare_digest(hotp(key, n, digits, algorithm), code):
+            return True
+    return False
 
 
 def _observe(state: TokenState, step: int, now: float, policy: Policy) -> Drift:

@@ -32,7 +32,7 @@ import uvicorn
 
 from validator.apikeys import ApiKeyError, KeyRing, Role, new_key, write_key_file
 from validator.config import CONFIG_NAME, ConfigError, Settings, default_document
-from validator.secrets_box import KeyFileError, SecretBox
+from validator.secrets_box import KeyFileError
 from validator.service import Validator
 from validator.store import AuditEvent, StoreError
 
@@ -84,8 +84,6 @@ def init_dir(directory: Path, *, host: str = "127.0.0.1", port: int = 8700,
 def open_validator(settings: Settings) -> Validator:
     """The validator on the configured database and seed key; neither is ever created
     here (a typo in a path must not start an empty validator with a fresh key)."""
-    if not settings.seed_key_file.is_file():
-        raise StartupError(f"seed key file {settings.seed_key_file} does not exist")
     if not settings.database.is_file():
         raise StartupError(f"database {settings.database} does not exist (run foblab "
                            "validator init)")
@@ -94,9 +92,9 @@ def open_validator(settings: Settings) -> Validator:
         raise StartupError(f"database {settings.database} (and its folder, for the WAL) "
                            "must be writable")
     try:
-        SecretBox.from_file(settings.seed_key_file)
         validator = Validator.open(settings.database, settings.seed_key_file,
-                                   policy=settings.policy, durability=settings.durability)
+                                   policy=settings.policy, durability=settings.durability,
+                                   create_key=False)
     except KeyFileError as exc:
         raise StartupError(str(exc)) from None
     except (sqlite3.Error, StoreError, OSError) as exc:
@@ -106,6 +104,9 @@ def open_validator(settings: Settings) -> Validator:
     except (sqlite3.Error, OSError) as exc:
         validator.close()
         raise StartupError(f"cannot write database {settings.database}: {exc}") from None
+    problem = validator.check_keys()  # /healthz answers 503 with it until a rotation fixes it
+    if problem:
+        log.error("%s", problem)
     return validator
 
 
