@@ -104,14 +104,59 @@ def test_replay_never_accepts_at_or_before_watermark(first: int, second: int) ->
     assert d1.accepted
     d2 = core.verify(d1.state, KEY, code_at(base + second), NOW + 1)
     if second <= first:
-        # Refused: as replayed while the step is in the (re-centred) window, else invalid.
-        assert d2.reason in (Reason.REPLAYED, Reason.INVALID_CODE)
-        assert d2.reason is Reason.REPLAYED or second < first
-        assert d2.state.watermark == base + first
+        # Refused as replayed, in the (re-centred) window or not, and never counted.
+        assert d2.reason is Reason.REPLAYED and d2.state == d1.state
     elif second == first + 1:  # the token's next step is always inside the window
         assert d2.accepted and d2.state.watermark == base + second
     else:  # two steps past a code that showed the token behind: may fall outside
         assert d2.state.watermark == (base + second if d2.accepted else base + first)
+
+
+def test_a_code_used_long_ago_stays_a_replay_and_never_locks() -> None:
+    """A code accepted once, re-sent minutes later (out of the window), is answered
+    `replayed` however often: it never counts toward the lock (docs/validator.md). Only
+    codes older than `replay_memory` steps before the watermark are plain wrong codes."""
+    policy = Policy(max_failures=3)
+    base = int(NOW // 30)
+    state = TokenState(kind=Kind.TOTP)
+    used = []
+    for i in range(4):  # four logins, a minute apart
+        d = core.verify(state, KEY, code_at(base + 2 * i), NOW + 60 * i, policy)
+        assert d.accepted
+        used.append(base + 2 * i)
+        state = d.state
+    later = NOW + 600  # ten minutes on: every used step is far out of the window
+    for step in used * 3:
+        d = core.verify(state, KEY, code_at(step), later, policy)
+        assert d.reason is Reason.REPLAYED and d.state is state
+    # An unused step before the watermark but within memory: a code valid once too.
+    assert core.verify(state, KEY, code_at(base + 1), later, policy).reason is Reason.REPLAYED
+    # Older than the memory: an ordinary wrong code, counted.
+    old = state.watermark - policy.replay_memory  # type: ignore[operator]
+    d = core.verify(state, KEY, code_at(old), later, policy)
+    assert d.reason is Reason.INVALID_CODE and d.state.failures == 1
+    assert core.verify(state, KEY, code_at(old + 1), later, policy).reason is Reason.REPLAYED
+    with pytest.raises(ValueError):
+        Policy(replay_memory=-1)
+    # Without memory only the window's replays are seen.
+    assert core.verify(state, KEY, code_at(used[0]), later,
+                       Policy(replay_memory=0)).reason is Reason.INVALID_CODE
+
+
+def test_hotp_replays_as_far_back_as_the_memory() -> None:
+    policy = Policy(hotp_lookahead=2, replay_memory=16)
+    state = TokenState(kind=Kind.HOTP, watermark=39)
+    for counter in (39, 30, 24):
+        d = core.verify(state, KEY, code_at(counter), NOW, policy)
+        assert d.reason is Reason.REPLAYED and d.state is state
+    d = core.verify(state, KEY, code_at(23), NOW, policy)
+    assert d.reason is Reason.INVALID_CODE and d.state.failures == 1
+    # The memory is never shorter than the look-ahead's replay range.
+    wide = Policy(hotp_lookahead=20, replay_memory=4)
+    assert core.verify(state, KEY, code_at(19), NOW, wide).reason is Reason.REPLAYED
+    assert core.verify(state, KEY, code_at(18), NOW, wide).reason is Reason.INVALID_CODE
+    assert core.verify(TokenState(kind=Kind.HOTP), KEY, code_at(30), NOW,
+                       policy).reason is Reason.INVALID_CODE
 
 
 def test_hotp_lookahead_and_replay() -> None:
