@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench lint clean debian-deps
+.PHONY: test demo bench lint clean debian-deps mutation
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,17 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+# Mutation testing (mutmut), on demand, never in CI: slow. MUTANTS narrows it, e.g.
+# make mutation MUTANTS='validator.core*'. Configuration and test selection: pyproject.toml.
+MUTANTS ?=
+mutation: $(STAMP)
+	$(VENV)/bin/mutmut run --max-children 2 $(MUTANTS)
+	$(VENV)/bin/mutmut results
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check protocol firmware_sim validator tools tests bench
 	$(VENV)/bin/mypy --strict protocol
 	$(VENV)/bin/mypy firmware_sim validator tools
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache mutants

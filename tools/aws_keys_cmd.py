@@ -18,9 +18,9 @@ from typing import Any
 import click
 
 from tools._args import fail as _fail
+from validator import keys
 from validator.aws.store import AwsStore
 from validator.config import CONFIG_NAME, ConfigError, load
-from validator import keys
 from validator.secrets_box import KeyFileError
 from validator.store import SQLiteStore, StoreError
 

@@ -1,10 +1,10 @@
 """`foblab validator ...`: set up and run the validator daemon, and talk to its API.
 
-`init`, `serve` and `check` (offline: opens every sealed secret) run here; every other command is a thin client of the HTTP API
-(httpx): `--url` and `--key`, else `FOBLAB_URL` and `FOBLAB_KEY`, else `--dir DIR` (an
-init'd folder: its foblab.toml gives the URL, its admin.key the key), else
-http://127.0.0.1:8700. Each takes `--json`; otherwise it prints a readable table. Every
-failure is one line `foblab: error: ...` on stderr and exit status 1.
+`init`, `serve` and `check` (offline: opens every sealed secret) run here; every other
+command is a thin client of the HTTP API (httpx): `--url` and `--key`, else `FOBLAB_URL`
+and `FOBLAB_KEY`, else `--dir DIR` (an init'd folder: its foblab.toml gives the URL, its
+admin.key the key), else http://127.0.0.1:8700. Each takes `--json`; otherwise it prints a
+readable table. Every failure is one line `foblab: error: ...` on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -404,7 +404,8 @@ def check(directory: Path, as_json: bool) -> None:
     finally:
         store.close()
     total = result.total_opened + result.total_failed
-    data = {"ok": result.ok, "opened": result.total_opened, "failed": result.total_failed,
+    data: dict[str, Any] = {
+            "ok": result.ok, "opened": result.total_opened, "failed": result.total_failed,
             "total": total, "tables": {t: {"opened": n, "failed": result.failed[t]}
                                        for t, n in result.opened.items()},
             "data_keys": result.data_keys, "master_key_id": box.key_id,
@@ -414,8 +415,9 @@ def check(directory: Path, as_json: bool) -> None:
     else:
         tables = ", ".join(f"{t} {v['opened']}/{v['opened'] + v['failed']}"
                            for t, v in data["tables"].items())
-        click.echo(f"{result.total_opened} of {total} sealed secrets open ({tables}); "
-                   f"{result.data_keys} data key(s) under master key {box.key_id}")
+        click.echo(f"{result.total_opened} of {total} sealed secrets open"
+                   + (f" ({tables})" if tables else "")
+                   + f"; {result.data_keys} data key(s) under master key {box.key_id}")
         for line in result.examples:
             click.echo(f"  {line}", err=True)
     if not result.ok:

@@ -72,7 +72,7 @@ class Policy:
     max_rate_ppm: float = 100.0
     history: int = 32
     near_miss_steps: int = 8
-    replay_memory: int = 16
+    replay_memory: int = 8
 
     def __post_init__(self) -> None:
         if self.window < 0 or self.hotp_lookahead < 0 or self.max_failures < 1 or \
@@ -282,7 +282,8 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
                 replayed = True
                 continue
             return _accept(state, step, now, policy)
-    if replayed or _recently_used(state, key, code, policy.replay_memory):
+    if replayed or _recently_used(state, key, code, policy.replay_memory, base - window,
+                                  base + window):
         return Decision(_REPLAYED, state)
     if policy.near_miss_steps and policy.drift_policy is DriftPolicy.TRACKING and \
             state.drift.poly:
@@ -305,14 +306,18 @@ def _verify_hotp(state: TokenState, key: bytes, code: str, now: float,
     return _fail(state, Reason.INVALID_CODE, now, policy)
 
 
-def _recently_used(state: TokenState, key: bytes, code: str, memory: int) -> bool:
+def _recently_used(state: TokenState, key: bytes, code: str, memory: int,
+                   seen_lo: int = 0, seen_hi: int = -1) -> bool:
     """Whether `code` is the code of one of the `memory` steps or counters at and before the
-    watermark, newest first: a code that was valid once (only refused codes get here)."""
+    watermark, newest first: a code that was valid once (only refused codes get here).
+    Steps in [seen_lo, seen_hi] were compared already (the window) and are skipped."""
     watermark = state.watermark
     if watermark is None:
         return False
     digits, algorithm = state.digits, state.algorithm
     for n in range(watermark, max(-1, watermark - memory), -1):
+        if seen_lo <= n <= seen_hi:
+            continue
         if hmac.compare_digest(hotp(key, n, digits, algorithm), code):
             return True
     return False

@@ -70,8 +70,8 @@ def test_an_access_key_created_during_a_rotation_is_not_left_under_the_old_key(
 
     from validator.aws.store import AwsStore
     from validator.keys import open_box
-    from validator.store import SQLiteStore
     from validator.service import Validator
+    from validator.store import SQLiteStore
 
     validator = Validator.open(tmp_path / "v.db")
     entered, proceed = threading.Event(), threading.Event()
@@ -102,8 +102,9 @@ def test_an_access_key_created_during_a_rotation_is_not_left_under_the_old_key(
     store.close()
     validator.close()
     # Only the new key file is left: the access key's secret must open under it.
-    fresh = AwsStore(tmp_path / "v.db", open_box(SQLiteStore(tmp_path / "v.db"), tmp_path / "v.db.key",
-                                              settle=False))
+    tokens = SQLiteStore(tmp_path / "v.db")
+    fresh = AwsStore(tmp_path / "v.db", open_box(tokens, tmp_path / "v.db.key", settle=False))
+    tokens.close()
     try:
         akid, secret = created[0]
         found = fresh.credentials(akid)

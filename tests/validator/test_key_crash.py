@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import secrets as _secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -190,6 +189,7 @@ def test_every_rotation_step_crashed_after_every_other(tmp_path: Path) -> None:
     # Every rotation step was really crashed at, right after each step (itself included).
     for step in (*keys.DATA_STEPS, *keys.MASTER_STEPS):
         assert killed.get(step, 0) == sequence.count(step) >= len(STEPS), (step, killed)
+    print(f"\n{len(sequence)} rotations, {sum(killed.values())} killed: {killed}")
     # Recovery steps happen only when a crash left something to finish: after the crashes
     # between the master rotation's commit and its swap, at least.
     assert killed.get("recover:committed", 0) >= 1 and killed.get("recover:renamed", 0) >= 1
@@ -294,9 +294,8 @@ def test_daemon_killed_mid_rotation_restarts_healthy(tmp_path: Path) -> None:
     """The real daemon, killed by the hook between a master rotation's commit and its key
     file swap; restarted, it finishes the rotation, answers healthy and verifies."""
     sys.path.insert(0, str(ROOT / "tests" / "daemon"))
-    from daemon_helpers import init_dir, start
-
     import httpx
+    from daemon_helpers import init_dir, start
 
     home = tmp_path / "home"
     admin, _ = init_dir(home)
