@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -33,12 +32,11 @@ def test_shipped_scenario_passes_in_process(path: Path) -> None:
     assert run.passed, [f"{r.event.name}: {r.outcome.describe()}" for r in run.failures]
 
 
-def test_three_years_of_weekly_logins_run_well_under_a_second() -> None:
+def test_three_years_of_weekly_logins() -> None:
+    # Its speed is measured by `make bench` (bench_study), never by a timed unit test.
     sc = load(ROOT / "scenarios" / "weekly-40ppm-3-years.toml")
-    t0 = time.perf_counter()
     run = run_in_process(sc)
     assert run.passed and len(run.results) == 157
-    assert time.perf_counter() - t0 < 1.0
     # the token really drifted: 40 ppm for three years is over an hour
     assert run.results[-1].token_offset_s is not None and run.results[-1].token_offset_s > 3700
 

@@ -188,22 +188,17 @@ def test_pskc_all_or_nothing_when_one_key_is_bad(validator: Validator, tmp_path:
     assert validator.list_tokens() == []
 
 
-def test_a_large_import_takes_linear_time(validator: Validator) -> None:
-    """30,000 tokens (about 1.8 MB of CSV; imports may be 16 MB) import in about a second.
-    Reporting what was left out once rebuilt the set of imported serials per record:
-    quadratic, some 35 s here for this file and most of an hour for a 16 MB one."""
-    import time
-
+def test_a_large_import_with_a_duplicate(validator: Validator) -> None:
+    """30,000 tokens (about 1.8 MB of CSV) with one already registered. Its speed (once
+    quadratic: the set of imported serials was rebuilt per record) is measured by
+    `make bench` (bench_import), which compares 3,000 and 30,000 keys in one run."""
     n = 30_000
     validator.register_token("L000000", b"12345678901234567890", now=T0)
     text = "serial,secret_hex,kind,digits,period_or_counter,hash\n" + "".join(
         f"L{i:06d},{'31' * 20},totp,6,30,sha1\n" for i in range(n))
-    started = time.perf_counter()
     result = validator.import_seed_file(text, "csv", skip_duplicates=True, now=T0)
-    elapsed = time.perf_counter() - started
     assert len(result.imported) == n - 1
     assert result.skipped == ["L000000: already registered"]
-    assert elapsed < 10.0, f"{n} tokens took {elapsed:.1f} s"
 
 
 @pytest.mark.parametrize("row, fragment", [
