@@ -156,6 +156,9 @@ def open_box(store: KeyStore, path: str | Path, *, settle: bool = True,
     """
     path = Path(path)
     found = _survey(store, path)
+    if found.missing and not found.keys and not found.unreadable:
+        raise KeyFileError(f"seed key file {path} does not exist, and the database's "
+                           "secrets need it; nothing was changed")
     if found.missing:
         raise _refuse(found, path)
     if path in found.unreadable:
