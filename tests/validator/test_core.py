@@ -265,3 +265,48 @@ def test_stored_state_json_from_before_still_loads_and_round_trips() -> None:
     assert decision.accepted and decision.state.failures == 0
     assert decision.state.drift.history[-1][0] == 56666701 * 30 + 3.0
     assert state.watermark == 56666700  # the input state is never changed in place
+
+
+@pytest.mark.parametrize("kind", [Kind.TOTP, Kind.HOTP])
+def test_wrong_and_malformed_codes_lock_at_now(kind: Kind) -> None:
+    """The lock is timed from `now` for malformed and wrong codes alike (mutation testing
+    found neither path's `now` checked)."""
+    policy = Policy(max_failures=2, lock_base=30.0)
+    base = int(NOW // 30)
+    near = {code_at(n) for n in (*range(0, 20), *range(base - 30, base + 30))}
+    wrong = next(f"{n:06d}" for n in range(10**6) if f"{n:06d}" not in near)
+    for bad in ("12345", wrong):
+        state = TokenState(kind=kind, watermark=3)
+        for i in range(2):
+            d = core.verify(state, KEY, bad, NOW + i, policy)
+            assert d.reason is Reason.INVALID_CODE
+            state = d.state
+        assert state.failures == 2 and state.locked_until == NOW + 1 + 30.0
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+def test_replays_are_found_with_the_tokens_own_hash(algorithm: str) -> None:
+    """A SHA-256/512 token's old codes are replays too: the replay memory computes them
+    with the token's algorithm, not SHA-1."""
+    base = int(NOW // 30)
+    state = TokenState(kind=Kind.TOTP, algorithm=algorithm)
+    d = core.verify(state, KEY, hotp(KEY, base, 6, algorithm), NOW)
+    assert d.accepted
+    late = core.verify(d.state, KEY, hotp(KEY, base, 6, algorithm), NOW + 300)
+    assert late.reason is Reason.REPLAYED and late.state is d.state
+    hstate = TokenState(kind=Kind.HOTP, algorithm=algorithm, watermark=40)
+    d = core.verify(hstate, KEY, hotp(KEY, 33, 6, algorithm), NOW, Policy(hotp_lookahead=2))
+    assert d.reason is Reason.REPLAYED
+    d = core.verify(hstate, KEY, hotp(KEY, 41, 6, algorithm), NOW)
+    assert d.accepted and d.state.watermark == 41
+
+
+def test_replay_memory_reaches_counter_zero_and_no_further() -> None:
+    policy = Policy(replay_memory=8, hotp_lookahead=1)
+    state = TokenState(kind=Kind.HOTP, watermark=2)
+    assert core.verify(state, KEY, code_at(0), NOW, policy).reason is Reason.REPLAYED
+    wrong = next(f"{n:06d}" for n in range(10**6)
+                 if f"{n:06d}" not in {code_at(c) for c in range(0, 6)})
+    assert core.verify(state, KEY, wrong, NOW, policy).reason is Reason.INVALID_CODE
+    totp = TokenState(kind=Kind.TOTP, watermark=1, t0=int(NOW) - 45)
+    assert core.verify(totp, KEY, code_at(0), NOW + 600, policy).reason is Reason.REPLAYED
