@@ -78,3 +78,51 @@ def test_cli_group_lists_only_existing_commands() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     assert "foblab" in result.output
+
+
+def _our_modules(path: Path) -> set[str]:
+    """The full names of the modules of ours a file imports (lazy imports included)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {m for m in found if m.split(".")[0] in PACKAGES}
+
+
+# Doors and the modules of ours each may import: itself and the service, nothing else (not
+# the store, not the core), so every door gets the same replay, throttling and audit.
+DOORS = {
+    "validator/ui": {"validator.service", "validator.ui"},
+    # RADIUS also reads its own config table and a 0600 secret file
+    "validator/radius": {"validator.service", "validator.radius", "validator.config",
+                         "validator.secrets_box.read_private_file"},
+    # the token panel reaches tokens through the protocol client only: no back door into
+    # the emulator's state
+    "firmware_sim/panel": {"protocol", "firmware_sim.panel"},
+}
+
+
+@pytest.mark.parametrize("door", sorted(DOORS))
+def test_doors_import_only_what_they_may(door: str) -> None:
+    allowed = DOORS[door]
+    files = sorted((ROOT / door).rglob("*.py"))
+    assert files, door
+    offenders = []
+    for path in files:
+        for module in _our_modules(path):
+            # `from X import name` lists X and X.name: X may stand when an allowed entry
+            # names something in it (X.name itself is still checked)
+            if not any(module == a or module.startswith(a + ".") or a.startswith(module + ".")
+                       for a in allowed) and module not in {"validator", "firmware_sim"}:
+                offenders.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert not offenders, offenders
+
+
+def test_the_door_checker_catches_a_store_import(tmp_path: Path) -> None:
+    bad = tmp_path / "x.py"
+    bad.write_text("def f():\n    from validator.store import SQLiteStore\n")
+    assert "validator.store" in _our_modules(bad)

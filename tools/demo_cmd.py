@@ -5,7 +5,8 @@ enrollment station, runs the real validator daemon (`foblab validator serve`, uv
 ephemeral loopback port) as a child process in its own process group, and then tells the
 story of a token's life through the HTTP API and the serial ports: import the vendor's PSKC
 file, enable alice with two consecutive codes, log in, replay, a wrong code, a year of drift
-at +40 ppm, resync, and a blank token provisioned through the station for bob.
+at +40 ppm, resync, a login through the RADIUS door (as a VPN would send it), and a blank
+token provisioned through the station for bob.
 
 Every step states what must happen and checks it; the exit status is 0 only if all did.
 Whatever happens (a failed step, Ctrl-C, SIGTERM) the daemon's process group is stopped,
@@ -104,9 +105,32 @@ def _signals_as_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
+RADIUS_SECRET_FILE = "radius-vpn.secret"
+
+
+def _radius_config(directory: Path) -> bool:
+    """Give the daemon a RADIUS door with one client, a VPN on loopback, when pyrad (the
+    `radius` extra) is installed. Returns whether it did."""
+    import secrets
+
+    try:
+        import pyrad  # noqa: F401
+    except ImportError:
+        return False
+    from validator.secrets_box import write_private_file
+
+    write_private_file(directory / RADIUS_SECRET_FILE, secrets.token_hex(16).encode())
+    with (directory / "foblab.toml").open("a") as f:
+        f.write(f'\n[radius]\nlisten = "127.0.0.1:0"\n\n[[radius.clients]]\nname = "vpn"\n'
+                f'address = "127.0.0.1/32"\nsecret_file = "{RADIUS_SECRET_FILE}"\n')
+    return True
+
+
 @contextmanager
-def _daemon(directory: Path, station_url: str, log_path: Path) -> Iterator[tuple[str, int]]:
-    """`foblab validator serve` on an ephemeral port, in its own process group."""
+def _daemon(directory: Path, station_url: str, log_path: Path
+            ) -> Iterator[tuple[str, int, tuple[str, int] | None]]:
+    """`foblab validator serve` on an ephemeral port, in its own process group; its URL,
+    pid and RADIUS address (None without a [radius] table)."""
     log = open(log_path, "wb")  # noqa: SIM115 - closed below, after the child is gone
     cmd = [sys.executable, "-c", "from tools.cli import main; main()", "validator", "serve",
            "--dir", str(directory), "--port", "0", "--station", f"{STATION}={station_url}",
@@ -129,7 +153,8 @@ def _daemon(directory: Path, station_url: str, log_path: Path) -> Iterator[tuple
                 raise DemoAbort("the daemon did not start within 30 s")
             else:
                 time.sleep(0.05)
-        yield url, proc.pid
+        m = re.search(r"answering RADIUS on udp (\S+):(\d+)", log_path.read_text())
+        yield url, proc.pid, (m.group(1), int(m.group(2))) if m else None
     finally:
         _stop(proc)
         log.close()
@@ -233,22 +258,29 @@ def _story(story: Story, work: Path, stack: ExitStack) -> None:
                                             state_dir=work / "blank-state",
                                             pty_link=work / "station" / "blank",
                                             durable=False))
+    panel = _panel(stack, [str(fleet.ports[s].url) for s in serials])
     story.expect("fleet", f"started {FLEET_SIZE} emulated key fobs in QA mode on PTYs "
-                 f"({', '.join(serials)}) and a blank token on the enrollment station",
+                 f"({', '.join(serials)}) and a blank token on the enrollment station; "
+                 f"token panel on {panel or '(needs foblab[ui])'}",
                  "running", "running" if fleet.manifest_path.exists() else "missing",
-                 detail={"serials": serials, "ports": str(work / "fleet" / "ports")},
-                 fatal=True)
+                 detail={"serials": serials, "ports": str(work / "fleet" / "ports"),
+                         "panel": panel}, fatal=True)
 
     # 2. the daemon
     made = init_dir(work / "validator")
-    url, pid = stack.enter_context(_daemon(work / "validator", blank.url,
-                                           work / "validator" / "daemon.log"))
+    with_radius = _radius_config(work / "validator")
+    url, pid, radius = stack.enter_context(_daemon(work / "validator", blank.url,
+                                                   work / "validator" / "daemon.log"))
     api = Api(url, str(made["admin_key"]))
     stack.callback(api.close)
     status, _ = api.call("GET", "/healthz")
+    ui = api.http.get("/ui/login").status_code == 200
+    console = f"{url}/ui/" if ui else None
     story.expect("daemon", f"validator daemon (pid {pid}) listening on {url}, SQLite in "
-                 f"{work / 'validator'}", "healthy", "healthy" if status == 200 else
-                 f"HTTP {status}", detail={"url": url, "pid": pid}, fatal=True)
+                 f"{work / 'validator'}; web console on {console or '(needs foblab[ui])'}",
+                 "healthy", "healthy" if status == 200 else f"HTTP {status}",
+                 detail={"url": url, "pid": pid, "console": console,
+                         "admin_key_file": str(work / "validator" / "admin.key")}, fatal=True)
 
     # 3. the vendor's seed file
     status, data = api.call("POST", "/v1/tokens/import",
@@ -325,7 +357,18 @@ def _story(story: Story, work: Path, stack: ExitStack) -> None:
                  f"(token {fob.offset_s():+.1f} s)", "accepted", got,
                  detail={"drift": drift, "token_offset_s": fob.offset_s()})
 
-    # 11. the enrollment station: provision the blank token and enable it for bob
+    # 11. the same token through the RADIUS door, as a VPN asks
+    if with_radius:
+        code = fob.code()
+        got = _radius_login(work / "validator", radius, "alice", code)
+        fob.used = fob.step()
+        where = f"{radius[0]}:{radius[1]}" if radius else "?"
+        story.expect("radius", f"a VPN sends alice's next code {code} to the RADIUS door "
+                     f"(udp {where}, PAP with Message-Authenticator)", "Access-Accept", got)
+    else:
+        story.say("(no RADIUS step: pyrad, the radius extra, is not installed)")
+
+    # 12. the enrollment station: provision the blank token and enable it for bob
     # (QA: its clock is put 2 s before a step boundary, so the station's wait for its
     # second code is short)
     bench = Fob(blank.url)
@@ -347,7 +390,43 @@ def _story(story: Story, work: Path, stack: ExitStack) -> None:
                      login("bob", code))
 
 
-def run_demo(as_json: bool, broken: str | None) -> tuple[Story, Path, float]:
+def _radius_login(directory: Path, radius: tuple[str, int] | None, user: str,
+                  code: str) -> str:
+    from tools.radius_cmd import NoAnswer, exchange
+
+    if radius is None:
+        return "no RADIUS door"
+    secret = (directory / RADIUS_SECRET_FILE).read_bytes().strip()
+    try:
+        return exchange(radius, user, code, secret).code
+    except NoAnswer:
+        return "no answer"
+
+
+def _panel(stack: ExitStack, urls: list[str]) -> str | None:
+    """The token panel on the fleet (a free loopback port), or None without Jinja2."""
+    try:
+        import jinja2  # noqa: F401 - the panel's templates
+
+        from firmware_sim.panel import serve_panel
+    except ModuleNotFoundError:
+        return None
+    return stack.enter_context(serve_panel(urls))
+
+
+def _linger(story: Story) -> None:
+    """--serve: keep everything running for a look in the browser, until Ctrl-C."""
+    first, second = story.steps[0].detail, story.steps[1].detail
+    click.echo(f"serving until Ctrl-C: the web console on {second.get('console')} (sign in "
+               f"with the key in {second.get('admin_key_file')}), the token panel on "
+               f"{first.get('panel')}")
+    sys.stdout.flush()
+    while True:
+        time.sleep(3600)
+
+
+def run_demo(as_json: bool, broken: str | None,
+             serve: bool = False) -> tuple[Story, Path, float]:
     story = Story(as_json, broken)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="foblab-demo-"))
@@ -360,6 +439,12 @@ def run_demo(as_json: bool, broken: str | None) -> tuple[Story, Path, float]:
                 _story(story, work, stack)
             except DemoAbort as exc:
                 story.say(str(exc))
+            else:
+                if serve and not as_json and len(story.steps) >= 2:
+                    try:
+                        _linger(story)
+                    except KeyboardInterrupt:
+                        pass
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return story, work, time.monotonic() - started
@@ -369,11 +454,14 @@ def run_demo(as_json: bool, broken: str | None) -> tuple[Story, Path, float]:
 @click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON.")
 @click.option("--break", "broken", hidden=True, envvar="FOBLAB_DEMO_BREAK",
               help="Flip one step's expectation (for tests).")
-def demo(as_json: bool, broken: str | None) -> None:
+@click.option("--serve", is_flag=True,
+              help="After the story, keep the daemon, its web console and the token panel "
+                   "running until Ctrl-C.")
+def demo(as_json: bool, broken: str | None, serve: bool) -> None:
     """Run the whole story end to end: tokens, daemon, enable, login, drift, resync,
     enrollment. Needs nothing but this package; leaves nothing behind."""
     try:
-        story, work, seconds = run_demo(as_json, broken or None)
+        story, work, seconds = run_demo(as_json, broken or None, serve)
     except KeyboardInterrupt:
         click.echo("foblab demo: interrupted; everything it started is stopped and removed",
                    err=True)

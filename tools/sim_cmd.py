@@ -210,3 +210,42 @@ def fleet(count: int | None, directory: Path, model: str | None, config: Path | 
             await running.close()
 
     asyncio.run(main())
+
+
+@sim.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path),
+              help="A running fleet's directory: every token in its manifest.json.")
+@click.option("--port", "--token", "ports", multiple=True, metavar="URL",
+              help="A token's port URL (a PTY link, socket://HOST:PORT, a device); repeat.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on (loopback unless --allow-remote).")
+@click.option("--listen-port", type=click.IntRange(0, 65535), default=8710, show_default=True,
+              help="TCP port to serve on (0: any free one).")
+@click.option("--allow-remote", is_flag=True,
+              help="Serve on a non-loopback address too (the panel has no sign-in).")
+@click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
+def panel(directory: Path | None, ports: tuple[str, ...], host: str, listen_port: int,
+          allow_remote: bool, as_json: bool) -> None:
+    """A web page that shows tokens as the devices look, live, with their button and QA
+    controls. Talks to them over their ports, as `foblab token` does. Ctrl-C stops."""
+    try:
+        import jinja2  # noqa: F401 - the page's templates
+
+        from firmware_sim import panel as web
+    except ModuleNotFoundError as exc:
+        _fail(f"the panel needs {exc.name}: pip install 'foblab[ui]'")
+    urls = list(ports)
+    try:
+        if directory is not None:
+            urls = web.Panel.urls_from_fleet(directory) + urls
+        sock = web.bind(host, listen_port, allow_remote)
+        running = web.Panel(urls)
+    except web.PanelError as exc:
+        _fail(str(exc))
+
+    def ready(url: str) -> None:
+        click.echo(json.dumps({"url": url, "tokens": len(urls)}) if as_json else
+                   f"token panel on {url} ({len(urls)} token(s)); Ctrl-C stops")
+        sys.stdout.flush()
+
+    web.run(running, sock, on_ready=ready)

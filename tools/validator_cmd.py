@@ -9,11 +9,14 @@ readable table. Every failure is one line `foblab: error: ...` on stderr and exi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import sqlite3
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,14 +26,22 @@ import click
 
 from tools._args import fail as _fail
 from tools.cli import LazyGroup
-from validator.config import CONFIG_NAME, DEFAULT_PORT, ConfigError, check_station, load
+from validator.config import (
+    CONFIG_NAME,
+    DEFAULT_PORT,
+    ConfigError,
+    check_station,
+    load,
+    parse_listen,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 
 
-@click.group(cls=LazyGroup, lazy={"aws-keys": "tools.aws_keys_cmd:aws_keys"})
+@click.group(cls=LazyGroup, lazy={"aws-keys": "tools.aws_keys_cmd:aws_keys",
+                                  "radius": "tools.radius_cmd:radius"})
 def validator() -> None:
     """The validator daemon: init, serve, and its API from the command line."""
 
@@ -86,10 +97,13 @@ def _station_option(values: Sequence[str]) -> dict[str, str]:
               help="Listen port (0: any free port; default from the config, else 8700).")
 @click.option("--station", "stations", multiple=True, metavar="NAME=URL",
               help="Add an enrollment station (repeatable).")
+@click.option("--radius", "radius_listen", metavar="HOST:PORT",
+              help="Answer RADIUS on this UDP address (needs a [radius] table with clients; "
+                   "overrides its listen).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(directory: Path | None, config: Path | None, host: str | None, port: int | None,
-          stations: Sequence[str], log_level: str) -> None:
+          stations: Sequence[str], radius_listen: str | None, log_level: str) -> None:
     """Run the daemon until SIGTERM or Ctrl-C."""
     from validator.daemon import StartupError
     from validator.daemon import serve as run
@@ -108,13 +122,25 @@ def serve(directory: Path | None, config: Path | None, host: str | None, port: i
         changes["port"] = port
     if stations:
         changes["stations"] = {**settings.stations, **_station_option(stations)}
+    if radius_listen is not None:
+        if settings.radius is None:
+            _fail("--radius needs a [radius] table with [[radius.clients]] in the config "
+                  "(docs/radius.md)")
+        try:
+            rhost, rport = parse_listen(radius_listen, "--radius")
+        except ConfigError as exc:
+            _fail(str(exc))
+        changes["radius"] = dataclasses.replace(settings.radius, host=rhost, port=rport)
     settings = settings.replace(**changes)
 
     def ready(url: str) -> None:
         click.echo(f"foblab validator listening on {url}", err=True)
 
+    def radius_ready(address: str) -> None:
+        click.echo(f"foblab validator answering RADIUS on udp {address}", err=True)
+
     try:
-        code = run(settings, on_ready=ready, log_level=log_level)
+        code = run(settings, on_ready=ready, log_level=log_level, on_radius=radius_ready)
     except StartupError as exc:
         _fail(str(exc))
     sys.exit(code)
@@ -248,6 +274,9 @@ def _token_detail(t: dict[str, Any]) -> None:
     for key in ("created", "assigned_at", "last_used", "locked_until"):
         if key in t:
             click.echo(f"{key:<14} {_when(t[key])}")
+    if "expires" in t:  # from its seed file's key policy; codes are refused after it
+        click.echo(f"{'expires':<14} "
+                   f"{'never' if t['expires'] is None else _when(t['expires'])}")
     if t.get("drift"):
         d = t["drift"]
         click.echo(f"{'drift':<14} offset {d['offset_seconds']} s, rate {d['rate_ppm']} ppm")
@@ -290,10 +319,16 @@ def add(client: Client, as_json: bool, serial: str, secret_b32: str | None,
               help="Default: from the file's suffix (.csv is CSV, else PSKC).")
 @click.option("--passphrase", help="PBKDF2 passphrase of an encrypted PSKC file.")
 @click.option("--key-hex", help="Pre-shared AES key of an encrypted PSKC file.")
-@click.option("--skip-duplicates", is_flag=True, help="Leave out serials already registered.")
+@click.option("--skip-duplicates", is_flag=True,
+              help="Leave out serials already registered or repeated in the file.")
+@click.option("--dry-run", is_flag=True,
+              help="Read, decrypt and check the file; print what would be imported and "
+                   "skipped; write nothing.")
 def import_(client: Client, as_json: bool, file: Path, fmt: str | None,
-            passphrase: str | None, key_hex: str | None, skip_duplicates: bool) -> None:
-    """Import every token of a PSKC or CSV seed file (all or nothing)."""
+            passphrase: str | None, key_hex: str | None, skip_duplicates: bool,
+            dry_run: bool) -> None:
+    """Import every usable token of a PSKC or CSV seed file (all of them or none), and list
+    the keys left out and why (a PIN key, another algorithm, an expired key policy...)."""
     fmt = fmt or ("csv" if file.suffix.lower() == ".csv" else "pskc")
     try:
         content = file.read_text()
@@ -306,10 +341,65 @@ def import_(client: Client, as_json: bool, file: Path, fmt: str | None,
         body["key_hex"] = key_hex
     if skip_duplicates:
         body["skip_duplicates"] = True
-    _, data = client.call("POST", "/v1/tokens/import", body=body)
-    _show(data, as_json, lambda d: click.echo(
-        f"imported {d['imported']} token(s)" +
-        (f", skipped {len(d['skipped'])}" if d.get("skipped") else "")))
+    if dry_run:
+        body["dry_run"] = True
+    keys = _count_keys(content, fmt)
+    with _Working(f"{'checking' if dry_run else 'importing'} {keys:,} keys from {file.name}",
+                  enabled=keys > _PROGRESS_KEYS and not as_json):
+        _, data = client.call("POST", "/v1/tokens/import", body=body)
+    _show(data, as_json, _import_report)
+
+
+_PROGRESS_KEYS = 300  # a file of more keys shows that it is being worked on (on a TTY)
+
+
+def _count_keys(content: str, fmt: str) -> int:
+    """About how many keys a file holds (for the progress line only)."""
+    if fmt == "csv":
+        return max(0, sum(1 for line in content.splitlines()
+                          if line.strip() and not line.lstrip().startswith("#")) - 1)
+    return content.count("<Key ") + content.count(":Key ") + content.count("<Secret ")
+
+
+class _Working:
+    """On a TTY (stderr), a line that says what is being done and for how long, redrawn
+    in place until the work ends; nothing otherwise."""
+
+    def __init__(self, what: str, *, enabled: bool) -> None:
+        self.what = what
+        self.enabled = enabled and sys.stderr.isatty()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Working:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        frames = "|/-\\"
+        i = 0
+        while not self._stop.wait(0.2):
+            click.echo(f"\r{frames[i % 4]} {self.what}... {time.monotonic() - started:.0f} s",
+                       err=True, nl=False)
+            i += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            click.echo("\r\x1b[K", err=True, nl=False)
+
+
+def _import_report(d: dict[str, Any]) -> None:
+    verb = "would import" if d.get("dry_run") else "imported"
+    skipped = d.get("skipped") or []
+    click.echo(f"{verb} {d['imported']} token(s)" +
+               (f", skipped {len(skipped)}:" if skipped else ""))
+    if skipped:
+        _table(skipped, (("serial", "SERIAL"), ("reason", "REASON"), ("detail", "DETAIL")))
 
 
 @client_command(token, "list")
@@ -514,9 +604,11 @@ def audit(client: Client, as_json: bool, serial: str | None, user: str | None,
         "serial": serial, "user": user, "action": action, "result": result, "limit": limit,
         "offset": offset})
     _show(data, as_json, lambda d: _table(
-        [{**e, "time": _when(e["time"])} for e in d["entries"]],
+        [{**e, "time": _when(e["time"]),
+          "via": f"{e.get('via')}:{e.get('client')}" if e.get("via") else None}
+         for e in d["entries"]],
         (("id", "ID"), ("time", "TIME"), ("action", "ACTION"), ("result", "RESULT"),
-         ("reason", "REASON"), ("serial", "SERIAL"), ("user", "USER"))))
+         ("reason", "REASON"), ("serial", "SERIAL"), ("user", "USER"), ("via", "VIA"))))
 
 
 @validator.group()

@@ -48,13 +48,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                        "pattern": "^[0-9A-Fa-f]+$"},
         "kind": KIND, "hash": HASH, "digits": DIGITS, "period": PERIOD, "counter": COUNTER,
         "t0": {"type": "integer", "minimum": 0, "maximum": 2**40},
-    }, ["serial"], description="exactly one of secret_b32 and secret_hex (10-128 bytes)"),
+    }, ["serial"], description="exactly one of secret_b32 and secret_hex (16-128 bytes, "
+       "or from min_secret_bytes, at least 10)"),
     "TokenImport": _obj({
         "format": {"type": "string", "enum": ["pskc", "csv"]},
         "content": {"type": "string", "minLength": 1},
         "passphrase": {"type": "string", "minLength": 1, "maxLength": 1024},
         "key_hex": {"type": "string", "pattern": "^[0-9A-Fa-f]{32,64}$"},
         "skip_duplicates": {"type": "boolean"},
+        "dry_run": {"type": "boolean",
+                    "description": "read, decrypt and check; write nothing"},
     }, ["format", "content"]),
     "DeviceEnable": _obj({"serial": SERIAL, "code1": CODE, "code2": CODE},
                          ["serial", "code1", "code2"]),

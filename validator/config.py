@@ -9,9 +9,16 @@
     port = 8700
     durability = "normal"              # or "full": fsync every accepted code
     max_body_bytes = 16384             # every request body but seed-file imports
-    max_import_bytes = 16777216        # POST /v1/tokens/import
+    max_import_bytes = 16777216        # POST /v1/tokens/import, and a seed file in it
+    import_max_depth = 32              # a seed file's XML nesting
+    import_max_elements = 1000000      # a seed file's XML elements
+    import_max_keys = 100000           # a seed file's keys (PSKC) or rows (CSV)
+    import_max_field_chars = 4096      # one CSV field, one XML element's text
+    min_secret_bytes = 16              # every token's seed; 10 for a legacy fleet
     station_timeout = 2.0              # seconds to wait for a token's reply on a station
     access_log = true
+    ui = true                          # the web console at /ui/ (needs the `ui` extra)
+    ui_session_seconds = 3600          # a console sign-in lasts this long
 
     [policy]                           # validator.core.Policy fields; all optional
     window = 1
@@ -22,6 +29,14 @@
 
     [aws]                              # handed to validator.aws as it is
 
+    [radius]                           # the RADIUS door; off without this table
+    listen = "127.0.0.1:1812"          # serve --radius HOST:PORT overrides it
+    [[radius.clients]]                 # one per NAS; requests from elsewhere are dropped
+    name = "vpn"
+    address = "127.0.0.1/32"           # an address or a CIDR
+    secret_file = "radius-vpn.secret"  # relative to this folder, 0600 (or secret = "...")
+    legacy = false                     # true: no Message-Authenticator required (logged)
+
 Unknown keys are refused (a typo must not silently fall back to a default). Precedence:
 command-line options, then this file, then the defaults here.
 """
@@ -29,6 +44,7 @@ command-line options, then this file, then the defaults here.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -38,11 +54,14 @@ from typing import Any
 
 from validator.core import Policy
 from validator.drift import DriftPolicy
+from validator.importers import DEFAULT_LIMITS, ImportLimits
+from validator.service import LOWEST_MIN_SECRET_BYTES, MAX_SECRET_BYTES, MIN_SECRET_BYTES
 from validator.store import Durability
 
 CONFIG_NAME = "foblab.toml"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8700
+DEFAULT_RADIUS_PORT = 1812
 STATION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -63,15 +82,103 @@ class Settings:
     durability: Durability = Durability.NORMAL
     max_body_bytes: int = 16 * 1024
     max_import_bytes: int = 16 * 1024 * 1024
+    import_max_depth: int = DEFAULT_LIMITS.max_depth
+    import_max_elements: int = DEFAULT_LIMITS.max_elements
+    import_max_keys: int = DEFAULT_LIMITS.max_keys
+    import_max_field_chars: int = DEFAULT_LIMITS.max_field_chars
+    min_secret_bytes: int = MIN_SECRET_BYTES
     station_timeout: float = 2.0
     access_log: bool = True
+    ui: bool = True
+    ui_session_seconds: float = 3600.0
     policy: Policy = field(default_factory=Policy)
     stations: dict[str, str] = field(default_factory=dict)
     aws: dict[str, Any] = field(default_factory=dict)
+    radius: RadiusConfig | None = None  # None: no RADIUS door
     source: Path | None = None  # the config file, for messages
+
+    def import_limits(self) -> ImportLimits:
+        return ImportLimits(max_bytes=self.max_import_bytes, max_depth=self.import_max_depth,
+                            max_elements=self.import_max_elements,
+                            max_keys=self.import_max_keys,
+                            max_field_chars=self.import_max_field_chars)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RadiusClientConfig:
+    """One RADIUS client (NAS) as configured; its secret is read at start-up."""
+
+    name: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    secret_file: Path | None = None
+    secret: str | None = field(default=None, repr=False)
+    legacy: bool = False
+
+
+@dataclass(frozen=True)
+class RadiusConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_RADIUS_PORT
+    clients: tuple[RadiusClientConfig, ...] = ()
+
+
+def parse_listen(text: str, what: str = "[radius] listen") -> tuple[str, int]:
+    """`HOST:PORT` (`[V6]:PORT` for IPv6) as (host, port); port 0 picks a free one."""
+    host, sep, port = str(text).rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} must be HOST:PORT, not {text!r}")
+    return host, int(port)
+
+
+def _radius(raw: Any, base: Path) -> RadiusConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("[radius] must be a table")
+    extra = set(raw) - {"listen", "clients"}
+    if extra:
+        raise ConfigError(f"unknown key(s) in [radius]: {', '.join(sorted(extra))}")
+    host, port = parse_listen(raw.get("listen", f"{DEFAULT_HOST}:{DEFAULT_RADIUS_PORT}"))
+    clients: list[RadiusClientConfig] = []
+    entries = raw.get("clients", [])
+    if not isinstance(entries, list):
+        raise ConfigError("[[radius.clients]] must be an array of tables")
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ConfigError("[[radius.clients]] must be an array of tables")
+        extra = set(entry) - {"name", "address", "secret_file", "secret", "legacy"}
+        if extra:
+            raise ConfigError(f"unknown key(s) in [[radius.clients]]: "
+                              f"{', '.join(sorted(extra))}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not STATION_NAME.fullmatch(name):
+            raise ConfigError(f"[[radius.clients]] name {name!r} must be 1-64 letters, "
+                              "digits, '_', '.', '-'")
+        if any(c.name == name for c in clients):
+            raise ConfigError(f"[[radius.clients]] name {name!r} is used twice")
+        try:
+            network = ipaddress.ip_network(str(entry.get("address", "")), strict=False)
+        except ValueError:
+            raise ConfigError(f"radius client {name!r}: address must be an IP address or "
+                              f"a CIDR, not {entry.get('address')!r}") from None
+        has_file, has_secret = "secret_file" in entry, "secret" in entry
+        if has_file == has_secret:
+            raise ConfigError(f"radius client {name!r} needs secret_file or secret (one)")
+        secret_file = None
+        if has_file:
+            raw_path = entry["secret_file"]
+            if not isinstance(raw_path, str) or not raw_path:
+                raise ConfigError(f"radius client {name!r}: secret_file must be a path")
+            path = Path(raw_path).expanduser()
+            secret_file = path if path.is_absolute() else base / path
+        secret = entry.get("secret")
+        if has_secret and (not isinstance(secret, str) or not secret):
+            raise ConfigError(f"radius client {name!r}: secret must be a non-empty string")
+        legacy = _typed("radius.clients", "legacy", entry.get("legacy", False), bool)
+        clients.append(RadiusClientConfig(name, network, secret_file, secret, legacy))
+    return RadiusConfig(host, port, tuple(clients))
 
 
 _FILE_KEYS = ("database", "seed_key_file", "admin_key_file", "verifier_key_file")
@@ -79,7 +186,11 @@ _DEFAULT_FILES = {"database": "validator.db", "seed_key_file": "seed.key",
                   "admin_key_file": "admin.key", "verifier_key_file": "verifier.key"}
 _SCALARS: dict[str, type] = {"host": str, "port": int, "durability": str,
                              "max_body_bytes": int, "max_import_bytes": int,
-                             "station_timeout": float, "access_log": bool}
+                             "station_timeout": float, "access_log": bool, "ui": bool,
+                             "ui_session_seconds": float,
+                             "import_max_depth": int, "import_max_elements": int,
+                             "import_max_keys": int, "import_max_field_chars": int,
+                             "min_secret_bytes": int}
 _POLICY_TYPES: dict[str, type] = {
     f.name: str if f.name == "drift_policy" else type(getattr(Policy(), f.name))
     for f in dataclasses.fields(Policy)}
@@ -103,7 +214,7 @@ def check_station(name: str, url: str) -> None:
 
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Settings:
     """Settings from a parsed TOML document; relative paths are resolved against `base`."""
-    unknown = set(data) - {"validator", "policy", "stations", "aws"}
+    unknown = set(data) - {"validator", "policy", "stations", "aws", "radius"}
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
     main = dict(data.get("validator", {}))
@@ -127,10 +238,20 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
     if not 0 <= values.get("port", DEFAULT_PORT) <= 65535:
         raise ConfigError("[validator] port must be 0-65535")
     for key in ("max_body_bytes", "max_import_bytes"):
-        if values.get(key, 1) < 1024:
+        if values.get(key, 1024) < 1024:
             raise ConfigError(f"[validator] {key} must be at least 1024")
+    for key in ("import_max_depth", "import_max_elements", "import_max_keys",
+                "import_max_field_chars"):
+        if values.get(key, 1) < 1:
+            raise ConfigError(f"[validator] {key} must be at least 1")
+    if not LOWEST_MIN_SECRET_BYTES <= values.get("min_secret_bytes", MIN_SECRET_BYTES) \
+            <= MAX_SECRET_BYTES:
+        raise ConfigError(f"[validator] min_secret_bytes must be {LOWEST_MIN_SECRET_BYTES} "
+                          f"to {MAX_SECRET_BYTES}")
     if values.get("station_timeout", 1.0) <= 0:
         raise ConfigError("[validator] station_timeout must be positive")
+    if not 1 <= values.get("ui_session_seconds", 60.0) <= 30 * 86_400:
+        raise ConfigError("[validator] ui_session_seconds must be 1 to 2592000 (30 days)")
 
     policy_raw = dict(data.get("policy", {}))
     extra = set(policy_raw) - set(_POLICY_TYPES)
@@ -153,6 +274,8 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
         check_station(name, url)
     values["stations"] = stations
     values["aws"] = dict(data.get("aws", {}))
+    if "radius" in data:
+        values["radius"] = _radius(data["radius"], base)
     return Settings(source=source, **values)
 
 
@@ -175,7 +298,13 @@ def default_document(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> dict
     return {
         "validator": {**_DEFAULT_FILES, "host": host, "port": port, "durability": "normal",
                       "max_body_bytes": 16 * 1024, "max_import_bytes": 16 * 1024 * 1024,
-                      "station_timeout": 2.0, "access_log": True},
+                      "station_timeout": 2.0, "access_log": True, "ui": True,
+                      "ui_session_seconds": 3600.0,
+                      "import_max_depth": DEFAULT_LIMITS.max_depth,
+                      "import_max_elements": DEFAULT_LIMITS.max_elements,
+                      "import_max_keys": DEFAULT_LIMITS.max_keys,
+                      "import_max_field_chars": DEFAULT_LIMITS.max_field_chars,
+                      "min_secret_bytes": MIN_SECRET_BYTES},
         "policy": {"window": 1, "max_failures": 5, "lock_base": 30.0, "lock_cap": 3600.0,
                    "max_devices": 8},
         "stations": {},

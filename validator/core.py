@@ -32,6 +32,7 @@ class Reason(enum.StrEnum):
     LOCKED = "locked"
     NO_DEVICE = "no_device"
     NOT_ENABLED = "not_enabled"
+    EXPIRED = "expired"  # the token's key policy expired (its seed file said when)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,8 @@ class TokenState:
     `watermark` is the last accepted time step (TOTP) or counter (HOTP); no code at or
     before it is ever accepted again. None: nothing accepted yet.
     `window`: a per-token override of `Policy.window` (None: use the policy's).
+    `expires`: when the token's key may no longer be used (Unix seconds, from the seed
+    file's key policy), or None. From then on every code is refused as `expired`.
     """
 
     kind: Kind
@@ -107,6 +110,7 @@ class TokenState:
     drift: Drift = field(default_factory=Drift)
     failures: int = 0
     locked_until: float = 0.0
+    expires: float | None = None
 
     def __post_init__(self) -> None:
         if not 6 <= self.digits <= 10:
@@ -124,12 +128,15 @@ class TokenState:
         return 0 if self.watermark is None else self.watermark + 1
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "kind": self.kind.value, "digits": self.digits, "algorithm": self.algorithm,
             "period": self.period, "t0": self.t0, "window": self.window,
             "watermark": self.watermark, "drift": self.drift.to_json(),
             "failures": self.failures, "locked_until": self.locked_until,
         }
+        if self.expires is not None:
+            out["expires"] = self.expires
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TokenState:
@@ -140,6 +147,7 @@ class TokenState:
             drift=Drift.from_json(data.get("drift") or {}),
             failures=int(data.get("failures", 0)),
             locked_until=float(data.get("locked_until", 0.0)),
+            expires=None if data.get("expires") is None else float(data["expires"]),
         )
 
 
@@ -149,13 +157,17 @@ class Decision:
 
     `state` is the token's state to commit (failures counted, watermark moved, drift
     updated). `matched` is the step or counter the code matched (None when refused);
-    `retry_after` the seconds to wait when `reason` is `locked`.
+    `retry_after` the seconds to wait when `reason` is `locked`. `near_miss`: a refused
+    TOTP code matched this step just outside the window, where the drift tracker says the
+    token's clock may be (see `_near_miss`); a door may ask for the next code to complete
+    an automatic resynchronisation. None otherwise.
     """
 
     reason: Reason
     state: TokenState
     matched: int | None = None
     retry_after: float = 0.0
+    near_miss: int | None = None
 
     @property
     def accepted(self) -> bool:
@@ -202,6 +214,7 @@ def _accepted_state(state: TokenState, matched: int, drift: Drift) -> TokenState
     new.drift = drift
     new.failures = 0
     new.locked_until = 0.0
+    new.expires = state.expires
     return new
 
 
@@ -245,7 +258,10 @@ def _order(center: float, window: int) -> list[int]:
 def verify(state: TokenState, key: bytes, code: str, now: float,
            policy: Policy = DEFAULT_POLICY) -> Decision:
     """Check one code. Refuses malformed codes without any HMAC, and locked tokens without
-    looking at the code. Accepting moves the watermark to the matched step or counter."""
+    looking at the code, and expired tokens without either (an expiry is no failure: it is
+    not counted). Accepting moves the watermark to the matched step or counter."""
+    if state.expires is not None and now >= state.expires:
+        return Decision(Reason.EXPIRED, state)
     if state.locked_until > now:
         return Decision(Reason.LOCKED, state, None, state.locked_until - now)
     digits = state.digits
@@ -289,7 +305,9 @@ def verify(state: TokenState, key: bytes, code: str, now: float,
             state.drift.poly:
         learnt = _near_miss(state, key, code, now, center, window, policy)
         if learnt is not None:
-            state = replace(state, drift=learnt)
+            drift, step = learnt
+            return Decision(_INVALID, record_failure(replace(state, drift=drift), now, policy),
+                            near_miss=step)
     return _fail(state, Reason.INVALID_CODE, now, policy)
 
 
@@ -337,8 +355,9 @@ def _observe(state: TokenState, step: int, now: float, policy: Policy) -> Drift:
 
 
 def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: float,
-               window: int, policy: Policy) -> Drift | None:
-    """The drift after a refused code that matches a step just outside the window.
+               window: int, policy: Policy) -> tuple[Drift, int] | None:
+    """The drift after a refused code that matches a step just outside the window, and
+    that step.
 
     A token refused once because its clock has moved to the window's edge (early on, while
     its rate is unknown) would be refused again next time: a refused code teaches nothing.
@@ -351,8 +370,10 @@ def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: flo
     Why this is safe: a random guess matches one of k extra steps with probability
     k·10^-digits, and all it can then do is move the estimate within what is physically
     possible anyway; old (observed) codes lie at or before the watermark and are never
-    compared; the attempt still counts as a failure toward the throttle; and the answer is
-    the same `invalid_code` whether or not it matched, so it is no oracle.
+    compared; the attempt still counts as a failure toward the throttle; and the reason is
+    the same `invalid_code` whether or not it matched. The HTTP and AWS doors show nothing
+    more, so they are no oracle; the RADIUS door turns a near miss into a challenge for the
+    token's next code (RFC 4226 §7.4), which only the token's holder can answer.
     """
     drift = state.drift
     period, t0 = state.period, state.t0
@@ -374,7 +395,7 @@ def _near_miss(state: TokenState, key: bytes, code: str, now: float, center: flo
     for step in steps[:policy.near_miss_steps]:
         if hmac.compare_digest(hotp(key, step, digits, algorithm), code):
             obs = _drift.interval(step, now, period, t0, allowance)
-            return _drift.learn(drift, obs, history=policy.history)
+            return _drift.learn(drift, obs, history=policy.history), step
     return None
 
 
@@ -389,6 +410,8 @@ def resync(state: TokenState, key: bytes, code1: str, code2: str, now: float,
     believed clock for TOTP, `resync_counters` ahead for HOTP), nearest first, both after
     the watermark. On success the drift is reset to what the pair shows and the watermark
     moves to the second code, so the token's very next code is accepted."""
+    if state.expires is not None and now >= state.expires:
+        return Decision(Reason.EXPIRED, state)
     locked = _locked(state, now)
     if locked is not None:
         return locked

@@ -9,6 +9,10 @@ the database, the port) and raises `StartupError` with a one-line reason. The li
 socket is bound here, before uvicorn starts, so "port in use" is such a reason too and
 `port = 0` picks a free port (reported through `on_ready`).
 
+With a `[radius]` table the same process also answers RADIUS over UDP (validator.radius):
+its socket is bound and its clients' secrets read here too, before anything is served; the
+listener runs on its own thread on the same validator, and stops before the database closes.
+
 Shutdown: SIGTERM or SIGINT makes uvicorn stop accepting, let in-flight requests finish,
 run the lifespan shutdown (which closes the database) and return; `serve` then returns 0.
 uvicorn re-raises the signal it caught once it is done, to exit "by the signal"; we install
@@ -94,7 +98,8 @@ def open_validator(settings: Settings) -> Validator:
     try:
         validator = Validator.open(settings.database, settings.seed_key_file,
                                    policy=settings.policy, durability=settings.durability,
-                                   create_key=False)
+                                   min_secret_bytes=settings.min_secret_bytes,
+                                   import_limits=settings.import_limits(), create_key=False)
     except KeyFileError as exc:
         raise StartupError(str(exc)) from None
     except (sqlite3.Error, StoreError, OSError) as exc:
@@ -158,10 +163,32 @@ def _fast(module: str) -> bool:
     return True
 
 
+def _radius(settings: Settings) -> tuple[Any, Any] | None:
+    """The RADIUS clients and bound UDP socket, or None without a [radius] table."""
+    if settings.radius is None:
+        return None
+    try:
+        from validator.radius import server as radius
+    except ModuleNotFoundError as exc:
+        raise StartupError(f"[radius] needs the radius extra: pip install 'foblab[radius]' "
+                           f"({exc.name} is missing)") from None
+    if not settings.radius.clients:
+        raise StartupError("[radius] has no [[radius.clients]]: every request would be "
+                           "dropped")
+    try:
+        clients = radius.load_clients(settings.radius)
+        sock = radius.bind(settings.radius.host, settings.radius.port)
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
+    return clients, sock
+
+
 def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
-          log_level: str = "info", graceful_timeout: int | None = 30) -> int:
+          log_level: str = "info", graceful_timeout: int | None = 30,
+          on_radius: Callable[[str], None] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT. Raises StartupError before serving; returns 0
-    after a clean shutdown, 1 if uvicorn could not start."""
+    after a clean shutdown, 1 if uvicorn could not start. `on_radius` gets the RADIUS
+    door's `HOST:PORT` once it answers (before `on_ready`)."""
     from validator.app import create_app
 
     _configure_logging(log_level)
@@ -170,18 +197,31 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
                                    Role.VERIFIER: settings.verifier_key_file})
     except ApiKeyError as exc:
         raise StartupError(str(exc)) from None
-    sock = bind(settings.host, settings.port)
+    radius = _radius(settings)
+    try:
+        sock = bind(settings.host, settings.port)
+    except BaseException:
+        if radius is not None:
+            radius[1].close()
+        raise
     try:
         validator = open_validator(settings)
     except BaseException:
         sock.close()
+        if radius is not None:
+            radius[1].close()
         raise
     closed = False
+    listener: Any = None
 
     def close(quiet: bool = False) -> None:
         nonlocal closed
         if not closed:
             closed = True
+            if listener is not None:
+                listener.stop()
+            elif radius is not None:
+                radius[1].close()
             validator.close()
             if not quiet:
                 log.info("database closed")
@@ -191,6 +231,24 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
             app = create_app(validator, keys, settings, on_shutdown=close)
         except (ValueError, TypeError, KeyError, OSError) as exc:
             raise StartupError(f"cannot build the application: {exc}") from None
+        if radius is not None:
+            from validator.radius.server import RadiusDoor, RadiusListener
+
+            clients, udp = radius
+            door = RadiusDoor(validator, clients, log_requests=settings.access_log)
+            app.state.api.metrics.extra.append(door.render_metrics)
+            listener = RadiusListener(door, udp)
+            for client in clients:
+                if client.legacy:
+                    log.warning("radius client %s (%s) is legacy: its requests need no "
+                                "Message-Authenticator (BlastRADIUS, CVE-2024-3596)",
+                                client.name, client.network)
+            listener.start()
+            rhost, rport = listener.address
+            where = f"[{rhost}]:{rport}" if ":" in rhost else f"{rhost}:{rport}"
+            log.info("radius door on udp %s (%d client(s))", where, len(clients))
+            if on_radius is not None:
+                on_radius(where)
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         config = uvicorn.Config(

@@ -30,12 +30,22 @@ class UnknownSerial(ValidatorError):
     code = "unknown_serial"
 
 
+class BadSecret(InvalidParameter):
+    """A secret outside the length every way in allows (see `Validator.min_secret_bytes`)."""
+
+    code = "bad_secret"
+
+
 class DuplicateSerial(ValidatorError):
+    """Serials already registered, or (`in_file`) given more than once in one seed file."""
+
     code = "duplicate_serial"
 
-    def __init__(self, serials: list[str]) -> None:
+    def __init__(self, serials: list[str], *, in_file: bool = False) -> None:
         self.serials = serials
-        super().__init__(f"serial(s) already registered: {', '.join(serials)}")
+        self.in_file = in_file
+        what = "repeated in the file" if in_file else "already registered"
+        super().__init__(f"serial(s) {what}: {', '.join(serials)}")
 
 
 class AlreadyAssigned(ValidatorError):
@@ -82,3 +92,10 @@ class SeedFileError(ValidatorError):
     """A seed file was refused; nothing from it was imported. The message names the key."""
 
     code = "invalid_seed_file"
+
+
+class SeedFileLimit(SeedFileError):
+    """A seed file past one of the import limits (size, depth, elements, keys, field
+    length); the message names the limit and its config key."""
+
+    code = "seed_file_limit"

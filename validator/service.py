@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from validator import core, keys
 from validator.core import DEFAULT_POLICY, Decision, Kind, Policy, Reason, TokenState
 from validator.drift import Drift
 from validator.errors import (
     AlreadyAssigned,
+    BadSecret,
     Conflict,
     DeleteConflict,
     DeviceLimit,
@@ -37,7 +39,16 @@ from validator.errors import (
     UnknownSerial,
     ValidatorError,
 )
-from validator.importers import SeedRecord, parse_csv, parse_pskc
+from validator.importers import (
+    DEFAULT_LIMITS,
+    ImportLimits,
+    Progress,
+    SeedRecord,
+    Skipped,
+    SkipReason,
+    parse_csv,
+    parse_pskc,
+)
 from validator.otp import ALGORITHMS
 from validator.secrets_box import SecretBox
 from validator.store import (
@@ -66,6 +77,11 @@ _MAX_ATTEMPTS = 64
 # error instead of refusing a code. Half the range leaves the look-ahead and resync room.
 MAX_COUNTER = 2**63  # the largest HOTP counter accepted, by import or API
 _MAX_SECONDS = 2**40  # |T0| and |initial drift|: some 35,000 years (the API's T0 bound)
+# One secret rule for every way in (API, seed files, AWS virtual devices, the station): RFC
+# 4226 §4 requires 128 bits; a legacy fleet's 80-bit seeds need `min_secret_bytes = 10`.
+MIN_SECRET_BYTES = 16
+LOWEST_MIN_SECRET_BYTES = 10
+MAX_SECRET_BYTES = 128
 T = TypeVar("T")
 
 
@@ -88,6 +104,7 @@ class TokenInfo:
     window: int | None
     offset_seconds: float  # believed token-clock offset at the time of the query (TOTP)
     rate_ppm: float  # believed clock rate error (TOTP)
+    expires: float | None = None  # from the seed file's key policy; refused after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +113,18 @@ class VerifyResult:
     reason: Reason
     serial: str | None = None
     retry_after: float = 0.0
+    # A refused code was a near miss on this token (see `core.Decision.near_miss`): the
+    # RADIUS door challenges for the next code. The HTTP and AWS doors never show it.
+    near_miss: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ImportResult:
+    """What an import wrote (or, `dry_run`, would write) and every key it left out."""
+
     imported: list[str]
-    skipped: list[str]  # duplicates left out (skip_duplicates) and non-OTP keys
+    skipped: list[Skipped]
+    dry_run: bool = False
 
 
 def _info(record: TokenRecord, now: float) -> TokenInfo:
@@ -113,6 +136,7 @@ def _info(record: TokenRecord, now: float) -> TokenInfo:
         locked_until=s.locked_until, window=s.window,
         offset_seconds=s.drift.predict(now) if s.kind is Kind.TOTP else 0.0,
         rate_ppm=s.drift.rate() * 1e6 if s.kind is Kind.TOTP else 0.0,
+        expires=s.expires,
     )
 
 
@@ -126,12 +150,18 @@ class Validator:
     """The validator's operations. Thread-safe when its store is (SQLiteStore is)."""
 
     def __init__(self, store: Store, box: SecretBox, policy: Policy = DEFAULT_POLICY, *,
-                 max_user_length: int = 64,
+                 max_user_length: int = 64, min_secret_bytes: int = MIN_SECRET_BYTES,
+                 import_limits: ImportLimits = DEFAULT_LIMITS,
                  clock: Callable[[], float] = time.time) -> None:
+        if not LOWEST_MIN_SECRET_BYTES <= min_secret_bytes <= MAX_SECRET_BYTES:
+            raise ValueError(f"min_secret_bytes must be {LOWEST_MIN_SECRET_BYTES} to "
+                             f"{MAX_SECRET_BYTES}")
         self.store = store
         self.box = box
         self.policy = policy
         self.max_user_length = max_user_length
+        self.min_secret_bytes = min_secret_bytes
+        self.import_limits = import_limits
         self._clock = clock
         # Held from sealing a new secret until its row is committed, and across a whole key
         # rotation: otherwise a secret sealed under the old key just before a rotation, and
@@ -143,6 +173,8 @@ class Validator:
     def open(cls, db_path: str | os.PathLike[str], key_path: str | os.PathLike[str] | None = None,
              *, policy: Policy = DEFAULT_POLICY,
              durability: Durability = Durability.NORMAL, max_user_length: int = 64,
+             min_secret_bytes: int = MIN_SECRET_BYTES,
+             import_limits: ImportLimits = DEFAULT_LIMITS,
              create_key: bool = True) -> Validator:
         """A validator on the SQLite file `db_path`, its master key at `key_path` (default:
         `<db_path>.key`, created 0600 on first use unless not `create_key`). Whatever an
@@ -154,7 +186,20 @@ class Validator:
         except BaseException:
             store.close()
             raise
-        return cls(store, box, policy, max_user_length=max_user_length)
+        return cls(store, box, policy, max_user_length=max_user_length,
+                   min_secret_bytes=min_secret_bytes, import_limits=import_limits)
+
+    def view(self, **changes: Any) -> Validator:
+        """A validator over the same store, box and settings with some changed (a door
+        with its own user-name limit): cheap, no I/O. It shares the sealing lock, so a key
+        rotation also waits for secrets sealed through it."""
+        args: dict[str, Any] = {"max_user_length": self.max_user_length,
+                                "min_secret_bytes": self.min_secret_bytes,
+                                "import_limits": self.import_limits, "clock": self._clock}
+        args.update(changes)
+        view = Validator(self.store, self.box, self.policy, **args)
+        view.sealing = self.sealing
+        return view
 
     def close(self) -> None:
         self.store.close()
@@ -212,8 +257,12 @@ class Validator:
         if not _SERIAL.fullmatch(r.serial):
             raise InvalidParameter(f"serial {r.serial[:40]!r} must be 1-256 printable ASCII "
                                    "characters without spaces")
-        if not r.secret:
-            raise InvalidParameter(f"{r.serial}: empty secret")
+        if not self.min_secret_bytes <= len(r.secret) <= MAX_SECRET_BYTES:
+            raise BadSecret(
+                f"{r.serial}: the secret is {len(r.secret)} bytes; {self.min_secret_bytes} to "
+                f"{MAX_SECRET_BYTES} are required (RFC 4226 asks for at least 16; "
+                f"min_secret_bytes may lower this to {LOWEST_MIN_SECRET_BYTES} for a legacy "
+                "fleet)")
         if r.algorithm not in ALGORITHMS:
             raise InvalidParameter(f"{r.serial}: algorithm must be one of {ALGORITHMS}")
         if not 0 <= r.counter <= MAX_COUNTER:
@@ -227,28 +276,18 @@ class Validator:
                 kind=r.kind, digits=r.digits, algorithm=r.algorithm, period=r.period,
                 t0=r.t0, window=window,
                 watermark=(r.counter - 1 if r.kind is Kind.HOTP and r.counter > 0 else None),
-                drift=Drift(offset=float(drift)))
+                drift=Drift(offset=float(drift)), expires=r.expires)
         except ValueError as exc:
             raise InvalidParameter(f"{r.serial}: {exc}") from None
 
     def _insert(self, records: list[SeedRecord], now: float, *, skip_duplicates: bool,
                 action: str, window: int | None = None) -> list[str]:
-        seen: set[str] = set()
-        repeated: list[str] = []
-        unique: list[SeedRecord] = []
-        for r in records:
-            if r.serial in seen:
-                repeated.append(r.serial)
-            else:
-                seen.add(r.serial)
-                unique.append(r)
-        if repeated and not skip_duplicates:
-            raise DuplicateSerial(sorted(set(repeated)))
-        audit = [AuditEvent(now, action, "ok", serial=r.serial) for r in unique]
+        """Seal and insert `records` (unique serials) in one transaction."""
+        audit = [AuditEvent(now, action, "ok", serial=r.serial) for r in records]
         with self.sealing:
             rows = [TokenRecord(serial=r.serial, state=self._state(r, window),
                                 sealed=self.box.seal(r.serial, r.secret), created=now)
-                    for r in unique]
+                    for r in records]
             try:
                 return self.store.insert_tokens(rows, audit, skip_existing=skip_duplicates)
             except DuplicateSerials as exc:
@@ -256,36 +295,67 @@ class Validator:
 
     def import_seed_file(self, content: bytes | str, format: str = "pskc", *,
                          passphrase: str | None = None, key_hex: str | None = None,
-                         skip_duplicates: bool = False, now: float | None = None
+                         skip_duplicates: bool = False, dry_run: bool = False,
+                         progress: Progress | None = None, now: float | None = None
                          ) -> ImportResult:
-        """Import every token of a PSKC or CSV file in one transaction: a bad key or a
-        duplicate serial (unless `skip_duplicates`) imports nothing."""
+        """Import every usable token of a PSKC or CSV file in one transaction, and report
+        every key left out (`Skipped`: a PIN key, another algorithm, a key policy that
+        forbids it, no secret; with `skip_duplicates`, serials repeated in the file or
+        already registered). An error in a usable key, or a duplicate serial without
+        `skip_duplicates`, imports nothing. `dry_run`: everything is read, decrypted and
+        checked, and nothing is written (not even the audit)."""
         t = self._now(now)
         fmt = format.lower()
         try:
             if fmt == "pskc":
-                parsed = parse_pskc(content, passphrase=passphrase, key_hex=key_hex)
+                parsed = parse_pskc(content, passphrase=passphrase, key_hex=key_hex, now=t,
+                                    limits=self.import_limits, progress=progress)
             elif fmt == "csv":
-                parsed = parse_csv(content)
+                parsed = parse_csv(content, limits=self.import_limits, progress=progress)
             else:
                 raise InvalidParameter("format must be pskc or csv")
             for r in parsed.records:
                 self._state(r, None)  # validate every key before writing any
         except (SeedFileError, InvalidParameter) as exc:
-            self.store.add_audit([AuditEvent(t, "import", "refused", reason=exc.code)])
+            if not dry_run:
+                self.store.add_audit([AuditEvent(t, "import", "refused", reason=exc.code)])
             if isinstance(exc, InvalidParameter):
                 raise SeedFileError(exc.message) from None
             raise
+        seen: set[str] = set()
+        unique: list[SeedRecord] = []
+        skipped: list[Skipped] = []
+        repeated: list[str] = []
+        for r in parsed.records:
+            if r.serial in seen:
+                repeated.append(r.serial)
+                skipped.append(Skipped(r.serial, SkipReason.DUPLICATE_IN_FILE,
+                                       "the serial appears more than once in the file; "
+                                       "the first is imported"))
+            else:
+                seen.add(r.serial)
+                unique.append(r)
         try:
-            imported = self._insert(parsed.records, t, skip_duplicates=skip_duplicates,
-                                    action="import")
+            if repeated and not skip_duplicates:
+                raise DuplicateSerial(sorted(set(repeated)), in_file=True)
+            if dry_run:
+                existing = [r.serial for r in unique if self.store.get(r.serial) is not None]
+                if existing and not skip_duplicates:
+                    raise DuplicateSerial(existing)
+                taken = set(existing)
+                imported = [r.serial for r in unique if r.serial not in taken]
+            else:
+                imported = self._insert(unique, t, skip_duplicates=skip_duplicates,
+                                        action="import")
         except DuplicateSerial as exc:
-            self.store.add_audit([AuditEvent(t, "import", "refused", reason=exc.code)])
+            if not dry_run:
+                self.store.add_audit([AuditEvent(t, "import", "refused", reason=exc.code)])
             raise
         inserted = set(imported)  # once: in the comprehension it would be rebuilt per record
-        left_out = [r.serial for r in parsed.records if r.serial not in inserted]
-        skipped = [f"{serial}: already registered" for serial in left_out] + parsed.skipped
-        return ImportResult(imported, skipped)
+        left_out = [Skipped(r.serial, SkipReason.ALREADY_REGISTERED,
+                            "a token with this serial is registered already")
+                    for r in unique if r.serial not in inserted]
+        return ImportResult(imported, parsed.skipped + skipped + left_out, dry_run)
 
     def list_tokens(self, *, user: str | None = None, kind: str | None = None,
                     assigned: bool | None = None, limit: int = 100, offset: int = 0,
@@ -298,6 +368,58 @@ class Validator:
 
     def get_token(self, serial: str, now: float | None = None) -> TokenInfo:
         return _info(self._record(serial), self._now(now))
+
+    def find_tokens(self, text: str, *, assigned: bool | None = None, limit: int = 100,
+                    offset: int = 0, now: float | None = None,
+                    scan_limit: int = 100_000) -> list[TokenInfo]:
+        """Tokens whose serial or user contains `text` (case-insensitive), in serial order,
+        paginated; a scan of at most `scan_limit` tokens (a search box, not an index)."""
+        t = self._now(now)
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise InvalidParameter("limit must be 1-1000 and offset >= 0")
+        needle = text.lower()
+        found: list[TokenInfo] = []
+        for start in range(0, scan_limit, 1000):
+            page = self.store.list_tokens(assigned=assigned, limit=1000, offset=start)
+            for r in page:
+                if needle in r.serial.lower() or (r.user and needle in r.user.lower()):
+                    found.append(_info(r, t))
+                    if len(found) >= offset + limit:
+                        return found[offset:]
+            if len(page) < 1000:
+                break
+        return found[offset:]
+
+    def users(self, *, scan_limit: int = 100_000) -> dict[str, int]:
+        """Every user holding a device, with how many (users are implicit: a user exists
+        while it holds a device)."""
+        counts: dict[str, int] = {}
+        for start in range(0, scan_limit, 1000):
+            page = self.store.list_tokens(assigned=True, limit=1000, offset=start)
+            for r in page:
+                if r.user is not None:
+                    counts[r.user] = counts.get(r.user, 0) + 1
+            if len(page) < 1000:
+                break
+        return dict(sorted(counts.items()))
+
+    def offset_history(self, serial: str) -> list[tuple[float, float, float]]:
+        """The drift tracker's kept observations of a TOTP token, oldest first: (true time,
+        lowest, highest offset in seconds the accepted code allowed). Empty for HOTP."""
+        record = self._record(serial)
+        if record.state.kind is not Kind.TOTP:
+            return []
+        return [(float(t), float(lo), float(hi)) for t, lo, hi in record.state.drift.history]
+
+    def create_virtual(self, serial: str, now: float | None = None,
+                       seed_bytes: int = 20) -> tuple[TokenInfo, bytes]:
+        """Register a virtual MFA device (an authenticator app's TOTP: SHA-1, 6 digits,
+        30 s) under a new random seed; returns it with the seed, which the caller shows
+        once and forgets."""
+        seed = secrets.token_bytes(seed_bytes)
+        info = self.register_token(serial, seed, kind="totp", digits=6, algorithm="sha1",
+                                   period=30, now=now)
+        return info, seed
 
     def delete_token(self, serial: str, now: float | None = None) -> None:
         """Delete an unassigned token (deactivate it first)."""
@@ -333,7 +455,8 @@ class Validator:
 
     def _prove(self, action: str, decide: Callable[..., Decision],
                admit: Callable[[TokenRecord], None], user: str, serial: str, code1: str,
-               code2: str, now: float, *, assign: bool = False) -> TokenInfo:
+               code2: str, now: float, *, assign: bool = False, via: str | None = None,
+               client: str | None = None) -> TokenInfo:
         """Enable's and resync's attempt: read the token, let `admit` refuse it, let the
         core `decide` on the code pair, then commit by compare-and-set either the refusal's
         failure count (and raise) or the new state, assigned to `user` when `assign`.
@@ -345,9 +468,9 @@ class Validator:
             key = self.box.open(serial, record.sealed)
             decision = decide(record.state, key, code1, code2, now, self.policy)
             if not decision.accepted:
-                self._refuse(action, record, user, decision, now)
+                self._refuse(action, record, user, decision, now, via, client)
                 return None
-            audit = [AuditEvent(now, action, "ok", Reason.ACCEPTED, serial, user)]
+            audit = [AuditEvent(now, action, "ok", Reason.ACCEPTED, serial, user, via, client)]
             if assign:
                 cas = self.store.compare_and_set(serial, record.version, decision.state,
                                                  user=user, assigned_at=now,
@@ -366,10 +489,11 @@ class Validator:
         return self._retry(attempt)
 
     def _refuse(self, action: str, record: TokenRecord, user: str, decision: Decision,
-                now: float) -> None:
+                now: float, via: str | None = None, client: str | None = None) -> None:
         """Commit a refused enable/resync's failure count, then raise; returning means the
         commit lost a race and the caller must decide again."""
-        audit = [AuditEvent(now, action, "refused", decision.reason, record.serial, user)]
+        audit = [AuditEvent(now, action, "refused", decision.reason, record.serial, user,
+                            via, client)]
         if decision.state is record.state:
             self.store.add_audit(audit)
         elif self.store.compare_and_set(record.serial, record.version, decision.state,
@@ -403,9 +527,11 @@ class Validator:
     # -- verification ----------------------------------------------------------------------
 
     def verify(self, user: str, code: str, now: float | None = None,
-               serial: str | None = None) -> VerifyResult:
+               serial: str | None = None, *, via: str | None = None,
+               client: str | None = None) -> VerifyResult:
         """Check `code` against the user's devices (or the one named by `serial`). An
-        accepted code's new state is committed before this returns."""
+        accepted code's new state is committed before this returns. `via` and `client`
+        name the door and its client in the audit row (None: the HTTP API)."""
         self._check_user(user)
         t = self._now(now)
         code = code if isinstance(code, str) else ""
@@ -414,15 +540,17 @@ class Validator:
             if serial is not None:
                 records = [r for r in records if r.serial == serial]
                 if not records:
-                    return self._answer(user, serial, Reason.NOT_ENABLED, t)
+                    return self._answer(user, serial, Reason.NOT_ENABLED, t, via=via,
+                                        client=client)
             if not records:
-                return self._answer(user, None, Reason.NO_DEVICE, t)
+                return self._answer(user, None, Reason.NO_DEVICE, t, via=via, client=client)
             decisions = [(r, core.verify(r.state, self.box.open(r.serial, r.sealed), code, t,
                                          self.policy)) for r in records]
             winner = next(((r, d) for r, d in decisions if d.accepted), None)
             if winner is not None:
                 record, decision = winner
-                audit = [AuditEvent(t, "verify", "ok", Reason.ACCEPTED, record.serial, user)]
+                audit = [AuditEvent(t, "verify", "ok", Reason.ACCEPTED, record.serial, user,
+                                    via, client)]
                 if self.store.compare_and_set(record.serial, record.version, decision.state,
                                               audit=audit) is Cas.OK:
                     return VerifyResult(True, Reason.ACCEPTED, record.serial)
@@ -432,11 +560,15 @@ class Validator:
             reasons = {d.reason for _, d in decisions}
             one = records[0].serial if len(records) == 1 else serial
             if Reason.REPLAYED in reasons:
-                return self._answer(user, one, Reason.REPLAYED, t)
+                return self._answer(user, one, Reason.REPLAYED, t, via=via, client=client)
             if Reason.INVALID_CODE in reasons:
-                return self._answer(user, one, Reason.INVALID_CODE, t)
-            wait = min(d.retry_after for _, d in decisions)
-            return self._answer(user, one, Reason.LOCKED, t, wait)
+                near = next((r.serial for r, d in decisions if d.near_miss is not None), None)
+                return self._answer(user, one, Reason.INVALID_CODE, t, via=via,
+                                    client=client, near_miss=near)
+            if reasons == {Reason.EXPIRED}:
+                return self._answer(user, one, Reason.EXPIRED, t, via=via, client=client)
+            wait = min(d.retry_after for _, d in decisions if d.reason is Reason.LOCKED)
+            return self._answer(user, one, Reason.LOCKED, t, wait, via=via, client=client)
         raise Conflict("too many concurrent changes to the same token; try again")
 
     def _commit_failures(self, decisions: list[tuple[TokenRecord, Decision]]) -> bool:
@@ -451,15 +583,18 @@ class Validator:
         return ok
 
     def _answer(self, user: str, serial: str | None, reason: Reason, now: float,
-                retry_after: float = 0.0) -> VerifyResult:
-        self.store.add_audit([AuditEvent(now, "verify", "refused", reason, serial, user)])
-        return VerifyResult(False, reason, serial, retry_after)
+                retry_after: float = 0.0, *, via: str | None = None,
+                client: str | None = None, near_miss: str | None = None) -> VerifyResult:
+        self.store.add_audit([AuditEvent(now, "verify", "refused", reason, serial, user, via,
+                                         client)])
+        return VerifyResult(False, reason, serial, retry_after, near_miss)
 
     def resync(self, user: str, serial: str, code1: str, code2: str,
-               now: float | None = None) -> TokenInfo:
+               now: float | None = None, *, via: str | None = None,
+               client: str | None = None) -> TokenInfo:
         """Resynchronise the user's token from two consecutive codes (AWS
-        ResyncMFADevice): the drift is reset to what the pair shows and the very next code
-        is accepted."""
+        ResyncMFADevice, or RADIUS's challenge after a near miss): the drift is reset to
+        what the pair shows and the very next code is accepted."""
         self._check_user(user)
 
         def admit(record: TokenRecord) -> None:
@@ -467,7 +602,7 @@ class Validator:
                 raise NotAssigned(f"token {serial!r} is not assigned to {user!r}")
 
         return self._prove("resync", core.resync, admit, user, serial, code1, code2,
-                           self._now(now))
+                           self._now(now), via=via, client=client)
 
     def unlock(self, serial: str, now: float | None = None) -> TokenInfo:
         """Clear a token's failure count and lock (an administrator's action)."""
@@ -489,10 +624,15 @@ class Validator:
     def audit(self, *, serial: str | None = None, user: str | None = None,
               action: str | None = None, result: str | None = None,
               since: float | None = None, until: float | None = None,
-              limit: int = 100, offset: int = 0) -> list[AuditEntry]:
-        """Audit entries, oldest first, filtered and paginated (limit 1-1000)."""
+              limit: int = 100, offset: int = 0,
+              newest_first: bool = False) -> list[AuditEntry]:
+        """Audit entries, oldest (or newest) first, filtered and paginated (limit 1-1000)."""
         if not 1 <= limit <= 1000 or offset < 0:
             raise InvalidParameter("limit must be 1-1000 and offset >= 0")
+        if newest_first:
+            return self.store.audit(serial=serial, user=user, action=action, result=result,
+                                    since=since, until=until, limit=limit, offset=offset,
+                                    newest_first=True)
         return self.store.audit(serial=serial, user=user, action=action, result=result,
                                 since=since, until=until, limit=limit, offset=offset)
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from validator.core import TokenState
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each migration takes the schema from version n-1 to n; appended, never edited.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -70,9 +70,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "INSERT INTO sealed_columns VALUES ('tokens', 'serial', '')",
     ),
+    # The door a request came through when it is not the HTTP API ("radius"), and the
+    # name of the RADIUS client (NAS) that sent it.
+    3: (
+        "ALTER TABLE audit ADD COLUMN via TEXT",
+        "ALTER TABLE audit ADD COLUMN client TEXT",
+    ),
     # Envelope encryption (validator.secrets_box): the data keys, wrapped by the master key
     # of the key file. Exactly one is `current` once the keys are set up (validator.keys).
-    3: (
+    4: (
         """CREATE TABLE data_keys (
             id TEXT PRIMARY KEY,
             wrapped BLOB NOT NULL,
@@ -146,6 +152,8 @@ class AuditEvent:
     reason: str | None = None
     serial: str | None = None
     user: str | None = None
+    via: str | None = None  # the door, when not the HTTP API: "radius"
+    client: str | None = None  # the RADIUS client's configured name
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +167,8 @@ class AuditEntry:
     reason: str | None
     serial: str | None
     user: str | None
+    via: str | None = None
+    client: str | None = None
 
 
 class _Keep:
@@ -194,7 +204,8 @@ class Store(Protocol):
     def audit(self, *, serial: str | None = None, user: str | None = None,
               action: str | None = None, result: str | None = None,
               since: float | None = None, until: float | None = None,
-              limit: int = 100, offset: int = 0) -> list[AuditEntry]: ...
+              limit: int = 100, offset: int = 0,
+              newest_first: bool = False) -> list[AuditEntry]: ...
 
     # -- what validator.keys needs (envelope encryption) --
 
@@ -348,9 +359,10 @@ class SQLiteStore:
     def _write(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
         if events:
             conn.executemany(
-                "INSERT INTO audit (time, serial, user, action, result, reason) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.time, e.serial, e.user, e.action, e.result, e.reason) for e in events])
+                "INSERT INTO audit (time, serial, user, action, result, reason, via, client) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.time, e.serial, e.user, e.action, e.result, e.reason, e.via, e.client)
+                 for e in events])
 
     def insert_tokens(self, records: Sequence[TokenRecord], audit: Sequence[AuditEvent],
                       *, skip_existing: bool = False) -> list[str]:
@@ -477,7 +489,7 @@ class SQLiteStore:
 
     def data_keys(self) -> list[tuple[bytes, bytes, bool]]:
         """Every data key: (id, wrapped, current)."""
-        if self.schema_version() < 3:  # read-only on a database not yet migrated
+        if self.schema_version() < 4:  # read-only on a database not yet migrated
             return []
         rows = self._conn().execute(
             "SELECT id, wrapped, current FROM data_keys ORDER BY created, id").fetchall()
@@ -485,7 +497,7 @@ class SQLiteStore:
                 for kid, wrapped, current in rows]
 
     def data_key(self, key_id: bytes) -> bytes | None:
-        if self.schema_version() < 3:
+        if self.schema_version() < 4:
             return None
         row = self._conn().execute("SELECT wrapped FROM data_keys WHERE id = ?",
                                    (key_id.hex(),)).fetchone()
@@ -564,8 +576,9 @@ class SQLiteStore:
     def audit(self, *, serial: str | None = None, user: str | None = None,
               action: str | None = None, result: str | None = None,
               since: float | None = None, until: float | None = None,
-              limit: int = 100, offset: int = 0) -> list[AuditEntry]:
-        """Audit entries matching every given filter, oldest first, paginated."""
+              limit: int = 100, offset: int = 0,
+              newest_first: bool = False) -> list[AuditEntry]:
+        """Audit entries matching every given filter, oldest (or newest) first, paginated."""
         where: list[str] = []
         args: list[object] = []
         for column, value in (("serial", serial), ("user", user), ("action", action),
@@ -581,6 +594,7 @@ class SQLiteStore:
             args.append(until)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._conn().execute(
-            f"SELECT id, time, action, result, reason, serial, user FROM audit {clause} "
-            "ORDER BY id LIMIT ? OFFSET ?", (*args, int(limit), int(offset))).fetchall()
+            f"SELECT id, time, action, result, reason, serial, user, via, client FROM audit "
+            f"{clause} ORDER BY id {'DESC' if newest_first else ''} LIMIT ? OFFSET ?",
+            (*args, int(limit), int(offset))).fetchall()
         return [AuditEntry(*row) for row in rows]

@@ -39,7 +39,7 @@ def test_the_demo_tells_the_whole_story_and_exits_0() -> None:
     assert doc["ok"] is True
     assert [s["key"] for s in steps] == [
         "fleet", "daemon", "import", "enable", "login", "replay", "wrong", "drifted",
-        "resync", "login-again", "station", "bob"]
+        "resync", "login-again", "radius", "station", "bob"]
     assert all(s["ok"] for s in steps)
     assert doc["seconds"] < 60
     assert not Path(str(doc["workdir"])).exists()
@@ -47,6 +47,10 @@ def test_the_demo_tells_the_whole_story_and_exits_0() -> None:
     assert not _alive(pid)
     drift = steps[9]["detail"]["drift"]["offset_seconds"]
     assert 1200 < drift < 1500  # a year at +40 ppm is 1262 s, plus the QA steps
+    # the web console and the token panel were served, and their URLs told
+    console, panel = steps[1]["detail"]["console"], steps[0]["detail"]["panel"]
+    assert console == steps[1]["detail"]["url"] + "/ui/" and console in steps[1]["title"]
+    assert panel.startswith("http://127.0.0.1:") and panel in steps[0]["title"]
 
 
 def test_a_broken_expectation_makes_the_demo_fail() -> None:

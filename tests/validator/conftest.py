@@ -10,7 +10,6 @@ from validator.core import Policy
 from validator.service import Validator
 
 T0 = 1_700_000_000.0  # a fixed "now"; every call passes time explicitly
-SAMPLES = Path(__file__).resolve().parents[2] / ".." / "shared" / "pskc-samples"
 
 
 @pytest.fixture

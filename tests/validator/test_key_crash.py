@@ -206,7 +206,7 @@ def test_every_rotation_step_crashed_after_every_other(tmp_path: Path) -> None:
 
 def _legacy(folder: Path) -> tuple[Path, Path, dict[str, bytes]]:
     """A database as the validator before envelope keys made it: every seed (and an AWS
-    secret) sealed directly under the key file's key, format 1, schema version 2."""
+    secret) sealed directly under the key file's key, format 1, schema version 3."""
     db, key = _make(folder)
     master = read_key(key)
 
@@ -226,7 +226,7 @@ def _legacy(folder: Path) -> tuple[Path, Path, dict[str, bytes]]:
             conn.execute(f"UPDATE {table} SET sealed = ? WHERE {column} = ?",
                          (legacy_seal(prefix + name, plain[prefix + name]), name))
     conn.execute("DROP TABLE data_keys")
-    conn.execute("UPDATE schema_version SET version = 2")
+    conn.execute("UPDATE schema_version SET version = 3")
     conn.execute("COMMIT")
     store.close()
     return db, key, plain

@@ -99,7 +99,7 @@ class AwsEndpoint:
         v = self.validator
         if v.max_user_length >= USER_NAME_MAX:
             return v
-        return Validator(v.store, v.box, v.policy, max_user_length=USER_NAME_MAX)
+        return v.view(max_user_length=USER_NAME_MAX)
 
     async def handle(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())

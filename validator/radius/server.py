@@ -1,0 +1,342 @@
+"""The RADIUS door: Access-Request in, the validator service asked, the answer out.
+
+`RadiusDoor.handle(datagram, address, now)` is the whole exchange without a socket (the
+tests and the fuzzer drive it directly); `RadiusListener` is the thin UDP loop around it,
+on its own thread inside the daemon process, so a verification waiting on SQLite never
+holds up the HTTP event loop (see docs/radius.md).
+
+What a request goes through, in order:
+1. the source address must belong to a configured client, else the datagram is dropped;
+2. it must decode (pyrad) as an Access-Request or Status-Server, else dropped;
+3. its Message-Authenticator must be present (unless the client is `legacy`) and valid,
+   else dropped (RFC 3579 §3.2; BlastRADIUS, CVE-2024-3596);
+4. a duplicate (same client, source port, Identifier and Request Authenticator within
+   `DUPLICATE_SECONDS`, RFC 5080 §2.2.2) gets the answer cached for the first copy;
+5. PAP: `User-Name` is the foblab user, `User-Password` the code. A `State` from an
+   earlier Access-Challenge completes that challenge; otherwise the code is verified.
+Every drop is counted by reason for /metrics; nothing a client sends can stop the loop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import secrets
+import socket
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from validator.config import ConfigError, RadiusClientConfig, RadiusConfig
+from validator.radius import codec
+from validator.secrets_box import read_private_file
+from validator.service import (
+    InvalidAuthenticationCode,
+    InvalidUser,
+    Validator,
+    ValidatorError,
+    VerifyResult,
+)
+
+log = logging.getLogger("foblab.radius")
+access_log = logging.getLogger("foblab.access")
+
+DUPLICATE_SECONDS = 5.0  # RFC 5080 §2.2.2: "a few seconds"
+CHALLENGE_SECONDS = 60.0  # a State is good for this long, and once
+MAX_CACHED = 65_536  # answers kept for duplicate detection
+MAX_CHALLENGES = 10_000  # open challenges; the oldest goes first beyond this
+VIA = "radius"
+
+ACCEPTED = "Accepted"
+WRONG = "Wrong user name or code"
+REPLAYED = "That code was used already; wait for the next one"
+CHALLENGE = "Enter the next code from your token"
+STALE = "The challenge has expired or was used; log in again"
+NOT_PAP = "Only PAP is supported: send the code as the password"
+LOCKED = "Too many wrong codes; try again in {} s"
+TRY_AGAIN = "The validator is busy; try again"
+
+
+@dataclass(frozen=True)
+class Client:
+    """A RADIUS client (NAS) with its shared secret."""
+
+    name: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    secret: bytes = field(repr=False)
+    legacy: bool = False
+
+
+def load_clients(config: RadiusConfig) -> list[Client]:
+    """The configured clients with their secrets read (a secret file must be 0600)."""
+    out = []
+    for c in config.clients:
+        out.append(Client(c.name, c.network, _secret(c), c.legacy))
+    return out
+
+
+def _secret(c: RadiusClientConfig) -> bytes:
+    if c.secret_file is not None:
+        raw = read_private_file(c.secret_file, f"radius client {c.name!r} secret file",
+                                ConfigError)
+        secret = raw.strip()
+    else:
+        secret = (c.secret or "").encode()
+    if not secret:
+        raise ConfigError(f"radius client {c.name!r} has an empty shared secret")
+    return secret
+
+
+@dataclass
+class _Challenge:
+    user: str
+    client: str
+    serial: str
+    code: str = field(repr=False)
+    expires: float
+
+
+class RadiusDoor:
+    """The exchange, socket-free. Thread-safe for one caller thread at a time (the
+    listener is one thread); `handle` never raises for anything in the datagram."""
+
+    def __init__(self, validator: Validator, clients: Sequence[Client], *,
+                 clock: Callable[[], float] = time.time, log_requests: bool = True,
+                 max_cached: int = MAX_CACHED, max_challenges: int = MAX_CHALLENGES) -> None:
+        self.validator = validator
+        self.clients = list(clients)
+        self._clock = clock
+        self.log_requests = log_requests
+        self.max_cached = max_cached
+        self.max_challenges = max_challenges
+        self.dropped: Counter[str] = Counter()
+        self.answered: Counter[str] = Counter()
+        self.duplicates = 0
+        self._by_address: dict[str, Client | None] = {}
+        self._cache: OrderedDict[tuple[Any, ...], tuple[float, bytes]] = OrderedDict()
+        self._challenges: OrderedDict[bytes, _Challenge] = OrderedDict()
+        self._replies = codec.Replies()
+
+    # -- the exchange ----------------------------------------------------------------------
+
+    def handle(self, data: bytes, address: tuple[Any, ...],
+               now: float | None = None) -> bytes | None:
+        """The answer to one datagram from `address`, or None to drop it."""
+        try:
+            return self._handle(data, address, self._clock() if now is None else now)
+        except Exception:  # a bug must cost one answer, never the listener
+            log.exception("radius request failed")
+            self.dropped["error"] += 1
+            return None
+
+    def _client(self, host: str) -> Client | None:
+        try:
+            return self._by_address[host]
+        except KeyError:
+            pass
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            found = None
+        else:
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            found = next((c for c in self.clients if ip in c.network), None)
+        if len(self._by_address) < 4096:
+            self._by_address[host] = found
+        return found
+
+    def _handle(self, data: bytes, address: tuple[Any, ...], now: float) -> bytes | None:
+        client = self._client(str(address[0]))
+        if client is None:
+            self.dropped["unknown_client"] += 1
+            return None
+        try:
+            request = codec.decode(bytes(data), client.secret)
+        except codec.Malformed:
+            self.dropped["malformed"] += 1
+            return None
+        if request.signed and not request.authentic:
+            self.dropped["bad_authenticator"] += 1
+            return None
+        if not request.signed and (not client.legacy or request.code == codec.STATUS_SERVER):
+            self.dropped["no_message_authenticator"] += 1
+            return None
+        key = (client.name, address[0], address[1], request.ident, request.authenticator)
+        self._expire(now)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self.duplicates += 1
+            return cached[1]
+        if request.code == codec.STATUS_SERVER:  # RFC 5997: alive
+            out = self._replies.answer(request, codec.ACCESS_ACCEPT)
+            self.answered["status"] += 1
+        else:
+            started = time.perf_counter()
+            code, message, state, outcome = self._decide(request, client, now)
+            out = self._replies.answer(request, code, message, state)
+            self.answered[outcome] += 1
+            if self.log_requests:
+                access_log.info(json.dumps({
+                    "via": VIA, "client": client.name, "user": request.user,
+                    "outcome": outcome, "ms": round((time.perf_counter() - started) * 1e3, 3)}))
+        self._cache[key] = (now + DUPLICATE_SECONDS, out)
+        while len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+        return out
+
+    def _expire(self, now: float) -> None:
+        cache = self._cache
+        while cache:
+            first = next(iter(cache.values()))
+            if first[0] > now:
+                break
+            cache.popitem(last=False)
+
+    def _decide(self, request: codec.Request, client: Client,
+                now: float) -> tuple[int, str, bytes | None, str]:
+        """(packet code, Reply-Message, State, outcome for metrics and the log)."""
+        reject = codec.ACCESS_REJECT
+        if request.password is None:
+            return reject, NOT_PAP, None, "not_pap"
+        user, code = request.user, request.password
+        if not user:
+            return reject, WRONG, None, "invalid_code"
+        if request.state is not None:
+            return self._complete(request.state, user, code, client, now)
+        try:
+            result = self.validator.verify(user, code, now, via=VIA, client=client.name)
+        except InvalidUser:
+            return reject, WRONG, None, "invalid_code"
+        except ValidatorError:
+            return reject, TRY_AGAIN, None, "conflict"
+        return self._verdict(result, user, code, client, now)
+
+    def _verdict(self, result: VerifyResult, user: str, code: str, client: Client,
+                 now: float) -> tuple[int, str, bytes | None, str]:
+        reason = result.reason.value
+        if result.accepted:
+            return codec.ACCESS_ACCEPT, ACCEPTED, None, reason
+        if result.near_miss is not None:
+            state = self._open_challenge(user, client.name, result.near_miss, code, now)
+            return codec.ACCESS_CHALLENGE, CHALLENGE, state, "challenge"
+        if reason == "replayed":
+            return codec.ACCESS_REJECT, REPLAYED, None, reason
+        if reason == "locked":
+            wait = max(1, math.ceil(result.retry_after))
+            return codec.ACCESS_REJECT, LOCKED.format(wait), None, reason
+        # invalid_code, no_device, not_enabled: the same words, so a client cannot tell
+        # whether the user exists.
+        return codec.ACCESS_REJECT, WRONG, None, "invalid_code"
+
+    def _open_challenge(self, user: str, client: str, serial: str, code: str,
+                        now: float) -> bytes:
+        table = self._challenges
+        while table:
+            first = next(iter(table.values()))
+            if first.expires > now and len(table) < self.max_challenges:
+                break
+            table.popitem(last=False)
+        state = secrets.token_bytes(16)
+        table[state] = _Challenge(user, client, serial, code, now + CHALLENGE_SECONDS)
+        return state
+
+    def _complete(self, state: bytes, user: str, code: str, client: Client,
+                  now: float) -> tuple[int, str, bytes | None, str]:
+        """The answer to a challenge: the near-missed code and this one must be the
+        token's consecutive codes; then the token is resynchronised (RFC 4226 §7.4)."""
+        challenge = self._challenges.pop(state, None)  # single use, whatever the outcome
+        if challenge is None or challenge.expires <= now or challenge.user != user or \
+                challenge.client != client.name:
+            return codec.ACCESS_REJECT, STALE, None, "stale_state"
+        try:
+            self.validator.resync(user, challenge.serial, challenge.code, code, now, via=VIA,
+                                  client=client.name)
+        except InvalidAuthenticationCode as exc:
+            if exc.reason == "locked":
+                wait = max(1, math.ceil(exc.retry_after))
+                return codec.ACCESS_REJECT, LOCKED.format(wait), None, "locked"
+            return codec.ACCESS_REJECT, WRONG, None, "invalid_code"
+        except ValidatorError:
+            return codec.ACCESS_REJECT, WRONG, None, "invalid_code"
+        return codec.ACCESS_ACCEPT, ACCEPTED, None, "resynced"
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def render_metrics(self) -> str:
+        out = ["# HELP foblab_radius_requests_total RADIUS requests answered, by outcome.",
+               "# TYPE foblab_radius_requests_total counter"]
+        for outcome, n in sorted(self.answered.items()):
+            out.append(f'foblab_radius_requests_total{{outcome="{outcome}"}} {n}')
+        out += ["# HELP foblab_radius_dropped_total RADIUS datagrams dropped, by reason.",
+                "# TYPE foblab_radius_dropped_total counter"]
+        for reason in ("unknown_client", "malformed", "bad_authenticator",
+                       "no_message_authenticator", "error"):
+            out.append(f'foblab_radius_dropped_total{{reason="{reason}"}} '
+                       f"{self.dropped[reason]}")
+        out += ["# HELP foblab_radius_duplicates_total Retransmissions answered from the "
+                "cache (RFC 5080).",
+                "# TYPE foblab_radius_duplicates_total counter",
+                f"foblab_radius_duplicates_total {self.duplicates}", ""]
+        return "\n".join(out)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listener's UDP socket; ConfigError (one line) when it cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen for RADIUS on udp {host}:{port}: "
+                          f"{exc.strerror or exc}") from None
+    return sock
+
+
+class RadiusListener:
+    """The UDP loop: one thread reading datagrams and answering them through the door."""
+
+    def __init__(self, door: RadiusDoor, sock: socket.socket) -> None:
+        self.door = door
+        self.sock = sock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="radius", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.sock.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self.sock.settimeout(0.2)  # how often the loop looks at the stop flag
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.sock.close()
+
+    def _run(self) -> None:
+        sock, handle = self.sock, self.door.handle
+        while not self._stop.is_set():
+            try:
+                data, address = sock.recvfrom(codec.MAX_PACKET + 1)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    break
+                continue
+            out = handle(data, address)
+            if out is not None:
+                try:
+                    sock.sendto(out, address)
+                except OSError:
+                    pass
