@@ -53,7 +53,7 @@ def main() -> None:
         started = time.perf_counter()
         proc = subprocess.Popen(
             [foblab, "sim", "fleet", "--count", str(FLEET_SIZE), "--dir", str(directory),
-             "--seed", "1", "--drift-spread", "20"],
+             "--rng-seed", "1", "--drift-spread", "20"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:

@@ -6,6 +6,10 @@ it (`<dir>/seeds.pskc`, RFC 6030, optionally PBKDF2-encrypted), and only then, a
 `<dir>/manifest.json`: its appearance is the readiness signal. `close()` removes the manifest
 and the links and unlocks the state files (the state and the seed file stay).
 
+A directory serves one fleet at a time: `<dir>/fleet.lock` is locked (flock) while a fleet
+runs, and a second fleet on the same directory fails with `FleetBusyError` before it touches
+anything (the running fleet's seed file and manifest stay as they are).
+
 With `seed` set, serials, secrets and random drift all come from one `random.Random(seed)`,
 so the same spec gives the same fleet. (Those secrets are then predictable: for tests only.)
 """
@@ -13,12 +17,13 @@ so the same spec gives the same fleet. (Those secrets are then predictable: for 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import random
 import resource
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,7 @@ from firmware_sim.clock import Drift
 from firmware_sim.models import DEFAULT_MODEL, PRESETS, SEED_BYTES, build_model
 from firmware_sim.ports import PtyPort
 from firmware_sim.runner import Token, open_token
-from firmware_sim.storage import atomic_write
+from firmware_sim.storage import StorageError, atomic_write
 from firmware_sim.token import TokenState
 
 MANIFEST = "manifest.json"
@@ -121,6 +126,10 @@ def _raise_fd_limit(need: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
+class FleetBusyError(StorageError):
+    """Another fleet runs in this directory."""
+
+
 class Fleet:
     """The running fleet: `tokens` (serial -> Token) and `ports` (serial -> PtyPort)."""
 
@@ -129,6 +138,7 @@ class Fleet:
         self.directory = spec.directory
         self.tokens: dict[str, Token] = {}
         self.ports: dict[str, PtyPort] = {}
+        self._lock_fd: int | None = None
 
     @property
     def manifest_path(self) -> Path:
@@ -138,13 +148,16 @@ class Fleet:
     def seed_file(self) -> Path:
         return self.directory / SEED_FILE
 
-    async def start(self) -> Fleet:
+    async def start(self, on_token: Callable[[int], None] | None = None) -> Fleet:
+        """Open every token and its port, then write the seed file and the manifest;
+        `on_token(1)` after each token (for a progress bar)."""
         loop = asyncio.get_running_loop()
         spec = self.spec
         groups = spec.all_groups()
         total = sum(g.count for g in groups)
         _raise_fd_limit(3 * total + 256)  # pty master + our slave + state lock per token
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock()
         self.manifest_path.unlink(missing_ok=True)  # not ready until we say so
         rng = random.Random(spec.seed) if spec.seed is not None else random.Random(os.urandom(32))
         state_dir = self.directory / "state"
@@ -164,12 +177,30 @@ class Fleet:
                     self.tokens[serial] = token
                     self.ports[serial] = PtyPort(loop, token.session, link=links / serial,
                                                  baud=spec.baud)
+                    if on_token is not None:
+                        on_token(1)
             self._write_pskc()
             self._write_manifest()
         except BaseException:
             await self.close()
             raise
         return self
+
+    def _lock(self) -> None:
+        path = self.directory / "fleet.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise FleetBusyError(
+                f"fleet directory {self.directory} is in use by another fleet"
+                + (f" (pid {holder})" if holder.isdigit() else "")
+                + ": stop it first, or use another --dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
 
     def _write_pskc(self) -> None:
         write_seed_file(self.seed_file, [t.state for t in self.tokens.values()],
@@ -198,6 +229,8 @@ class Fleet:
 
     async def close(self) -> None:
         """Remove the manifest first (no longer ready), then the ports, then unlock."""
+        if self._lock_fd is None:  # never started, or another fleet holds the directory
+            return
         self.manifest_path.unlink(missing_ok=True)
         for port in self.ports.values():
             port.close()
@@ -205,6 +238,8 @@ class Fleet:
             token.close()
         self.ports.clear()
         self.tokens.clear()
+        os.close(self._lock_fd)  # drops the flock
+        self._lock_fd = None
 
 
 def write_seed_file(path: Path, states: Iterable[TokenState], *,

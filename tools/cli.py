@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from tools._help import Group, decorate
+
 # name -> "module:attribute" of a click command or group.
 SUBCOMMANDS: dict[str, str] = {
     "sim": "tools.sim_cmd:sim",
@@ -21,7 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(Group):
     """A group whose subcommands are imported on first use."""
 
     def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
@@ -49,6 +51,9 @@ class LazyGroup(click.Group):
             raise
         command = getattr(module, attr)
         assert isinstance(command, click.Command)
+        if not getattr(command, "foblab_decorated", False):
+            decorate(command, f"{getattr(self, 'foblab_path', '')} {name}".strip())
+            command.foblab_decorated = True  # type: ignore[attr-defined]
         return command
 
 
@@ -58,6 +63,9 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="foblab")
 def main() -> None:
     """foblab: emulated hardware OTP tokens and the validator that checks them."""
+
+
+decorate(main, "")
 
 
 if __name__ == "__main__":

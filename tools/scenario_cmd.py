@@ -20,6 +20,8 @@ from typing import Any, NoReturn
 import click
 
 from tools._args import fail
+from tools._progress import bar, wanted
+from tools._vocab import warn_renamed
 from tools.scenario import report
 from tools.scenario.engine import EventResult, RunResult, run_in_process, scenario_serial
 from tools.scenario.spec import Scenario, ScenarioError, load
@@ -37,23 +39,28 @@ def scenario() -> None:
 
 @scenario.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--seed", type=int, help="Override the scenario's seed (random times, secret).")
+@click.option("--rng-seed", "seed", type=int,
+              help="Override the scenario's random seed (times of day, secret).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--junit", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write JUnit XML to this file.")
 @click.option("--live", is_flag=True,
               help="Run against a daemon (--url, --key) and a QA token on --port.")
 @click.option("--url", envvar="FOBLAB_URL", help="Live: the daemon's URL ($FOBLAB_URL).")
-@click.option("--key", envvar="FOBLAB_KEY",
-              help="Live: an admin API key, or a path to a key file ($FOBLAB_KEY).")
-@click.option("--port", "port_url", help="Live: the token's port (device path, PTY link, "
-                                          "socket://HOST:PORT). It must be in QA mode.")
+@click.option("--key", envvar="FOBLAB_KEY", help="Live: an admin API key ($FOBLAB_KEY).")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Live: a file holding an admin API key (as validator init writes).")
+@click.option("--token", "port_url", help="Live: the token's port URL (device path, PTY link, "
+                                           "socket://HOST:PORT). It must be in QA mode.")
 @click.option("--timeout", type=float, default=5.0, show_default=True,
               help="Live: seconds to wait for the token or the daemon.")
+@click.option("--reset-token", is_flag=True,
+              help="Live: allow erasing a token that holds a seed or is registered with the "
+                   "daemon (otherwise such a token is refused).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only failures and the verdict.")
 def run(files: tuple[Path, ...], seed: int | None, as_json: bool, junit: Path | None,
-        live: bool, url: str | None, key: str | None, port_url: str | None, timeout: float,
-        quiet: bool) -> None:
+        live: bool, url: str | None, key: str | None, key_file: Path | None,
+        port_url: str | None, timeout: float, reset_token: bool, quiet: bool) -> None:
     """Run scenario FILEs and check every expectation.
 
     In-process (default): simulated time, deterministic for a seed. With --live the same
@@ -61,19 +68,27 @@ def run(files: tuple[Path, ...], seed: int | None, as_json: bool, junit: Path | 
     applied to the token's clock with AGE (the daemon keeps the wall clock), as described
     in docs/scenarios.md.
     """
+    if junit is not None:
+        _check_output(junit, "--junit")
     scenarios: list[Scenario] = []
+    invalid: list[tuple[str, str]] = []  # (file, problem): run the others, report these
     for path in files:
         try:
             scenarios.append(load(path).with_seed(seed))
         except ScenarioError as exc:
-            _fail(str(exc))
+            invalid.append((str(path), str(exc)))
+    if key_file is not None:
+        key = _read_key_file(key_file)
+    elif key is not None and (os.sep in key or key.endswith(".key")) and Path(key).is_file():
+        warn_renamed("--key PATH", "--key-file PATH")  # --key took a path too, once
+        key = _read_key_file(Path(key))
     if live:
-        missing = [name for name, value in (("--url", url), ("--key", key),
-                                            ("--port", port_url)) if not value]
+        missing = [name for name, value in (("--url", url), ("--key or --key-file", key),
+                                            ("--token", port_url)) if not value]
         if missing:
             _fail(f"--live needs {', '.join(missing)}")
     elif port_url:
-        _fail("--port goes with --live")
+        _fail("--token goes with --live")
     runs: list[RunResult] = []
     stream = not as_json
     for sc in scenarios:
@@ -89,8 +104,9 @@ def run(files: tuple[Path, ...], seed: int | None, as_json: bool, junit: Path | 
                 for line in report.header(RunResult(sc, "live", "?")):
                     click.echo(line)
             try:
-                result = run_live(sc, url=url, key=_read_key(key), port=port_url,
-                                  timeout=timeout, on_event=show if stream else None)
+                result = run_live(sc, url=url, key=key, port=port_url,
+                                  timeout=timeout, on_event=show if stream else None,
+                                  reset_token=reset_token)
             except LiveError as exc:
                 _fail(f"{sc.path}: {exc}")
         else:
@@ -106,28 +122,41 @@ def run(files: tuple[Path, ...], seed: int | None, as_json: bool, junit: Path | 
                 click.echo("")
     if junit is not None:
         try:
-            junit.write_bytes(report.junit(runs))
+            junit.write_bytes(report.junit(runs, invalid))
         except OSError as exc:
             _fail(f"cannot write {junit}: {exc}")
+    for _, problem in invalid:  # after the runs, so they are not lost in the timeline
+        click.echo(f"foblab: error: {problem}", err=True)
     if as_json:
         docs = [report.to_json(r) for r in runs]
-        out: Any = docs[0] if len(docs) == 1 else {
-            "passed": all(r.passed for r in runs), "scenarios": docs}
+        out: Any = docs[0] if len(docs) == 1 and not invalid else {
+            "passed": all(r.passed for r in runs) and not invalid, "scenarios": docs,
+            "invalid": [{"file": f, "error": e} for f, e in invalid]}
         click.echo(json.dumps(out, indent=1))
-    elif len(runs) > 1:
+    elif len(runs) + len(invalid) > 1:
         good = sum(r.passed for r in runs)
-        click.echo(f"{good}/{len(runs)} scenarios passed")
-    sys.exit(0 if all(r.passed for r in runs) else 1)
+        click.echo(f"{good}/{len(runs) + len(invalid)} scenarios passed"
+                   + (f", {len(invalid)} could not be run" if invalid else ""))
+    sys.exit(2 if invalid else 0 if all(r.passed for r in runs) else 1)
 
 
-def _read_key(key: str) -> str:
-    """A key given as a path to a key file (as `validator init` writes them) is read."""
-    if os.sep in key or key.endswith(".key"):
-        try:
-            return Path(key).read_text().strip()
-        except OSError as exc:
-            _fail(f"cannot read the key file {key}: {exc}")
-    return key
+def _check_output(path: Path, option: str) -> None:
+    """An output file's folder must exist and be writable before the work starts."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        _fail(f"{option} {path}: the folder {folder} does not exist")
+    if path.is_dir():
+        _fail(f"{option} {path} is a folder")
+    if not os.access(folder, os.W_OK):
+        _fail(f"{option} {path}: the folder {folder} is not writable")
+
+
+def _read_key_file(path: Path) -> str:
+    """An API key from a key file (as `validator init` writes them)."""
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read the key file {path}: {exc}")
 
 
 @scenario.command()
@@ -157,7 +186,8 @@ def _read_key(key: str) -> str:
               help="Perfect clocks and instant typing: every policy must accept all.")
 @click.option("--window", type=click.IntRange(0, 10), default=1, show_default=True,
               help="TOTP steps searched either side of the believed step.")
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--rng-seed", "seed", type=int, default=1, show_default=True,
+              help="Seed of the random generator: the same seed, the same population.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a PNG: offset against time for sample tokens (needs matplotlib).")
@@ -196,7 +226,10 @@ def study(tokens: int, years: float, interval_days: float, regular: bool,
         except ImportError:
             _fail("--plot needs matplotlib: pip install 'foblab[plot]' "
                   "(or .venv/bin/pip install matplotlib)")
-    result = run_study(params)
+        _check_output(plot, "--plot")
+    with bar(params.tokens, f"study: {params.tokens:,} tokens, {params.years:g} years",
+             show=wanted(as_json=as_json)) as advance:
+        result = run_study(params, on_token=advance)
     if plot is not None:
         try:
             draw(result, str(plot))

@@ -26,6 +26,7 @@ from firmware_sim.runner import TokenRunner, open_token
 from firmware_sim.storage import StorageError
 from tools._args import HEX, HOST_PORT
 from tools._args import fail as _fail
+from tools._progress import bar, wanted
 
 
 def default_state_dir() -> Path:
@@ -36,12 +37,16 @@ def default_state_dir() -> Path:
     return Path(base) / "foblab" / "tokens"
 
 
-async def _until_signal() -> None:
+async def _until_signal(ready: Any = None) -> None:
+    """Wait for SIGTERM/SIGINT/SIGHUP; `ready()` runs once the handlers are in place, so a
+    signal sent as soon as the ready line is read stops the process cleanly."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if ready is not None:
+            ready()
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -57,7 +62,7 @@ def sim() -> None:
 @click.option("--model", type=click.Choice(list(PRESETS)), default=DEFAULT_MODEL,
               show_default=True)
 @click.option("--serial", help="Serial number (default: a new one in the model's format).")
-@click.option("--seed", type=HEX, help="The secret, hex (default: a random one).")
+@click.option("--seed-hex", "seed", type=HEX, help="The secret, hex (default: a random one).")
 @click.option("--blank", is_flag=True, help="No seed: a blank token waiting for PROVISION.")
 @click.option("--kind", type=click.Choice(KINDS), help="Override the model's kind.")
 @click.option("--hash", "hash_", type=click.Choice(HASHES), help="Override the model's hash.")
@@ -78,27 +83,48 @@ def sim() -> None:
               help="Where a generated seed's factory copy goes, as a PSKC file (default "
                    "<state-dir>/<SERIAL>.pskc).")
 @click.option("--pskc-passphrase", help="Encrypt that seed file with PBKDF2 from this.")
+@click.option("--fresh", is_flag=True,
+              help="Start the token anew: erase its state file (seed, counter, clock) first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
 def run(model: str, serial: str | None, seed: bytes | None, blank: bool, kind: Any,
         hash_: Any, digits: str | None, period: int | None, counter: int, qa: bool,
         pty_link: Path | None, tcp: tuple[str, int] | None, state_dir: Path | None,
         drift_ppm: float, baud: int | None, seed_file: Path | None,
-        pskc_passphrase: str | None, as_json: bool) -> None:
-    """Run one token until SIGTERM or Ctrl-C."""
+        pskc_passphrase: str | None, fresh: bool, as_json: bool) -> None:
+    """Run one token until SIGTERM or Ctrl-C.
+
+    A token keeps its state (seed, counter, clock) in a file named after its serial: run the
+    same --serial again and it is restored, as a real token survives being switched off.
+    Options that contradict that file (--seed-hex, --blank, --kind, --hash, --digits, --period)
+    are refused; --fresh erases the file first.
+    """
     if seed is not None and blank:
-        _fail("--seed and --blank exclude each other")
+        _fail("--seed-hex and --blank exclude each other")
     if pty_link is not None and tcp is not None:
         _fail("--pty-link and --tcp exclude each other")
+    state_dir = state_dir if state_dir is not None else default_state_dir()
+    if fresh and serial is not None:
+        _erase_state(state_dir, serial)
     generated = seed is None and not blank
     if generated:
         seed = secrets.token_bytes(SEED_BYTES[hash_ or PRESETS[model].hash])
-    state_dir = state_dir if state_dir is not None else default_state_dir()
     try:
         token = open_token(
             model, serial=serial, seed=seed, kind=kind, hash=hash_,
             digits=None if digits is None else int(digits), period=period, counter=counter,
             drift=Drift(ppm=drift_ppm), qa=qa, state_dir=state_dir,
         )
+        if token.restored:
+            clash = _contradictions(token.state, seed=None if generated else seed,
+                                    blank=blank, kind=kind, hash_=hash_, digits=digits,
+                                    period=period)
+            if clash:
+                where = token.file.path if token.file else state_dir
+                token.close()
+                _fail(f"{token.state.serial} already has a state file ({where}) and "
+                      f"{', '.join(clash)} contradict(s) it: "
+                      "drop the option to run the token as it is, or add --fresh to erase "
+                      "its state and start anew")
         if generated and not token.restored:
             # The factory's copy of a secret we made up, handed over as a vendor does: a
             # seed file to import, never printed.
@@ -125,18 +151,52 @@ def run(model: str, serial: str | None, seed: bytes | None, blank: bool, kind: A
             }
             if seed_file is not None:
                 ready["seed_file"] = str(seed_file)
-            if as_json:
-                click.echo(json.dumps(ready, sort_keys=True))
-            else:
-                extra = " (restored from its state file)" if token.restored else ""
-                seed_note = f"  seed file {seed_file}" if seed_file is not None else ""
-                click.echo(f"{st.serial} {st.model} on {runner.url}{extra}{seed_note}")
-            sys.stdout.flush()
-            await _until_signal()
+
+            def say_ready() -> None:
+                if as_json:
+                    click.echo(json.dumps(ready, sort_keys=True))
+                else:
+                    extra = " (restored from its state file)" if token.restored else ""
+                    seed_note = f"  seed file {seed_file}" if seed_file is not None else ""
+                    click.echo(f"{st.serial} {st.model} on {runner.url}{extra}{seed_note}")
+                sys.stdout.flush()
+
+            await _until_signal(say_ready)
         finally:
             await runner.close()
 
     asyncio.run(main())
+
+
+def _erase_state(state_dir: Path, serial: str) -> None:
+    """--fresh: remove the token's state file (refused while another emulator runs it)."""
+    from firmware_sim.storage import StateDir
+
+    try:
+        with StateDir(state_dir).open(serial) as file:
+            if file.exists():
+                file.path.unlink()
+    except (ValueError, StorageError, OSError) as exc:
+        _fail(f"--fresh: {exc}")
+
+
+def _contradictions(state: Any, *, seed: bytes | None, blank: bool, kind: Any, hash_: Any,
+                    digits: str | None, period: int | None) -> list[str]:
+    """The options given that the restored state disagrees with (the seed is compared in
+    constant time and never printed)."""
+    import hmac
+
+    clash = []
+    if seed is not None and (state.seed is None or not hmac.compare_digest(seed, state.seed)):
+        clash.append("--seed-hex")
+    if blank and state.seed is not None:
+        clash.append("--blank")
+    for name, given, stored in (("--kind", kind, state.kind), ("--hash", hash_, state.hash),
+                                ("--digits", digits, str(state.digits)),
+                                ("--period", period, state.period)):
+        if given is not None and given != stored:
+            clash.append(f"{name} {given} (the file says {stored})")
+    return clash
 
 
 @sim.command()
@@ -148,7 +208,8 @@ def run(model: str, serial: str | None, seed: bytes | None, blank: bool, kind: A
 @click.option("--config", type=click.Path(exists=True, path_type=Path),
               help="TOML file with [[group]] tables (model, count, drift_ppm, drift_spread, "
                    "aging_ppm_per_year).")
-@click.option("--seed", type=int, help="Random seed: the same seed gives the same fleet.")
+@click.option("--rng-seed", "seed", type=int,
+              help="Seed of the random generator: the same seed gives the same fleet.")
 @click.option("--drift-ppm", type=float, default=None, help="Every token's drift, ppm.")
 @click.option("--drift-spread", type=float, default=None,
               help="Each token's drift is --drift-ppm plus uniform(-X, +X) ppm.")
@@ -163,7 +224,7 @@ def fleet(count: int | None, directory: Path, model: str | None, config: Path | 
           as_json: bool) -> None:
     """Run many tokens in one process until SIGTERM or Ctrl-C.
 
-    --seed, --qa, --pskc-passphrase and --baud given on the command line win over the config
+    --rng-seed, --qa, --pskc-passphrase and --baud given on the command line win over the config
     file; --count, --model, --drift-ppm and --drift-spread belong to its [[group]] tables.
     """
     fields: dict[str, Any] = {}
@@ -195,17 +256,21 @@ def fleet(count: int | None, directory: Path, model: str | None, config: Path | 
 
     async def main() -> None:
         running = Fleet(spec)
+        total = sum(g.count for g in spec.all_groups())
         try:
-            await running.start()
+            with bar(total, f"starting {total:,} tokens", show=wanted(as_json=as_json)) as step:
+                await running.start(on_token=step)
         except (ValueError, StorageError, OSError) as exc:
             _fail(f"cannot start the fleet: {exc}")
         try:
             ready = {"count": len(running.tokens), "manifest": str(running.manifest_path),
                      "seed_file": str(running.seed_file)}
-            click.echo(json.dumps(ready) if as_json else
-                       f"{ready['count']} tokens ready; manifest {ready['manifest']}")
-            sys.stdout.flush()
-            await _until_signal()
+            def say_ready() -> None:
+                click.echo(json.dumps(ready) if as_json else
+                           f"{ready['count']} tokens ready; manifest {ready['manifest']}")
+                sys.stdout.flush()
+
+            await _until_signal(say_ready)
         finally:
             await running.close()
 

@@ -8,6 +8,7 @@ line `foblab: error: ...` on stderr and exit 1. JSON keys are listed in docs/tok
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 import click
 import serial
 
-from protocol.connection import TokenClient, pyserial_reader
+from protocol.connection import TokenClient, TokenRefused, pyserial_reader
 from protocol.errors import ProtocolError
 from protocol.messages import (
     AdjustOffsetRequest,
@@ -24,6 +25,7 @@ from protocol.messages import (
     BatteryRequest,
     ClockReply,
     DriftSettings,
+    ErrorCode,
     FactoryResetRequest,
     FreezeRequest,
     HashAlg,
@@ -39,6 +41,7 @@ from tools._args import DURATION, HEX, SIGNED_DURATION, TIME, format_time_ms
 from tools._args import fail as _fail
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+MAX_PEEK = 32  # codes a PEEK reply holds (firmware_sim MAX_PEEK; one frame)
 NEGATIVE_OK = {"ignore_unknown_options": True}  # so `-12.5` and `-90s` are arguments
 
 
@@ -148,12 +151,14 @@ def info(port: str, timeout: float, as_json: bool) -> None:
 
 @token.command()
 @common
-def press(port: str, timeout: float, as_json: bool) -> None:
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print the code alone (for $(...) in a shell).")
+def press(port: str, timeout: float, as_json: bool, quiet: bool) -> None:
     """Press the button: the code now on the display."""
     with _client(port, timeout) as c:
         r = c.press()
     _emit(as_json, {"code": r.code, "seconds_left": r.seconds_left},
-          r.code + (f"  ({r.seconds_left} s left)" if r.seconds_left else ""))
+          r.code + (f"  ({r.seconds_left} s left)" if r.seconds_left and not quiet else ""))
 
 
 @token.command()
@@ -181,32 +186,99 @@ def clock(port: str, timeout: float, as_json: bool) -> None:
 @click.option("--interval", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="Seconds between looks at the display.")
 @click.option("--count", type=click.IntRange(min=0), default=0,
-              help="Stop after this many updates (0: never).")
-@click.option("--no-press", is_flag=True, help="Only watch; do not press when the display blanks.")
+              help="Stop after this many changes of the display (0: never).")
+@click.option("--no-press", is_flag=True,
+              help="Only watch: never press, even when a time token's display blanks.")
+@click.option("--press-every", type=DURATION, default=None,
+              help="Press every DURATION (e.g. 60s). An event (HOTP) token is only pressed "
+                   "with this: each press uses up a code.")
 def watch(port: str, timeout: float, as_json: bool, interval: float, count: int,
-          no_press: bool) -> None:
-    """Show the display live with its countdown (presses again when it blanks). Ctrl-C stops."""
+          no_press: bool, press_every: int | None) -> None:
+    """Show the token's display: serial, code, countdown (and drift and battery in QA mode).
+
+    On a terminal the line redraws in place; otherwise (or with --json) one line per change
+    of the display. A time (TOTP) token is pressed when its display blanks, as a person would
+    (not with --no-press); an event (HOTP) token only with --press-every. A dead battery
+    shows a blank display. Ctrl-C stops.
+    """
+    live = sys.stdout.isatty() and not as_json
     shown = 0
-    last: tuple[str, int] | None = None
+    last: tuple[Any, ...] | None = None
     with _client(port, timeout) as c:
+        info = c.info()
+        event = info.kind is Kind.HOTP
+        last_press: float | None = None  # --press-every presses at once, then every ...
         try:
             while count == 0 or shown < count:
-                r = c.display()
-                if not r.code and not no_press:
-                    pr = c.press()
-                    r_code, r_left = pr.code, pr.seconds_left
-                else:
-                    r_code, r_left = r.code, r.seconds_left
-                if (r_code, r_left) != last:
-                    last = (r_code, r_left)
+                state = _look(c, info, event=event, no_press=no_press,
+                              press_due=press_every is not None and (
+                                  last_press is None or
+                                  (time.monotonic() - last_press) * 1000 >= press_every))
+                if state.pop("pressed"):
+                    last_press = time.monotonic()
+                key = (state["code"], state["battery_ok"]) if not live else tuple(state.items())
+                if key != last:
+                    last = key
                     shown += 1
-                    _emit(as_json, {"code": r_code, "seconds_left": r_left,
-                                    "time": round(time.time(), 3)},
-                          f"{r_code or '(blank)':>8}  {r_left:3d} s" if r_code else "(blank)")
+                    if live:
+                        click.echo("\r\x1b[K" + _watch_line(state, info, bar=True), nl=False)
+                    elif as_json:
+                        click.echo(json.dumps({**state, "time": round(time.time(), 3)},
+                                              sort_keys=True))
+                    else:
+                        click.echo(_watch_line(state, info, bar=False))
                 if count == 0 or shown < count:
                     time.sleep(interval)
         except KeyboardInterrupt:
             pass
+        finally:
+            if live:
+                click.echo("")
+
+
+def _look(c: TokenClient, info: InfoReply, *, event: bool, no_press: bool,
+          press_due: bool) -> dict[str, Any]:
+    """One look at the token: what the display shows, pressing when a person would."""
+    battery_ok = c.info().battery_ok if info.qa_mode else True
+    r = c.display()
+    code, left, pressed = r.code, r.seconds_left, False
+    if press_due or (not r.code and not event and not no_press):
+        try:
+            p = c.press()
+            code, left, pressed = p.code, p.seconds_left, True
+        except TokenRefused as exc:
+            if exc.reply.code is not ErrorCode.BATTERY_DEAD:
+                raise
+            battery_ok, pressed = False, True  # a dead battery: the display stays blank
+    state: dict[str, Any] = {"serial": info.serial, "code": code, "seconds_left": left,
+                             "battery_ok": battery_ok, "pressed": pressed}
+    if info.qa_mode:
+        clk = c.clock()
+        state.update(offset_s=clk.offset_ms / 1000, drift_ppm=clk.drift.ppm)
+    return state
+
+
+def _watch_line(state: dict[str, Any], info: InfoReply, *, bar: bool) -> str:
+    code = state["code"]
+    if code:
+        half = len(code) // 2
+        shown = f"{code[:half]} {code[half:]}"
+    else:
+        shown = "(blank)".ljust(len("000 000") if info.digits == 6 else len("0000 0000"))
+    parts = [state["serial"], shown]
+    left = state["seconds_left"]
+    if code and left and info.period:
+        if bar:
+            filled = round(10 * left / info.period)
+            parts.append(f"[{'#' * filled}{'.' * (10 - filled)}] {left:2d} s")
+        else:
+            parts.append(f"({left} s left)")
+    elif not code and info.kind is Kind.HOTP and state["battery_ok"]:
+        parts.append("press the button (or --press-every 60s)")
+    if "offset_s" in state:
+        parts.append(f"offset {state['offset_s']:+.1f} s  drift {state['drift_ppm']:+.1f} ppm")
+    parts.append("battery ok" if state["battery_ok"] else "BATTERY DEAD")
+    return "  ".join(parts)
 
 
 def _names(enum: Any) -> list[str]:
@@ -216,7 +288,7 @@ def _names(enum: Any) -> list[str]:
 
 @token.command()
 @common
-@click.option("--seed", "seed", type=HEX, required=True, help="The secret, hex.")
+@click.option("--seed-hex", "seed", type=HEX, required=True, help="The secret, hex.")
 @click.option("--kind", type=click.Choice(_names(Kind)), default="totp", show_default=True)
 @click.option("--hash", "hash_", type=click.Choice(_names(HashAlg)), default="sha1",
               show_default=True)
@@ -295,9 +367,31 @@ def unfreeze(port: str, timeout: float, as_json: bool) -> None:
     _clock_cmd(port, timeout, as_json, UnfreezeRequest())
 
 
+@qa.command("next")
+@common
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print the code alone (for $(...) in a shell).")
+def next_(port: str, timeout: float, as_json: bool, quiet: bool) -> None:
+    """Skip to the next code and press: what waiting for the display to change does, now.
+
+    A TOTP token's clock is stepped forward to half a second into its next step (the offset
+    grows by up to one period, as `qa offset` would); an event token is simply pressed.
+    """
+    with _client(port, timeout) as c:
+        info = c.info()
+        if info.kind is Kind.TOTP and info.period:
+            period_ms = info.period * 1000
+            now = c.clock().token_time_ms
+            c.clock_command(AdjustOffsetRequest((now // period_ms + 1) * period_ms + 500 - now))
+        r = c.press()
+    _emit(as_json, {"code": r.code, "seconds_left": r.seconds_left},
+          r.code + (f"  ({r.seconds_left} s left)" if r.seconds_left and not quiet else ""))
+
+
 @qa.command()
 @common
-@click.option("--count", type=click.IntRange(1, 255), default=3, show_default=True)
+@click.option("--count", type=click.IntRange(1, MAX_PEEK), default=3, show_default=True,
+              help=f"How many codes, 1 to {MAX_PEEK} (as many as fit one reply frame).")
 def peek(port: str, timeout: float, as_json: bool, count: int) -> None:
     """Codes for the current step and the next COUNT-1 (HOTP: the next presses)."""
     with _client(port, timeout) as c:

@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import click
 
 from tools._args import fail as _fail
+from tools._paging import echo_note, fetch, page_options
+from tools._progress import waiting, wanted
 from tools.cli import LazyGroup
 from validator.config import (
     CONFIG_NAME,
@@ -148,11 +150,33 @@ def serve(directory: Path | None, config: Path | None, host: str | None, port: i
 
 # -- the API client ------------------------------------------------------------------------
 
+# The API's words for things the command line names otherwise: an error relayed from the
+# daemon is reworded so it names the options the user can type.
+API_WORDS = (
+    ('send "provision": true', "give --provision"),
+    ("secret_b32", "--seed-b32"),
+    ("secret_hex", "--seed-hex"),
+    ("key_hex", "--key-hex"),
+    ("skip_duplicates", "--skip-duplicates"),
+)
+
+WHERE_HELP = ("give --dir DIR (a folder made by `foblab validator init`), or --url URL with "
+              "--key KEY or --key-file FILE, or set FOBLAB_URL and FOBLAB_KEY")
+
+
+def in_cli_words(message: str) -> str:
+    for api, cli in API_WORDS:
+        message = message.replace(api, cli)
+    return message
+
+
 class Client:
-    def __init__(self, url: str, key: str | None, timeout: float) -> None:
+    def __init__(self, url: str, key: str | None, timeout: float,
+                 defaulted: bool = False) -> None:
         self.url = url.rstrip("/")
         self.key = key
         self.timeout = timeout
+        self.defaulted = defaulted  # no location given: the URL is the built-in default
 
     def call(self, method: str, path: str, *, body: Any = None,
              params: dict[str, Any] | None = None, ok: Sequence[int] = (200, 201, 204)
@@ -168,6 +192,9 @@ class Client:
         except httpx.InvalidURL as exc:
             _fail(f"bad URL {self.url!r}: {exc}")
         except httpx.HTTPError as exc:
+            if self.defaulted:
+                _fail(f"cannot reach {self.url} ({exc}); that is only the default "
+                      f"location: {WHERE_HELP}")
             _fail(f"cannot reach {self.url}: {exc}")
         try:
             data = response.json() if response.content else None
@@ -175,7 +202,8 @@ class Client:
             data = None
         if response.status_code not in ok:
             if isinstance(data, dict) and "error" in data:
-                _fail(f"{data.get('message')} ({data['error']}, HTTP {response.status_code})")
+                _fail(f"{in_cli_words(str(data.get('message')))} ({data['error']}, "
+                      f"HTTP {response.status_code})")
             _fail(f"HTTP {response.status_code} from {self.url}{path}")
         return response.status_code, data
 
@@ -202,17 +230,28 @@ def client_command(group: click.Group, name: str | None = None) -> Callable[[F],
 
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
-        def inner(url: str | None, key: str | None, directory: Path | None, timeout: float,
-                  as_json: bool, **kwargs: Any) -> Any:
+        def inner(url: str | None, key: str | None, key_file: Path | None,
+                  directory: Path | None, timeout: float, as_json: bool, **kwargs: Any) -> Any:
             dir_url, dir_key = _from_dir(directory) if directory is not None else (None, None)
-            final_url = url or os.environ.get("FOBLAB_URL") or dir_url \
-                or f"http://127.0.0.1:{DEFAULT_PORT}"
-            final_key = key or os.environ.get("FOBLAB_KEY") or dir_key
-            return fn(client=Client(final_url, final_key, timeout), as_json=as_json, **kwargs)
+            given_url = url or os.environ.get("FOBLAB_URL") or dir_url
+            final_url = given_url or f"http://127.0.0.1:{DEFAULT_PORT}"
+            file_key = None
+            if key_file is not None:
+                try:
+                    file_key = key_file.read_text().strip()
+                except (OSError, UnicodeDecodeError) as exc:
+                    _fail(f"cannot read the key file {key_file}: {exc}")
+            final_key = key or file_key or os.environ.get("FOBLAB_KEY") or dir_key
+            if not final_key:
+                _fail(f"no API key for {final_url}: {WHERE_HELP}")
+            return fn(client=Client(final_url, final_key, timeout, defaulted=not given_url),
+                      as_json=as_json, **kwargs)
 
         for option in (
             click.option("--url", help="The daemon's URL (env FOBLAB_URL)."),
             click.option("--key", help="API key (env FOBLAB_KEY)."),
+            click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
+                         help="A file holding the API key (as validator init writes)."),
             click.option("--dir", "directory", type=click.Path(path_type=Path),
                          help="An init'd folder: URL and admin key from it."),
             click.option("--timeout", type=float, default=60.0, show_default=True),
@@ -291,8 +330,8 @@ def token() -> None:
 
 @client_command(token)
 @click.argument("serial")
-@click.option("--secret-b32", help="The seed, base32.")
-@click.option("--secret-hex", help="The seed, hex.")
+@click.option("--seed-b32", "secret_b32", help="The secret, base32.")
+@click.option("--seed-hex", "secret_hex", help="The secret, hex.")
 @click.option("--kind", type=click.Choice(["totp", "hotp"]), default="totp", show_default=True)
 @click.option("--hash", "hash_", type=click.Choice(["sha1", "sha256", "sha512"]),
               default="sha1", show_default=True)
@@ -303,6 +342,8 @@ def add(client: Client, as_json: bool, serial: str, secret_b32: str | None,
         secret_hex: str | None, kind: str, hash_: str, digits: str, period: int | None,
         counter: int | None) -> None:
     """Register one token."""
+    if (secret_b32 is None) == (secret_hex is None):
+        _fail("give the secret as --seed-hex HEX or --seed-b32 B32 (one of them)")
     body: dict[str, Any] = {"serial": serial, "kind": kind, "hash": hash_,
                             "digits": int(digits)}
     for key, value in (("secret_b32", secret_b32), ("secret_hex", secret_hex),
@@ -317,7 +358,8 @@ def add(client: Client, as_json: bool, serial: str, secret_b32: str | None,
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["pskc", "csv"]),
               help="Default: from the file's suffix (.csv is CSV, else PSKC).")
-@click.option("--passphrase", help="PBKDF2 passphrase of an encrypted PSKC file.")
+@click.option("--pskc-passphrase", "passphrase",
+              help="PBKDF2 passphrase of an encrypted PSKC file.")
 @click.option("--key-hex", help="Pre-shared AES key of an encrypted PSKC file.")
 @click.option("--skip-duplicates", is_flag=True,
               help="Leave out serials already registered or repeated in the file.")
@@ -406,16 +448,19 @@ def _import_report(d: dict[str, Any]) -> None:
 @click.option("--user")
 @click.option("--unassigned", is_flag=True, help="Only tokens no user holds.")
 @click.option("--kind", type=click.Choice(["totp", "hotp"]))
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
+@page_options
 def list_(client: Client, as_json: bool, user: str | None, unassigned: bool,
-          kind: str | None, limit: int, offset: int) -> None:
-    """List tokens."""
-    _, data = client.call("GET", "/v1/tokens", params={
-        "user": user, "unassigned": True if unassigned else None, "kind": kind,
-        "limit": limit, "offset": offset})
-    _show(data, as_json, lambda d: _table([_token_row(t) for t in d["tokens"]],
-                                          _TOKEN_COLUMNS))
+          kind: str | None, limit: int, page: int, all_: bool, offset: int | None) -> None:
+    """List tokens, by serial (a page of 100 unless --all; a note says when there is more)."""
+    filters = {"user": user, "unassigned": True if unassigned else None, "kind": kind}
+    data = fetch(lambda p: client.call("GET", "/v1/tokens", params={**filters, **p})[1],
+                 "tokens", limit=limit, page=page, all_=all_, offset=offset)
+
+    def human(d: dict[str, Any]) -> None:
+        _table([_token_row(t) for t in d["tokens"]], _TOKEN_COLUMNS)
+        echo_note(d, "tokens")
+
+    _show(data, as_json, human)
 
 
 def _q(serial: str) -> str:
@@ -570,6 +615,17 @@ def resync(client: Client, as_json: bool, user: str, serial: str, code1: str,
 
 # -- verify, audit, station ----------------------------------------------------------------
 
+REFUSAL_HINTS = {
+    "replayed": "a code is good once: this one, or a later one, was already used (enable and "
+                "resync use their two codes); wait for the display to show a new code",
+    "invalid_code": "not a code of the user's token near now: a typo, another token, or a "
+                    "clock far off (then: foblab validator device resync)",
+    "locked": "too many wrong codes; wait, or: foblab validator token unlock SERIAL",
+    "no_device": "the user has no enabled token: foblab validator device enable",
+}
+"""Why `verify` was refused, in a person's words, after the API's reason."""
+
+
 @client_command(validator)
 @click.argument("user")
 @click.argument("code")
@@ -586,7 +642,9 @@ def verify(client: Client, as_json: bool, user: str, code: str, serial: str | No
         click.echo(f"accepted ({data['serial']})")
     else:
         wait = f", retry in {data['retry_after']:.0f} s" if data.get("retry_after") else ""
-        click.echo(f"refused: {data['reason']}{wait}", err=True)
+        hint = REFUSAL_HINTS.get(data["reason"])
+        click.echo(f"refused: {data['reason']}{wait}" + (f" ({hint})" if hint else ""),
+                   err=True)
     sys.exit(0 if data["ok"] else 1)
 
 
@@ -595,20 +653,27 @@ def verify(client: Client, as_json: bool, user: str, code: str, serial: str | No
 @click.option("--user")
 @click.option("--action")
 @click.option("--result", type=click.Choice(["ok", "refused"]))
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option("--oldest-first", is_flag=True, help="Oldest entries first.")
+@page_options
 def audit(client: Client, as_json: bool, serial: str | None, user: str | None,
-          action: str | None, result: str | None, limit: int, offset: int) -> None:
-    """The audit log, oldest first."""
-    _, data = client.call("GET", "/v1/audit", params={
-        "serial": serial, "user": user, "action": action, "result": result, "limit": limit,
-        "offset": offset})
-    _show(data, as_json, lambda d: _table(
-        [{**e, "time": _when(e["time"]),
-          "via": f"{e.get('via')}:{e.get('client')}" if e.get("via") else None}
-         for e in d["entries"]],
-        (("id", "ID"), ("time", "TIME"), ("action", "ACTION"), ("result", "RESULT"),
-         ("reason", "REASON"), ("serial", "SERIAL"), ("user", "USER"), ("via", "VIA"))))
+          action: str | None, result: str | None, oldest_first: bool, limit: int,
+          page: int, all_: bool, offset: int | None) -> None:
+    """The audit log, newest first (a page of 100 unless --all; a note says when there is
+    more)."""
+    filters = {"serial": serial, "user": user, "action": action, "result": result,
+               "order": "oldest" if oldest_first else "newest"}
+    data = fetch(lambda p: client.call("GET", "/v1/audit", params={**filters, **p})[1],
+                 "entries", limit=limit, page=page, all_=all_, offset=offset)
+
+    def human(d: dict[str, Any]) -> None:
+        _table([{**e, "time": _when(e["time"]),
+                 "via": f"{e.get('via')}:{e.get('client')}" if e.get("via") else None}
+                for e in d["entries"]],
+               (("id", "ID"), ("time", "TIME"), ("action", "ACTION"), ("result", "RESULT"),
+                ("reason", "REASON"), ("serial", "SERIAL"), ("user", "USER"), ("via", "VIA")))
+        echo_note(d, "entries")
+
+    _show(data, as_json, human)
 
 
 @validator.group()
@@ -653,6 +718,8 @@ def enroll(client: Client, as_json: bool, name: str, user: str, provision: bool,
                        ("period", period)):
         if value is not None:
             body[key] = value
+    waiting(f"enrolling the token on station {name}: reading two consecutive codes from it "
+            "takes up to a period (30 s)", show=wanted(as_json=as_json))
     _, data = client.call("POST", f"/v1/stations/{_q(name)}/enroll", body=body)
     _show(data, as_json, lambda d: click.echo(
         f"enrolled {d['serial']} for {d['user']}" +

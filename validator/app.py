@@ -421,11 +421,12 @@ def _next(items: Sequence[Any], limit: int, offset: int) -> int | None:
 async def list_tokens(c: Call) -> Response:
     limit, offset = _page(c)
     unassigned = c.query.get("unassigned")
-    tokens = c.api.validator.list_tokens(
-        user=c.query.get("user"), kind=c.query.get("kind"),
-        assigned=None if unassigned is None else not unassigned, limit=limit, offset=offset)
+    filters: dict[str, Any] = dict(user=c.query.get("user"), kind=c.query.get("kind"),
+                                   assigned=None if unassigned is None else not unassigned)
+    tokens = c.api.validator.list_tokens(**filters, limit=limit, offset=offset)
     return _json({"tokens": [token_json(t) for t in tokens], "limit": limit, "offset": offset,
-                  "next_offset": _next(tokens, limit, offset)})
+                  "next_offset": _next(tokens, limit, offset),
+                  "total": c.api.validator.count_tokens(**filters)})
 
 
 async def show_token(c: Call) -> Response:
@@ -484,16 +485,18 @@ async def verify(c: Call) -> Response:
 async def audit(c: Call) -> Response:
     limit, offset = _page(c)
     q = c.query
-    entries = c.api.validator.audit(serial=q.get("serial"), user=q.get("user"),
-                                    action=q.get("action"), result=q.get("result"),
-                                    since=q.get("since"), until=q.get("until"),
-                                    limit=limit, offset=offset)
+    filters: dict[str, Any] = dict(serial=q.get("serial"), user=q.get("user"),
+                                   action=q.get("action"), result=q.get("result"),
+                                   since=q.get("since"), until=q.get("until"))
+    entries = c.api.validator.audit(**filters, limit=limit, offset=offset,
+                                    newest_first=q.get("order") == "newest")
     return _json({"entries": [{"id": e.id, "time": e.time, "action": e.action,
                                "result": e.result, "reason": e.reason, "serial": e.serial,
                                "user": e.user, "via": e.via, "client": e.client}
                               for e in entries],
                   "limit": limit, "offset": offset,
-                  "next_offset": _next(entries, limit, offset)})
+                  "next_offset": _next(entries, limit, offset),
+                  "total": c.api.validator.count_audit(**filters)})
 
 
 def _station(c: Call) -> Station:
@@ -591,14 +594,23 @@ def _operations() -> list[Op]:
            "/v1/users/{user}/devices/{serial:path}", deactivate_device),
         Op(OpDoc("POST", "/v1/verify", "Verify a code", VERIFY, body="Verify",
                  errors=(413, 415)), "/v1/verify", verify),
-        Op(OpDoc("GET", "/v1/audit", "Audit log, oldest first", ADMIN, query=(
+        Op(OpDoc("GET", "/v1/audit", "Audit log, oldest first (order=newest: newest first)",
+                 ADMIN, query=(
             Param("serial", S.SERIAL), Param("user", S.USER), Param("action", string),
             Param("result", string), Param("since", {"type": "number"}),
+<<<<<<< HEAD
             Param("until", {"type": "number"}), *page)), "/v1/audit", audit),
         Op(OpDoc("POST", "/v1/admin/rotate-key", "Reseal every stored secret under a new "
                  "data key, or (master=true) re-wrap the data keys under a new master key",
                  ADMIN, query=(Param("master", {"type": "boolean"}),)),
            "/v1/admin/rotate-key", rotate_key),
+=======
+            Param("until", {"type": "number"}),
+            Param("order", {"type": "string", "enum": ["oldest", "newest"]}), *page)),
+           "/v1/audit", audit),
+        Op(OpDoc("POST", "/v1/admin/rotate-key", "Re-encrypt every stored secret under a "
+                 "new seed key", ADMIN), "/v1/admin/rotate-key", rotate_key),
+>>>>>>> main
         Op(OpDoc("GET", "/v1/stations", "Configured enrollment stations", ADMIN),
            "/v1/stations", list_stations),
         Op(OpDoc("GET", "/v1/stations/{name}", "The attached token's INFO, read live", ADMIN,

@@ -366,6 +366,11 @@ class Validator:
         return [_info(r, t) for r in self.store.list_tokens(
             user=user, kind=kind, assigned=assigned, limit=limit, offset=offset)]
 
+    def count_tokens(self, *, user: str | None = None, kind: str | None = None,
+                     assigned: bool | None = None) -> int:
+        """How many tokens `list_tokens` pages through (for "showing N of TOTAL")."""
+        return self.store.count_tokens(user=user, kind=kind, assigned=assigned)
+
     def get_token(self, serial: str, now: float | None = None) -> TokenInfo:
         return _info(self._record(serial), self._now(now))
 
@@ -629,12 +634,16 @@ class Validator:
         """Audit entries, oldest (or newest) first, filtered and paginated (limit 1-1000)."""
         if not 1 <= limit <= 1000 or offset < 0:
             raise InvalidParameter("limit must be 1-1000 and offset >= 0")
-        if newest_first:
-            return self.store.audit(serial=serial, user=user, action=action, result=result,
-                                    since=since, until=until, limit=limit, offset=offset,
-                                    newest_first=True)
         return self.store.audit(serial=serial, user=user, action=action, result=result,
-                                since=since, until=until, limit=limit, offset=offset)
+                                since=since, until=until, limit=limit, offset=offset,
+                                newest_first=newest_first)
+
+    def count_audit(self, *, serial: str | None = None, user: str | None = None,
+                    action: str | None = None, result: str | None = None,
+                    since: float | None = None, until: float | None = None) -> int:
+        """How many entries `audit` pages through (for "showing N of TOTAL")."""
+        return self.store.count_audit(serial=serial, user=user, action=action, result=result,
+                                      since=since, until=until)
 
     def rotate_key(self, now: float | None = None, *, master: bool = False) -> int:
         """Rotate a key (see `validator.keys`; crash-safe at every step). By default the

@@ -207,6 +207,7 @@ class Store(Protocol):
               limit: int = 100, offset: int = 0,
               newest_first: bool = False) -> list[AuditEntry]: ...
 
+<<<<<<< HEAD
     # -- what validator.keys needs (envelope encryption) --
 
     def data_keys(self) -> list[tuple[bytes, bytes, bool]]: ...
@@ -227,6 +228,17 @@ class Store(Protocol):
                          before_commit: Callable[[], None] = lambda: None) -> int: ...
 
     def check(self) -> None: ...
+=======
+    def count_tokens(self, *, user: str | None = None, kind: str | None = None,
+                     assigned: bool | None = None) -> int: ...
+
+    def count_audit(self, *, serial: str | None = None, user: str | None = None,
+                    action: str | None = None, result: str | None = None,
+                    since: float | None = None, until: float | None = None) -> int: ...
+
+    def reseal_all(self, reseal: Callable[[str, bytes], bytes],
+                   audit: Sequence[AuditEvent] = ()) -> int: ...
+>>>>>>> main
 
     def close(self) -> None: ...
 
@@ -558,20 +570,18 @@ class SQLiteStore:
     def list_tokens(self, *, user: str | None = None, kind: str | None = None,
                     assigned: bool | None = None, limit: int = 100,
                     offset: int = 0) -> list[TokenRecord]:
-        where, args = [], []
-        if user is not None:
-            where.append("user = ?")
-            args.append(user)
-        if kind is not None:
-            where.append("kind = ?")
-            args.append(kind)
-        if assigned is not None:
-            where.append("user IS NOT NULL" if assigned else "user IS NULL")
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = _token_filter(user, kind, assigned)
         rows = self._conn().execute(
             f"SELECT {_COLUMNS} FROM tokens {clause} ORDER BY serial LIMIT ? OFFSET ?",
             (*args, int(limit), int(offset))).fetchall()
         return [_record(row) for row in rows]
+
+    def count_tokens(self, *, user: str | None = None, kind: str | None = None,
+                     assigned: bool | None = None) -> int:
+        """How many tokens `list_tokens` would page through."""
+        clause, args = _token_filter(user, kind, assigned)
+        return int(self._conn().execute(f"SELECT COUNT(*) FROM tokens {clause}",
+                                        args).fetchone()[0])
 
     def audit(self, *, serial: str | None = None, user: str | None = None,
               action: str | None = None, result: str | None = None,
@@ -579,22 +589,52 @@ class SQLiteStore:
               limit: int = 100, offset: int = 0,
               newest_first: bool = False) -> list[AuditEntry]:
         """Audit entries matching every given filter, oldest (or newest) first, paginated."""
-        where: list[str] = []
-        args: list[object] = []
-        for column, value in (("serial", serial), ("user", user), ("action", action),
-                              ("result", result)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if since is not None:
-            where.append("time >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("time < ?")
-            args.append(until)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = _audit_filter(serial, user, action, result, since, until)
+        order = "DESC" if newest_first else "ASC"
         rows = self._conn().execute(
             f"SELECT id, time, action, result, reason, serial, user, via, client FROM audit "
-            f"{clause} ORDER BY id {'DESC' if newest_first else ''} LIMIT ? OFFSET ?",
+            f"{clause} ORDER BY id {order} LIMIT ? OFFSET ?",
             (*args, int(limit), int(offset))).fetchall()
         return [AuditEntry(*row) for row in rows]
+
+    def count_audit(self, *, serial: str | None = None, user: str | None = None,
+                    action: str | None = None, result: str | None = None,
+                    since: float | None = None, until: float | None = None) -> int:
+        """How many entries `audit` would page through."""
+        clause, args = _audit_filter(serial, user, action, result, since, until)
+        return int(self._conn().execute(f"SELECT COUNT(*) FROM audit {clause}",
+                                        args).fetchone()[0])
+
+
+def _token_filter(user: str | None, kind: str | None,
+                  assigned: bool | None) -> tuple[str, list[object]]:
+    where: list[str] = []
+    args: list[object] = []
+    if user is not None:
+        where.append("user = ?")
+        args.append(user)
+    if kind is not None:
+        where.append("kind = ?")
+        args.append(kind)
+    if assigned is not None:
+        where.append("user IS NOT NULL" if assigned else "user IS NULL")
+    return (f"WHERE {' AND '.join(where)}" if where else ""), args
+
+
+def _audit_filter(serial: str | None, user: str | None, action: str | None,
+                  result: str | None, since: float | None,
+                  until: float | None) -> tuple[str, list[object]]:
+    where: list[str] = []
+    args: list[object] = []
+    for column, value in (("serial", serial), ("user", user), ("action", action),
+                          ("result", result)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if since is not None:
+        where.append("time >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("time < ?")
+        args.append(until)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), args

@@ -9,6 +9,7 @@ from typing import Any
 
 import pskc
 import pyotp
+import pytest
 
 from firmware_sim.background import serve_fleet
 from firmware_sim.fleet import FleetSpec, Group, load_config
@@ -80,3 +81,20 @@ def test_plain_pskc_and_config_file(tmp_path: Path) -> None:
 def test_the_seed_file_passphrase_stays_out_of_the_spec_repr(tmp_path: Path) -> None:
     spec = FleetSpec(directory=tmp_path, count=1, pskc_passphrase="s3cret-pass")
     assert "s3cret-pass" not in repr(spec) and "s3cret-pass" not in str(spec)
+
+
+def test_a_second_fleet_refuses_a_running_fleets_directory(tmp_path: Path) -> None:
+    """It must not overwrite seeds.pskc nor delete the running fleet's manifest."""
+    from firmware_sim.fleet import FleetBusyError
+
+    directory = tmp_path / "f"
+    with serve_fleet(directory=directory, count=3, seed=1) as fleet:
+        seeds = fleet.seed_file.read_bytes()
+        manifest = fleet.manifest_path.read_bytes()
+        with pytest.raises(FleetBusyError, match=r"in use by another fleet \(pid \d+\)"):
+            with serve_fleet(directory=directory, count=2, seed=2):
+                pass
+        assert fleet.seed_file.read_bytes() == seeds
+        assert fleet.manifest_path.read_bytes() == manifest
+    with serve_fleet(directory=directory, count=2, seed=2) as again:  # free once it stopped
+        assert len(again.tokens) == 2

@@ -149,7 +149,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def test_hung_up_pty_does_not_spin(tmp_path: Path, open_client: Opener) -> None:
-    proc, ready = _start(["--seed", SEED1.hex(), "--pty-link", str(tmp_path / "tok"),
+    proc, ready = _start(["--seed-hex", SEED1.hex(), "--pty-link", str(tmp_path / "tok"),
                           "--state-dir", str(tmp_path / "state")])
     try:
         port = serial.serial_for_url(str(ready["port"]), timeout=2)
@@ -168,7 +168,7 @@ def test_hung_up_pty_does_not_spin(tmp_path: Path, open_client: Opener) -> None:
 
 
 def test_hotp_counter_never_goes_back_across_sigkill(tmp_path: Path) -> None:
-    args = ["--model", "event", "--serial", "GAEV00000042", "--seed", SEED1.hex(),
+    args = ["--model", "event", "--serial", "GAEV00000042", "--seed-hex", SEED1.hex(),
             "--pty-link", str(tmp_path / "tok"), "--state-dir", str(tmp_path / "state")]
     proc, ready = _start(args)
     from protocol.connection import pyserial_reader

@@ -55,7 +55,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
 
 @pytest.fixture
 def token(tmp_path: Path) -> Iterator[TokenRunner]:
-    with serve_token(model="keyfob", qa=True, seed=b"\x01" * 20, state_dir=tmp_path / "state",
+    with serve_token(model="keyfob", qa=True, seed=None, state_dir=tmp_path / "state",
                      pty_link=tmp_path / "fob", durable=False) as runner:
         yield runner
 
@@ -69,6 +69,7 @@ def test_shipped_scenario_passes_live(path: Path, daemon: tuple[str, str],
     assert run.passed, [f"{r.event.name}: expected {r.event.expect.describe()}, got "
                         f"{r.outcome.describe()}" for r in run.failures]
     assert run.serial == token.token.serial
+    assert not token.token.state.provisioned  # left blank, as it was found
 
 
 def test_live_cli_with_junit_and_a_key_file(daemon: tuple[str, str], token: TokenRunner,
@@ -79,7 +80,7 @@ def test_live_cli_with_junit_and_a_key_file(daemon: tuple[str, str], token: Toke
     xml_path = tmp_path / "live.xml"
     result = CliRunner().invoke(scenario, [
         "run", str(ROOT / "scenarios" / "replay-attempt.toml"), "--live", "--url", url,
-        "--key", str(key_file), "--port", token.url, "--junit", str(xml_path)])
+        "--key-file", str(key_file), "--token", token.url, "--junit", str(xml_path)])
     assert result.exit_code == 0, result.output
     assert "live, seed 5" in result.output and "PASS: 6/6" in result.output
     suite = ET.parse(xml_path).getroot().find("testsuite")
@@ -98,3 +99,38 @@ def test_live_with_a_missing_port(daemon: tuple[str, str], tmp_path: Path) -> No
     url, key = daemon
     with pytest.raises(LiveError, match="cannot open"):
         run_live(load(SHIPPED[0]), url=url, key=key, port=str(tmp_path / "nothing"))
+
+
+def test_live_refuses_a_seeded_token_unless_reset_token(daemon: tuple[str, str],
+                                                        tmp_path: Path) -> None:
+    """A token holding a seed may be enrolled anywhere: erasing it needs consent."""
+    url, key = daemon
+    with serve_token(model="keyfob", qa=True, seed=b"\x01" * 20, pty_link=tmp_path / "seeded",
+                     state_dir=tmp_path / "s3", durable=False) as seeded:
+        with pytest.raises(LiveError, match="holds a seed.*--reset-token"):
+            run_live(load(SHIPPED[0]), url=url, key=key, port=seeded.url)
+        assert seeded.token.state.seed == b"\x01" * 20  # untouched
+        run = run_live(load(SHIPPED[0]), url=url, key=key, port=seeded.url, reset_token=True)
+        assert run.passed
+
+
+def test_live_refuses_a_token_enrolled_with_the_daemon(daemon: tuple[str, str],
+                                                       token: TokenRunner) -> None:
+    import httpx
+
+    url, key = daemon
+    auth = {"Authorization": f"Bearer {key}"}
+    serial = token.token.state.serial
+    r = httpx.post(f"{url}/v1/tokens", headers=auth,
+                   json={"serial": serial, "secret_hex": "31" * 20})
+    assert r.status_code == 201, r.text
+    from tools.cli import main  # the old spellings are the foblab command's
+
+    result = CliRunner().invoke(main, [
+        "scenario", "run", str(SHIPPED[0]), "--live", "--url", url, "--key", key,
+        "--port", token.url])
+    assert result.exit_code == 2
+    assert "--port is deprecated" in result.output  # the old spelling still works
+    assert f"token {serial} is registered with the daemon" in result.output
+    assert "--reset-token" in result.output
+    assert httpx.get(f"{url}/v1/tokens/{serial}", headers=auth).status_code == 200  # kept

@@ -172,4 +172,31 @@ def test_the_cli_refuses_a_policy_the_core_refuses_with_the_line(tmp_path: Path)
 def test_live_options_are_checked() -> None:
     good = str(ROOT / "scenarios" / "replay-attempt.toml")
     result = CliRunner().invoke(scenario, ["run", good, "--live", "--url", "http://x"])
-    assert result.exit_code == 2 and "--live needs --key, --port" in result.output
+    assert result.exit_code == 2 and "--live needs --key or --key-file, --token" in result.output
+
+
+def test_junit_is_written_for_the_files_that_ran_with_the_invalid_one_as_an_error(
+        tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MALFORMED[2][0])
+    good = ROOT / "scenarios" / "replay-attempt.toml"
+    xml_path = tmp_path / "out.xml"
+    result = CliRunner().invoke(scenario, ["run", str(good), str(bad), "-q",
+                                           "--junit", str(xml_path)])
+    assert result.exit_code == 2  # a file could not be run
+    assert f"{bad}:11: unknown action 'dance'" in result.output
+    assert "1/2 scenarios passed, 1 could not be run" in result.output
+    root = ET.parse(xml_path).getroot()
+    assert root.get("errors") == "1" and root.get("failures") == "0"
+    suites = root.findall("testsuite")
+    assert len(suites) == 2 and suites[0].get("tests") == "6"
+    error = suites[1].find("testcase/error")
+    assert error is not None and "unknown action 'dance'" in error.get("message", "")
+
+
+def test_junit_into_a_missing_folder_fails_before_running(tmp_path: Path) -> None:
+    good = str(ROOT / "scenarios" / "replay-attempt.toml")
+    result = CliRunner().invoke(scenario, ["run", good, "--junit",
+                                           str(tmp_path / "nope" / "out.xml")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert "PASS" not in result.output  # nothing ran

@@ -128,3 +128,45 @@ def test_impossible_populations_are_refused_not_run(option: list[str]) -> None:
     result = CliRunner().invoke(scenario, ["study", "--tokens", "3", "--years", "0.1", *option])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("foblab: error: ")
+
+
+def test_plot_into_a_missing_folder_fails_before_the_study(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    result = CliRunner().invoke(scenario, ["study", "--tokens", "5", "--years", "0.1",
+                                           "--plot", str(tmp_path / "nope" / "s.png")])
+    assert result.exit_code == 2
+    assert f"the folder {tmp_path / 'nope'} does not exist" in result.output
+    assert "logins" not in result.output  # the study did not run
+
+
+def test_study_progress_only_on_a_terminal(tmp_path: Path) -> None:
+    """A bar on a TTY's stderr; nothing on a pipe or with --json."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "tools.cli", "scenario", "study", "--tokens", "40",
+            "--years", "0.2"]
+    master, slave = pty.openpty()
+    seen = b""
+    try:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=slave,
+                                cwd=Path(__file__).resolve().parents[2])
+        os.close(slave)
+        while True:  # read as it comes, so a full PTY buffer never blocks the child
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            seen += chunk
+        proc.wait(timeout=120)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"study: 40 tokens" in seen and b"40/40" in seen, seen
+    piped = subprocess.run(args, capture_output=True, timeout=120,
+                           cwd=Path(__file__).resolve().parents[2])
+    assert piped.returncode == 0 and piped.stderr == b""

@@ -38,7 +38,7 @@ def token(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_sim_run_and_token_subprocess(tmp_path: Path) -> None:
     link = tmp_path / "GAHT12345678"
-    proc, ready = start("run", "--serial", "GAHT12345678", "--seed", SEED, "--digits", "8",
+    proc, ready = start("run", "--serial", "GAHT12345678", "--seed-hex", SEED, "--digits", "8",
                         "--qa", "--pty-link", str(link), "--state-dir", str(tmp_path / "s"))
     try:
         assert ready["port"] == str(link) and link.is_symlink()
@@ -84,7 +84,7 @@ def test_sim_run_tcp(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc, ready = start("run", "--model", "event", "--seed", SEED, "--tcp", f"127.0.0.1:{port}",
+    proc, ready = start("run", "--model", "event", "--seed-hex", SEED, "--tcp", f"127.0.0.1:{port}",
                         "--state-dir", str(tmp_path))
     try:
         assert ready["port"] == f"socket://127.0.0.1:{port}"
@@ -95,7 +95,7 @@ def test_sim_run_tcp(tmp_path: Path) -> None:
 
 
 def test_sim_fleet_writes_manifest_last(tmp_path: Path) -> None:
-    proc, ready = start("fleet", "--count", "3", "--dir", str(tmp_path), "--seed", "1",
+    proc, ready = start("fleet", "--count", "3", "--dir", str(tmp_path), "--rng-seed", "1",
                         "--drift-spread", "10", "--pskc-passphrase", "pw")
     try:
         manifest = json.loads(Path(str(ready["manifest"])).read_text())
@@ -111,7 +111,7 @@ def test_sim_fleet_writes_manifest_last(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["run", "--seed", "zz"], "not hex"),
+    (["run", "--seed-hex", "zz"], "not hex"),
     (["fleet", "--dir", "/tmp"], "--count"),
 ])
 def test_sim_usage_errors(args: list[str], needle: str) -> None:
@@ -150,3 +150,27 @@ def test_sim_fleet_refuses_per_group_options_beside_a_config(tmp_path: Path,
                           str(config), *option], capture_output=True, text=True, timeout=10)
     assert out.returncode == 1 and f"{option[0]} and --config" in out.stderr
     assert not (tmp_path / "f").exists()
+
+
+def test_sim_run_refuses_options_that_contradict_the_state_file(tmp_path: Path) -> None:
+    """A restarted token keeps its seed; a different --seed is an error naming --fresh."""
+    base = ["--serial", "GAHT12345678", "--state-dir", str(tmp_path / "state"),
+            "--pty-link", str(tmp_path / "fob")]
+    proc, ready = start("run", *base, "--seed-hex", SEED)
+    stop(proc)
+    other = "3132333435363738393031323334353637383931"
+    for extra, named in ((["--seed-hex", other], "--seed"), (["--digits", "8"], "--digits 8"),
+                         (["--blank"], "--blank")):
+        done = subprocess.run([FOBLAB, "sim", "run", *base, *extra], capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 1, done
+        assert named in done.stderr and "--fresh" in done.stderr, done.stderr
+        assert SEED not in done.stderr and other not in done.stderr  # never a secret
+    proc, ready = start("run", *base, "--seed-hex", SEED)  # the same seed: restored, fine
+    assert ready["restored"] is True
+    stop(proc)
+    proc, ready = start("run", *base, "--seed-hex", other, "--fresh")
+    assert ready["restored"] is False
+    stop(proc)
+    state = json.loads((tmp_path / "state" / "GAHT12345678.json").read_text())
+    assert state["seed"] == other

@@ -74,20 +74,48 @@ def test_battery_and_reset_and_provision(qa_token: TokenRunner) -> None:
     code, _, err = run("token", "press", qa_token.url)
     assert code == 1 and "battery_dead" in err and len(err.strip().splitlines()) == 1
     run_json("token", "qa", "battery", qa_token.url, "replaced")
-    code, _, err = run("token", "provision", qa_token.url, "--seed", "00ff")
+    code, _, err = run("token", "provision", qa_token.url, "--seed-hex", "00ff")
     assert code == 1 and "already_provisioned" in err
     assert run_json("token", "qa", "reset", qa_token.url)["provisioned"] is False
-    info = run_json("token", "provision", qa_token.url, "--seed", SEED, "--kind", "hotp")
+    info = run_json("token", "provision", qa_token.url, "--seed-hex", SEED, "--kind", "hotp")
     assert info["kind"] == "hotp" and info["locked"] is True
     assert run_json("token", "press", qa_token.url)["code"] == "755224"
 
 
-def test_watch_shows_the_countdown(qa_token: TokenRunner) -> None:
-    code, out, err = run("token", "watch", qa_token.url, "--count", "2", "--interval", "0.05",
+def test_watch_shows_the_display(qa_token: TokenRunner) -> None:
+    """Not a TTY: one line per change of the display, with the serial (and, QA, drift)."""
+    code, out, err = run("token", "watch", qa_token.url, "--count", "1", "--interval", "0.05",
                          "--json")
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
-    assert len(lines) == 2 and all(len(x["code"]) == 8 for x in lines)
+    assert len(lines) == 1 and len(lines[0]["code"]) == 8
+    assert lines[0]["serial"] == qa_token.token.state.serial and lines[0]["battery_ok"]
+    assert lines[0]["drift_ppm"] == 0.0 and "offset_s" in lines[0]
+    code, out, err = run("token", "watch", qa_token.url, "--count", "1")
+    assert out.startswith(qa_token.token.state.serial) and "s left)" in out
+    assert "\r" not in out and "\x1b" not in out  # no redrawing off a terminal
+
+
+def test_watch_shows_a_dead_battery_as_a_blank_display(qa_token: TokenRunner) -> None:
+    run("token", "qa", "battery", qa_token.url, "dead")
+    code, out, err = run("token", "watch", qa_token.url, "--count", "1", "--json")
+    assert code == 0, err
+    state = json.loads(out)
+    assert state["code"] == "" and state["battery_ok"] is False
+    code, out, _ = run("token", "watch", qa_token.url, "--count", "1")
+    assert "(blank)" in out and "BATTERY DEAD" in out
+
+
+def test_watch_never_presses_an_event_token_unless_asked(tmp_path: Path) -> None:
+    with serve_token(model="event", seed=bytes.fromhex(SEED), qa=True,
+                     pty_link=tmp_path / "ev") as ev:
+        code, out, err = run("token", "watch", ev.url, "--count", "1", "--json")
+        assert code == 0, err and json.loads(out)["code"] == ""
+        assert ev.token.state.counter == 0  # no code used up
+        code, out, err = run("token", "watch", ev.url, "--count", "1", "--json",
+                             "--press-every", "60s")
+        assert json.loads(out)["code"] == "755224"  # RFC 4226 counter 0, pressed once
+        assert ev.token.state.counter == 1
 
 
 @pytest.mark.parametrize("option", [["--interval", "-1"], ["--count", "-1"]])
@@ -137,3 +165,33 @@ def test_argument_parsing() -> None:
     assert parse_time_ms("2009-03-18T01:58:29+00:00") == 1_237_341_509_000
     assert parse_hex("0x31 32") == b"12"
     assert parse_host_port("127.0.0.1:7001") == ("127.0.0.1", 7001)
+
+
+def test_watch_redraws_in_place_on_a_terminal(qa_token: TokenRunner) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    seen = b""
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "token", "watch",
+                                 qa_token.url, "--count", "2", "--interval", "0.2"],
+                                stdout=slave, stderr=subprocess.PIPE,
+                                cwd=Path(__file__).resolve().parents[2])
+        os.close(slave)
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+    redraws = seen.count(b"\r\x1b[K")
+    assert redraws == 2, seen
+    assert qa_token.token.state.serial.encode() in seen and b"] " in seen  # the countdown bar

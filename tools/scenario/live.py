@@ -24,9 +24,11 @@ time is applied to the token alone, through its QA commands:
   delay (ADJUST_OFFSET -d, PEEK, +d), so the code arrives as late as in-process.
 
 The daemon's own policy applies (its [policy] table), not the file's [validator] table.
-User names get a per-run suffix, so runs never collide; the token is factory-reset,
-provisioned with the scenario's secret and registered afresh (an earlier registration of
-its serial is removed first), and removed from the daemon at the end.
+User names get a per-run suffix, so runs never collide. Nothing is destroyed without
+consent: a token that holds a seed (it may be enrolled anywhere) or whose serial the daemon
+already knows is refused unless `reset_token` is given (`--reset-token`). The token is then
+factory-reset, provisioned with the scenario's secret and registered; at the end it is
+removed from the daemon and factory-reset again, so it is left blank.
 """
 
 from __future__ import annotations
@@ -143,12 +145,19 @@ class HttpSide:
         body = {"serial": serial, "secret_hex": secret.hex(), "kind": kind, "hash": hash,
                 "digits": digits, "period": period}
         status, data = self.call("POST", "/v1/tokens", body)
-        if status == 409:  # left by an earlier run: remove it, then register afresh
+        if status == 409:  # known to the daemon: the caller consented to --reset-token
             self.remove(serial)
             status, data = self.call("POST", "/v1/tokens", body)
         if status != 201:
             raise LiveError(f"the daemon refused to register {serial}: "
                             f"{data.get('message') if isinstance(data, dict) else status}")
+
+    def registered_to(self, serial: str) -> str | None:
+        """None if the daemon does not know `serial`; else who holds it ("" for nobody)."""
+        status, data = self.call("GET", f"/v1/tokens/{serial}")
+        if status != 200:
+            return None
+        return str(data.get("user") or "") if isinstance(data, dict) else ""
 
     def remove(self, serial: str) -> None:
         status, data = self.call("GET", f"/v1/tokens/{serial}")
@@ -187,12 +196,29 @@ class HttpSide:
         return float(value) if isinstance(value, int | float) else None
 
 
+def _check_consent(client: TokenClient, side: HttpSide, reset_token: bool) -> None:
+    """Refuse a token that holds a seed or is known to the daemon, unless `reset_token`."""
+    info = client.info()
+    if not info.qa_mode:
+        raise LiveError(f"token {info.serial} is not in QA mode (start it with --qa)")
+    if reset_token:
+        return
+    holder = side.registered_to(info.serial)
+    if holder is not None:
+        whose = f", enabled for {holder}" if holder else ""
+        raise LiveError(f"token {info.serial} is registered with the daemon{whose}; a live "
+                        "run removes it and reseeds the token: give --reset-token to allow "
+                        "that, or use a blank QA token (foblab sim run --qa --blank)")
+    if info.provisioned:
+        raise LiveError(f"token {info.serial} holds a seed (it may be enrolled on another "
+                        "validator); a live run erases it: give --reset-token to allow that, "
+                        "or use a blank QA token (foblab sim run --qa --blank)")
+
+
 def _prepare_token(client: TokenClient, scenario: Scenario, secret: bytes) -> str:
     """Factory-reset the QA token, provision the scenario's secret and algorithm, set its
     crystal and its initial offset. Returns its serial."""
     info = client.info()
-    if not info.qa_mode:
-        raise LiveError(f"token {info.serial} is not in QA mode (start it with --qa)")
     t = scenario.token
     client.info_command(BatteryRequest(False))
     client.clock_command(UnfreezeRequest())
@@ -209,7 +235,8 @@ def _prepare_token(client: TokenClient, scenario: Scenario, secret: bytes) -> st
 
 def run_live(scenario: Scenario, *, url: str, key: str, port: str, timeout: float = 5.0,
              on_event: Callable[[EventResult], None] | None = None,
-             sleep: Callable[[float], None] = time.sleep) -> RunResult:
+             sleep: Callable[[float], None] = time.sleep,
+             reset_token: bool = False) -> RunResult:
     """Run `scenario` against the daemon at `url` (an admin key) and the QA token on
     `port`. Raises LiveError when the run cannot start."""
     try:
@@ -221,6 +248,12 @@ def run_live(scenario: Scenario, *, url: str, key: str, port: str, timeout: floa
     try:
         client = TokenClient(pyserial_reader(link), link.write)
         secret = scenario_secret(scenario)
+        try:
+            _check_consent(client, side, reset_token)
+        except (ProtocolError, OSError, serial.SerialException) as exc:
+            raise LiveError(f"{port}: {exc}") from None
+        except RuntimeError as exc:
+            raise LiveError(str(exc)) from None
         try:
             serial_no = _prepare_token(client, scenario, secret)
         except (ProtocolError, OSError, serial.SerialException) as exc:
@@ -240,7 +273,9 @@ def run_live(scenario: Scenario, *, url: str, key: str, port: str, timeout: floa
         try:
             if serial_no is not None:
                 side.remove(serial_no)
-        except RuntimeError:
+                client.info_command(BatteryRequest(False))
+                client.info_command(FactoryResetRequest())  # left blank, as it was found
+        except (RuntimeError, ProtocolError, OSError, serial.SerialException):
             pass
         side.close()
         link.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +86,14 @@ def to_json(run: RunResult) -> dict[str, Any]:
     }
 
 
-def junit(runs: list[RunResult]) -> bytes:
-    """JUnit XML: one testsuite per scenario, one testcase per event."""
+def junit(runs: list[RunResult], invalid: Sequence[tuple[str, str]] = ()) -> bytes:
+    """JUnit XML: one testsuite per scenario, one testcase per event; a file that could not
+    be run (`invalid`: file, problem) is a suite with one testcase in error."""
     root = ET.Element("testsuites", {
         "name": "foblab scenarios",
-        "tests": str(sum(len(r.results) for r in runs)),
+        "tests": str(sum(len(r.results) for r in runs) + len(invalid)),
         "failures": str(sum(len(r.failures) for r in runs)),
-        "errors": "0",
+        "errors": str(len(invalid)),
         "time": f"{sum(r.seconds for r in runs):.3f}",
     })
     for run in runs:
@@ -124,6 +126,14 @@ def junit(runs: list[RunResult]) -> bytes:
                                 f"\"{r.event.name}\" at {r.event.when}\n"
                                 f"token offset {_seconds(r.token_offset_s)}, validator "
                                 f"believes {_seconds(r.estimate_s)}")
+    for path, problem in invalid:
+        suite = ET.SubElement(root, "testsuite", {
+            "name": f"{path} (not run)", "tests": "1", "failures": "0", "errors": "1",
+            "skipped": "0", "time": "0.000"})
+        case = ET.SubElement(suite, "testcase", {
+            "classname": f"scenario.{Path(path).stem}", "name": "load", "time": "0"})
+        error = ET.SubElement(case, "error", {"message": problem, "type": "ScenarioError"})
+        error.text = problem
     ET.indent(root)
     data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
     return data + b"\n"

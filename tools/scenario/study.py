@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -204,7 +205,9 @@ def _population(p: StudyParams) -> list[_Token]:
     return tokens
 
 
-def run_study(p: StudyParams) -> StudyResult:
+def run_study(p: StudyParams,
+              on_token: Callable[[int], None] | None = None) -> StudyResult:
+    """The study; `on_token(1)` after each token (for a progress bar)."""
     started = time.perf_counter()
     period = p.period
     period_ms = period * 1000
@@ -285,6 +288,8 @@ def run_study(p: StudyParams) -> StudyResult:
                 trace.believed[name] = believed
         if trace is not None:
             traces.append(trace)
+        if on_token is not None:
+            on_token(1)
     return StudyResult(p, stats, token_years, time.perf_counter() - started, traces)
 
 

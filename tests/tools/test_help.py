@@ -1,0 +1,58 @@
+"""Every command's --help ends with examples, and command lists show whole first lines."""
+
+from __future__ import annotations
+
+import click
+from click.testing import CliRunner
+
+from tools._help import EXAMPLES
+from tools.cli import main
+
+
+def _paths() -> list[str]:
+    out: list[str] = []
+
+    def walk(cmd: click.Command, path: str, ctx: click.Context) -> None:
+        out.append(path)
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                assert sub is not None
+                walk(sub, f"{path} {name}".strip(), click.Context(sub, parent=ctx, info_name=name))
+
+    walk(main, "", click.Context(main, info_name="foblab"))
+    return out
+
+
+def test_every_command_help_ends_with_examples() -> None:
+    paths = _paths()
+    assert len(paths) > 40  # really walked the tree
+    missing = []
+    for path in paths:
+        result = CliRunner().invoke(main, [*path.split(), "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        lines = result.output.rstrip().splitlines()
+        examples = lines.index("  Examples:") if "  Examples:" in lines else None
+        if examples is None or not all(line.startswith("    foblab ") or
+                                       line.startswith("    FOBLAB_")
+                                       for line in lines[examples + 1:]):
+            missing.append(path or "foblab")
+    assert not missing, f"--help without examples at the end: {missing}"
+    assert set(EXAMPLES) <= set(paths), set(EXAMPLES) - set(paths)  # no stale entries
+
+
+def test_command_lists_do_not_cut_help_mid_sentence() -> None:
+    result = CliRunner().invoke(main, ["token", "qa", "--help"])
+    text = " ".join(result.output.split())
+    assert "age Live through SPAN (e.g. 365d) of simulated time at once, drift applied." in text
+    assert "drift Set the crystal's drift: PPM (decimal, e.g. -12.5), aging and temperature." \
+        in text
+    commands = result.output[result.output.index("Commands:"):]
+    assert "..." not in commands
+
+
+def test_qa_peek_help_says_the_real_limit() -> None:
+    result = CliRunner().invoke(main, ["token", "qa", "peek", "--help"])
+    assert "1 to 32" in result.output and "1<=x<=32" in result.output
+    refused = CliRunner().invoke(main, ["token", "qa", "peek", "x", "--count", "33"])
+    assert refused.exit_code == 2 and "33 is not in the range 1<=x<=32" in refused.output
