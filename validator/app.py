@@ -598,19 +598,13 @@ def _operations() -> list[Op]:
                  ADMIN, query=(
             Param("serial", S.SERIAL), Param("user", S.USER), Param("action", string),
             Param("result", string), Param("since", {"type": "number"}),
-<<<<<<< HEAD
-            Param("until", {"type": "number"}), *page)), "/v1/audit", audit),
+            Param("until", {"type": "number"}),
+            Param("order", {"type": "string", "enum": ["oldest", "newest"]}), *page)),
+           "/v1/audit", audit),
         Op(OpDoc("POST", "/v1/admin/rotate-key", "Reseal every stored secret under a new "
                  "data key, or (master=true) re-wrap the data keys under a new master key",
                  ADMIN, query=(Param("master", {"type": "boolean"}),)),
            "/v1/admin/rotate-key", rotate_key),
-=======
-            Param("until", {"type": "number"}),
-            Param("order", {"type": "string", "enum": ["oldest", "newest"]}), *page)),
-           "/v1/audit", audit),
-        Op(OpDoc("POST", "/v1/admin/rotate-key", "Re-encrypt every stored secret under a "
-                 "new seed key", ADMIN), "/v1/admin/rotate-key", rotate_key),
->>>>>>> main
         Op(OpDoc("GET", "/v1/stations", "Configured enrollment stations", ADMIN),
            "/v1/stations", list_stations),
         Op(OpDoc("GET", "/v1/stations/{name}", "The attached token's INFO, read live", ADMIN,

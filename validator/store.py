@@ -94,7 +94,7 @@ _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 def register_sealed_table(conn: sqlite3.Connection, table: str, key_column: str,
                           aad_prefix: str) -> None:
     """Declare that `table.sealed` holds secrets sealed with AAD `aad_prefix + key_column`,
-    so `reseal_all` re-encrypts it. Idempotent; call inside the module's schema set-up."""
+    so a data-key rotation reseals it. Idempotent; call inside the module's schema set-up."""
     if not (_IDENTIFIER.fullmatch(table) and _IDENTIFIER.fullmatch(key_column)):
         raise ValueError("table and column names must be plain identifiers")
     conn.execute("INSERT OR REPLACE INTO sealed_columns VALUES (?, ?, ?)",
@@ -207,7 +207,6 @@ class Store(Protocol):
               limit: int = 100, offset: int = 0,
               newest_first: bool = False) -> list[AuditEntry]: ...
 
-<<<<<<< HEAD
     # -- what validator.keys needs (envelope encryption) --
 
     def data_keys(self) -> list[tuple[bytes, bytes, bool]]: ...
@@ -228,17 +227,13 @@ class Store(Protocol):
                          before_commit: Callable[[], None] = lambda: None) -> int: ...
 
     def check(self) -> None: ...
-=======
+
     def count_tokens(self, *, user: str | None = None, kind: str | None = None,
                      assigned: bool | None = None) -> int: ...
 
     def count_audit(self, *, serial: str | None = None, user: str | None = None,
                     action: str | None = None, result: str | None = None,
                     since: float | None = None, until: float | None = None) -> int: ...
-
-    def reseal_all(self, reseal: Callable[[str, bytes], bytes],
-                   audit: Sequence[AuditEvent] = ()) -> int: ...
->>>>>>> main
 
     def close(self) -> None: ...
 
