@@ -432,8 +432,15 @@ async def import_tokens(c: Call) -> Response:
 
 
 async def rotate_key(c: Call) -> Response:
-    resealed = await run_in_threadpool(c.api.validator.rotate_key)
-    return _json({"resealed": resealed, "key_id": c.api.validator.box.key_id})
+    v = c.api.validator
+    if c.query.get("master", False):
+        rewrapped = await run_in_threadpool(v.rotate_key, master=True)
+        body = {"scope": "master", "rewrapped": rewrapped, "resealed": 0}
+    else:
+        resealed = await run_in_threadpool(v.rotate_key)
+        body = {"scope": "data", "rewrapped": 0, "resealed": resealed}
+    return _json({**body, "key_id": v.box.key_id, "data_key_id": v.box.data_key_id,
+                  "healthy": v.key_problem is None})
 
 
 def _page(c: Call) -> tuple[int, int]:
@@ -572,11 +579,10 @@ async def station_enroll(c: Call) -> Response:
 
 
 async def healthz(c: Call) -> Response:
-    try:
-        await run_in_threadpool(c.api.validator.list_tokens, limit=1)
-    except Exception as exc:  # any failure of the database is what this reports
-        log.warning("health check failed: %s", type(exc).__name__)
-        return error_response(503, "unhealthy", "the database cannot be read")
+    problem = await run_in_threadpool(c.api.validator.health)
+    if problem is not None:
+        log.warning("health check failed: %s", problem)
+        return error_response(503, "unhealthy", problem)
     return _json({"status": "ok"})
 
 
@@ -589,7 +595,8 @@ def _operations() -> list[Op]:
     page = (S.LIMIT, S.OFFSET)
     string = {"type": "string", "maxLength": 128}
     return [
-        Op(OpDoc("GET", "/healthz", "Liveness: the database answers", (), errors=(503,)),
+        Op(OpDoc("GET", "/healthz", "Health: the database answers and a sample of the "
+                 "sealed secrets opens", (), errors=(503,)),
            "/healthz", healthz),
         Op(OpDoc("GET", "/metrics", "Prometheus metrics", ()), "/metrics", metrics),
         Op(OpDoc("POST", "/v1/tokens/import", "Import a PSKC or CSV seed file: every "
@@ -630,8 +637,10 @@ def _operations() -> list[Op]:
             Param("until", {"type": "number"}),
             Param("order", {"type": "string", "enum": ["oldest", "newest"]}), *page)),
            "/v1/audit", audit),
-        Op(OpDoc("POST", "/v1/admin/rotate-key", "Re-encrypt every stored secret under a "
-                 "new seed key", ADMIN), "/v1/admin/rotate-key", rotate_key),
+        Op(OpDoc("POST", "/v1/admin/rotate-key", "Reseal every stored secret under a new "
+                 "data key, or (master=true) re-wrap the data keys under a new master key",
+                 ADMIN, query=(Param("master", {"type": "boolean"}),)),
+           "/v1/admin/rotate-key", rotate_key),
         Op(OpDoc("GET", "/v1/stations", "Configured enrollment stations", ADMIN),
            "/v1/stations", list_stations),
         Op(OpDoc("GET", "/v1/stations/{name}", "The attached token's INFO, read live", ADMIN,
