@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # `make demo` needs only the runtime (and the RADIUS and console extras it shows)
 DEMO   := $(VENV)/.demo
 
-.PHONY: test demo bench lint clean debian-deps dist
+.PHONY: test demo bench lint clean debian-deps dist mutation
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +40,17 @@ dist: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+# Mutation testing (mutmut), on demand, never in CI: slow. MUTANTS narrows it, e.g.
+# make mutation MUTANTS='validator.core*'. Configuration and test selection: pyproject.toml.
+MUTANTS ?=
+mutation: $(STAMP)
+	$(VENV)/bin/mutmut run --max-children 2 $(MUTANTS)
+	$(VENV)/bin/mutmut results
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check protocol firmware_sim validator tools foblab tests bench
 	$(VENV)/bin/mypy --strict protocol
 	$(VENV)/bin/mypy firmware_sim validator tools foblab
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache mutants

@@ -56,7 +56,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                          "foblab validator verify alice 287082"),
     "validator audit": ("foblab validator audit --dir lab",
                         "foblab validator audit --user alice --all --json --dir lab"),
-    "validator rotate-key": ("foblab validator rotate-key --dir lab",),
+    "validator rotate-key": ("foblab validator rotate-key --dir lab",
+                             "foblab validator rotate-key --master --dir lab"),
+    "validator check": ("foblab validator check --dir lab",
+                        "foblab validator check --dir lab --json"),
     "validator token": ("foblab validator token import seeds.pskc --dir lab",
                         "foblab validator token list --dir lab"),
     "validator token add": ("foblab validator token add GAHT12345678 --seed-hex "

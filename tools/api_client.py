@@ -149,8 +149,11 @@ class ApiClient:
     def unlock_token(self, serial: str) -> Any:
         return self.request("POST", f"/v1/tokens/{quote_segment(serial)}/unlock")
 
-    def rotate_key(self) -> Any:
-        return self.request("POST", "/v1/admin/rotate-key")
+    def rotate_key(self, *, master: bool = False) -> Any:
+        """Reseal every secret under a new data key, or (`master`) re-wrap the data keys
+        under a new master key."""
+        return self.request("POST", "/v1/admin/rotate-key",
+                            params={"master": True if master else None})
 
     def enable_device(self, user: str, serial: str, code1: str, code2: str) -> Any:
         return self.request("POST", f"/v1/users/{quote_segment(user)}/devices",

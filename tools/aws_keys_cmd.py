@@ -19,12 +19,13 @@ from typing import Any
 import click
 
 from tools._args import fail as _fail
-from validator import rules
+from validator import keys, rules
 from validator.aws.endpoint import USER_NAME_MAX
 from validator.aws.params import USER as USER_NAME
 from validator.aws.store import AwsStore
 from validator.config import CONFIG_NAME, ConfigError, load
-from validator.secrets_box import KeyFileError, SecretBox
+from validator.secrets_box import KeyFileError
+from validator.store import SQLiteStore, StoreError
 
 
 def _from_config(directory: Path) -> tuple[Path, Path]:
@@ -50,9 +51,17 @@ def _store(directory: Path | None, db: Path | None, key_file: Path | None
     if not key_file.exists():  # never create a fresh key that would not match the db
         _fail(f"no key file at {key_file}")
     try:
-        box = SecretBox.from_file(key_file)
+        # Beside a running daemon: read the keys, change nothing (a rotation may be under
+        # way). Only a database no validator of this version has opened is migrated.
+        tokens = SQLiteStore(db)
+        try:
+            box = keys.open_box(tokens, key_file, settle=False)
+            if box.data_key_id is None:
+                box = keys.open_box(tokens, key_file, settle=True)
+        finally:
+            tokens.close()
         store = AwsStore(db, box)
-    except (KeyFileError, OSError) as exc:
+    except (KeyFileError, StoreError, OSError) as exc:
         _fail(str(exc))
     try:
         yield store

@@ -1,10 +1,11 @@
 """`foblab validator ...`: set up and run the validator daemon, and talk to its API.
 
-`init` and `serve` run here; every other command is a thin client of the HTTP API
-(`tools.api_client`): `--url` and `--key`, else `FOBLAB_URL` and `FOBLAB_KEY`, else `--dir DIR` (an
-init'd folder: its foblab.toml gives the URL, its admin.key the key), else
-http://127.0.0.1:8700. Each takes `--json`; otherwise it prints a readable table. Every
-failure is one line `foblab: error: ...` on stderr and exit status 1.
+`init`, `serve` and `check` (offline: opens every sealed secret) run here; every other
+command is a thin client of the HTTP API (`tools.api_client`): `--url` and `--key`, else
+`FOBLAB_URL` and `FOBLAB_KEY`, else `--dir DIR` (an init'd folder: its foblab.toml gives the
+URL, its admin.key the key), else http://127.0.0.1:8700. Each takes `--json`; otherwise it
+prints a readable table. Every failure is one line `foblab: error: ...` on stderr and exit
+status 1.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import functools
 import json
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -452,11 +454,69 @@ def unlock(client: ApiClient, as_json: bool, serial: str) -> None:
 
 
 @client_command(validator, "rotate-key")
-def rotate_key(client: ApiClient, as_json: bool) -> None:
-    """Re-encrypt every stored secret under a new seed key (the daemon keeps running)."""
-    data = client.rotate_key()
-    _show(data, as_json, lambda d: click.echo(f"resealed {d['resealed']} secrets under key "
-                                              f"{d['key_id']}"))
+@click.option("--master", is_flag=True,
+              help="Rotate the master key in the key file instead of the data key.")
+def rotate_key(client: ApiClient, as_json: bool, master: bool) -> None:
+    """Reseal every stored secret under a new data key, or (--master) re-wrap the data keys
+    under a new master key in the key file. The daemon keeps running; crash-safe."""
+    data = client.rotate_key(master=master)
+
+    def human(d: dict[str, Any]) -> None:
+        if d["scope"] == "master":
+            click.echo(f"re-wrapped {d['rewrapped']} data keys under master key {d['key_id']}")
+        else:
+            click.echo(f"resealed {d['resealed']} secrets under data key {d['data_key_id']}")
+
+    _show(data, as_json, human)
+
+
+@validator.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), required=True,
+              help="The validator directory made by `foblab validator init`.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def check(directory: Path, as_json: bool) -> None:
+    """Open every sealed secret of a validator directory, offline and read-only (safe
+    beside a running daemon); exit 1 unless every one opens."""
+    from validator import keys
+    from validator.secrets_box import KeyFileError
+    from validator.store import SQLiteStore, StoreError
+
+    try:
+        settings = load(directory / CONFIG_NAME)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if not settings.database.is_file():
+        _fail(f"no database at {settings.database}")
+    try:
+        store = SQLiteStore(settings.database, readonly=True)
+    except (StoreError, sqlite3.Error) as exc:
+        _fail(f"cannot read database {settings.database}: {exc}")
+    try:
+        box = keys.open_box(store, settings.seed_key_file, settle=False)
+        result = keys.check(store, box)
+    except (KeyFileError, StoreError, sqlite3.Error) as exc:
+        _fail(str(exc))
+    finally:
+        store.close()
+    total = result.total_opened + result.total_failed
+    data: dict[str, Any] = {
+            "ok": result.ok, "opened": result.total_opened, "failed": result.total_failed,
+            "total": total, "tables": {t: {"opened": n, "failed": result.failed[t]}
+                                       for t, n in result.opened.items()},
+            "data_keys": result.data_keys, "master_key_id": box.key_id,
+            "errors": result.examples}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        tables = ", ".join(f"{t} {v['opened']}/{v['opened'] + v['failed']}"
+                           for t, v in data["tables"].items())
+        click.echo(f"{result.total_opened} of {total} sealed secrets open"
+                   + (f" ({tables})" if tables else "")
+                   + f"; {result.data_keys} data key(s) under master key {box.key_id}")
+        for line in result.examples:
+            click.echo(f"  {line}", err=True)
+    if not result.ok:
+        sys.exit(1)
 
 
 # -- device --------------------------------------------------------------------------------

@@ -47,6 +47,9 @@ class Policy:
     been on display (a soft belief; see `validator.drift`).
     `max_rate_ppm`: the physical bound on a token clock's rate error.
     `history`: drift observations kept per token.
+    `replay_memory`: how many steps or counters at and before the watermark a refused code
+    is also compared with: a match is answered `replayed` (a code that was valid once,
+    re-sent after it left the window) and, like every replay, never counts toward a lock.
     `near_miss_steps`: TOTP, tracking policy: how many steps outside the window, but within
     the drift tracker's feasible bounds, a refused code is also compared with (nearest
     first). A match is still refused; it only tells the tracker where the clock is (see
@@ -81,12 +84,13 @@ class Policy:
     window_rate_ppm: float = 50.0
     window_rate_change_ppm: float = 1.0
     window_unsteady_ppm: float = 10.0
+    replay_memory: int = 8
 
     def __post_init__(self) -> None:
         if self.window < 0 or self.hotp_lookahead < 0 or self.max_failures < 1 or \
-                self.near_miss_steps < 0 or self.max_window < 0:
-            raise ValueError("window, max_window, hotp_lookahead, near_miss_steps must be "
-                             ">= 0 and max_failures >= 1")
+                self.near_miss_steps < 0 or self.max_window < 0 or self.replay_memory < 0:
+            raise ValueError("window, max_window, hotp_lookahead, near_miss_steps, "
+                             "replay_memory must be >= 0 and max_failures >= 1")
         if not all(0 <= v <= 10_000 for v in (self.window_rate_ppm,
                                               self.window_rate_change_ppm,
                                               self.window_unsteady_ppm)):
@@ -398,7 +402,7 @@ def verify_reference(state: TokenState, key: bytes, code: str, now: float,
         return Decision(Reason.ACCEPTED, replace(state, watermark=step, drift=drift,
                                                  failures=0, locked_until=0.0),
                         step, 0.0, None, surface)
-    if replayed:
+    if replayed or _recently_used(state, key, code, policy.replay_memory, first, last):
         return Decision(Reason.REPLAYED, state, None, 0.0, None, surface)
     if policy.near_miss_steps and policy.drift_policy is DriftPolicy.TRACKING and \
             state.drift.poly:
@@ -427,7 +431,10 @@ def _search(state: TokenState, key: bytes, code: str, now: float, policy: Policy
             decision = _accept(state, step, now, policy)
             decision._window = surface
             return decision
-    if replayed:
+    # A code matched at or before the watermark in the window, or one of the steps just
+    # before it (a code used once, re-sent after it left the window): a replay, never a
+    # failure that counts toward a lock.
+    if replayed or _recently_used(state, key, code, policy.replay_memory, first, last):
         return Decision(Reason.REPLAYED, state, None, 0.0, None, surface)
     if policy.near_miss_steps and policy.drift_policy is DriftPolicy.TRACKING and \
             state.drift.poly:
@@ -453,10 +460,26 @@ def _verify_hotp(state: TokenState, key: bytes, code: str, now: float,
             decision = _accept(state, counter, now, policy)
             decision._window = surface
             return decision
-    for counter in range(max(0, first - 1 - policy.hotp_lookahead), first):
-        if hmac.compare_digest(hotp(key, counter, digits, hash_), code):
-            return Decision(Reason.REPLAYED, state, None, 0.0, None, surface)
+    if _recently_used(state, key, code, max(policy.replay_memory, policy.hotp_lookahead + 1)):
+        return Decision(Reason.REPLAYED, state, None, 0.0, None, surface)
     return Decision(_INVALID, record_failure(state, now, policy), None, 0.0, None, surface)
+
+
+def _recently_used(state: TokenState, key: bytes, code: str, memory: int,
+                   seen_lo: int = 0, seen_hi: int = -1) -> bool:
+    """Whether `code` is the code of one of the `memory` steps or counters at and before the
+    watermark, newest first: a code that was valid once (only refused codes get here).
+    Steps in [seen_lo, seen_hi] were compared already (the window) and are skipped."""
+    watermark = state.watermark
+    if watermark is None:
+        return False
+    digits, hash_ = state.digits, state.hash
+    for n in range(watermark, max(-1, watermark - memory), -1):
+        if seen_lo <= n <= seen_hi:
+            continue
+        if hmac.compare_digest(hotp(key, n, digits, hash_), code):
+            return True
+    return False
 
 
 def _observe(state: TokenState, step: int, now: float, policy: Policy) -> Drift:

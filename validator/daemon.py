@@ -37,7 +37,7 @@ import uvicorn
 from validator.apikeys import ApiKeyError, KeyRing, Role, new_key, write_key_file
 from validator.config import CONFIG_NAME, ConfigError, Settings, default_document
 from validator.connections import ConnectionGuard, guarded_protocol, raise_fd_limit
-from validator.secrets_box import KeyFileError, SecretBox
+from validator.secrets_box import KeyFileError
 from validator.service import Validator
 from validator.store import AuditEvent, StoreError
 
@@ -93,8 +93,6 @@ def open_validator(settings: Settings, *,
 
     `clock` is for foblab's own test lab (`foblab.lab(time_machine=True)`) only: `serve`
     never passes one, so a daemon run by `foblab validator serve` always reads true time."""
-    if not settings.seed_key_file.is_file():
-        raise StartupError(f"seed key file {settings.seed_key_file} does not exist")
     if not settings.database.is_file():
         raise StartupError(f"database {settings.database} does not exist (run foblab "
                            "validator init)")
@@ -103,11 +101,10 @@ def open_validator(settings: Settings, *,
         raise StartupError(f"database {settings.database} (and its folder, for the WAL) "
                            "must be writable")
     try:
-        SecretBox.from_file(settings.seed_key_file)
         validator = Validator.open(settings.database, settings.seed_key_file,
                                    policy=settings.policy, durability=settings.durability,
                                    min_secret_bytes=settings.min_secret_bytes,
-                                   import_limits=settings.import_limits(),
+                                   import_limits=settings.import_limits(), create_key=False,
                                    clock=clock or time.time)
     except KeyFileError as exc:
         raise StartupError(str(exc)) from None
@@ -118,6 +115,9 @@ def open_validator(settings: Settings, *,
     except (sqlite3.Error, OSError) as exc:
         validator.close()
         raise StartupError(f"cannot write database {settings.database}: {exc}") from None
+    problem = validator.check_keys()  # /healthz answers 503 with it until a rotation fixes it
+    if problem:
+        log.error("%s", problem)
     return validator
 
 

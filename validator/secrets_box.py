@@ -1,13 +1,26 @@
-"""Seeds at rest: AES-256-GCM with the token's serial bound in as associated data.
+"""Secrets at rest: envelope encryption with AES-256-GCM.
 
-A sealed seed is `b"\\x01" + key_id(8) + nonce(12) + ciphertext+tag`. The key id (the first
-8 bytes of SHA-256 of the key) lets a box hold more than one key, which is what makes a
-key rotation crash-safe: the new key is written beside the old one (`<keyfile>.next`)
-before the database is re-encrypted in one transaction, and only then replaces it. A box
-opened after a crash in between loads both and decrypts either.
+Three layers:
 
-The serial as associated data means a sealed seed copied onto another token's row fails
-to decrypt instead of silently giving that token someone else's seed.
+- the **master key**, 32 bytes in the key file (`seed.key`, hex, 0600), never in the
+  database;
+- **data keys**, 32 random bytes each, kept in the database *wrapped* (AES-256-GCM under
+  the master key, the data key's id bound in as associated data);
+- **sealed secrets** (token seeds, AWS secrets): AES-256-GCM under the current data key,
+  with the token's serial (or the AWS row's name) bound in as associated data, so a sealed
+  seed copied onto another token's row fails to decrypt instead of silently giving that
+  token someone else's seed.
+
+Formats:
+
+- sealed, current: `b"\\x02" + data_key_id(8) + nonce(12) + ciphertext+tag`;
+- sealed, legacy (before envelope encryption): `b"\\x01" + master_key_id(8) + nonce(12) +
+  ciphertext+tag`, sealed directly under the key file's key; opened only to migrate it
+  (`validator.keys`);
+- wrapped data key: `b"\\x02" + nonce(12) + ciphertext+tag`.
+
+This module holds the cryptography and the key files; `validator.keys` decides, from what
+the stored rows actually open with, which key file is the master after a crash.
 """
 
 from __future__ import annotations
@@ -15,13 +28,20 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import signal
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-_VERSION = b"\x01"
+LEGACY = 1  # sealed directly under the master key (databases from before envelope keys)
+ENVELOPE = 2  # sealed under a data key
 _AAD_PREFIX = b"foblab-seed-v1\x00"
+_WRAP_AAD = b"foblab-data-key-v1\x00"
+_MIN_SEALED = 1 + 8 + 12 + 16
+CRASH_ENV = "FOBLAB_TEST_CRASH_AT"
 
 
 class KeyFileError(Exception):
@@ -29,11 +49,28 @@ class KeyFileError(Exception):
 
 
 class SealError(Exception):
-    """A sealed seed cannot be opened (wrong key, wrong serial, or tampered)."""
+    """A sealed secret cannot be opened (wrong key, wrong serial, or tampered)."""
 
 
-def _key_id(key: bytes) -> bytes:
+def crash_point(step: str) -> None:
+    """A step boundary of a key rotation. Only tests set `FOBLAB_TEST_CRASH_AT`: the process
+    then dies here by SIGKILL (no cleanup, no flush), as a crash or power cut would stop it."""
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def key_id(key: bytes) -> bytes:
+    """8 bytes naming a master key (in legacy sealed secrets and in messages)."""
     return hashlib.sha256(b"foblab-key-id\x00" + key).digest()[:8]
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in directory `path` durable."""
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def write_private_file(path: Path, data: bytes) -> None:
@@ -45,6 +82,7 @@ def write_private_file(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    fsync_dir(path.parent)
 
 
 def read_private_file(path: Path, what: str, error: type[Exception]) -> bytes:
@@ -63,11 +101,38 @@ def read_private_file(path: Path, what: str, error: type[Exception]) -> bytes:
     return raw
 
 
-def _write_key(path: Path, key: bytes) -> None:
-    write_private_file(path, key.hex().encode() + b"\n")
+def encode_key(key: bytes) -> bytes:
+    return key.hex().encode() + b"\n"
 
 
-def _read_key(path: Path) -> bytes:
+def write_key(path: Path, key: bytes) -> None:
+    """A new key file (0600, fsynced, its directory entry too); refuses to overwrite."""
+    write_private_file(path, encode_key(key))
+
+
+def write_key_atomically(path: Path, key: bytes, step: str = "") -> None:
+    """Put `key` at `path` so that `path` is either absent or complete, whatever stops the
+    process: written to `<path>.tmp`, fsynced, renamed, the directory fsynced. An existing
+    `<path>.tmp` is a leftover of an interrupted write and is replaced."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    data = encode_key(key)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data[: len(data) // 2])
+        if step:
+            crash_point(f"{step}:half-written")
+        os.write(fd, data[len(data) // 2 :])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if step:
+        crash_point(f"{step}:tmp-written")
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_key(path: Path) -> bytes:
     raw = read_private_file(path, "key file", KeyFileError)
     try:
         key = bytes.fromhex(raw.decode("ascii").strip())
@@ -78,76 +143,124 @@ def _read_key(path: Path) -> bytes:
     return key
 
 
-class SecretBox:
-    """Seals and opens seeds. Built from a key file (`from_file`) or raw key bytes."""
+def wrap(master: bytes, data_key_id: bytes, data_key: bytes) -> bytes:
+    """`data_key` sealed under `master`, its id bound in."""
+    nonce = secrets.token_bytes(12)
+    return bytes([ENVELOPE]) + nonce + AESGCM(master).encrypt(
+        nonce, data_key, _WRAP_AAD + data_key_id)
 
-    def __init__(self, key: bytes, *, path: Path | None = None,
-                 extra_keys: tuple[bytes, ...] = ()) -> None:
-        if len(key) != 32:
-            raise KeyFileError("the seed key must be 32 bytes")
-        self._path = path
-        self._current = key
-        self._raw = (*extra_keys, key)
-        self._keys = {_key_id(k): AESGCM(k) for k in (*extra_keys, key)}
+
+def unwrap(master: bytes, data_key_id: bytes, wrapped: bytes) -> bytes:
+    """The data key in `wrapped`; SealError unless `master` is the key that wrapped it (for
+    this id)."""
+    if len(wrapped) != 1 + 12 + 32 + 16 or wrapped[0] != ENVELOPE:
+        raise SealError(f"data key {data_key_id.hex()} has an unknown format")
+    try:
+        return AESGCM(master).decrypt(wrapped[1:13], wrapped[13:], _WRAP_AAD + data_key_id)
+    except InvalidTag:
+        raise SealError(f"data key {data_key_id.hex()} does not open with this master "
+                        "key") from None
+
+
+def new_data_key() -> tuple[bytes, bytes]:
+    """A fresh (id, key)."""
+    return secrets.token_bytes(8), secrets.token_bytes(32)
+
+
+class SecretBox:
+    """Seals and opens secrets under data keys; knows the master key that wraps them.
+
+    Built by `validator.keys` (which reads the key file and the data keys). A data key the
+    box has not seen (another process rotated) is fetched through `fetch(id)` (the wrapped
+    key, or None) and unwrapped with the master key. Old data keys stay in memory, so a
+    request that read a row just before a rotation committed still opens it.
+    """
+
+    def __init__(self, master: bytes, *, path: Path | None = None,
+                 fetch: Callable[[bytes], bytes | None] | None = None,
+                 legacy: Iterable[bytes] = ()) -> None:
+        if len(master) != 32:
+            raise KeyFileError("the master key must be 32 bytes")
+        self.path = path
+        self._master = master
+        self._fetch = fetch
+        # Legacy (format 1) secrets name the master key they were sealed under.
+        self._legacy = {key_id(k): AESGCM(k) for k in (master, *legacy)}
+        self._data: dict[bytes, AESGCM] = {}
+        self._current: tuple[bytes, AESGCM] | None = None
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"SecretBox(path={self._path!s}, key_id={self.key_id})"
+        return f"SecretBox(path={self.path!s}, key_id={self.key_id})"
 
     @property
     def key_id(self) -> str:
-        return _key_id(self._current).hex()
+        """The master key's id (hex)."""
+        return key_id(self._master).hex()
 
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> SecretBox:
-        """Load the key at `path`, creating it (mode 0600) on first use."""
-        path = Path(path)
-        pending = path.with_name(path.name + ".next")
-        if not path.exists():
-            if pending.exists():  # a rotation stopped after writing the new key
-                os.replace(pending, path)
-            else:
-                _write_key(path, secrets.token_bytes(32))
-        key = _read_key(path)
-        extra = (_read_key(pending),) if pending.exists() else ()
-        return cls(key, path=path, extra_keys=extra)
+    @property
+    def data_key_id(self) -> str | None:
+        """The id (hex) of the data key new secrets are sealed under."""
+        return None if self._current is None else self._current[0].hex()
 
-    def seal(self, serial: str, seed: bytes) -> bytes:
+    @property
+    def master(self) -> bytes:
+        return self._master
+
+    def set_master(self, master: bytes) -> None:
+        """After a master-key rotation committed: wrap and unwrap with `master` from now on."""
+        self._master = master
+
+    def wrap(self, data_key_id: bytes, data_key: bytes) -> bytes:
+        return wrap(self._master, data_key_id, data_key)
+
+    def add_data_key(self, data_key_id: bytes, data_key: bytes, *, current: bool = False
+                     ) -> None:
+        aes = AESGCM(data_key)
+        self._data[data_key_id] = aes
+        if current:
+            self._current = (data_key_id, aes)
+
+    def use_data_key(self, data_key_id: bytes) -> None:
+        """Seal new secrets under this (known) data key."""
+        self._current = (data_key_id, self._data[data_key_id])
+
+    def _load(self, data_key_id: bytes) -> AESGCM | None:
+        if self._fetch is None:
+            return None
+        with self._lock:
+            aes = self._data.get(data_key_id)
+            if aes is None:
+                wrapped = self._fetch(data_key_id)
+                if wrapped is None:
+                    return None
+                aes = AESGCM(unwrap(self._master, data_key_id, wrapped))
+                self._data[data_key_id] = aes
+        return aes
+
+    def seal(self, serial: str, seed: bytes, data_key_id: bytes | None = None) -> bytes:
+        """`seed` sealed for `serial` under the current data key (or the one named)."""
+        current = self._current if data_key_id is None else (
+            data_key_id, self._data[data_key_id])
+        if current is None:
+            raise SealError("no data key to seal with")
         nonce = secrets.token_bytes(12)
-        aes = self._keys[_key_id(self._current)]
-        ct = aes.encrypt(nonce, seed, _AAD_PREFIX + serial.encode())
-        return _VERSION + _key_id(self._current) + nonce + ct
+        return bytes([ENVELOPE]) + current[0] + nonce + current[1].encrypt(
+            nonce, seed, _AAD_PREFIX + serial.encode())
 
     def open(self, serial: str, sealed: bytes) -> bytes:
-        if len(sealed) < 1 + 8 + 12 + 16 or sealed[:1] != _VERSION:
-            raise SealError(f"sealed seed of {serial!r} has an unknown format")
-        aes = self._keys.get(sealed[1:9])
+        if len(sealed) < _MIN_SEALED:
+            raise SealError(f"sealed secret of {serial!r} has an unknown format")
+        version, kid = sealed[0], sealed[1:9]
+        if version == ENVELOPE:
+            aes = self._data.get(kid) or self._load(kid)
+        elif version == LEGACY:
+            aes = self._legacy.get(kid)
+        else:
+            raise SealError(f"sealed secret of {serial!r} has an unknown format")
         if aes is None:
-            raise SealError(f"sealed seed of {serial!r} uses a key this box does not hold")
+            raise SealError(f"sealed secret of {serial!r} uses a key this box does not hold")
         try:
             return aes.decrypt(sealed[9:21], sealed[21:], _AAD_PREFIX + serial.encode())
         except InvalidTag:
-            raise SealError(f"sealed seed of {serial!r} does not authenticate") from None
-
-    def prepare_rotation(self, new_key: bytes | None = None) -> SecretBox:
-        """Phase 1 of a rotation: a box that opens with old and new keys and seals with the
-        new one, its key written durably to `<keyfile>.next` (when file-backed)."""
-        key = new_key if new_key is not None else secrets.token_bytes(32)
-        if self._path is not None:
-            pending = self._path.with_name(self._path.name + ".next")
-            if pending.exists():
-                pending.unlink()
-            _write_key(pending, key)
-        return SecretBox(key, path=self._path, extra_keys=tuple(
-            k for k in self._raw if k != key))
-
-    def finish_rotation(self) -> SecretBox:
-        """Phase 2, after the database commit: the new key replaces the old key file."""
-        if self._path is not None:
-            pending = self._path.with_name(self._path.name + ".next")
-            os.replace(pending, self._path)
-            dir_fd = os.open(self._path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        return SecretBox(self._current, path=self._path)
+            raise SealError(f"sealed secret of {serial!r} does not authenticate") from None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from protocol import DEFAULT_PERIOD, Hash, Kind
-from validator import core, rules
+from validator import core, keys, rules
 from validator.core import DEFAULT_POLICY, Decision, Policy, Reason, TokenState
 from validator.drift import Drift
 from validator.errors import (
@@ -166,6 +166,7 @@ class Validator:
         # rotation: otherwise a secret sealed under the old key just before a rotation, and
         # inserted just after it, would stay under a key the rotation then deletes.
         self.sealing = threading.RLock()
+        self.key_problem: str | None = None  # set by check_keys
 
     @classmethod
     def open(cls, db_path: str | os.PathLike[str], key_path: str | os.PathLike[str] | None = None,
@@ -173,22 +174,32 @@ class Validator:
              durability: Durability = Durability.NORMAL, max_user_length: int = 64,
              min_secret_bytes: int = MIN_SECRET_BYTES,
              import_limits: ImportLimits = DEFAULT_LIMITS,
+             create_key: bool = True,
              clock: Callable[[], float] = time.time) -> Validator:
-        """A validator on the SQLite file `db_path`, its seed key at `key_path` (default:
-        `<db_path>.key`, created 0600 on first use)."""
+        """A validator on the SQLite file `db_path`, its master key at `key_path` (default:
+        `<db_path>.key`, created 0600 on first use unless not `create_key`). Whatever an
+        interrupted key rotation left is settled first (`validator.keys.open_box`)."""
         key_file = Path(key_path) if key_path is not None else Path(f"{os.fspath(db_path)}.key")
-        return cls(SQLiteStore(db_path, durability=durability), SecretBox.from_file(key_file),
-                   policy, max_user_length=max_user_length, min_secret_bytes=min_secret_bytes,
-                   import_limits=import_limits, clock=clock)
+        store = SQLiteStore(db_path, durability=durability)
+        try:
+            box = keys.open_box(store, key_file, settle=True, create=create_key)
+        except BaseException:
+            store.close()
+            raise
+        return cls(store, box, policy, max_user_length=max_user_length,
+                   min_secret_bytes=min_secret_bytes, import_limits=import_limits, clock=clock)
 
     def view(self, **changes: Any) -> Validator:
         """A validator over the same store, box and settings with some changed (a door
-        with its own user-name limit): cheap, no I/O."""
+        with its own user-name limit): cheap, no I/O. It shares the sealing lock, so a key
+        rotation also waits for secrets sealed through it."""
         args: dict[str, Any] = {"max_user_length": self.max_user_length,
                                 "min_secret_bytes": self.min_secret_bytes,
                                 "import_limits": self.import_limits, "clock": self._clock}
         args.update(changes)
-        return Validator(self.store, self.box, self.policy, **args)
+        view = Validator(self.store, self.box, self.policy, **args)
+        view.sealing = self.sealing
+        return view
 
     def close(self) -> None:
         self.store.close()
@@ -635,25 +646,32 @@ class Validator:
         return self.store.count_audit(serial=serial, user=user, action=action, result=result,
                                       since=since, until=until)
 
-    def rotate_key(self, new_key: bytes | None = None, now: float | None = None) -> int:
-        """Re-encrypt every seed under a new key (generated unless given) in one
-        transaction; returns how many. Crash-safe: see `validator.secrets_box`."""
+    def rotate_key(self, now: float | None = None, *, master: bool = False) -> int:
+        """Rotate a key (see `validator.keys`; crash-safe at every step). By default the
+        data key: every stored secret resealed under a new one in one transaction; returns
+        how many. `master`: a new master key in the key file, every data key re-wrapped
+        under it; returns how many data keys. Either way a sample of the secrets is then
+        opened again (`key_problem`)."""
         t = self._now(now)
         with self.sealing:
-            return self._rotate(new_key, t)
+            try:
+                if master:
+                    return keys.rotate_master_key(self.store, self.box, t)
+                return keys.rotate_data_key(self.store, self.box, t)
+            finally:
+                self.check_keys()
 
-    def _rotate(self, new_key: bytes | None, t: float) -> int:
-        staged = self.box.prepare_rotation(new_key)
-        # In use before the reseal commits: it opens seeds under the old key and the new, so
-        # a verification on another thread opens every row, whichever side of the commit it
-        # reads. A failed reseal rolled back: the old box again.
-        old, self.box = self.box, staged
+    def health(self) -> str | None:
+        """None when the database can be read now and the last sample of the sealed secrets
+        opened; else the reason, safe to show (no secret, no path)."""
         try:
-            count = self.store.reseal_all(
-                lambda serial, sealed: staged.seal(serial, staged.open(serial, sealed)),
-                [AuditEvent(t, "rotate_key", "ok")])
-        except BaseException:
-            self.box = old
-            raise
-        self.box = staged.finish_rotation()
-        return count
+            self.store.check()
+        except Exception as exc:  # noqa: BLE001 - any failure of the database is the answer
+            return f"the database cannot be read ({type(exc).__name__})"
+        return self.key_problem
+
+    def check_keys(self, sample: int = 32) -> str | None:
+        """Open a sample of the stored secrets; remember and return why they do not open
+        (None: they do). /healthz reports it."""
+        self.key_problem = keys.spot_check(self.store, self.box, sample)
+        return self.key_problem

@@ -26,12 +26,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from validator.core import TokenState
 from validator.errors import DuplicateSerial
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Each migration takes the schema from version n-1 to n; appended, never edited.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -79,6 +80,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # The guessing surface of a verification: how many steps (or counters) a code would
     # have been accepted at, over the user's devices (core.Decision.window).
     4: ("ALTER TABLE audit ADD COLUMN window_steps INTEGER",),
+    # Envelope encryption (validator.secrets_box): the data keys, wrapped by the master key
+    # of the key file. Exactly one is `current` once the keys are set up (validator.keys).
+    5: (
+        """CREATE TABLE data_keys (
+            id TEXT PRIMARY KEY,
+            wrapped BLOB NOT NULL,
+            created REAL NOT NULL,
+            current INTEGER NOT NULL DEFAULT 0
+        )""",
+    ),
 }
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
@@ -87,7 +98,7 @@ _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 def register_sealed_table(conn: sqlite3.Connection, table: str, key_column: str,
                           aad_prefix: str) -> None:
     """Declare that `table.sealed` holds secrets sealed with AAD `aad_prefix + key_column`,
-    so `reseal_all` re-encrypts it. Idempotent; call inside the module's schema set-up."""
+    so a data-key rotation reseals it. Idempotent; call inside the module's schema set-up."""
     if not (_IDENTIFIER.fullmatch(table) and _IDENTIFIER.fullmatch(key_column)):
         raise ValueError("table and column names must be plain identifiers")
     conn.execute("INSERT OR REPLACE INTO sealed_columns VALUES (?, ?, ?)",
@@ -195,15 +206,33 @@ class Store(Protocol):
               limit: int = 100, offset: int = 0,
               newest_first: bool = False) -> list[AuditEntry]: ...
 
+    # -- what validator.keys needs (envelope encryption) --
+
+    def data_keys(self) -> list[tuple[bytes, bytes, bool]]: ...
+
+    def data_key(self, key_id: bytes) -> bytes | None: ...
+
+    def legacy_samples(self) -> dict[bytes, tuple[str, bytes]]: ...
+
+    def sealed_rows(self, limit: int | None = None) -> Iterator[tuple[str, str, bytes]]: ...
+
+    def rotate_data_key(self, key_id: bytes, wrapped: bytes, now: float,
+                        reseal: Callable[[str, bytes], bytes],
+                        audit: Sequence[AuditEvent] = (),
+                        before_commit: Callable[[], None] = lambda: None) -> int: ...
+
+    def rewrap_data_keys(self, rewrap: Callable[[bytes, bytes], bytes],
+                         audit: Sequence[AuditEvent] = (),
+                         before_commit: Callable[[], None] = lambda: None) -> int: ...
+
+    def check(self) -> None: ...
+
     def count_tokens(self, *, user: str | None = None, kind: str | None = None,
                      assigned: bool | None = None) -> int: ...
 
     def count_audit(self, *, serial: str | None = None, user: str | None = None,
                     action: str | None = None, result: str | None = None,
                     since: float | None = None, until: float | None = None) -> int: ...
-
-    def reseal_all(self, reseal: Callable[[str, bytes], bytes],
-                   audit: Sequence[AuditEvent] = ()) -> int: ...
 
     def close(self) -> None: ...
 
@@ -230,8 +259,10 @@ class Connections:
     Shared by every store on the validator's database file."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = 10_000,
-                 synchronous: str = "NORMAL") -> None:
+                 synchronous: str = "NORMAL", readonly: bool = False) -> None:
         self.path = os.fspath(path)
+        self.readonly = readonly
+        self.busy_timeout_ms = busy_timeout_ms
         self._busy = busy_timeout_ms
         self._synchronous = synchronous
         self._local = threading.local()
@@ -242,11 +273,17 @@ class Connections:
         """This thread's connection, opened on first use."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self._busy / 1000)
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            if self.readonly:
+                conn = sqlite3.connect(Path(self.path).resolve().as_uri() + "?mode=ro",
+                                       uri=True, isolation_level=None,
+                                       check_same_thread=False, timeout=self._busy / 1000)
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy)}")
+            else:
+                conn = sqlite3.connect(self.path, isolation_level=None,
+                                       check_same_thread=False, timeout=self._busy / 1000)
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -280,13 +317,20 @@ class SQLiteStore:
     `BEGIN IMMEDIATE` transactions for every write."""
 
     def __init__(self, path: str | os.PathLike[str], *, durability: Durability = Durability.NORMAL,
-                 busy_timeout_ms: int = 10_000) -> None:
+                 busy_timeout_ms: int = 10_000, readonly: bool = False) -> None:
+        """`readonly`: open an existing file to read only (`foblab validator check`): no
+        migration, no write, safe beside a running daemon."""
         self.path = os.fspath(path)
         self.durability = Durability(durability)
         self._db = Connections(path, busy_timeout_ms=busy_timeout_ms,
-                               synchronous=self.durability.value)
+                               synchronous=self.durability.value, readonly=readonly)
         self._conn = self._db.get
-        self._migrate()
+        if readonly:
+            if self.schema_version() > SCHEMA_VERSION:
+                raise StoreError(f"database schema version {self.schema_version()} is newer "
+                                 f"than this validator's ({SCHEMA_VERSION}); upgrade foblab")
+        else:
+            self._migrate()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, durability={self.durability.value})"
@@ -394,16 +438,30 @@ class SQLiteStore:
         with self._db.transaction() as conn:
             self._write(conn, events)
 
-    def reseal_all(self, reseal: Callable[[str, bytes], bytes],
-                   audit: Sequence[AuditEvent] = ()) -> int:
-        """Replace every sealed secret by `reseal(aad, sealed)`, in one transaction: the
-        token seeds and every table registered in `sealed_columns`. Returns how many."""
+    def _sealed_tables(self, conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+        if self.schema_version() < 2:  # read-only on a database from before the registry
+            return [("tokens", "serial", "")]
+        tables = conn.execute("SELECT tbl, key_column, aad_prefix FROM sealed_columns "
+                              "ORDER BY tbl").fetchall()
+        for table, key_column, _ in tables:
+            if not (_IDENTIFIER.fullmatch(table) and _IDENTIFIER.fullmatch(key_column)):
+                raise StoreError(f"sealed_columns names a bad table {table!r}")
+        return tables
+
+    def rotate_data_key(self, key_id: bytes, wrapped: bytes, now: float,
+                        reseal: Callable[[str, bytes], bytes],
+                        audit: Sequence[AuditEvent] = (),
+                        before_commit: Callable[[], None] = lambda: None) -> int:
+        """In one transaction: store the new data key `key_id` (wrapped), make it the
+        current one, replace every sealed secret by `reseal(aad, sealed)` (the token seeds
+        and every table registered in `sealed_columns`), and drop the data keys no row
+        refers to any more. Returns how many secrets were resealed."""
         with self._db.transaction() as conn:
+            conn.execute("INSERT INTO data_keys (id, wrapped, created, current) "
+                         "VALUES (?, ?, ?, 0)", (key_id.hex(), wrapped, now))
             count = 0
-            for table, key_column, prefix in conn.execute(
-                    "SELECT tbl, key_column, aad_prefix FROM sealed_columns").fetchall():
-                if not (_IDENTIFIER.fullmatch(table) and _IDENTIFIER.fullmatch(key_column)):
-                    raise StoreError(f"sealed_columns names a bad table {table!r}")
+            referenced: set[str] = set()
+            for table, key_column, prefix in self._sealed_tables(conn):
                 # Token rows carry a version for compare-and-set: bump it so a decision
                 # taken on the old row cannot commit over the resealed one.
                 bump = ", version = version + 1" if table == "tokens" else ""
@@ -412,8 +470,84 @@ class SQLiteStore:
                     f"UPDATE {table} SET sealed = ?{bump} WHERE {key_column} = ?",
                     [(reseal(prefix + key, bytes(sealed)), key) for key, sealed in rows])
                 count += len(rows)
+                referenced.update(row[0] for row in conn.execute(
+                    f"SELECT DISTINCT lower(hex(substr(sealed, 2, 8))) FROM {table}"))
+            referenced.add(key_id.hex())
+            conn.execute("UPDATE data_keys SET current = (id = ?)", (key_id.hex(),))
+            marks = ",".join("?" * len(referenced))
+            conn.execute(f"DELETE FROM data_keys WHERE id NOT IN ({marks})", sorted(referenced))
             self._write(conn, audit)
+            before_commit()
         return count
+
+    def rewrap_data_keys(self, rewrap: Callable[[bytes, bytes], bytes],
+                         audit: Sequence[AuditEvent] = (),
+                         before_commit: Callable[[], None] = lambda: None) -> int:
+        """Replace every wrapped data key by `rewrap(id, wrapped)` in one transaction (a
+        master-key rotation). Returns how many."""
+        with self._db.transaction() as conn:
+            rows = conn.execute("SELECT id, wrapped FROM data_keys").fetchall()
+            conn.executemany("UPDATE data_keys SET wrapped = ? WHERE id = ?",
+                             [(rewrap(bytes.fromhex(kid), bytes(wrapped)), kid)
+                              for kid, wrapped in rows])
+            self._write(conn, audit)
+            before_commit()
+        return len(rows)
+
+    def data_keys(self) -> list[tuple[bytes, bytes, bool]]:
+        """Every data key: (id, wrapped, current)."""
+        if self.schema_version() < 5:  # read-only on a database not yet migrated
+            return []
+        rows = self._conn().execute(
+            "SELECT id, wrapped, current FROM data_keys ORDER BY created, id").fetchall()
+        return [(bytes.fromhex(kid), bytes(wrapped), bool(current))
+                for kid, wrapped, current in rows]
+
+    def data_key(self, key_id: bytes) -> bytes | None:
+        if self.schema_version() < 5:
+            return None
+        row = self._conn().execute("SELECT wrapped FROM data_keys WHERE id = ?",
+                                   (key_id.hex(),)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def legacy_samples(self) -> dict[bytes, tuple[str, bytes]]:
+        """One (aad, sealed) per master key id that legacy (format 1) secrets name."""
+        conn = self._conn()
+        found: dict[bytes, tuple[str, bytes]] = {}
+        for table, key_column, prefix in self._sealed_tables(conn):
+            for key, sealed in conn.execute(
+                    f"SELECT {key_column}, sealed FROM {table} WHERE substr(sealed, 1, 1) = "
+                    "x'01' GROUP BY substr(sealed, 2, 8)"):
+                found.setdefault(bytes(sealed)[1:9], (prefix + key, bytes(sealed)))
+        return found
+
+    def sealed_rows(self, limit: int | None = None) -> Iterator[tuple[str, str, bytes]]:
+        """(table, aad, sealed) of every sealed secret, or of up to `limit` per table
+        (spread over the table, not only its first rows)."""
+        conn = self._conn()
+        for table, key_column, prefix in self._sealed_tables(conn):
+            if limit is None:
+                query = f"SELECT {key_column}, sealed FROM {table}"
+            else:
+                (total,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+                every = max(1, total // max(1, limit))
+                query = (f"SELECT {key_column}, sealed FROM {table} WHERE rowid % {every} = 0 "
+                         f"LIMIT {int(limit)}")
+            for key, sealed in conn.execute(query):
+                yield table, prefix + key, bytes(sealed)
+
+    def check(self) -> None:
+        """Raise unless the database file can be opened and read now: a fresh connection
+        (the per-thread ones may answer from their page cache) reads the schema version and
+        the data keys."""
+        conn = sqlite3.connect(self.path, timeout=self._db.busy_timeout_ms / 1000)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._db.busy_timeout_ms)}")
+            conn.execute("SELECT version FROM schema_version").fetchone()
+            conn.execute("SELECT count(*) FROM data_keys").fetchone()
+            conn.execute("SELECT serial FROM tokens LIMIT 1").fetchone()
+        finally:
+            conn.close()
 
     # -- reads -----------------------------------------------------------------------------
 

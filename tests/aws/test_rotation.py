@@ -24,17 +24,24 @@ def test_rotation_keeps_access_keys_and_seeds_usable(daemon, iam, sts, step: int
                           AuthenticationCode1=otp.at(step - 1), AuthenticationCode2=otp.at(step))
     key_before = daemon.key_file.read_bytes()
     sealed_before = _sealed(daemon.db)
+    admin = {"Authorization": f"Bearer {daemon.admin_key}"}
 
-    answer = httpx.post(f"{daemon.base}/v1/admin/rotate-key",
-                        headers={"Authorization": f"Bearer {daemon.admin_key}"}, timeout=30)
+    # The data key: every sealed secret resealed under a new one; the key file stays.
+    answer = httpx.post(f"{daemon.base}/v1/admin/rotate-key", headers=admin, timeout=30)
     assert answer.status_code == 200, answer.text
     # at least this device's seed and the fixture's access key
-    assert answer.json()["resealed"] >= 2
-
-    assert daemon.key_file.read_bytes() != key_before
+    assert answer.json()["resealed"] >= 2 and answer.json()["healthy"] is True
+    assert daemon.key_file.read_bytes() == key_before
     sealed_after = _sealed(daemon.db)
     assert sealed_after.keys() == sealed_before.keys()
     assert all(sealed_after[k] != sealed_before[k] for k in sealed_before)
+    # The master key: a new key file; the data keys re-wrapped, the secrets untouched.
+    answer = httpx.post(f"{daemon.base}/v1/admin/rotate-key", params={"master": "true"},
+                        headers=admin, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["scope"] == "master" and answer.json()["rewrapped"] == 1
+    assert daemon.key_file.read_bytes() != key_before
+    assert _sealed(daemon.db) == sealed_after
     # The access key still signs (its secret was resealed and the endpoint follows the new
     # box), and the device's seed still verifies its next code.
     assert iam.get_mfa_device(SerialNumber=serial)["UserName"] == "rotor"
@@ -45,6 +52,9 @@ def test_rotation_keeps_access_keys_and_seeds_usable(daemon, iam, sts, step: int
     out = foblab("validator", "rotate-key", "--url", daemon.base, "--key", daemon.admin_key,
                  "--json")
     assert json.loads(out.stdout)["resealed"] >= 2
+    out = foblab("validator", "rotate-key", "--master", "--url", daemon.base, "--key",
+                 daemon.admin_key)
+    assert out.stdout.startswith("re-wrapped 1 data keys under master key ")
     verifier = (daemon.folder / "verifier.key").read_text().strip()
     refused = httpx.post(f"{daemon.base}/v1/admin/rotate-key",
                          headers={"Authorization": f"Bearer {verifier}"}, timeout=30)
@@ -59,8 +69,9 @@ def test_an_access_key_created_during_a_rotation_is_not_left_under_the_old_key(
     import threading
 
     from validator.aws.store import AwsStore
-    from validator.secrets_box import SecretBox
+    from validator.keys import open_box
     from validator.service import Validator
+    from validator.store import SQLiteStore
 
     validator = Validator.open(tmp_path / "v.db")
     entered, proceed = threading.Event(), threading.Event()
@@ -91,7 +102,9 @@ def test_an_access_key_created_during_a_rotation_is_not_left_under_the_old_key(
     store.close()
     validator.close()
     # Only the new key file is left: the access key's secret must open under it.
-    fresh = AwsStore(tmp_path / "v.db", SecretBox.from_file(tmp_path / "v.db.key"))
+    tokens = SQLiteStore(tmp_path / "v.db")
+    fresh = AwsStore(tmp_path / "v.db", open_box(tokens, tmp_path / "v.db.key", settle=False))
+    tokens.close()
     try:
         akid, secret = created[0]
         found = fresh.credentials(akid)

@@ -193,7 +193,6 @@ def test_an_older_database_gets_the_new_columns(tmp_path) -> None:
     import sqlite3
 
     from validator.aws.store import AwsStore
-    from validator.secrets_box import SecretBox
     from validator.service import Validator
 
     db = tmp_path / "old.db"
@@ -205,7 +204,8 @@ def test_an_older_database_gets_the_new_columns(tmp_path) -> None:
                      "NOT NULL, token_sha256 TEXT NOT NULL, user TEXT, serial TEXT, "
                      "created REAL NOT NULL, expires REAL NOT NULL)")
     conn.close()
-    store = AwsStore(db, SecretBox.from_file(tmp_path / "seed.key"))
+    validator = Validator.open(db, tmp_path / "seed.key")  # its envelope box seals for AWS
+    store = AwsStore(db, lambda: validator.box)
     try:
         akid, _ = store.create_key(time.time(), user="old-alice")
         assert store.list_keys()[0].user == "old-alice"
@@ -215,3 +215,4 @@ def test_an_older_database_gets_the_new_columns(tmp_path) -> None:
         assert store.delete_key(akid) == 1 and store.credentials(made.access_key_id) is None
     finally:
         store.close()
+        validator.close()

@@ -145,9 +145,10 @@ def test_unsigned_and_tampered_requests_refused(daemon) -> None:
 
 def test_deleted_key_is_refused(daemon) -> None:
     from validator.aws.store import AwsStore
-    from validator.secrets_box import SecretBox
+    from validator.keys import open_box
+    from validator.store import SQLiteStore
 
-    store = AwsStore(daemon.db, SecretBox.from_file(daemon.key_file))
+    store = AwsStore(daemon.db, open_box(SQLiteStore(daemon.db), daemon.key_file, settle=False))
     try:
         akid, secret = store.create_key(time.time())
         assert daemon.client("iam", key=(akid, secret)).list_mfa_devices()["MFADevices"] \

@@ -63,9 +63,16 @@ def test_a_broken_expectation_makes_the_demo_fail() -> None:
     assert not Path(str(doc["workdir"])).exists()
 
 
+def _default_sigint() -> None:
+    # A process inherits an ignored SIGINT (pytest started from a background job, as CI
+    # may do), and Python then installs no KeyboardInterrupt handler: restore the default
+    # in the child, so the signal below is the Ctrl-C a person at a terminal would send.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_leaves_nothing_behind() -> None:
     proc = subprocess.Popen(CMD, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)
+                            cwd=ROOT, preexec_fn=_default_sigint)
     assert proc.stdout is not None
     first = proc.stdout.readline()
     found = re.search(r"\(in (\S+)\)", first)

@@ -105,14 +105,59 @@ def test_replay_never_accepts_at_or_before_watermark(first: int, second: int) ->
     assert d1.accepted
     d2 = core.verify(d1.state, KEY, code_at(base + second), NOW + 1)
     if second <= first:
-        # Refused: as replayed while the step is in the (re-centred) window, else invalid.
-        assert d2.reason in (Reason.REPLAYED, Reason.INVALID_CODE)
-        assert d2.reason is Reason.REPLAYED or second < first
-        assert d2.state.watermark == base + first
+        # Refused as replayed, in the (re-centred) window or not, and never counted.
+        assert d2.reason is Reason.REPLAYED and d2.state == d1.state
     elif second == first + 1:  # the token's next step is always inside the window
         assert d2.accepted and d2.state.watermark == base + second
     else:  # two steps past a code that showed the token behind: may fall outside
         assert d2.state.watermark == (base + second if d2.accepted else base + first)
+
+
+def test_a_code_used_long_ago_stays_a_replay_and_never_locks() -> None:
+    """A code accepted once, re-sent minutes later (out of the window), is answered
+    `replayed` however often: it never counts toward the lock (docs/validator.md). Only
+    codes older than `replay_memory` steps before the watermark are plain wrong codes."""
+    policy = Policy(max_failures=3)
+    base = int(NOW // 30)
+    state = TokenState(kind=Kind.TOTP)
+    used = []
+    for i in range(4):  # four logins, a minute apart
+        d = core.verify(state, KEY, code_at(base + 2 * i), NOW + 60 * i, policy)
+        assert d.accepted
+        used.append(base + 2 * i)
+        state = d.state
+    later = NOW + 600  # ten minutes on: every used step is far out of the window
+    for step in used * 3:
+        d = core.verify(state, KEY, code_at(step), later, policy)
+        assert d.reason is Reason.REPLAYED and d.state is state
+    # An unused step before the watermark but within memory: a code valid once too.
+    assert core.verify(state, KEY, code_at(base + 1), later, policy).reason is Reason.REPLAYED
+    # Older than the memory: an ordinary wrong code, counted.
+    old = state.watermark - policy.replay_memory  # type: ignore[operator]
+    d = core.verify(state, KEY, code_at(old), later, policy)
+    assert d.reason is Reason.INVALID_CODE and d.state.failures == 1
+    assert core.verify(state, KEY, code_at(old + 1), later, policy).reason is Reason.REPLAYED
+    with pytest.raises(ValueError):
+        Policy(replay_memory=-1)
+    # Without memory only the window's replays are seen.
+    assert core.verify(state, KEY, code_at(used[0]), later,
+                       Policy(replay_memory=0)).reason is Reason.INVALID_CODE
+
+
+def test_hotp_replays_as_far_back_as_the_memory() -> None:
+    policy = Policy(hotp_lookahead=2, replay_memory=16)
+    state = TokenState(kind=Kind.HOTP, watermark=39)
+    for counter in (39, 30, 24):
+        d = core.verify(state, KEY, code_at(counter), NOW, policy)
+        assert d.reason is Reason.REPLAYED and d.state is state
+    d = core.verify(state, KEY, code_at(23), NOW, policy)
+    assert d.reason is Reason.INVALID_CODE and d.state.failures == 1
+    # The memory is never shorter than the look-ahead's replay range.
+    wide = Policy(hotp_lookahead=20, replay_memory=4)
+    assert core.verify(state, KEY, code_at(19), NOW, wide).reason is Reason.REPLAYED
+    assert core.verify(state, KEY, code_at(18), NOW, wide).reason is Reason.INVALID_CODE
+    assert core.verify(TokenState(kind=Kind.HOTP), KEY, code_at(30), NOW,
+                       policy).reason is Reason.INVALID_CODE
 
 
 def test_hotp_lookahead_and_replay() -> None:
@@ -221,3 +266,48 @@ def test_stored_state_json_from_before_still_loads_and_round_trips() -> None:
     assert decision.accepted and decision.state.failures == 0
     assert decision.state.drift.history[-1][0] == 56666701 * 30 + 3.0
     assert state.watermark == 56666700  # the input state is never changed in place
+
+
+@pytest.mark.parametrize("kind", [Kind.TOTP, Kind.HOTP])
+def test_wrong_and_malformed_codes_lock_at_now(kind: Kind) -> None:
+    """The lock is timed from `now` for malformed and wrong codes alike (mutation testing
+    found neither path's `now` checked)."""
+    policy = Policy(max_failures=2, lock_base=30.0)
+    base = int(NOW // 30)
+    near = {code_at(n) for n in (*range(0, 20), *range(base - 30, base + 30))}
+    wrong = next(f"{n:06d}" for n in range(10**6) if f"{n:06d}" not in near)
+    for bad in ("12345", wrong):
+        state = TokenState(kind=kind, watermark=3)
+        for i in range(2):
+            d = core.verify(state, KEY, bad, NOW + i, policy)
+            assert d.reason is Reason.INVALID_CODE
+            state = d.state
+        assert state.failures == 2 and state.locked_until == NOW + 1 + 30.0
+
+
+@pytest.mark.parametrize("hash_", ["sha256", "sha512"])
+def test_replays_are_found_with_the_tokens_own_hash(hash_: str) -> None:
+    """A SHA-256/512 token's old codes are replays too: the replay memory computes them
+    with the token's hash, not SHA-1."""
+    base = int(NOW // 30)
+    state = TokenState(kind=Kind.TOTP, hash=hash_)
+    d = core.verify(state, KEY, hotp(KEY, base, 6, hash_), NOW)
+    assert d.accepted
+    late = core.verify(d.state, KEY, hotp(KEY, base, 6, hash_), NOW + 300)
+    assert late.reason is Reason.REPLAYED and late.state is d.state
+    hstate = TokenState(kind=Kind.HOTP, hash=hash_, watermark=40)
+    d = core.verify(hstate, KEY, hotp(KEY, 33, 6, hash_), NOW, Policy(hotp_lookahead=2))
+    assert d.reason is Reason.REPLAYED
+    d = core.verify(hstate, KEY, hotp(KEY, 41, 6, hash_), NOW)
+    assert d.accepted and d.state.watermark == 41
+
+
+def test_replay_memory_reaches_counter_zero_and_no_further() -> None:
+    policy = Policy(replay_memory=8, hotp_lookahead=1)
+    state = TokenState(kind=Kind.HOTP, watermark=2)
+    assert core.verify(state, KEY, code_at(0), NOW, policy).reason is Reason.REPLAYED
+    wrong = next(f"{n:06d}" for n in range(10**6)
+                 if f"{n:06d}" not in {code_at(c) for c in range(0, 6)})
+    assert core.verify(state, KEY, wrong, NOW, policy).reason is Reason.INVALID_CODE
+    totp = TokenState(kind=Kind.TOTP, watermark=1, t0=int(NOW) - 45)
+    assert core.verify(totp, KEY, code_at(0), NOW + 600, policy).reason is Reason.REPLAYED

@@ -307,10 +307,11 @@ def test_near_miss_at_or_before_the_watermark_teaches_nothing() -> None:
     key, state, s = _enabled_at_zero_offset()
     k = s + 2 * int(WEEK // P)
     now = k * P + 10.0
-    # An old code (at or before the watermark) is never compared, even within the bounds.
+    # An old code (at or before the watermark) never teaches the tracker, even within the
+    # bounds: it is answered as the replay it is, and the state stays as it was.
     old = TokenState.from_json({**state.to_json(), "watermark": k + 5})
     decision = core.verify(old, key, hotp(key, k + 2), now, Policy(max_window=1))
-    assert decision.reason is Reason.INVALID_CODE and decision.state.drift == old.drift
+    assert decision.reason is Reason.REPLAYED and decision.state == old
 
 
 @pytest.mark.parametrize("policy", [DriftPolicy.WHOLE_STEP, DriftPolicy.SYNC_ONLY])

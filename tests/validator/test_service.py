@@ -205,18 +205,29 @@ def test_key_rotation_reencrypts_everything(db_path: Path) -> None:
     for i in range(20):
         v.register_token(f"T{i}", SEED + bytes([i]), now=T0)
     before = {r.serial: r.sealed for r in v.store.list_tokens(limit=100)}
-    old_key = Path(f"{db_path}.key").read_text()
+    key_file = Path(f"{db_path}.key")
+    old_key = key_file.read_text()
+    old_data_key = v.box.data_key_id
+    # The data key: every row resealed under a new one; the key file stays.
     assert v.rotate_key(now=T0) == 20
-    assert Path(f"{db_path}.key").read_text() != old_key
-    assert not Path(f"{db_path}.key.next").exists()
+    assert key_file.read_text() == old_key and v.box.data_key_id != old_data_key
     after = {r.serial: r.sealed for r in v.store.list_tokens(limit=100)}
     assert all(before[s][1:9] != after[s][1:9] for s in before)  # new key id on every row
+    assert [kid.hex() for kid, _, _ in v.store.data_keys()] == [v.box.data_key_id]
+    # The master key: a new key file, the data keys re-wrapped, the rows untouched.
+    wrapped = v.store.data_keys()
+    assert v.rotate_key(now=T0, master=True) == 1
+    assert key_file.read_text() != old_key
+    assert not Path(f"{db_path}.key.next").exists()
+    assert {r.serial: r.sealed for r in v.store.list_tokens(limit=100)} == after
+    assert v.store.data_keys() != wrapped
     v.close()
     # A fresh process with only the new key file opens and verifies every token.
     v2 = Validator.open(db_path)
     try:
         enable(v2, "alice", "T7", key=SEED + bytes([7]))
-        assert v2.audit(action="rotate_key")[0].result == "ok"
+        assert [e.reason for e in v2.audit(action="rotate_key")] == ["data_key", "master_key"]
+        assert v2.health() is None
     finally:
         v2.close()
 
@@ -229,7 +240,7 @@ def test_verify_during_a_key_rotation_opens_every_seed(db_path: Path) -> None:
     v = Validator.open(db_path)
     v.register_token("TOK1", SEED, now=T0)
     enable(v, "alice", "TOK1")
-    reseal_all = v.store.reseal_all
+    reseal_all = v.store.rotate_data_key
     seen: list[Reason] = []
 
     def reseal_then_verify(*args: object, **kwargs: object) -> int:
@@ -237,7 +248,7 @@ def test_verify_during_a_key_rotation_opens_every_seed(db_path: Path) -> None:
         seen.append(v.verify("alice", hotp(SEED, step(T0) + 1), now=T0 + 30).reason)
         return count
 
-    v.store.reseal_all = reseal_then_verify  # type: ignore[method-assign]
+    v.store.rotate_data_key = reseal_then_verify  # type: ignore[method-assign]
     assert v.rotate_key(now=T0 + 30) == 1
     assert seen == [Reason.ACCEPTED]
     v.close()

@@ -103,8 +103,15 @@ async def import_tokens(c: Call) -> Response:
 
 
 async def rotate_key(c: Call) -> Response:
-    resealed = await run_in_threadpool(c.api.validator.rotate_key)
-    return _json({"resealed": resealed, "key_id": c.api.validator.box.key_id})
+    v = c.api.validator
+    if c.query.get("master", False):
+        rewrapped = await run_in_threadpool(v.rotate_key, master=True)
+        body = {"scope": "master", "rewrapped": rewrapped, "resealed": 0}
+    else:
+        resealed = await run_in_threadpool(v.rotate_key)
+        body = {"scope": "data", "rewrapped": 0, "resealed": resealed}
+    return _json({**body, "key_id": v.box.key_id, "data_key_id": v.box.data_key_id,
+                  "healthy": v.key_problem is None})
 
 
 def _page(c: Call) -> tuple[int, int]:
@@ -253,11 +260,10 @@ async def station_enroll(c: Call) -> Response:
 
 
 async def healthz(c: Call) -> Response:
-    try:
-        await run_in_threadpool(c.api.validator.list_tokens, limit=1)
-    except Exception as exc:  # any failure of the database is what this reports
-        log.warning("health check failed: %s", type(exc).__name__)
-        return error_response(503, "unhealthy", "the database cannot be read")
+    problem = await run_in_threadpool(c.api.validator.health)
+    if problem is not None:
+        log.warning("health check failed: %s", problem)
+        return error_response(503, "unhealthy", problem)
     return _json({"status": "ok"})
 
 

@@ -38,7 +38,8 @@ def operations() -> list[Op]:
     page = (S.LIMIT, S.OFFSET)
     string = {"type": "string", "maxLength": 128}
     return [
-        Op(OpDoc("GET", "/healthz", "Liveness: the database answers", (), errors=(503,)),
+        Op(OpDoc("GET", "/healthz", "Health: the database answers and a sample of the "
+                 "sealed secrets opens", (), errors=(503,)),
            "/healthz", healthz),
         Op(OpDoc("GET", "/metrics", "Prometheus metrics", ()), "/metrics", metrics),
         Op(OpDoc("POST", "/v1/tokens/import", "Import a PSKC or CSV seed file: every "
@@ -79,8 +80,10 @@ def operations() -> list[Op]:
             Param("until", {"type": "number"}),
             Param("order", {"type": "string", "enum": ["oldest", "newest"]}), *page)),
            "/v1/audit", audit),
-        Op(OpDoc("POST", "/v1/admin/rotate-key", "Re-encrypt every stored secret under a "
-                 "new seed key", ADMIN), "/v1/admin/rotate-key", rotate_key),
+        Op(OpDoc("POST", "/v1/admin/rotate-key", "Reseal every stored secret under a new "
+                 "data key, or (master=true) re-wrap the data keys under a new master key",
+                 ADMIN, query=(Param("master", {"type": "boolean"}),)),
+           "/v1/admin/rotate-key", rotate_key),
         Op(OpDoc("GET", "/v1/stations", "Configured enrollment stations", ADMIN),
            "/v1/stations", list_stations),
         Op(OpDoc("GET", "/v1/stations/{name}", "The attached token's INFO, read live", ADMIN,

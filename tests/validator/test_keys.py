@@ -1,0 +1,241 @@
+"""Envelope keys, in-process: the box's formats, what a moved or tampered secret does, the
+data keys in the store, the health sample and the offline check."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from validator import keys
+from validator.secrets_box import (
+    KeyFileError,
+    SealError,
+    SecretBox,
+    new_data_key,
+    read_key,
+    unwrap,
+    wrap,
+    write_key_atomically,
+)
+from validator.service import Validator
+from validator.store import SQLiteStore
+
+T0 = 1_700_000_000.0
+SEED_A = bytes.fromhex("00112233445566778899aabbccddeeff00112233")
+SEED_B = bytes.fromhex("ffeeddccbbaa99887766554433221100ffeeddcc")
+
+
+def _box() -> SecretBox:
+    box = SecretBox(os.urandom(32))
+    kid, data_key = new_data_key()
+    box.add_data_key(kid, data_key, current=True)
+    return box
+
+
+def test_seal_binds_the_serial_and_the_format() -> None:
+    box = _box()
+    sealed = box.seal("TOK1", SEED_A)
+    assert sealed[0] == 2 and sealed[1:9].hex() == box.data_key_id
+    assert len(sealed) == 1 + 8 + 12 + len(SEED_A) + 16
+    assert box.open("TOK1", sealed) == SEED_A
+    assert box.seal("TOK1", SEED_A) != sealed  # a fresh nonce each time
+    with pytest.raises(SealError, match="does not authenticate"):
+        box.open("TOK2", sealed)
+    for bad in (b"\x03" + sealed[1:], sealed[:36], b""):
+        with pytest.raises(SealError, match="unknown format"):
+            box.open("TOK1", bad)
+    flipped = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    with pytest.raises(SealError, match="does not authenticate"):
+        box.open("TOK1", flipped)
+    other = _box()
+    with pytest.raises(SealError, match="does not hold"):
+        other.open("TOK1", sealed)
+
+
+def test_a_sealed_seed_moved_to_another_serials_row_does_not_open(db_path: Path) -> None:
+    """In the database file itself: token B's row given token A's sealed seed."""
+    v = Validator.open(db_path)
+    v.register_token("GAHT00000001", SEED_A, now=T0)
+    v.register_token("GAHT00000002", SEED_B, now=T0)
+    v.close()
+    with sqlite3.connect(db_path) as conn:
+        (sealed_a,) = conn.execute(
+            "SELECT sealed FROM tokens WHERE serial = 'GAHT00000001'").fetchone()
+        conn.execute("UPDATE tokens SET sealed = ? WHERE serial = 'GAHT00000002'", (sealed_a,))
+    conn.close()
+    v = Validator.open(db_path)
+    try:
+        record = v.store.get("GAHT00000002")
+        assert record is not None
+        with pytest.raises(SealError):
+            v.box.open("GAHT00000002", record.sealed)
+        # The health sample and the full check both see it.
+        assert v.check_keys() is not None and "do not open" in v.health()  # type: ignore[operator]
+        result = keys.check(v.store, v.box)
+        assert (result.total_opened, result.total_failed) == (1, 1)
+    finally:
+        v.close()
+
+
+def test_wrap_binds_the_data_key_id() -> None:
+    master = os.urandom(32)
+    kid, data_key = new_data_key()
+    wrapped = wrap(master, kid, data_key)
+    assert unwrap(master, kid, wrapped) == data_key
+    with pytest.raises(SealError):
+        unwrap(master, os.urandom(8), wrapped)
+    with pytest.raises(SealError):
+        unwrap(os.urandom(32), kid, wrapped)
+    with pytest.raises(SealError, match="unknown format"):
+        unwrap(master, kid, wrapped[:-1])
+    with pytest.raises(SealError, match="unknown format"):
+        unwrap(master, kid, b"\x01" + wrapped[1:])
+
+
+def test_a_box_fetches_a_data_key_another_process_made(db_path: Path) -> None:
+    """Two validators on one database (as two daemons would be): a data-key rotation on one
+    and the other opens the resealed rows, fetching the new key from the store."""
+    first = Validator.open(db_path)
+    first.register_token("TOK1", SEED_A, now=T0)
+    second = Validator.open(db_path, create_key=False)
+    try:
+        first.rotate_key(now=T0)
+        record = second.store.get("TOK1")
+        assert record is not None and record.sealed[1:9].hex() == first.box.data_key_id
+        assert second.box.open("TOK1", record.sealed) == SEED_A
+    finally:
+        first.close()
+        second.close()
+
+
+def test_data_keys_in_the_store(db_path: Path) -> None:
+    v = Validator.open(db_path)
+    try:
+        v.register_token("TOK1", SEED_A, now=T0)
+        [(kid, wrapped, current)] = v.store.data_keys()
+        assert current and kid.hex() == v.box.data_key_id
+        master = read_key(Path(f"{db_path}.key"))
+        assert len(wrapped) == 1 + 12 + 32 + 16 and unwrap(master, kid, wrapped)
+        assert v.store.data_key(kid) == wrapped and v.store.data_key(b"\0" * 8) is None
+        assert v.rotate_key(now=T0) == 1
+        [(new, _, current)] = v.store.data_keys()  # the old one went: no row needs it
+        assert current and new != kid and new.hex() == v.box.data_key_id
+        # Secrets sealed before the rotation, in memory, still open: the box keeps it.
+        assert v.box.open("TOK1", v.box.seal("TOK1", SEED_A, kid)) == SEED_A
+        # A new secret is sealed under the new data key.
+        v.register_token("TOK2", SEED_B, now=T0)
+        record = v.store.get("TOK2")
+        assert record is not None and record.sealed[1:9] == new
+        assert [e.reason for e in v.audit(action="rotate_key")] == ["data_key"]
+    finally:
+        v.close()
+
+
+def test_a_failed_reseal_changes_nothing(db_path: Path) -> None:
+    v = Validator.open(db_path)
+    try:
+        v.register_token("TOK1", SEED_A, now=T0)
+        v.register_token("TOK2", SEED_B, now=T0)
+        with v.store._db.transaction() as conn:  # one row that no key opens
+            conn.execute("UPDATE tokens SET sealed = ? WHERE serial = 'TOK2'",
+                         (b"\x02" + bytes(8) + bytes(40),))
+        before = v.store.data_keys()
+        current = v.box.data_key_id
+        with pytest.raises(SealError):
+            v.rotate_key(now=T0)
+        assert v.store.data_keys() == before and v.box.data_key_id == current
+        assert v.key_problem is not None  # checked again after the rotation
+        record = v.store.get("TOK1")
+        assert record is not None and v.box.open("TOK1", record.sealed) == SEED_A
+        v.register_token("TOK3", SEED_A, now=T0)  # sealed under the old, still stored, key
+        assert v.store.get("TOK3").sealed[1:9].hex() == current  # type: ignore[union-attr]
+    finally:
+        v.close()
+
+
+def test_a_failed_master_rotation_leaves_a_key_file_that_the_next_open_removes(
+        db_path: Path) -> None:
+    v = Validator.open(db_path)
+    key_file = Path(f"{db_path}.key")
+    v.register_token("TOK1", SEED_A, now=T0)
+    old = key_file.read_bytes()
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    v.store.rewrap_data_keys = broken  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError):
+        v.rotate_key(now=T0, master=True)
+    v.close()
+    assert key_file.read_bytes() == old and key_file.with_name(key_file.name + ".next").exists()
+    v = Validator.open(db_path, create_key=False)
+    try:
+        assert not key_file.with_name(key_file.name + ".next").exists()
+        assert v.box.open("TOK1", v.store.get("TOK1").sealed) == SEED_A  # type: ignore[union-attr]
+    finally:
+        v.close()
+
+
+def test_key_files_are_written_whole_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    key = os.urandom(32)
+    write_key_atomically(path, key)
+    assert read_key(path) == key and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not (tmp_path / "k.tmp").exists()
+    (tmp_path / "k.tmp").write_bytes(b"half")  # a leftover of an interrupted write
+    write_key_atomically(path, os.urandom(32))
+    assert read_key(path) != key and not (tmp_path / "k.tmp").exists()
+    os.chmod(path, 0o644)
+    with pytest.raises(KeyFileError, match="readable by others"):
+        read_key(path)
+    os.chmod(path, 0o600)
+    path.write_bytes(b"zz" * 32)
+    with pytest.raises(KeyFileError, match="hex"):
+        read_key(path)
+    path.write_bytes(b"00" * 31)
+    with pytest.raises(KeyFileError, match="32 bytes"):
+        read_key(path)
+
+
+def test_open_refuses_a_missing_key_file_rather_than_inventing_one(db_path: Path) -> None:
+    v = Validator.open(db_path)
+    v.register_token("TOK1", SEED_A, now=T0)
+    v.close()
+    key_file = Path(f"{db_path}.key")
+    key_file.rename(key_file.with_name("moved"))
+    with pytest.raises(KeyFileError, match="does not exist, and the database's secrets"):
+        Validator.open(db_path)
+    # A key file that opens nothing, and the right key only in a file no rotation step
+    # would have left it in: what opens the rows decides, not the names.
+    right = key_file.with_name("moved").read_bytes()
+    tmp = key_file.with_name(key_file.name + ".next.tmp")
+    key_file.with_name("moved").rename(tmp)
+    key_file.write_bytes(b"55" * 32 + b"\n")
+    os.chmod(key_file, 0o600)
+    v = Validator.open(db_path, create_key=False)
+    v.close()
+    assert key_file.read_bytes() == right and not tmp.exists()
+
+
+def test_check_reads_without_writing(db_path: Path) -> None:
+    v = Validator.open(db_path)
+    v.register_token("TOK1", SEED_A, now=T0)
+    v.close()
+    key_file = Path(f"{db_path}.key")
+    pending = key_file.with_name(key_file.name + ".next")
+    pending.write_bytes(b"44" * 32 + b"\n")  # as a rotation under way beside it would
+    os.chmod(pending, 0o600)
+    store = SQLiteStore(db_path, readonly=True)
+    try:
+        box = keys.open_box(store, key_file, settle=False)
+        result = keys.check(store, box)
+        assert result.ok and result.opened == {"tokens": 1} and result.data_keys == 1
+        with pytest.raises(sqlite3.OperationalError):
+            store._conn().execute("DELETE FROM tokens")
+    finally:
+        store.close()
+    assert pending.exists()  # a check never settles
