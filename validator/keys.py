@@ -26,10 +26,8 @@ The step boundaries are named (`crash_point`), so a test can kill the process at
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from validator.secrets_box import (
     KeyFileError,
@@ -44,7 +42,7 @@ from validator.secrets_box import (
     write_key,
     write_key_atomically,
 )
-from validator.store import AuditEvent
+from validator.store import AuditEvent, Store
 
 # Every step boundary of the rotations and of the start-up recovery, in order.
 DATA_STEPS = ("data:resealed", "data:committed")
@@ -53,25 +51,10 @@ MASTER_STEPS = ("master:half-written", "master:tmp-written", "master:next-writte
 RECOVERY_STEPS = ("recover:committed", "recover:renamed")
 
 
-class KeyStore(Protocol):
-    """What key management needs from a store (SQLiteStore; later PostgreSQL)."""
-
-    def data_keys(self) -> list[tuple[bytes, bytes, bool]]: ...
-
-    def data_key(self, key_id: bytes) -> bytes | None: ...
-
-    def legacy_samples(self) -> dict[bytes, tuple[str, bytes]]: ...
-
-    def sealed_rows(self, limit: int | None = None) -> Iterator[tuple[str, str, bytes]]: ...
-
-    def rotate_data_key(self, key_id: bytes, wrapped: bytes, now: float,
-                        reseal: Callable[[str, bytes], bytes],
-                        audit: Sequence[AuditEvent] = (),
-                        before_commit: Callable[[], None] = lambda: None) -> int: ...
-
-    def rewrap_data_keys(self, rewrap: Callable[[bytes, bytes], bytes],
-                         audit: Sequence[AuditEvent] = (),
-                         before_commit: Callable[[], None] = lambda: None) -> int: ...
+# What key management needs of a store is the store interface itself (its key methods:
+# data_keys, data_key, legacy_samples, sealed_rows, rotate_data_key, rewrap_data_keys),
+# so a PostgreSQL store gets it by implementing `Store`.
+KeyStore = Store
 
 
 class KeyRecoveryError(KeyFileError):
