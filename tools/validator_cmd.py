@@ -616,6 +616,74 @@ def api_keys_revoke(name: str, directory: Path, as_json: bool) -> None:
           lambda d: click.echo(f"revoked the {gone.role.value} key {name!r}; {RELOAD_HINT}"))
 
 
+# -- backup and restore (offline tools, safe beside a running daemon) ------------------------
+
+_PASSPHRASE_OPTION = click.option(
+    "--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FOBLAB_BACKUP_PASSPHRASE_FILE",
+    help="Encrypt (backup) or decrypt (restore) with the passphrase in this file's first "
+         "line (env FOBLAB_BACKUP_PASSPHRASE_FILE).")
+
+
+def _passphrase(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        _fail(f"cannot read the passphrase file {path}: {exc.strerror or exc}")
+    if not lines or len(lines[0]) < 8:
+        _fail(f"the passphrase file {path} must hold a passphrase of at least 8 bytes on "
+              "its first line")
+    return lines[0]
+
+
+@validator.command()
+@_DIR_OPTION
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@_PASSPHRASE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def backup(directory: Path, out: Path, passphrase_file: Path | None, as_json: bool) -> None:
+    """Copy the validator in DIR into the new file OUT while it serves: a consistent copy
+    of the database (its replay watermarks too), the seed key, the API keys and the files
+    the config names; encrypted with --passphrase-file."""
+    from validator.backup import BackupError
+    from validator.backup import backup as run
+
+    try:
+        made = run(directory / CONFIG_NAME, out, passphrase=_passphrase(passphrase_file))
+    except BackupError as exc:
+        _fail(str(exc))
+    data = {"backup": str(made.path), "encrypted": made.encrypted,
+            "schema_version": made.schema_version, "files": made.files,
+            "seconds": round(made.seconds, 3)}
+    _show(data, as_json, lambda d: click.echo(
+        f"backed up {directory} to {out} ({'encrypted' if made.encrypted else 'not encrypted'}"
+        f", {len(made.files)} files, {made.seconds:.1f} s)"))
+
+
+@validator.command()
+@click.argument("source", metavar="BACKUP",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@_PASSPHRASE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def restore(source: Path, directory: Path, passphrase_file: Path | None,
+            as_json: bool) -> None:
+    """Restore BACKUP into DIR, a new or empty folder (never over a live validator), and
+    check that its secrets open with the restored seed key."""
+    from validator.backup import BackupError
+    from validator.backup import restore as run
+
+    try:
+        data = run(source, directory, passphrase=_passphrase(passphrase_file))
+    except BackupError as exc:
+        _fail(str(exc))
+    _show(data, as_json, lambda d: click.echo(
+        f"restored {source} into {directory} (taken {_when(d['created'])}); start it with: "
+        f"foblab validator serve --dir {directory}"))
+
+
 @validator.command()
 @click.option("--dir", "directory", type=click.Path(path_type=Path), required=True,
               help="The validator directory made by `foblab validator init`.")

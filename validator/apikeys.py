@@ -153,14 +153,8 @@ def ensure_keys_file(path: Path, legacy: Mapping[Role, Path]) -> bool:
     has the keys file already is left alone."""
     if path.exists():
         return False
-    keys = []
-    for role, file in legacy.items():
-        if file.exists():
-            keys.append(ApiKey(role.value, role, digest(read_key_file(file)),
-                               file.stat().st_mtime))
-    if not keys:
-        raise ApiKeyError(f"no API keys file {path} (and no admin.key or verifier.key to "
-                          "make it from)")
+    keys = [ApiKey(role.value, role, digest(read_key_file(file)), file.stat().st_mtime)
+            for role, file in legacy.items()]
     if len({k.sha256 for k in keys}) != len(keys):
         raise ApiKeyError("the admin and verifier keys must differ")
     write_keys(path, keys)

@@ -21,7 +21,6 @@ import pyotp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon_helpers import PYTHON, ROOT, Daemon, init_dir, set_config  # noqa: E402
 
-
 B32 = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 
 
