@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pyotp
+from click.testing import CliRunner
+
+from tools.cli import main
+from validator.daemon import init_dir as make_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon_helpers import PYTHON, ROOT, init_dir, set_config  # noqa: E402
@@ -25,9 +29,17 @@ SEEDS = [pyotp.random_base32(32) for _ in range(6)]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`foblab validator ARGS` in a process of its own (the real command line)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOBLAB_")}
     return subprocess.run([PYTHON, "-m", "tools.cli", "validator", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env=env)
+
+
+def offline(*args: str) -> subprocess.CompletedProcess[str]:
+    """The same in this process (click's runner): no interpreter start-up per call."""
+    result = CliRunner().invoke(main, ["validator", *args], env={
+        k: None for k in os.environ if k.startswith("FOBLAB_")})
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def test_backup_under_load_then_restore_refuses_every_replay(tmp_path: Path,
@@ -120,15 +132,16 @@ def test_backup_under_load_then_restore_refuses_every_replay(tmp_path: Path,
 
 def test_restore_refusals(tmp_path: Path) -> None:
     folder = tmp_path / "v"
-    init_dir(folder)
+    make_dir(folder)
     (tmp_path / "pass.txt").write_text("correct horse battery staple\n")
     (tmp_path / "wrong.txt").write_text("incorrect horse battery staple\n")
     plain, sealed = tmp_path / "plain.backup", tmp_path / "sealed.backup"
-    assert cli("backup", "--dir", str(folder), str(plain)).returncode == 0
-    assert cli("backup", "--dir", str(folder), "--passphrase-file", str(tmp_path / "pass.txt"),
-               str(sealed)).returncode == 0
+    assert offline("backup", "--dir", str(folder), str(plain)).returncode == 0
+    assert offline("backup", "--dir", str(folder), "--passphrase-file",
+                   str(tmp_path / "pass.txt"), str(sealed)).returncode == 0
+    original = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert b"fla_" not in sealed.read_bytes()  # no key in the clear
-    again = cli("backup", "--dir", str(folder), str(plain))
+    again = offline("backup", "--dir", str(folder), str(plain))
     assert again.returncode == 1 and "exists already" in again.stderr
 
     cases = [
@@ -147,13 +160,12 @@ def test_restore_refusals(tmp_path: Path) -> None:
     junk.write_bytes(b"\x1f\x8b" + os.urandom(200))
     cases.append((["restore", str(junk), str(tmp_path / "d")], "not a foblab backup"))
     for args, words in cases:
-        out = cli(*args)
+        out = offline(*args)
         assert out.returncode == 1 and words in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr
     for name in "abcd":
         assert not (tmp_path / name).exists() or not any((tmp_path / name).iterdir())
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        p.name for p in folder.iterdir())  # the original untouched
-    ok = cli("restore", str(plain), str(tmp_path / "e"), "--json")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == original  # untouched
+    ok = offline("restore", str(plain), str(tmp_path / "e"), "--json")
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "e" / "admin.key").read_text() == (folder / "admin.key").read_text()

@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pyotp
+from click.testing import CliRunner
+
+from tools.cli import main
+from validator.daemon import init_dir as make_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon_helpers import PYTHON, ROOT, Daemon, init_dir, set_config  # noqa: E402
@@ -25,9 +29,18 @@ B32 = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`foblab validator ARGS` in a process of its own (the real command line)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOBLAB_")}
     return subprocess.run([PYTHON, "-m", "tools.cli", "validator", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, env=env)
+
+
+def offline(*args: str) -> subprocess.CompletedProcess[str]:
+    """The same in this process (click's runner), for the commands that only touch files:
+    no interpreter start-up per call."""
+    result = CliRunner().invoke(main, ["validator", *args], env={
+        k: None for k in os.environ if k.startswith("FOBLAB_")})
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def wait_for(d: Daemon, words: str, after: int, timeout: float = 20) -> str:
@@ -77,14 +90,15 @@ def test_named_keys_reload_by_sighup_and_by_api(tmp_path: Path, spawn: Any) -> N
     admin, verifier = init_dir(folder)
     keys_file = folder / "api-keys.toml"
     assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
-    listed = cli("api-keys", "list", "--dir", str(folder), "--json")
+    listed = offline("api-keys", "list", "--dir", str(folder), "--json")
     assert [(k["name"], k["role"]) for k in json.loads(listed.stdout)["keys"]] == [
         ("admin", "admin"), ("verifier", "verifier")]
     d = spawn(folder)
     conn = KeepAlive(d.url)
     assert conn.get("/healthz") == 200
 
-    made = cli("api-keys", "create", "radius-gw", "--role", "verifier", "--dir", str(folder))
+    made = offline("api-keys", "create", "radius-gw", "--role", "verifier", "--dir",
+                   str(folder))
     assert made.returncode == 0, made.stderr
     gw = made.stdout.strip()
     assert gw.startswith("flv_") and "not shown again" in made.stderr
@@ -100,7 +114,7 @@ def test_named_keys_reload_by_sighup_and_by_api(tmp_path: Path, spawn: Any) -> N
 
     # the reload endpoint: admin only; revoking takes effect on it
     assert status_with(d, verifier, "POST", "/v1/admin/reload") == 403
-    revoked = cli("api-keys", "revoke", "radius-gw", "--dir", str(folder))
+    revoked = offline("api-keys", "revoke", "radius-gw", "--dir", str(folder))
     assert revoked.returncode == 0, revoked.stderr
     out = cli("reload", "--url", d.url, "--key", admin, "--json")
     assert out.returncode == 0, out.stderr
@@ -166,27 +180,27 @@ def test_an_old_folder_gets_its_keys_file(tmp_path: Path, spawn: Any) -> None:
     assert (folder / "api-keys.toml").exists()
     assert stat.S_IMODE((folder / "api-keys.toml").stat().st_mode) == 0o600
     assert status_with(d, admin) == 200 and status_with(d, verifier) == 403
-    listed = json.loads(cli("api-keys", "list", "--dir", str(folder), "--json").stdout)
+    listed = json.loads(offline("api-keys", "list", "--dir", str(folder), "--json").stdout)
     assert [(k["name"], k["role"]) for k in listed["keys"]] == [
         ("admin", "admin"), ("verifier", "verifier")]
 
 
 def test_api_keys_refusals(tmp_path: Path) -> None:
     folder = tmp_path / "v"
-    init_dir(folder)
+    make_dir(folder)
     for args, words in [
         (["create", "bad name", "--role", "admin"], "a key name must be"),
         (["create", "admin", "--role", "admin"], "there is a key named 'admin' already"),
         (["revoke", "nobody"], "no key named 'nobody'"),
         (["revoke", "admin"], "the last admin key"),
     ]:
-        out = cli("api-keys", *args, "--dir", str(folder))
+        out = offline("api-keys", *args, "--dir", str(folder))
         assert out.returncode == 1 and words in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr
     # with a second admin key, the first may go
-    assert cli("api-keys", "create", "ops", "--role", "admin", "--dir", str(folder)
+    assert offline("api-keys", "create", "ops", "--role", "admin", "--dir", str(folder)
                ).returncode == 0
-    assert cli("api-keys", "revoke", "admin", "--dir", str(folder)).returncode == 0
+    assert offline("api-keys", "revoke", "admin", "--dir", str(folder)).returncode == 0
     (folder / "api-keys.toml").chmod(0o644)
-    out = cli("api-keys", "list", "--dir", str(folder))
+    out = offline("api-keys", "list", "--dir", str(folder))
     assert out.returncode == 1 and "readable by others" in out.stderr

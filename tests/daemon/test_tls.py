@@ -13,19 +13,29 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon_helpers import PYTHON, ROOT, init_dir, set_config  # noqa: E402
 from tls_helpers import make_pki  # noqa: E402
 
 from tools.api_client import ApiClient, ApiError
+from tools.cli import main
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("FOBLAB_")}
+    """`foblab validator ARGS` as a client, in this process (click's runner); `serve` runs
+    in a process of its own (`serve_once`)."""
+    full: dict[str, str | None] = {k: None for k in os.environ if k.startswith("FOBLAB_")}
     full.update(env or {})
-    return subprocess.run([PYTHON, "-m", "tools.cli", "validator", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, env=full)
+    result = CliRunner().invoke(main, ["validator", *args], env=full)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+def serve_once(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOBLAB_")}
+    return subprocess.run([PYTHON, "-m", "tools.cli", "validator", "serve", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_https_with_a_trusted_ca_and_a_clear_error_without(tmp_path: Path, spawn: Any) -> None:
@@ -114,7 +124,7 @@ def test_bad_tls_settings_are_one_line(tmp_path: Path) -> None:
           str(tmp_path / "pki" / "key.pem")], "cannot load the client CAs"),
     ]
     for args, words in cases:
-        out = cli("serve", "--dir", str(tmp_path / "v"), "--port", "0", *args)
+        out = serve_once("--dir", str(tmp_path / "v"), "--port", "0", *args)
         assert out.returncode == 1, (args, out.stderr)
         assert words in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr
