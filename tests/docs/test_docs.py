@@ -329,7 +329,7 @@ def run_document(doc: Path, work: Path) -> list[str]:
     return expected_failures
 
 
-@pytest.mark.timeout(600)  # a shared 2-core machine; a quiet one takes seconds
+@pytest.mark.timeout(900)  # a shared 2-core machine; a quiet one takes seconds
 @pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
 def test_document_runs(doc: Path, tmp_path: Path) -> None:
     if shutil.which("bash") is None:  # pragma: no cover - Debian always has it
