@@ -416,8 +416,31 @@ def observe(
                     tuple(_add(list(soft), drift.tref, obs))
                 if len(soft) < 3:
                     soft = ()
-            return _made(drift.offset, drift.tref, poly, kept, soft, drift.changed)
+            return _made(drift.offset, drift.tref, poly, kept, soft,
+                         _changed(drift, t, lo, hi))
     return _rebuilt(drift, kept, max_rate)
+
+
+def _changed(drift: Drift, t: float, lo: float, hi: float) -> float:
+    """`Drift.changed` once an accepted code at `t` proved the offset within [lo, hi]
+    without contradicting the feasible set (a contradiction rebuilds it: `_rebuilt`).
+
+    After `STEADY_AFTER` codes the belief is well learnt; one such code proves wrong (the
+    believed offset at `t` outside [lo, hi]) says the rate is changing (a token brought in
+    from the cold) before any code contradicts the set itself. `observe` and `track` both
+    decide through here, so the two agree.
+
+    Independent of the cached line: `Drift.predict` reads it when there is one and
+    computes the same line (`believed_line`) when there is not. And when the code cuts
+    nothing from the active polygon the believed offset (clamped to the polygon's offsets
+    at `t`) lies within [lo, hi], so `track`'s shortcut for that case, which skips this
+    call, decides the same.
+    """
+    if len(drift.history) >= STEADY_AFTER:
+        p = drift.predict(t)
+        if p < lo or p > hi:
+            return t
+    return drift.changed
 
 
 def track(drift: Drift, t: float, lo: float, hi: float, max_rate: float,
@@ -457,13 +480,7 @@ def track(drift: Drift, t: float, lo: float, hi: float, max_rate: float,
             rate = line[1]
             return Drift(drift.offset, tref, poly, kept, soft, drift.changed,
                          ((vlo + vhi) / 2 - rate * dt, rate, line[2], line[3]))
-        changed = drift.changed
-        if len(past) >= STEADY_AFTER:
-            # A well-learnt belief the code proves wrong: the rate is changing (a token
-            # brought in from the cold) before any code contradicts the set itself.
-            p = drift.predict(t)
-            if p < lo or p > hi:
-                changed = t
+        changed = _changed(drift, t, lo, hi)
         if not soft:
             poly = _narrow(poly, dt, lo, hi)
         if 3 <= len(poly) <= 2 * history + 4:
