@@ -43,10 +43,14 @@ Observation = tuple[float, float, float]  # (t, lo, hi) of the offset in seconds
 # The believed line and what the window needs, cached per state (`Drift.line`):
 # (a, r, rlo, rhi): the line `a + r*(t - tref)`; the active polygon's rates [rlo, rhi].
 Line = tuple[float, float, float, float]
-UNSTEADY_S: Final = 365.25 * 86_400.0
-"""How long a token whose rate was seen to change counts as unsteady (`Drift.reach`)."""
+UNSTEADY_S: Final = 240 * 86_400.0
+"""How long a token whose rate was seen to change counts as unsteady (`Drift.reach`): 240
+days with a 14 ppm allowance was the best trade of the drift study (docs/scenarios.md)."""
 STEADY_AFTER: Final = 8
 """Codes after which a belief a new code proves wrong counts as a rate change (`track`)."""
+SETTLED_S: Final = 90 * 86_400.0
+"""Gaps up to this long allow a steady token's rate `rate_change` (`Drift.reach`); a longer
+one allows it in proportion to the gap (the rate wanders further the longer nobody looks)."""
 
 
 class DriftPolicy(enum.StrEnum):
@@ -137,7 +141,8 @@ class Drift:
         """Where the clock can realistically be at `now`: the newest observation's
         interval, carried forward at the active polygon's rates (cut to `rate_bound`, s/s,
         unless the evidence lies wholly beyond it), plus `rate_change` (s/s) times the time
-        since, for a rate that is not quite the polygon's (temperature, aging): `unsteady`
+        since, for a rate that is not quite the polygon's (temperature, aging; in proportion
+        to the gap beyond `SETTLED_S`): `unsteady`
         instead while a code has contradicted the set within `UNSTEADY_S` (a token whose
         rate has been seen to change: in a car through the seasons).
 
@@ -151,6 +156,8 @@ class Drift:
         gap = now - t
         if self.changed and now - self.changed < UNSTEADY_S:
             rate_change = unsteady
+        elif gap > SETTLED_S:  # a long absence: aging and the seasons moved the rate further
+            rate_change *= gap / SETTLED_S
         if rlo < -rate_bound < rhi:
             rlo = -rate_bound
         if rlo < rate_bound < rhi:
