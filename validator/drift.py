@@ -487,7 +487,8 @@ def track(drift: Drift, t: float, lo: float, hi: float, max_rate: float,
             rate = line[1]
             return Drift(drift.offset, tref, poly, kept, soft, drift.changed,
                          ((vlo + vhi) / 2 - rate * dt, rate, line[2], line[3]))
-        changed = _changed(drift, t, lo, hi)
+        # (The guard inlined: a call costs a measurable share of the hot path.)
+        changed = _changed(drift, t, lo, hi) if len(past) >= STEADY_AFTER else drift.changed
         if not soft:
             poly = _narrow(poly, dt, lo, hi)
         if 3 <= len(poly) <= 2 * history + 4:
