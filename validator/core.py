@@ -61,9 +61,11 @@ class Policy:
     `window_rate_ppm`: the realistic bound on a token clock's rate (crystal, temperature
     and aging together) the window assumes unless the token's own codes show more.
     `window_rate_change_ppm`: how far the rate may have moved since the newest code
-    (temperature, aging): the window grows by this times the time since;
+    (temperature, aging): the window grows by this times the time since (in proportion to
+    the gap beyond 90 days, `drift.SETTLED_S`);
     `window_unsteady_ppm` instead for a token whose rate has been seen to change (a code
-    contradicted its history within the last year: a token in a car through the seasons).
+    contradicted its history within the last 240 days, `drift.UNSTEADY_S`: a token in a car
+    through the seasons).
     """
 
     window: int = 1
@@ -83,7 +85,7 @@ class Policy:
     max_window: int = 4
     window_rate_ppm: float = 50.0
     window_rate_change_ppm: float = 1.0
-    window_unsteady_ppm: float = 10.0
+    window_unsteady_ppm: float = 14.0
     replay_memory: int = 8
 
     def __post_init__(self) -> None:

@@ -43,10 +43,14 @@ Observation = tuple[float, float, float]  # (t, lo, hi) of the offset in seconds
 # The believed line and what the window needs, cached per state (`Drift.line`):
 # (a, r, rlo, rhi): the line `a + r*(t - tref)`; the active polygon's rates [rlo, rhi].
 Line = tuple[float, float, float, float]
-UNSTEADY_S: Final = 365.25 * 86_400.0
-"""How long a token whose rate was seen to change counts as unsteady (`Drift.reach`)."""
+UNSTEADY_S: Final = 240 * 86_400.0
+"""How long a token whose rate was seen to change counts as unsteady (`Drift.reach`): 240
+days with a 14 ppm allowance was the best trade of the drift study (docs/scenarios.md)."""
 STEADY_AFTER: Final = 8
 """Codes after which a belief a new code proves wrong counts as a rate change (`track`)."""
+SETTLED_S: Final = 90 * 86_400.0
+"""Gaps up to this long allow a steady token's rate `rate_change` (`Drift.reach`); a longer
+one allows it in proportion to the gap (the rate wanders further the longer nobody looks)."""
 
 
 class DriftPolicy(enum.StrEnum):
@@ -137,7 +141,8 @@ class Drift:
         """Where the clock can realistically be at `now`: the newest observation's
         interval, carried forward at the active polygon's rates (cut to `rate_bound`, s/s,
         unless the evidence lies wholly beyond it), plus `rate_change` (s/s) times the time
-        since, for a rate that is not quite the polygon's (temperature, aging): `unsteady`
+        since, for a rate that is not quite the polygon's (temperature, aging; in proportion
+        to the gap beyond `SETTLED_S`): `unsteady`
         instead while a code has contradicted the set within `UNSTEADY_S` (a token whose
         rate has been seen to change: in a car through the seasons).
 
@@ -151,6 +156,8 @@ class Drift:
         gap = now - t
         if self.changed and now - self.changed < UNSTEADY_S:
             rate_change = unsteady
+        elif gap > SETTLED_S:  # a long absence: aging and the seasons moved the rate further
+            rate_change *= gap / SETTLED_S
         if rlo < -rate_bound < rhi:
             rlo = -rate_bound
         if rlo < rate_bound < rhi:
@@ -416,8 +423,31 @@ def observe(
                     tuple(_add(list(soft), drift.tref, obs))
                 if len(soft) < 3:
                     soft = ()
-            return _made(drift.offset, drift.tref, poly, kept, soft, drift.changed)
+            return _made(drift.offset, drift.tref, poly, kept, soft,
+                         _changed(drift, t, lo, hi))
     return _rebuilt(drift, kept, max_rate)
+
+
+def _changed(drift: Drift, t: float, lo: float, hi: float) -> float:
+    """`Drift.changed` once an accepted code at `t` proved the offset within [lo, hi]
+    without contradicting the feasible set (a contradiction rebuilds it: `_rebuilt`).
+
+    After `STEADY_AFTER` codes the belief is well learnt; one such code proves wrong (the
+    believed offset at `t` outside [lo, hi]) says the rate is changing (a token brought in
+    from the cold) before any code contradicts the set itself. `observe` and `track` both
+    decide through here, so the two agree.
+
+    Independent of the cached line: `Drift.predict` reads it when there is one and
+    computes the same line (`believed_line`) when there is not. And when the code cuts
+    nothing from the active polygon the believed offset (clamped to the polygon's offsets
+    at `t`) lies within [lo, hi], so `track`'s shortcut for that case, which skips this
+    call, decides the same.
+    """
+    if len(drift.history) >= STEADY_AFTER:
+        p = drift.predict(t)
+        if p < lo or p > hi:
+            return t
+    return drift.changed
 
 
 def track(drift: Drift, t: float, lo: float, hi: float, max_rate: float,
@@ -457,13 +487,8 @@ def track(drift: Drift, t: float, lo: float, hi: float, max_rate: float,
             rate = line[1]
             return Drift(drift.offset, tref, poly, kept, soft, drift.changed,
                          ((vlo + vhi) / 2 - rate * dt, rate, line[2], line[3]))
-        changed = drift.changed
-        if len(past) >= STEADY_AFTER:
-            # A well-learnt belief the code proves wrong: the rate is changing (a token
-            # brought in from the cold) before any code contradicts the set itself.
-            p = drift.predict(t)
-            if p < lo or p > hi:
-                changed = t
+        # (The guard inlined: a call costs a measurable share of the hot path.)
+        changed = _changed(drift, t, lo, hi) if len(past) >= STEADY_AFTER else drift.changed
         if not soft:
             poly = _narrow(poly, dt, lo, hi)
         if 3 <= len(poly) <= 2 * history + 4:

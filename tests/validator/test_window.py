@@ -137,3 +137,23 @@ def test_hotp_and_resync_decisions_report_their_surface() -> None:
     assert r.accepted and r.window == 2 * (86_400 // P) + 1
     locked = TokenState.from_json({**t.to_json(), "locked_until": START + 10})
     assert core.verify(locked, key, "123456", START).window == 0
+
+
+def test_a_steady_token_back_from_a_long_absence_is_allowed_more_rate_change() -> None:
+    """Up to `SETTLED_S` the allowance for a moved rate grows with the gap; beyond it, with
+    the gap squared (aging and the seasons move the rate further the longer nobody looks):
+    the monthly population's one refusal was a 195-day gap whose rate had moved 1.9 ppm."""
+    from validator import drift as d
+    est = d.reset(d.Drift(), d.interval(63_333_333, 1_900_000_000.0, 30, 0, 5.0),
+                  policy=DriftPolicy.TRACKING, period=30, max_rate=100e-6, fresh=5.0)
+    t_last = est.history[-1][0]
+
+    def extra(gap: float, change: float) -> float:
+        lo, hi = est.reach(t_last + gap, 50e-6, change, 10e-6)
+        lo0, hi0 = est.reach(t_last + gap, 50e-6, 0.0, 10e-6)
+        return hi - hi0
+
+    short = d.SETTLED_S / 2
+    assert abs(extra(short, 1e-6) - 1e-6 * short) < 1e-6
+    long = 3 * d.SETTLED_S
+    assert abs(extra(long, 1e-6) - 3 * 1e-6 * long) < 1e-6
