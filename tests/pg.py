@@ -22,6 +22,8 @@ from urllib.parse import quote
 
 import pytest
 
+from validator.service import Validator
+
 
 def _bin_dir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
@@ -120,3 +122,26 @@ def start_server() -> PgServer:
 def stop_server(server: PgServer) -> None:
     server.run("pg_ctl", "-D", str(server.data), "-w", "-m", "immediate", "stop", check=False)
     shutil.rmtree(server.root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where a test's validator keeps its data: a SQLite path or a PostgreSQL URL, and
+    the key file."""
+
+    target: str | Path
+    key_file: Path
+    backend: str
+
+    def rows(self, query: str) -> list[tuple[object, ...]]:
+        """Raw rows, read past the store (what is really on disk)."""
+        if self.backend == "sqlite":
+            import sqlite3
+            with sqlite3.connect(self.target) as raw:
+                return raw.execute(query).fetchall()
+        import psycopg
+        with psycopg.connect(str(self.target)) as conn:
+            return conn.execute(query).fetchall()  # type: ignore[arg-type]
+
+    def open(self, **kwargs: object) -> Validator:
+        return Validator.open(self.target, self.key_file, **kwargs)  # type: ignore[arg-type]
