@@ -9,11 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg import Database  # type: ignore[import-not-found]
 
 from validator.core import Policy
 from validator.service import Validator
-
-from pg import Database  # type: ignore[import-not-found]
 
 T0 = 1_700_000_000.0  # a fixed "now"; every call passes time explicitly
 

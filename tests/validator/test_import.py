@@ -18,14 +18,13 @@ from typing import Any
 import pskc
 import pyotp
 import pytest
+from pg import Database  # type: ignore[import-not-found]
 
 from protocol import PSKC_ALGORITHMS
 from validator.errors import DuplicateSerial, InvalidAuthenticationCode, SeedFileError
 from validator.importers import SkipReason
 from validator.otp import hotp, totp
 from validator.service import Validator
-
-from pg import Database  # type: ignore[import-not-found]
 
 T0 = 1_700_000_000.0  # 2023-11-14
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from pg import Database  # type: ignore[import-not-found]
 
 from validator import keys
 from validator.secrets_box import (
@@ -23,8 +24,6 @@ from validator.secrets_box import (
 )
 from validator.service import Validator
 from validator.store import SQLiteStore
-
-from pg import Database  # type: ignore[import-not-found]
 
 T0 = 1_700_000_000.0
 SEED_A = bytes.fromhex("00112233445566778899aabbccddeeff00112233")

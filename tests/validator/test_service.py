@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from pg import Database  # type: ignore[import-not-found]
 
 from validator.core import Policy, Reason
 from validator.errors import (
@@ -24,8 +25,6 @@ from validator.errors import (
 from validator.otp import hotp
 from validator.service import Validator
 from validator.store import SCHEMA_VERSION, SQLiteStore, StoreError
-
-from pg import Database  # type: ignore[import-not-found]
 
 T0 = 1_700_000_000.0
 SEED = bytes.fromhex("8f1c2d3e4a5b6c7d8e9fa0b1c2d3e4f5a6b7c8d9")
