@@ -51,10 +51,12 @@ class StartupError(Exception):
 # -- init ----------------------------------------------------------------------------------
 
 def init_dir(directory: Path, *, host: str = "127.0.0.1", port: int = 8700,
-             force: bool = False) -> dict[str, Path | str]:
+             force: bool = False, database_url: str | None = None) -> dict[str, Path | str]:
     """Create `directory` with foblab.toml, the seed key, the database and both API keys
     (every secret file 0600). Refuses to touch an existing config unless `force` (and even
-    then never overwrites a key or the database). Returns the paths and the two keys."""
+    then never overwrites a key or the database). Returns the paths and the two keys.
+    `database_url`: keep the data in that PostgreSQL database (its tables are created; a
+    database another daemon set up already needs that daemon's seed key file here first)."""
     import tomli_w
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -63,28 +65,43 @@ def init_dir(directory: Path, *, host: str = "127.0.0.1", port: int = 8700,
     if config.exists() and not force:
         raise StartupError(f"{config} exists already; this folder is initialised")
     doc = default_document(host, port)
+    if database_url is not None:
+        doc["validator"]["database_url"] = database_url
     files = {key: directory / doc["validator"][key] for key in
              ("database", "seed_key_file", "admin_key_file", "verifier_key_file")}
     for key in ("admin_key_file", "verifier_key_file", "database", "seed_key_file"):
+        if database_url is not None and key == "seed_key_file":
+            continue  # may be the shared key of the database's other daemons, copied here
         if files[key].exists():
             raise StartupError(f"{files[key]} exists already; remove it or pick another folder")
     keys = {Role.ADMIN: new_key(Role.ADMIN), Role.VERIFIER: new_key(Role.VERIFIER)}
     try:
         write_key_file(files["admin_key_file"], keys[Role.ADMIN])
         write_key_file(files["verifier_key_file"], keys[Role.VERIFIER])
-        validator = Validator.open(files["database"], files["seed_key_file"])
+        validator = Validator.open(database_url or files["database"], files["seed_key_file"])
         validator.close()
-        os.chmod(files["database"], 0o600)
+        if database_url is None:
+            os.chmod(files["database"], 0o600)
         tmp = config.with_name(config.name + ".tmp")
         tmp.write_bytes(tomli_w.dumps(doc).encode())
         os.replace(tmp, config)
-    except (OSError, sqlite3.Error, KeyFileError) as exc:
+    except (OSError, sqlite3.Error, KeyFileError, StoreError) as exc:
         raise StartupError(f"cannot initialise {directory}: {exc}") from None
+    if database_url is not None:
+        del files["database"]
     return {"config": config, **files, "admin_key": keys[Role.ADMIN],
             "verifier_key": keys[Role.VERIFIER]}
 
 
 # -- start-up checks -------------------------------------------------------------------------
+
+def describe_database(settings: Settings) -> str:
+    """The configured database for messages (a URL without its password)."""
+    if settings.database_url is None:
+        return str(settings.database)
+    from validator.store_pg import redact
+    return redact(settings.database_url)
+
 
 def open_validator(settings: Settings, *,
                    clock: Callable[[], float] | None = None) -> Validator:
@@ -93,15 +110,17 @@ def open_validator(settings: Settings, *,
 
     `clock` is for foblab's own test lab (`foblab.lab(time_machine=True)`) only: `serve`
     never passes one, so a daemon run by `foblab validator serve` always reads true time."""
-    if not settings.database.is_file():
+    where = describe_database(settings)
+    if settings.database_url is None and not settings.database.is_file():
         raise StartupError(f"database {settings.database} does not exist (run foblab "
                            "validator init)")
-    if not os.access(settings.database, os.R_OK | os.W_OK) or \
-            not os.access(settings.database.parent, os.W_OK | os.X_OK):
+    if settings.database_url is None and (
+            not os.access(settings.database, os.R_OK | os.W_OK)
+            or not os.access(settings.database.parent, os.W_OK | os.X_OK)):
         raise StartupError(f"database {settings.database} (and its folder, for the WAL) "
                            "must be writable")
     try:
-        validator = Validator.open(settings.database, settings.seed_key_file,
+        validator = Validator.open(settings.store_target, settings.seed_key_file,
                                    policy=settings.policy, durability=settings.durability,
                                    min_secret_bytes=settings.min_secret_bytes,
                                    import_limits=settings.import_limits(), create_key=False,
@@ -109,12 +128,12 @@ def open_validator(settings: Settings, *,
     except KeyFileError as exc:
         raise StartupError(str(exc)) from None
     except (sqlite3.Error, StoreError, OSError) as exc:
-        raise StartupError(f"cannot open database {settings.database}: {exc}") from None
+        raise StartupError(f"cannot open database {where}: {exc}") from None
     try:  # a write, so a read-only database is found now, not at the first verify
         validator.store.add_audit([AuditEvent(time.time(), "daemon_start", "ok")])
-    except (sqlite3.Error, OSError) as exc:
+    except (sqlite3.Error, OSError, StoreError) as exc:
         validator.close()
-        raise StartupError(f"cannot write database {settings.database}: {exc}") from None
+        raise StartupError(f"cannot write database {where}: {exc}") from None
     problem = validator.check_keys()  # /healthz answers 503 with it until a rotation fixes it
     if problem:
         log.error("%s", problem)

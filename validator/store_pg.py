@@ -146,6 +146,10 @@ class PostgresStore:
         if readonly:
             options += " -c default_transaction_read_only=on"
         kwargs = {"autocommit": True, "connect_timeout": connect_timeout, "options": options}
+        try:
+            psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError:
+            raise StoreError("the database URL cannot be parsed") from None
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=min_size, max_size=max_size, kwargs=kwargs, timeout=timeout,
             check=psycopg_pool.ConnectionPool.check_connection, open=False,
