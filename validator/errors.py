@@ -169,6 +169,14 @@ class Conflict(ValidatorError):
     status = 503
 
 
+class DatabaseUnavailable(ValidatorError):
+    """The database does not answer now (PostgreSQL down or unreachable); try again. Raised
+    by the store (`validator.store.StoreUnavailable`), answered 503 by every door."""
+
+    code = "database_unavailable"
+    status = 503
+
+
 class DoorDisabled(ValidatorError):
     """A page or request of a door that is not running (the AWS endpoint without [aws])."""
 

@@ -57,6 +57,7 @@ from validator.store import (
     Durability,
     StaleDataKey,
     Store,
+    StoreUnavailable,
     TokenRecord,
     is_url,
     open_store,
@@ -680,6 +681,8 @@ class Validator:
         opened; else the reason, safe to show (no secret, no path)."""
         try:
             self.store.check()
+        except StoreUnavailable as exc:  # its message names no host and no password
+            return f"the database is unavailable: {exc.message}"
         except Exception as exc:  # noqa: BLE001 - any failure of the database is the answer
             return f"the database cannot be read ({type(exc).__name__})"
         return self.key_problem

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from validator.core import TokenState
-from validator.errors import DuplicateSerial
+from validator.errors import DatabaseUnavailable, DuplicateSerial
 
 SCHEMA_VERSION = 5
 
@@ -117,7 +117,7 @@ class StoreError(Exception):
     """The database cannot be used (a newer schema, a broken file)."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError, DatabaseUnavailable):
     """The database does not answer now (a server down or unreachable, no free connection
     within the timeout). Transient: the doors answer 503 and the next request tries again."""
 

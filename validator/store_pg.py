@@ -135,11 +135,14 @@ def redact(url: str) -> str:
 class PostgresStore:
     """The store on a PostgreSQL database (psycopg 3, a bounded connection pool)."""
 
+    remote = True  # every call waits on the network: the HTTP door calls it from threads
+
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8,
                  timeout: float = 5.0, statement_timeout_ms: int = 5000,
                  connect_timeout: int = 3, migrate: bool = True,
                  readonly: bool = False) -> None:
         self.url = url
+        self.max_connections = max_size
         self.readonly = readonly
         self.timeout = timeout
         options = f"-c statement_timeout={int(statement_timeout_ms)}"
