@@ -49,7 +49,7 @@ from validator.importers import (
     parse_csv,
     parse_pskc,
 )
-from validator.secrets_box import SecretBox
+from validator.secrets_box import SecretBox, UnknownDataKey
 from validator.store import (
     AuditEntry,
     AuditEvent,
@@ -480,7 +480,10 @@ class Validator:
         def attempt() -> TokenInfo | None:
             record = self._record(serial)
             admit(record)
-            key = self.box.open(serial, record.sealed)
+            try:
+                key = self.box.open(serial, record.sealed)
+            except UnknownDataKey:  # resealed by a rotation elsewhere since it was read
+                return None
             decision = decide(record.state, key, code1, code2, now, self.policy)
             if not decision.accepted:
                 self._refuse(action, record, user, decision, now, via, client)
@@ -559,8 +562,11 @@ class Validator:
                                         client=client)
             if not records:
                 return self._answer(user, None, Reason.NO_DEVICE, t, via=via, client=client)
-            decisions = [(r, core.verify(r.state, self.box.open(r.serial, r.sealed), code, t,
-                                         self.policy)) for r in records]
+            try:
+                decisions = [(r, core.verify(r.state, self.box.open(r.serial, r.sealed), code,
+                                             t, self.policy)) for r in records]
+            except UnknownDataKey:  # resealed by a rotation elsewhere since it was read
+                continue
             window = sum(d.window for _, d in decisions)
             winner = next(((r, d) for r, d in decisions if d.accepted), None)
             if winner is not None:
