@@ -29,6 +29,8 @@ SQLite store's, with these PostgreSQL means:
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -104,6 +106,7 @@ PG_MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 assert max(PG_MIGRATIONS) == SCHEMA_VERSION
 
+PROBE_INTERVAL = 1.0  # seconds between reconnection probes while the database is down
 _MIGRATION_LOCK = 0x666F626C  # "fobl": the advisory lock migrations hold
 _COLUMNS = 'serial, state, sealed, "user", version, created, assigned_at'
 _AUDIT_COLUMNS = 'id, time, action, result, reason, serial, "user", via, client, window_steps'
@@ -138,16 +141,20 @@ class PostgresStore:
     remote = True  # every call waits on the network: the HTTP door calls it from threads
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8,
-                 timeout: float = 5.0, statement_timeout_ms: int = 5000,
+                 timeout: float = 2.0, statement_timeout_ms: int = 5000,
                  connect_timeout: int = 3, migrate: bool = True,
                  readonly: bool = False) -> None:
         self.url = url
         self.max_connections = max_size
+        self._down_at: float | None = None  # monotonic time the database last failed
+        self._probe_lock = threading.Lock()
+        self._connect_timeout = connect_timeout
         self.readonly = readonly
         self.timeout = timeout
         options = f"-c statement_timeout={int(statement_timeout_ms)}"
         if readonly:
             options += " -c default_transaction_read_only=on"
+        self._options = options
         kwargs = {"autocommit": True, "connect_timeout": connect_timeout, "options": options}
         try:
             psycopg.conninfo.conninfo_to_dict(url)
@@ -177,15 +184,38 @@ class PostgresStore:
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection. Once the database has failed, requests fail at once (no
+        wait for the pool's timeout each) until a direct probe, at most once a second,
+        connects again."""
+        if self._down_at is not None:
+            self._probe()
         try:
             with self._pool.connection(timeout=self.timeout) as conn:
                 yield conn
         except psycopg_pool.PoolTimeout:
+            self._down_at = time.monotonic()
             raise StoreUnavailable("no database connection within "
                                    f"{self.timeout:g} s") from None
         except psycopg.OperationalError as exc:
+            self._down_at = time.monotonic()
             raise StoreUnavailable(f"the database is unreachable ({type(exc).__name__})"
                                    ) from None
+
+    def _probe(self) -> None:
+        with self._probe_lock:
+            if self._down_at is None:
+                return
+            if time.monotonic() - self._down_at < PROBE_INTERVAL:
+                raise StoreUnavailable("the database is unreachable (checked less than "
+                                       f"{PROBE_INTERVAL:g} s ago)")
+            try:
+                psycopg.connect(self.url, connect_timeout=self._connect_timeout,
+                                autocommit=True).close()
+            except psycopg.Error as exc:
+                self._down_at = time.monotonic()
+                raise StoreUnavailable(f"the database is unreachable "
+                                       f"({type(exc).__name__})") from None
+            self._down_at = None
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
@@ -416,11 +446,20 @@ class PostgresStore:
         yield from rows
 
     def check(self) -> None:
-        """Raise unless the database answers now (a pooled connection, checked first)."""
-        with self._connection() as conn:
-            conn.execute("SELECT version FROM schema_version").fetchone()
-            conn.execute("SELECT count(*) FROM data_keys").fetchone()
-            conn.execute("SELECT serial FROM tokens LIMIT 1").fetchone()
+        """Raise unless the database answers now: a fresh connection (a pooled one could
+        wait for the pool's timeout while the server is down), which also ends the fast
+        failing of `_connection` when it succeeds."""
+        try:
+            with psycopg.connect(self.url, connect_timeout=self._connect_timeout,
+                                 autocommit=True, options=self._options) as conn:
+                conn.execute("SELECT version FROM schema_version").fetchone()
+                conn.execute("SELECT count(*) FROM data_keys").fetchone()
+                conn.execute("SELECT serial FROM tokens LIMIT 1").fetchone()
+        except psycopg.OperationalError as exc:
+            self._down_at = time.monotonic()
+            raise StoreUnavailable(f"the database is unreachable ({type(exc).__name__})"
+                                   ) from None
+        self._down_at = None
 
     # -- reads -----------------------------------------------------------------------------
 
