@@ -119,8 +119,12 @@ def _station_option(values: Sequence[str]) -> dict[str, str]:
                    "overrides its listen).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Processes answering on the one port (SQLite in WAL mode or PostgreSQL; "
+                   "not with [radius] or stations).")
 def serve(directory: Path | None, config: Path | None, host: str | None, port: int | None,
-          stations: Sequence[str], radius_listen: str | None, log_level: str) -> None:
+          stations: Sequence[str], radius_listen: str | None, log_level: str,
+          workers: int) -> None:
     """Run the daemon until SIGTERM or Ctrl-C."""
     from validator.daemon import StartupError
     from validator.daemon import serve as run
@@ -157,7 +161,8 @@ def serve(directory: Path | None, config: Path | None, host: str | None, port: i
         click.echo(f"foblab validator answering RADIUS on udp {address}", err=True)
 
     try:
-        code = run(settings, on_ready=ready, log_level=log_level, on_radius=radius_ready)
+        code = run(settings, on_ready=ready, log_level=log_level, on_radius=radius_ready,
+                   workers=workers)
     except StartupError as exc:
         _fail(str(exc))
     sys.exit(code)

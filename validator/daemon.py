@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -210,10 +211,15 @@ def _radius(settings: Settings) -> tuple[Any, Any] | None:
 
 def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
           log_level: str = "info", graceful_timeout: int | None = 30,
-          on_radius: Callable[[str], None] | None = None) -> int:
+          on_radius: Callable[[str], None] | None = None, workers: int = 1,
+          sock: socket.socket | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT. Raises StartupError before serving; returns 0
     after a clean shutdown, 1 if uvicorn could not start. `on_radius` gets the RADIUS
-    door's `HOST:PORT` once it answers (before `on_ready`)."""
+    door's `HOST:PORT` once it answers (before `on_ready`). `workers` > 1: that many
+    processes on one port (`serve_workers`). `sock`: an already bound listening socket."""
+    if workers > 1:
+        return serve_workers(settings, workers, on_ready=on_ready, log_level=log_level,
+                             graceful_timeout=graceful_timeout)
     from validator.app import create_app
 
     _configure_logging(log_level)
@@ -229,7 +235,7 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
         raise StartupError(str(exc)) from None
     radius = _radius(settings)
     try:
-        sock = bind(settings.host, settings.port)
+        sock = sock or bind(settings.host, settings.port)
     except BaseException:
         if radius is not None:
             radius[1].close()
@@ -307,4 +313,115 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
         close(quiet=True)  # already closed by the lifespan shutdown unless start-up failed
 
 
-__all__ = ["ConfigError", "StartupError", "init_dir", "open_validator", "serve"]
+# -- several processes on one port ------------------------------------------------------------
+
+def serve_workers(settings: Settings, workers: int, *,
+                  on_ready: Callable[[str], None] | None = None, log_level: str = "info",
+                  graceful_timeout: int | None = 30) -> int:
+    """`workers` processes answering on one listening socket (bound here, inherited by
+    each forked worker; the kernel spreads the connections). Each worker opens its own
+    database connections: a SQLite file in WAL mode, or PostgreSQL. The database and keys
+    are opened once here first (start-up checks, migrations, an interrupted key rotation
+    settled), then closed before forking. `on_ready` runs once every worker listens.
+    SIGTERM/SIGINT is passed to every worker, each finishes its requests and closes its
+    database; returns 0 when all exited cleanly. A worker that dies otherwise is replaced.
+    """
+    _configure_logging(log_level)
+    if settings.radius is not None:
+        raise StartupError("--workers needs a config without [radius]: a RADIUS challenge "
+                           "is remembered by one process (run one daemon for RADIUS)")
+    if settings.stations:
+        raise StartupError("--workers needs a config without [stations]: a serial port is "
+                           "opened by one process only")
+    sock = bind(settings.host, settings.port)
+    try:
+        open_validator(settings).close()
+    except BaseException:
+        sock.close()
+        raise
+    ready_r, ready_w = os.pipe()
+    children: dict[int, int] = {}  # pid -> worker number
+    stopping = False
+
+    def spawn(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                os.close(ready_r)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                def say_ready(_url: str) -> None:
+                    os.write(ready_w, b"r")
+
+                code = serve(settings, log_level=log_level, graceful_timeout=graceful_timeout,
+                             sock=sock, on_ready=say_ready)
+            except StartupError as exc:
+                log.error("worker %d: %s", number, exc)
+            except BaseException:  # noqa: BLE001 - a worker reports, never unwinds the parent
+                log.exception("worker %d failed", number)
+            finally:
+                os._exit(code)
+        children[pid] = number
+
+    def stop_all(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
+    codes: list[int] = []
+    try:
+        for number in range(workers):
+            spawn(number)
+        ready = 0
+        died = False
+        while ready < workers and not stopping and not died:
+            if select.select([ready_r], [], [], 0.5)[0]:
+                ready += len(os.read(ready_r, workers))
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            died = pid != 0 and children.pop(pid, None) is not None
+        if ready < workers and not stopping:
+            stop_all()
+            _reap(children)
+            raise StartupError(f"only {ready} of {workers} workers started (see the log)")
+        host, port = sock.getsockname()[:2]
+        url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        log.info("%d workers serving on %s", workers, url)
+        if on_ready is not None and not stopping:
+            on_ready(url)
+        while children:
+            pid, status = os.wait()
+            number = children.pop(pid, -1)
+            if number < 0:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if stopping:
+                codes.append(code)
+            else:
+                log.error("worker %d (pid %d) ended with status %d; starting another",
+                          number, pid, code)
+                time.sleep(0.5)
+                spawn(number)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(ready_r)
+        os.close(ready_w)  # open until here: a replacement worker says ready too
+        sock.close()
+    # -SIGTERM: a worker still starting when asked to stop (no request in flight yet)
+    return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
+
+
+def _reap(children: dict[int, int]) -> None:
+    while children:
+        pid, _ = os.wait()
+        children.pop(pid, None)
+
+
+__all__ = ["ConfigError", "StartupError", "init_dir", "open_validator", "serve",
+           "serve_workers"]
