@@ -84,7 +84,9 @@ class PgServer:
         return self.url(name)
 
 
-def start_server() -> PgServer:
+def start_server(*, durable: bool = False) -> PgServer:
+    """initdb and start a server. `durable`: PostgreSQL's defaults (fsync at every commit),
+    for benchmarks; otherwise a throw-away server without fsync, for tests."""
     bin_dir = _bin_dir()
     if bin_dir is None or not (bin_dir / "initdb").exists():
         missing("PostgreSQL's initdb and pg_ctl are not installed")
@@ -112,9 +114,9 @@ def start_server() -> PgServer:
     server.run("initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync",
                "-E", "UTF8", "--locale=C")
     with (data / "postgresql.conf").open("a") as conf:
-        # A throw-away server: no durability needed, and many test databases.
-        conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                   "max_connections = 300\nshared_buffers = 32MB\n")
+        conf.write("max_connections = 300\nshared_buffers = 64MB\n")
+        if not durable:  # a throw-away server: no durability needed
+            conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
     server.start()
     return server
 

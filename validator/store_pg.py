@@ -306,29 +306,47 @@ class PostgresStore:
                         user: str | None | _Keep = KEEP, assigned_at: float | None = None,
                         max_devices: int | None = None,
                         audit: Sequence[AuditEvent] = ()) -> Cas:
+        if isinstance(user, _Keep):  # verify's path: one statement, one round trip
+            return self._set_state(serial, version, state, audit)
         with self._connection() as conn:
             with conn.transaction():
-                if isinstance(user, _Keep):
-                    cur = conn.execute(
-                        "UPDATE tokens SET state = %s, version = version + 1 "
-                        "WHERE serial = %s AND version = %s", (_dumps(state), serial, version))
-                else:
-                    if user is not None and max_devices is not None:
-                        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                                     ("user:" + user,))
-                        (held,) = conn.execute(
-                            'SELECT count(*) FROM tokens WHERE "user" = %s AND serial != %s',
-                            (user, serial)).fetchone() or (0,)
-                        if held >= max_devices:
-                            return Cas.DEVICE_LIMIT  # nothing written: the commit is empty
-                    cur = conn.execute(
-                        'UPDATE tokens SET state = %s, "user" = %s, assigned_at = %s, '
-                        "version = version + 1 WHERE serial = %s AND version = %s",
-                        (_dumps(state), user, assigned_at, serial, version))
+                if user is not None and max_devices is not None:
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                                 ("user:" + user,))
+                    (held,) = conn.execute(
+                        'SELECT count(*) FROM tokens WHERE "user" = %s AND serial != %s',
+                        (user, serial)).fetchone() or (0,)
+                    if held >= max_devices:
+                        return Cas.DEVICE_LIMIT  # nothing written: the commit is empty
+                cur = conn.execute(
+                    'UPDATE tokens SET state = %s, "user" = %s, assigned_at = %s, '
+                    "version = version + 1 WHERE serial = %s AND version = %s",
+                    (_dumps(state), user, assigned_at, serial, version))
                 if cur.rowcount != 1:
                     return Cas.CONFLICT
                 self._write(conn, audit)
         return Cas.OK
+
+    def _set_state(self, serial: str, version: int, state: TokenState,
+                   audit: Sequence[AuditEvent]) -> Cas:
+        """The compare-and-set of a state and its audit rows as one statement (atomic on
+        its own in autocommit mode): the rows are inserted only if the update matched."""
+        update = ("UPDATE tokens SET state = %s, version = version + 1 "
+                  "WHERE serial = %s AND version = %s RETURNING 1")
+        args: list[Any] = [_dumps(state), serial, version]
+        with self._connection() as conn:
+            if not audit:
+                return Cas.OK if conn.execute(update, args).rowcount == 1 else Cas.CONFLICT
+            row = ("(%s::double precision, %s::text, %s::text, %s::text, %s::text, %s::text, "
+                   "%s::text, %s::text, %s::integer)")
+            for e in audit:
+                args += [e.time, e.serial, e.user, e.action, e.result, e.reason, e.via,
+                         e.client, e.window]
+            cur = conn.execute(
+                f"WITH u AS ({update}) INSERT INTO audit (time, serial, \"user\", action, "
+                "result, reason, via, client, window_steps) SELECT v.* FROM (VALUES "
+                f"{', '.join([row] * len(audit))}) AS v WHERE EXISTS (SELECT 1 FROM u)", args)
+            return Cas.OK if cur.rowcount == len(audit) else Cas.CONFLICT
 
     def delete(self, serial: str, version: int, audit: Sequence[AuditEvent] = ()) -> Cas:
         with self.transaction() as conn:
