@@ -38,7 +38,12 @@ def test_init_with_a_database_url_writes_it_and_env_overrides(
     assert settings.database_url == pg_url and settings.store_target == pg_url
     v = Validator.open(settings.store_target, settings.seed_key_file)
     assert v.store.data_keys()  # the first data key is in PostgreSQL
+    v.register_token("TOK1", SEED, now=T0)
     v.close()
+    checked = CliRunner().invoke(validator_cli, ["check", "--dir", str(tmp_path / "v"),
+                                                 "--json"])
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.output)["opened"] == 1
     monkeypatch.setenv("FOBLAB_DATABASE_URL", "postgresql://elsewhere/db")
     assert load(tmp_path / "v" / CONFIG_NAME).database_url == "postgresql://elsewhere/db"
     monkeypatch.setenv("FOBLAB_DATABASE_URL", "mysql://nope")
@@ -75,7 +80,9 @@ def test_migrate_reports_and_upgrades(pg_url: str, tmp_path: Path) -> None:
         conn.execute("UPDATE schema_version SET version = 4")
     result = runner.invoke(validator_cli, ["migrate", "--database", pg_url, "--json"])
     assert json.loads(result.output) == {"from": 4, "to": SCHEMA_VERSION}
-    assert open_store(pg_url).data_keys() == []
+    store = open_store(pg_url)
+    assert store.data_keys() == []
+    store.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match="newer"):
