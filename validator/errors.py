@@ -255,11 +255,13 @@ class TokenNotRegistered(StationError):
 
 
 def refusals() -> list[type[ValidatorError]]:
-    """Every class of the tree (the tests check codes are unique and statuses are 4xx/5xx)."""
+    """Every class of the tree (the tests check codes are unique and statuses are 4xx/5xx);
+    not the classes elsewhere that also are one of them (validator.store.StoreUnavailable
+    is a DatabaseUnavailable, with its code)."""
     out: list[type[ValidatorError]] = []
     todo: list[type[ValidatorError]] = [ValidatorError]
     while todo:
         cls = todo.pop()
         out.append(cls)
-        todo.extend(cls.__subclasses__())
+        todo.extend(c for c in cls.__subclasses__() if c.__module__ == __name__)
     return out
