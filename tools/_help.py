@@ -48,9 +48,15 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "token qa reset": ("foblab token qa reset fob",),
     "validator": ("foblab validator init lab", "foblab validator serve --dir lab"),
     "validator init": ("foblab validator init lab",
-                       "foblab validator init /var/lib/foblab --port 8700 --show-keys"),
+                       "foblab validator init /var/lib/foblab --port 8700 --show-keys",
+                       "foblab validator init lab --database-url postgresql://foblab@db/foblab"),
     "validator serve": ("foblab validator serve --dir lab",
-                        "foblab validator serve --dir lab --station bench1=/dev/ttyUSB0"),
+                        "foblab validator serve --dir lab --station bench1=/dev/ttyUSB0",
+                        "foblab validator serve --dir lab --workers 2"),
+    "validator migrate": ("foblab validator migrate --dir lab",
+                          "foblab validator migrate --database postgresql://foblab@db/foblab"),
+    "validator copy": ("foblab validator copy --from lab/validator.db --to "
+                       "postgresql://foblab@db/foblab",),
     "validator verify": ("foblab validator verify alice 287082 --dir lab",
                          "FOBLAB_URL=http://127.0.0.1:8700 FOBLAB_KEY=$(cat lab/verifier.key) "
                          "foblab validator verify alice 287082"),

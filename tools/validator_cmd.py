@@ -51,7 +51,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group(cls=LazyGroup, lazy={"aws-keys": "tools.aws_keys_cmd:aws_keys",
-                                  "radius": "tools.radius_cmd:radius"})
+                                  "radius": "tools.radius_cmd:radius",
+                                  "migrate": "tools.database_cmd:migrate",
+                                  "copy": "tools.database_cmd:copy"})
 def validator() -> None:
     """The validator daemon: init, serve, and its API from the command line."""
 
@@ -63,13 +65,22 @@ def validator() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
 @click.option("--show-keys", is_flag=True, help="Also print the two API keys.")
+@click.option("--database-url", metavar="URL",
+              help="Keep the data in this PostgreSQL database (postgresql://...) instead of "
+                   "a SQLite file; several daemons may share it (copy seed.key to each).")
 @click.option("--json", "as_json", is_flag=True)
-def init(directory: Path, host: str, port: int, show_keys: bool, as_json: bool) -> None:
+def init(directory: Path, host: str, port: int, show_keys: bool, database_url: str | None,
+         as_json: bool) -> None:
     """Create DIRECTORY: foblab.toml, seed key, database, admin and verifier API keys."""
+    from validator.config import check_database_url
     from validator.daemon import StartupError, init_dir
 
     try:
-        made = init_dir(directory, host=host, port=port)
+        if database_url is not None:
+            check_database_url(database_url)
+        made = init_dir(directory, host=host, port=port, database_url=database_url)
+    except ConfigError as exc:
+        _fail(str(exc))
     except StartupError as exc:
         _fail(str(exc))
     shown = {k: str(v) for k, v in made.items() if show_keys or not k.endswith("_key")}
@@ -118,9 +129,13 @@ def _station_option(values: Sequence[str]) -> dict[str, str]:
               help="Require a client certificate signed by a CA in this file (PEM).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Processes answering on the one port (SQLite in WAL mode or PostgreSQL; "
+                   "not with [radius] or stations).")
 def serve(directory: Path | None, config: Path | None, host: str | None, port: int | None,
           stations: Sequence[str], radius_listen: str | None, tls_cert: Path | None,
-          tls_key: Path | None, tls_client_ca: Path | None, log_level: str) -> None:
+          tls_key: Path | None, tls_client_ca: Path | None, log_level: str,
+          workers: int) -> None:
     """Run the daemon until SIGTERM or Ctrl-C; SIGHUP re-reads the config and API keys."""
     from validator.daemon import StartupError
     from validator.daemon import serve as run
@@ -175,7 +190,7 @@ def serve(directory: Path | None, config: Path | None, host: str | None, port: i
 
     try:
         code = run(settings, on_ready=ready, log_level=log_level, on_radius=radius_ready,
-                   overrides=command_line)
+                   overrides=command_line, workers=workers)
     except StartupError as exc:
         _fail(str(exc))
     sys.exit(code)
@@ -692,19 +707,20 @@ def check(directory: Path, as_json: bool) -> None:
     """Open every sealed secret of a validator directory, offline and read-only (safe
     beside a running daemon); exit 1 unless every one opens."""
     from validator import keys
+    from validator.daemon import describe_database
     from validator.secrets_box import KeyFileError
-    from validator.store import SQLiteStore, StoreError
+    from validator.store import StoreError, open_store
 
     try:
         settings = load(directory / CONFIG_NAME)
     except ConfigError as exc:
         _fail(str(exc))
-    if not settings.database.is_file():
+    if settings.database_url is None and not settings.database.is_file():
         _fail(f"no database at {settings.database}")
     try:
-        store = SQLiteStore(settings.database, readonly=True)
+        store = open_store(settings.store_target, readonly=True)
     except (StoreError, sqlite3.Error) as exc:
-        _fail(f"cannot read database {settings.database}: {exc}")
+        _fail(f"cannot read database {describe_database(settings)}: {exc}")
     try:
         box = keys.open_box(store, settings.seed_key_file, settle=False)
         result = keys.check(store, box)

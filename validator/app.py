@@ -90,7 +90,7 @@ def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
         return Response(document, media_type="application/json")
 
     routes.append(Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False))
-    if aws is None:
+    if aws is None and settings.database_url is None:  # its tables are SQLite-only for now
         aws = load_aws_endpoint(validator, settings.database, settings.aws)
     if aws is not None:
         for path in ("/aws", "/aws/"):

@@ -2,6 +2,8 @@
 
     [validator]
     database = "validator.db"          # paths are relative to the config file's folder
+    database_url = "postgresql://..."  # instead of the file: a PostgreSQL database that
+                                       # several daemons share; FOBLAB_DATABASE_URL overrides
     seed_key_file = "seed.key"         # AES-256-GCM key of the seeds at rest (0600)
     admin_key_file = "admin.key"       # the first admin key (0600; the CLI's --dir reads it)
     verifier_key_file = "verifier.key" # the first verifier key (0600)
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,8 +74,19 @@ DEFAULT_PORT = 8700
 DEFAULT_RADIUS_PORT = 1812
 
 
+DATABASE_URL_ENV = "FOBLAB_DATABASE_URL"
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message is one line for the operator."""
+
+
+def check_database_url(url: object) -> str:
+    """A PostgreSQL URL, or ConfigError (never echoing the URL: it may hold a password)."""
+    if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")) \
+            or len(url) > 2048:
+        raise ConfigError(f"database_url (or {DATABASE_URL_ENV}) must be a postgresql:// URL")
+    return url
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,12 @@ class Settings:
     aws: dict[str, Any] = field(default_factory=dict)
     radius: RadiusConfig | None = None  # None: no RADIUS door
     source: Path | None = None  # the config file, for messages
+    database_url: str | None = None  # a PostgreSQL database instead of the SQLite file
+
+    @property
+    def store_target(self) -> str | Path:
+        """What the store opens: the PostgreSQL URL if there is one, else the file."""
+        return self.database_url or self.database
 
     def import_limits(self) -> ImportLimits:
         return ImportLimits(max_bytes=self.max_import_bytes, max_depth=self.import_max_depth,
@@ -266,7 +286,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
     main = dict(data.get("validator", {}))
     extra = set(main) - set(_FILE_KEYS) - set(_OPTIONAL_FILES) - set(_SCALARS) \
-        - {"trusted_proxies"}
+        - {"trusted_proxies", "database_url"}
     if extra:
         raise ConfigError(f"unknown key(s) in [validator]: {', '.join(sorted(extra))}")
     values: dict[str, Any] = {}
@@ -311,6 +331,9 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
     if values.get("max_connections", 1) < 1:
         raise ConfigError("[validator] max_connections must be at least 1")
     values["trusted_proxies"] = _proxies(main.get("trusted_proxies", []))
+    url = os.environ.get(DATABASE_URL_ENV) or main.get("database_url")
+    if url is not None:
+        values["database_url"] = check_database_url(url)
     if not 1 <= values.get("ui_session_seconds", 60.0) <= 30 * 86_400:
         raise ConfigError("[validator] ui_session_seconds must be 1 to 2592000 (30 days)")
 

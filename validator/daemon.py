@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -75,11 +76,13 @@ class StartupError(Exception):
 # -- init ----------------------------------------------------------------------------------
 
 def init_dir(directory: Path, *, host: str = "127.0.0.1", port: int = 8700,
-             force: bool = False) -> dict[str, Path | str]:
+             force: bool = False, database_url: str | None = None) -> dict[str, Path | str]:
     """Create `directory` with foblab.toml, the seed key, the database, the two first API
     keys (`admin.key`, `verifier.key`) and the keys file naming them (every secret file
     0600). Refuses to touch an existing config unless `force` (and even then never
-    overwrites a key or the database). Returns the paths and the two keys."""
+    overwrites a key or the database). Returns the paths and the two keys.
+    `database_url`: keep the data in that PostgreSQL database (its tables are created; a
+    database another daemon set up already needs that daemon's seed key file here first)."""
     import tomli_w
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -88,11 +91,15 @@ def init_dir(directory: Path, *, host: str = "127.0.0.1", port: int = 8700,
     if config.exists() and not force:
         raise StartupError(f"{config} exists already; this folder is initialised")
     doc = default_document(host, port)
+    if database_url is not None:
+        doc["validator"]["database_url"] = database_url
     files = {key: directory / doc["validator"][key] for key in
              ("database", "seed_key_file", "admin_key_file", "verifier_key_file",
               "api_keys_file")}
     for key in ("admin_key_file", "verifier_key_file", "api_keys_file", "database",
                 "seed_key_file"):
+        if database_url is not None and key == "seed_key_file":
+            continue  # may be the shared key of the database's other daemons, copied here
         if files[key].exists():
             raise StartupError(f"{files[key]} exists already; remove it or pick another folder")
     keys = {Role.ADMIN: new_key(Role.ADMIN), Role.VERIFIER: new_key(Role.VERIFIER)}
@@ -102,19 +109,30 @@ def init_dir(directory: Path, *, host: str = "127.0.0.1", port: int = 8700,
         now = time.time()
         write_keys(files["api_keys_file"], [ApiKey(role.value, role, digest(key), now)
                                             for role, key in keys.items()])
-        validator = Validator.open(files["database"], files["seed_key_file"])
+        validator = Validator.open(database_url or files["database"], files["seed_key_file"])
         validator.close()
-        os.chmod(files["database"], 0o600)
+        if database_url is None:
+            os.chmod(files["database"], 0o600)
         tmp = config.with_name(config.name + ".tmp")
         tmp.write_bytes(tomli_w.dumps(doc).encode())
         os.replace(tmp, config)
-    except (OSError, sqlite3.Error, KeyFileError) as exc:
+    except (OSError, sqlite3.Error, KeyFileError, StoreError) as exc:
         raise StartupError(f"cannot initialise {directory}: {exc}") from None
+    if database_url is not None:
+        del files["database"]
     return {"config": config, **files, "admin_key": keys[Role.ADMIN],
             "verifier_key": keys[Role.VERIFIER]}
 
 
 # -- start-up checks -------------------------------------------------------------------------
+
+def describe_database(settings: Settings) -> str:
+    """The configured database for messages (a URL without its password)."""
+    if settings.database_url is None:
+        return str(settings.database)
+    from validator.store_pg import redact
+    return redact(settings.database_url)
+
 
 def open_validator(settings: Settings, *,
                    clock: Callable[[], float] | None = None) -> Validator:
@@ -123,15 +141,17 @@ def open_validator(settings: Settings, *,
 
     `clock` is for foblab's own test lab (`foblab.lab(time_machine=True)`) only: `serve`
     never passes one, so a daemon run by `foblab validator serve` always reads true time."""
-    if not settings.database.is_file():
+    where = describe_database(settings)
+    if settings.database_url is None and not settings.database.is_file():
         raise StartupError(f"database {settings.database} does not exist (run foblab "
                            "validator init)")
-    if not os.access(settings.database, os.R_OK | os.W_OK) or \
-            not os.access(settings.database.parent, os.W_OK | os.X_OK):
+    if settings.database_url is None and (
+            not os.access(settings.database, os.R_OK | os.W_OK)
+            or not os.access(settings.database.parent, os.W_OK | os.X_OK)):
         raise StartupError(f"database {settings.database} (and its folder, for the WAL) "
                            "must be writable")
     try:
-        validator = Validator.open(settings.database, settings.seed_key_file,
+        validator = Validator.open(settings.store_target, settings.seed_key_file,
                                    policy=settings.policy, durability=settings.durability,
                                    min_secret_bytes=settings.min_secret_bytes,
                                    import_limits=settings.import_limits(), create_key=False,
@@ -139,12 +159,12 @@ def open_validator(settings: Settings, *,
     except KeyFileError as exc:
         raise StartupError(str(exc)) from None
     except (sqlite3.Error, StoreError, OSError) as exc:
-        raise StartupError(f"cannot open database {settings.database}: {exc}") from None
+        raise StartupError(f"cannot open database {where}: {exc}") from None
     try:  # a write, so a read-only database is found now, not at the first verify
         validator.store.add_audit([AuditEvent(time.time(), "daemon_start", "ok")])
-    except (sqlite3.Error, OSError) as exc:
+    except (sqlite3.Error, OSError, StoreError) as exc:
         validator.close()
-        raise StartupError(f"cannot write database {settings.database}: {exc}") from None
+        raise StartupError(f"cannot write database {where}: {exc}") from None
     problem = validator.check_keys()  # /healthz answers 503 with it until a rotation fixes it
     if problem:
         log.error("%s", problem)
@@ -340,11 +360,16 @@ def _radius(settings: Settings) -> tuple[Any, Any] | None:
 def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
           log_level: str = "info", graceful_timeout: int | None = 30,
           on_radius: Callable[[str], None] | None = None,
-          overrides: Callable[[Settings], Settings] | None = None) -> int:
+          overrides: Callable[[Settings], Settings] | None = None, workers: int = 1,
+          sock: socket.socket | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads. Raises StartupError before
     serving; returns 0 after a clean shutdown, 1 if uvicorn could not start. `on_radius`
     gets the RADIUS door's `HOST:PORT` once it answers (before `on_ready`); `overrides`
-    re-applies the command line to the config file on a reload."""
+    re-applies the command line to the config file on a reload. `workers` > 1: that many
+    processes on one port (`serve_workers`). `sock`: an already bound listening socket."""
+    if workers > 1:
+        return serve_workers(settings, workers, on_ready=on_ready, log_level=log_level,
+                             graceful_timeout=graceful_timeout)
     from validator.app import create_app
 
     _configure_logging(log_level)
@@ -360,7 +385,7 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
     tls_context(settings)
     radius = _radius(settings)
     try:
-        sock = bind(settings.host, settings.port)
+        sock = sock or bind(settings.host, settings.port)
     except BaseException:
         if radius is not None:
             radius[1].close()
@@ -448,4 +473,115 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
         close(quiet=True)  # already closed by the lifespan shutdown unless start-up failed
 
 
-__all__ = ["ConfigError", "Reloader", "StartupError", "init_dir", "open_validator", "serve"]
+# -- several processes on one port ------------------------------------------------------------
+
+def serve_workers(settings: Settings, workers: int, *,
+                  on_ready: Callable[[str], None] | None = None, log_level: str = "info",
+                  graceful_timeout: int | None = 30) -> int:
+    """`workers` processes answering on one listening socket (bound here, inherited by
+    each forked worker; the kernel spreads the connections). Each worker opens its own
+    database connections: a SQLite file in WAL mode, or PostgreSQL. The database and keys
+    are opened once here first (start-up checks, migrations, an interrupted key rotation
+    settled), then closed before forking. `on_ready` runs once every worker listens.
+    SIGTERM/SIGINT is passed to every worker, each finishes its requests and closes its
+    database; returns 0 when all exited cleanly. A worker that dies otherwise is replaced.
+    """
+    _configure_logging(log_level)
+    if settings.radius is not None:
+        raise StartupError("--workers needs a config without [radius]: a RADIUS challenge "
+                           "is remembered by one process (run one daemon for RADIUS)")
+    if settings.stations:
+        raise StartupError("--workers needs a config without [stations]: a serial port is "
+                           "opened by one process only")
+    sock = bind(settings.host, settings.port)
+    try:
+        open_validator(settings).close()
+    except BaseException:
+        sock.close()
+        raise
+    ready_r, ready_w = os.pipe()
+    children: dict[int, int] = {}  # pid -> worker number
+    stopping = False
+
+    def spawn(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                os.close(ready_r)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                def say_ready(_url: str) -> None:
+                    os.write(ready_w, b"r")
+
+                code = serve(settings, log_level=log_level, graceful_timeout=graceful_timeout,
+                             sock=sock, on_ready=say_ready)
+            except StartupError as exc:
+                log.error("worker %d: %s", number, exc)
+            except BaseException:  # noqa: BLE001 - a worker reports, never unwinds the parent
+                log.exception("worker %d failed", number)
+            finally:
+                os._exit(code)
+        children[pid] = number
+
+    def stop_all(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
+    codes: list[int] = []
+    try:
+        for number in range(workers):
+            spawn(number)
+        ready = 0
+        died = False
+        while ready < workers and not stopping and not died:
+            if select.select([ready_r], [], [], 0.5)[0]:
+                ready += len(os.read(ready_r, workers))
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            died = pid != 0 and children.pop(pid, None) is not None
+        if ready < workers and not stopping:
+            stop_all()
+            _reap(children)
+            raise StartupError(f"only {ready} of {workers} workers started (see the log)")
+        host, port = sock.getsockname()[:2]
+        url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        log.info("%d workers serving on %s", workers, url)
+        if on_ready is not None and not stopping:
+            on_ready(url)
+        while children:
+            pid, status = os.wait()
+            number = children.pop(pid, -1)
+            if number < 0:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if stopping:
+                codes.append(code)
+            else:
+                log.error("worker %d (pid %d) ended with status %d; starting another",
+                          number, pid, code)
+                time.sleep(0.5)
+                spawn(number)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(ready_r)
+        os.close(ready_w)  # open until here: a replacement worker says ready too
+        sock.close()
+    # -SIGTERM: a worker still starting when asked to stop (no request in flight yet)
+    return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
+
+
+def _reap(children: dict[int, int]) -> None:
+    while children:
+        pid, _ = os.wait()
+        children.pop(pid, None)
+
+
+__all__ = ["ConfigError", "Reloader", "StartupError", "init_dir", "open_validator", "serve",
+           "serve_workers"]

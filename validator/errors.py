@@ -169,6 +169,14 @@ class Conflict(ValidatorError):
     status = 503
 
 
+class DatabaseUnavailable(ValidatorError):
+    """The database does not answer now (PostgreSQL down or unreachable); try again. Raised
+    by the store (`validator.store.StoreUnavailable`), answered 503 by every door."""
+
+    code = "database_unavailable"
+    status = 503
+
+
 class ReloadFailed(ValidatorError):
     """A reload that changed nothing: the config or the keys file has a problem (the
     message says which), or this process cannot reload (not started by `serve`)."""
@@ -255,11 +263,13 @@ class TokenNotRegistered(StationError):
 
 
 def refusals() -> list[type[ValidatorError]]:
-    """Every class of the tree (the tests check codes are unique and statuses are 4xx/5xx)."""
+    """Every class of the tree (the tests check codes are unique and statuses are 4xx/5xx);
+    not the classes elsewhere that also are one of them (validator.store.StoreUnavailable
+    is a DatabaseUnavailable, with its code)."""
     out: list[type[ValidatorError]] = []
     todo: list[type[ValidatorError]] = [ValidatorError]
     while todo:
         cls = todo.pop()
         out.append(cls)
-        todo.extend(cls.__subclasses__())
+        todo.extend(c for c in cls.__subclasses__() if c.__module__ == __name__)
     return out

@@ -218,6 +218,14 @@ def rotate_data_key(store: KeyStore, box: SecretBox, now: float, *,
     return count
 
 
+def follow_current(store: KeyStore, box: SecretBox) -> None:
+    """Seal new secrets under the data key the store marks current (another process, a
+    second worker or daemon on the same database, may have rotated it)."""
+    for kid, wrapped, current in store.data_keys():
+        if current:
+            box.add_data_key(kid, unwrap(box.master, kid, wrapped), current=True)
+
+
 def _reseal(box: SecretBox, kid: bytes, aad: str, sealed: bytes) -> bytes:
     if sealed[0] == 2 and sealed[1:9] == kid:
         return sealed

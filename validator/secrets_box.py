@@ -52,6 +52,11 @@ class SealError(Exception):
     """A sealed secret cannot be opened (wrong key, wrong serial, or tampered)."""
 
 
+class UnknownDataKey(SealError):
+    """A secret names a data key neither this box nor the store holds: read just before
+    another process's rotation resealed it and dropped that key. Read the row again."""
+
+
 def crash_point(step: str) -> None:
     """A step boundary of a key rotation. Only tests set `FOBLAB_TEST_CRASH_AT`: the process
     then dies here by SIGKILL (no cleanup, no flush), as a crash or power cut would stop it."""
@@ -259,7 +264,8 @@ class SecretBox:
         else:
             raise SealError(f"sealed secret of {serial!r} has an unknown format")
         if aes is None:
-            raise SealError(f"sealed secret of {serial!r} uses a key this box does not hold")
+            error = UnknownDataKey if version == ENVELOPE else SealError
+            raise error(f"sealed secret of {serial!r} uses a key this box does not hold")
         try:
             return aes.decrypt(sealed[9:21], sealed[21:], _AAD_PREFIX + serial.encode())
         except InvalidTag:

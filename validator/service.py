@@ -49,15 +49,18 @@ from validator.importers import (
     parse_csv,
     parse_pskc,
 )
-from validator.secrets_box import SecretBox
+from validator.secrets_box import SecretBox, UnknownDataKey
 from validator.store import (
     AuditEntry,
     AuditEvent,
     Cas,
     Durability,
-    SQLiteStore,
+    StaleDataKey,
     Store,
+    StoreUnavailable,
     TokenRecord,
+    is_url,
+    open_store,
 )
 
 __all__ = [
@@ -176,11 +179,15 @@ class Validator:
              import_limits: ImportLimits = DEFAULT_LIMITS,
              create_key: bool = True,
              clock: Callable[[], float] = time.time) -> Validator:
-        """A validator on the SQLite file `db_path`, its master key at `key_path` (default:
-        `<db_path>.key`, created 0600 on first use unless not `create_key`). Whatever an
-        interrupted key rotation left is settled first (`validator.keys.open_box`)."""
+        """A validator on the SQLite file `db_path` (or the PostgreSQL database a
+        `postgresql://` URL names), its master key at `key_path` (default: `<db_path>.key`
+        for a file, required for a URL; created 0600 on first use unless not
+        `create_key`). Whatever an interrupted key rotation left is settled first
+        (`validator.keys.open_box`)."""
+        if key_path is None and is_url(db_path):
+            raise ValueError("a PostgreSQL validator needs its key file named")
         key_file = Path(key_path) if key_path is not None else Path(f"{os.fspath(db_path)}.key")
-        store = SQLiteStore(db_path, durability=durability)
+        store = open_store(db_path, durability=durability)
         try:
             box = keys.open_box(store, key_file, settle=True, create=create_key)
         except BaseException:
@@ -283,10 +290,18 @@ class Validator:
         """Seal and insert `records` (unique serials) in one transaction."""
         audit = [AuditEvent(now, action, "ok", serial=r.serial) for r in records]
         with self.sealing:
-            rows = [TokenRecord(serial=r.serial, state=self._state(r, window),
-                                sealed=self.box.seal(r.serial, r.secret), created=now)
-                    for r in records]
-            return self.store.insert_tokens(rows, audit, skip_existing=skip_duplicates)
+            for attempt in range(3):
+                rows = [TokenRecord(serial=r.serial, state=self._state(r, window),
+                                    sealed=self.box.seal(r.serial, r.secret), created=now)
+                        for r in records]
+                try:
+                    return self.store.insert_tokens(rows, audit, skip_existing=skip_duplicates)
+                except StaleDataKey:
+                    if attempt == 2:
+                        raise
+                    # another process rotated the data key: seal under its new one
+                    keys.follow_current(self.store, self.box)
+            raise AssertionError("unreachable")
 
     def import_seed_file(self, content: bytes | str, format: str = "pskc", *,
                          passphrase: str | None = None, key_hex: str | None = None,
@@ -465,7 +480,10 @@ class Validator:
         def attempt() -> TokenInfo | None:
             record = self._record(serial)
             admit(record)
-            key = self.box.open(serial, record.sealed)
+            try:
+                key = self.box.open(serial, record.sealed)
+            except UnknownDataKey:  # resealed by a rotation elsewhere since it was read
+                return None
             decision = decide(record.state, key, code1, code2, now, self.policy)
             if not decision.accepted:
                 self._refuse(action, record, user, decision, now, via, client)
@@ -544,8 +562,11 @@ class Validator:
                                         client=client)
             if not records:
                 return self._answer(user, None, Reason.NO_DEVICE, t, via=via, client=client)
-            decisions = [(r, core.verify(r.state, self.box.open(r.serial, r.sealed), code, t,
-                                         self.policy)) for r in records]
+            try:
+                decisions = [(r, core.verify(r.state, self.box.open(r.serial, r.sealed), code,
+                                             t, self.policy)) for r in records]
+            except UnknownDataKey:  # resealed by a rotation elsewhere since it was read
+                continue
             window = sum(d.window for _, d in decisions)
             winner = next(((r, d) for r, d in decisions if d.accepted), None)
             if winner is not None:
@@ -666,6 +687,8 @@ class Validator:
         opened; else the reason, safe to show (no secret, no path)."""
         try:
             self.store.check()
+        except StoreUnavailable as exc:  # its message names no host and no password
+            return f"the database is unavailable: {exc.message}"
         except Exception as exc:  # noqa: BLE001 - any failure of the database is the answer
             return f"the database cannot be read ({type(exc).__name__})"
         return self.key_problem

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from validator.core import TokenState
-from validator.errors import DuplicateSerial
+from validator.errors import DatabaseUnavailable, DuplicateSerial
 
 SCHEMA_VERSION = 5
 
@@ -115,6 +115,40 @@ class Durability(enum.StrEnum):
 
 class StoreError(Exception):
     """The database cannot be used (a newer schema, a broken file)."""
+
+
+class StoreUnavailable(StoreError, DatabaseUnavailable):
+    """The database does not answer now (a server down or unreachable, no free connection
+    within the timeout). Transient: the doors answer 503 and the next request tries again."""
+
+
+class StaleDataKey(StoreError):
+    """A secret to insert was sealed under a data key that a rotation (by another process)
+    has since replaced; the service reseals it under the current key and tries again."""
+
+
+def sealed_key_ids(sealed: Sequence[bytes]) -> set[bytes]:
+    """The data key ids that envelope-sealed secrets (format 2) name."""
+    return {s[1:9] for s in sealed if len(s) > 9 and s[0] == 2}
+
+
+def is_url(target: str | os.PathLike[str]) -> bool:
+    """Whether a database setting is a PostgreSQL URL rather than a SQLite file path."""
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(target: str | os.PathLike[str], *, durability: Durability | None = None,
+               readonly: bool = False, migrate: bool = True) -> Store:
+    """The store a database setting names: a `postgresql://` URL (validator.store_pg, the
+    `postgresql` extra) or a SQLite file path."""
+    if is_url(target):
+        try:
+            from validator.store_pg import PostgresStore
+        except ImportError as exc:
+            raise StoreError("a postgresql:// database needs psycopg: pip install "
+                             f"'foblab[postgresql]' ({exc})") from None
+        return PostgresStore(str(target), readonly=readonly, migrate=migrate)
+    return SQLiteStore(target, durability=durability or Durability.NORMAL, readonly=readonly)
 
 
 class Cas(enum.Enum):
@@ -371,12 +405,26 @@ class SQLiteStore:
                   e.window)
                  for e in events])
 
+    def _hold_data_keys(self, conn: sqlite3.Connection, sealed: Sequence[bytes]) -> None:
+        """Inside a write transaction (which holds the file's write lock, as a rotation
+        does): `StaleDataKey` if `sealed` name a data key a rotation has dropped, which
+        another process (a second worker) may have run since this one sealed them."""
+        wanted = sorted(k.hex() for k in sealed_key_ids(sealed))
+        if not wanted:
+            return
+        marks = ",".join("?" * len(wanted))
+        have = {row[0] for row in conn.execute(
+            f"SELECT id FROM data_keys WHERE id IN ({marks})", wanted)}
+        if set(wanted) - have:
+            raise StaleDataKey("sealed under a data key that a rotation has replaced")
+
     def insert_tokens(self, records: Sequence[TokenRecord], audit: Sequence[AuditEvent],
                       *, skip_existing: bool = False) -> list[str]:
         """Insert all records in one transaction. Existing serials raise `DuplicateSerial`
         (nothing inserted) unless `skip_existing`, which leaves them out. Returns the serials
         inserted."""
         with self._db.transaction() as conn:
+            self._hold_data_keys(conn, [r.sealed for r in records])
             serials = [r.serial for r in records]
             existing: set[str] = set()
             for i in range(0, len(serials), 500):

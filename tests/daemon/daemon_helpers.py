@@ -47,9 +47,11 @@ class Daemon:
             return self.proc.wait(5)
 
 
-def init_dir(directory: Path, **validator_settings: Any) -> tuple[str, str]:
-    out = subprocess.run([PYTHON, "-m", "tools.cli", "validator", "init", str(directory)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+def init_dir(directory: Path, *, database_url: str | None = None,
+             **validator_settings: Any) -> tuple[str, str]:
+    url = [] if database_url is None else ["--database-url", database_url]
+    out = subprocess.run([PYTHON, "-m", "tools.cli", "validator", "init", str(directory),
+                          *url], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     if validator_settings:
         set_config(directory, **validator_settings)

@@ -1,10 +1,15 @@
-"""Fixtures for the validator tests: a real SQLite file and key file per test, fixed times."""
+"""Fixtures for the validator tests: a real database and key file per test, fixed times.
+
+`validator` (and `database`) run every test that uses them against both stores: a SQLite
+file, and a fresh database on the session's PostgreSQL server (tests/pg.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg import Database  # type: ignore[import-not-found]
 
 from validator.core import Policy
 from validator.service import Validator
@@ -17,8 +22,16 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "validator.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    if request.param == "sqlite":
+        return Database(tmp_path / "validator.db", tmp_path / "validator.db.key", "sqlite")
+    url = request.getfixturevalue("pg_url")
+    return Database(url, tmp_path / "seed.key", "postgresql")
+
+
 @pytest.fixture
-def validator(db_path: Path):
-    v = Validator.open(db_path, policy=Policy())
+def validator(database: Database) -> Iterator[Validator]:
+    v = database.open(policy=Policy())
     yield v
     v.close()

@@ -18,6 +18,7 @@ from typing import Any
 import pskc
 import pyotp
 import pytest
+from pg import Database  # type: ignore[import-not-found]
 
 from protocol import PSKC_ALGORITHMS
 from validator.errors import DuplicateSerial, InvalidAuthenticationCode, SeedFileError
@@ -129,10 +130,10 @@ def test_figure4_key_by_reference_is_skipped_as_no_secret(validator: Validator) 
 
 
 def test_figure2_four_byte_secret_is_refused_naming_key_and_length(
-        validator: Validator, db_path: Path) -> None:
+        validator: Validator, database: Database) -> None:
     with pytest.raises(SeedFileError, match="12345678: the secret is 4 bytes; 16 to 128"):
         validator.import_seed_file((RFC / "figure2.xml").read_bytes(), now=T0)
-    legacy = Validator.open(db_path, min_secret_bytes=10)
+    legacy = database.open(min_secret_bytes=10)
     with pytest.raises(SeedFileError, match="the secret is 4 bytes; 10 to 128"):
         legacy.import_seed_file((RFC / "figure2.xml").read_bytes(), now=T0)
     legacy.close()
@@ -459,7 +460,7 @@ def test_counter_out_of_range_is_refused(validator: Validator) -> None:
                                    now=T0)
 
 
-def test_one_secret_rule_for_every_way_in(validator: Validator, db_path: Path) -> None:
+def test_one_secret_rule_for_every_way_in(validator: Validator, database: Database) -> None:
     short = b"1234567890"  # 10 bytes: a legacy fleet's 80 bits
     from validator.errors import BadSecret
 
@@ -472,14 +473,14 @@ def test_one_secret_rule_for_every_way_in(validator: Validator, db_path: Path) -
                                    now=T0)
     with pytest.raises(BadSecret, match="the secret is 129 bytes"):
         validator.register_token("API-2", b"x" * 129, now=T0)
-    legacy = Validator.open(db_path, min_secret_bytes=10)
+    legacy = database.open(min_secret_bytes=10)
     legacy.register_token("API-1", short, now=T0)
     legacy.import_seed_file(write_pskc(key("PSKC-1", secret=short)), now=T0)
     with pytest.raises(BadSecret, match="the secret is 9 bytes; 10 to 128"):
         legacy.register_token("API-3", short[:9], now=T0)
     legacy.close()
     with pytest.raises(ValueError, match="min_secret_bytes"):
-        Validator.open(db_path, min_secret_bytes=9)
+        database.open(min_secret_bytes=9)
 
 
 # -- scale ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from pg import Database  # type: ignore[import-not-found]
 
 from validator import keys
 from validator.secrets_box import (
@@ -96,12 +97,12 @@ def test_wrap_binds_the_data_key_id() -> None:
         unwrap(master, kid, b"\x01" + wrapped[1:])
 
 
-def test_a_box_fetches_a_data_key_another_process_made(db_path: Path) -> None:
+def test_a_box_fetches_a_data_key_another_process_made(database: Database) -> None:
     """Two validators on one database (as two daemons would be): a data-key rotation on one
     and the other opens the resealed rows, fetching the new key from the store."""
-    first = Validator.open(db_path)
+    first = database.open()
     first.register_token("TOK1", SEED_A, now=T0)
-    second = Validator.open(db_path, create_key=False)
+    second = database.open(create_key=False)
     try:
         first.rotate_key(now=T0)
         record = second.store.get("TOK1")
@@ -112,13 +113,13 @@ def test_a_box_fetches_a_data_key_another_process_made(db_path: Path) -> None:
         second.close()
 
 
-def test_data_keys_in_the_store(db_path: Path) -> None:
-    v = Validator.open(db_path)
+def test_data_keys_in_the_store(database: Database) -> None:
+    v = database.open()
     try:
         v.register_token("TOK1", SEED_A, now=T0)
         [(kid, wrapped, current)] = v.store.data_keys()
         assert current and kid.hex() == v.box.data_key_id
-        master = read_key(Path(f"{db_path}.key"))
+        master = read_key(database.key_file)
         assert len(wrapped) == 1 + 12 + 32 + 16 and unwrap(master, kid, wrapped)
         assert v.store.data_key(kid) == wrapped and v.store.data_key(b"\0" * 8) is None
         assert v.rotate_key(now=T0) == 1
@@ -201,14 +202,14 @@ def test_key_files_are_written_whole_and_private(tmp_path: Path) -> None:
         read_key(path)
 
 
-def test_open_refuses_a_missing_key_file_rather_than_inventing_one(db_path: Path) -> None:
-    v = Validator.open(db_path)
+def test_open_refuses_a_missing_key_file_rather_than_inventing_one(database: Database) -> None:
+    v = database.open()
     v.register_token("TOK1", SEED_A, now=T0)
     v.close()
-    key_file = Path(f"{db_path}.key")
+    key_file = database.key_file
     key_file.rename(key_file.with_name("moved"))
     with pytest.raises(KeyFileError, match="does not exist, and the database's secrets"):
-        Validator.open(db_path)
+        database.open()
     # A key file that opens nothing, and the right key only in a file no rotation step
     # would have left it in: what opens the rows decides, not the names.
     right = key_file.with_name("moved").read_bytes()
@@ -216,7 +217,7 @@ def test_open_refuses_a_missing_key_file_rather_than_inventing_one(db_path: Path
     key_file.with_name("moved").rename(tmp)
     key_file.write_bytes(b"55" * 32 + b"\n")
     os.chmod(key_file, 0o600)
-    v = Validator.open(db_path, create_key=False)
+    v = database.open(create_key=False)
     v.close()
     assert key_file.read_bytes() == right and not tmp.exists()
 

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from pg import Database  # type: ignore[import-not-found]
 
 from validator.core import Policy, Reason
 from validator.errors import (
@@ -73,8 +74,8 @@ def test_enable_refuses_wrong_pair_and_counts_failure(validator: Validator) -> N
         validator.enable("alice", "NOPE", "000000", "111111", now=T0)
 
 
-def test_device_limit(db_path: Path) -> None:
-    v = Validator.open(db_path, policy=Policy(max_devices=2))
+def test_device_limit(database: Database) -> None:
+    v = database.open(policy=Policy(max_devices=2))
     try:
         for i in range(3):
             v.register_token(f"T{i}", SEED + bytes([i]), now=T0)
@@ -98,8 +99,8 @@ def test_invalid_user_names(validator: Validator, user: str) -> None:
     assert info.value.code == "invalid_user"
 
 
-def test_user_name_length_is_a_parameter(db_path: Path) -> None:
-    v = Validator.open(db_path, max_user_length=128)
+def test_user_name_length_is_a_parameter(database: Database) -> None:
+    v = database.open(max_user_length=128)
     try:
         assert v.verify("a" * 128, "123456", now=T0).reason is Reason.NO_DEVICE
         assert v.verify("+=,.@_-x9", "123456", now=T0).reason is Reason.NO_DEVICE
@@ -135,7 +136,7 @@ def test_verify_result_carries_the_window_over_devices(validator: Validator) -> 
     assert validator.verify("nobody", "123456", now=T0).window is None
 
 
-def test_audit_records_actions_never_codes(validator: Validator, db_path: Path) -> None:
+def test_audit_records_actions_never_codes(validator: Validator, database: Database) -> None:
     validator.register_token("TOK1", SEED, now=T0)
     enable(validator, "alice", "TOK1")
     codes = set()
@@ -162,9 +163,7 @@ def test_audit_records_actions_never_codes(validator: Validator, db_path: Path) 
     windows = [e.window for e in entries if e.action == "verify"]
     assert all(w is not None and 1 <= w <= 9 for w in windows), windows
     assert all(e.window is None for e in entries if e.action != "verify")
-    import sqlite3
-    with sqlite3.connect(db_path) as raw:
-        rows = raw.execute("SELECT * FROM audit").fetchall()
+    rows = database.rows("SELECT * FROM audit")
     assert len(rows) == len(entries)
     for c in codes | {"999999"}:
         for row in rows:
@@ -200,12 +199,12 @@ def test_seeds_encrypted_at_rest_and_key_file_0600(db_path: Path) -> None:
     v.close()
 
 
-def test_key_rotation_reencrypts_everything(db_path: Path) -> None:
-    v = Validator.open(db_path)
+def test_key_rotation_reencrypts_everything(database: Database) -> None:
+    v = database.open()
     for i in range(20):
         v.register_token(f"T{i}", SEED + bytes([i]), now=T0)
     before = {r.serial: r.sealed for r in v.store.list_tokens(limit=100)}
-    key_file = Path(f"{db_path}.key")
+    key_file = database.key_file
     old_key = key_file.read_text()
     old_data_key = v.box.data_key_id
     # The data key: every row resealed under a new one; the key file stays.
@@ -218,12 +217,12 @@ def test_key_rotation_reencrypts_everything(db_path: Path) -> None:
     wrapped = v.store.data_keys()
     assert v.rotate_key(now=T0, master=True) == 1
     assert key_file.read_text() != old_key
-    assert not Path(f"{db_path}.key.next").exists()
+    assert not database.key_file.with_name(database.key_file.name + ".next").exists()
     assert {r.serial: r.sealed for r in v.store.list_tokens(limit=100)} == after
     assert v.store.data_keys() != wrapped
     v.close()
     # A fresh process with only the new key file opens and verifies every token.
-    v2 = Validator.open(db_path)
+    v2 = database.open()
     try:
         enable(v2, "alice", "T7", key=SEED + bytes([7]))
         assert [e.reason for e in v2.audit(action="rotate_key")] == ["data_key", "master_key"]
@@ -232,12 +231,12 @@ def test_key_rotation_reencrypts_everything(db_path: Path) -> None:
         v2.close()
 
 
-def test_verify_during_a_key_rotation_opens_every_seed(db_path: Path) -> None:
+def test_verify_during_a_key_rotation_opens_every_seed(database: Database) -> None:
     """The daemon verifies on its event loop while a rotation runs in a worker thread. From
     the reseal's commit until the rotation ends (the key file is replaced and fsynced),
     every row holds the new key id: the box in use must already open it, or a verify in
     that window raised SealError (an HTTP 500)."""
-    v = Validator.open(db_path)
+    v = database.open()
     v.register_token("TOK1", SEED, now=T0)
     enable(v, "alice", "TOK1")
     reseal_all = v.store.rotate_data_key
@@ -255,10 +254,10 @@ def test_verify_during_a_key_rotation_opens_every_seed(db_path: Path) -> None:
 
 
 def test_a_registration_racing_a_rotation_is_not_left_under_the_old_key(
-        db_path: Path) -> None:
+        database: Database) -> None:
     """A seed sealed under the old key just before a rotation and inserted just after it
     would stay under a key the rotation deletes. The rotation waits for the insert."""
-    v = Validator.open(db_path)
+    v = database.open()
     insert_tokens = v.store.insert_tokens
     entered, proceed = threading.Event(), threading.Event()
 
@@ -282,15 +281,15 @@ def test_a_registration_racing_a_rotation_is_not_left_under_the_old_key(
     assert not register.is_alive() and not rotate.is_alive()
     v.close()
     # Only the new key file is left: the token must open under it.
-    v2 = Validator.open(db_path)
+    v2 = database.open()
     try:
         enable(v2, "alice", "RACE1")
     finally:
         v2.close()
 
 
-def test_concurrent_same_code_exactly_one_wins(db_path: Path) -> None:
-    v = Validator.open(db_path)
+def test_concurrent_same_code_exactly_one_wins(database: Database) -> None:
+    v = database.open()
     v.register_token("TOK1", SEED, now=T0)
     enable(v, "alice", "TOK1")
     t = T0 + 30

@@ -16,10 +16,13 @@ keeps.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -44,6 +47,8 @@ from validator.http.metrics import Metrics
 from validator.http.middleware import KEY, OUTCOME, ROLE, refusal_response
 from validator.service import Validator
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
     from validator.station import Station
 
@@ -61,6 +66,21 @@ class Api:
     stations: dict[str, Station] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     reload: Callable[[], dict[str, Any]] | None = None  # the daemon's, None elsewhere
+    # Service calls on a store that waits on the network (PostgreSQL) run in threads, at
+    # most this many at once (the store's own pool bounds the connections); None: inline.
+    limiter: anyio.CapacityLimiter | None = None
+
+    def __post_init__(self) -> None:
+        if self.limiter is None and getattr(self.validator.store, "remote", False):
+            self.limiter = anyio.CapacityLimiter(
+                int(getattr(self.validator.store, "max_connections", 8)))
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)`: on the event loop for a local store, else in a thread."""
+        if self.limiter is None:
+            return fn(*args, **kwargs)
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
+                                              limiter=self.limiter)
 
 
 @dataclass

@@ -3,9 +3,12 @@
 A handler gets a decoded, authenticated `Call`, calls `validator.service.Validator` (or a
 station), and returns a response; a refusal is an exception of `validator.errors`.
 
-Database calls run on the event loop: each is a few hundred microseconds (one indexed
-read, one compare-and-set in WAL mode; see docs/benchmarks.md), less than a hop to a worker
-thread costs. Seed-file imports and serial stations, which can take long, run in threads.
+Service calls go through `Api.call`: on a SQLite store they run on the event loop (each is
+a few hundred microseconds, one indexed read and one compare-and-set in WAL mode, less than a
+hop to a worker thread costs; see docs/benchmarks.md); on a PostgreSQL store, where each is
+a network round trip or more, they run in a bounded pool of threads so requests overlap in
+the database. Seed-file imports and serial stations, which can take long, always run in
+threads.
 """
 
 from __future__ import annotations
@@ -88,8 +91,9 @@ async def create_token(c: Call) -> Response:
         raise InvalidRequest("counter is for HOTP tokens")
     if kind is Kind.HOTP and ("period" in b or "t0" in b):
         raise InvalidRequest("period and t0 are for TOTP tokens")
-    info = c.api.validator.register_token(
-        b["serial"], _decode_secret(b), kind=kind, digits=b.get("digits", 6),
+    info = await c.api.call(
+        c.api.validator.register_token, b["serial"], _decode_secret(b), kind=kind,
+        digits=b.get("digits", 6),
         hash=b.get("hash", Hash.SHA1), period=b.get("period", DEFAULT_PERIOD), t0=b.get("t0", 0),
         counter=b.get("counter", 0))
     return _json(token_json(info), 201)
@@ -142,46 +146,49 @@ async def list_tokens(c: Call) -> Response:
     unassigned = c.query.get("unassigned")
     filters: dict[str, Any] = dict(user=c.query.get("user"), kind=c.query.get("kind"),
                                    assigned=None if unassigned is None else not unassigned)
-    tokens = c.api.validator.list_tokens(**filters, limit=limit, offset=offset)
+    tokens = await c.api.call(c.api.validator.list_tokens, **filters, limit=limit,
+                              offset=offset)
     return _json({"tokens": [token_json(t) for t in tokens], "limit": limit, "offset": offset,
                   "next_offset": _next(tokens, limit, offset),
-                  "total": c.api.validator.count_tokens(**filters)})
+                  "total": await c.api.call(c.api.validator.count_tokens, **filters)})
 
 
 async def show_token(c: Call) -> Response:
-    return _json(token_json(c.api.validator.get_token(c.params["serial"])))
+    return _json(token_json(await c.api.call(c.api.validator.get_token, c.params["serial"])))
 
 
 async def delete_token(c: Call) -> Response:
-    c.api.validator.delete_token(c.params["serial"])
+    await c.api.call(c.api.validator.delete_token, c.params["serial"])
     return Response(status_code=204)
 
 
 async def unlock_token(c: Call) -> Response:
-    return _json(token_json(c.api.validator.unlock(c.params["serial"])))
+    return _json(token_json(await c.api.call(c.api.validator.unlock, c.params["serial"])))
 
 
 async def enable_device(c: Call) -> Response:
     b = c.body
-    info = c.api.validator.enable(c.params["user"], b["serial"], b["code1"], b["code2"])
+    info = await c.api.call(c.api.validator.enable, c.params["user"], b["serial"],
+                            b["code1"], b["code2"])
     c.outcome("enabled")
     return _json(token_json(info), 201)
 
 
 async def list_devices(c: Call) -> Response:
     user = c.params["user"]
-    return _json({"user": user,
-                  "devices": [token_json(t) for t in c.api.validator.list_devices(user)]})
+    devices = await c.api.call(c.api.validator.list_devices, user)
+    return _json({"user": user, "devices": [token_json(t) for t in devices]})
 
 
 async def deactivate_device(c: Call) -> Response:
-    c.api.validator.deactivate(c.params["user"], c.params["serial"])
+    await c.api.call(c.api.validator.deactivate, c.params["user"], c.params["serial"])
     return Response(status_code=204)
 
 
 async def resync_device(c: Call) -> Response:
     b = c.body
-    info = c.api.validator.resync(c.params["user"], c.params["serial"], b["code1"], b["code2"])
+    info = await c.api.call(c.api.validator.resync, c.params["user"], c.params["serial"],
+                            b["code1"], b["code2"])
     c.outcome("resynced")
     out = token_json(info)
     return _json({"ok": True, "serial": info.serial, "user": info.user,
@@ -190,7 +197,8 @@ async def resync_device(c: Call) -> Response:
 
 async def verify(c: Call) -> Response:
     b = c.body
-    result = c.api.validator.verify(b["user"], b["code"], serial=b.get("serial"))
+    result = await c.api.call(c.api.validator.verify, b["user"], b["code"],
+                              serial=b.get("serial"))
     reason = result.reason.value
     c.api.metrics.verify[reason] += 1
     if result.window is not None:
@@ -209,7 +217,7 @@ async def audit(c: Call) -> Response:
     filters: dict[str, Any] = dict(serial=q.get("serial"), user=q.get("user"),
                                    action=q.get("action"), result=q.get("result"),
                                    since=q.get("since"), until=q.get("until"))
-    entries = c.api.validator.audit(**filters, limit=limit, offset=offset,
+    entries = await c.api.call(c.api.validator.audit, **filters, limit=limit, offset=offset,
                                     newest_first=q.get("order") == "newest")
     return _json({"entries": [{"id": e.id, "time": e.time, "action": e.action,
                                "result": e.result, "reason": e.reason, "serial": e.serial,
@@ -218,7 +226,7 @@ async def audit(c: Call) -> Response:
                               for e in entries],
                   "limit": limit, "offset": offset,
                   "next_offset": _next(entries, limit, offset),
-                  "total": c.api.validator.count_audit(**filters)})
+                  "total": await c.api.call(c.api.validator.count_audit, **filters)})
 
 
 def _station(c: Call) -> Station:

@@ -1,0 +1,236 @@
+"""Scale-out: verifications per second and p50/p99 at 8 and 32 keep-alive connections for
+SQLite with 1 and 2 workers (`serve --workers`) and PostgreSQL with 1 and 2 daemons on one
+database, side by side in one run on this machine, the load generator included (a separate
+process: bench_daemon's raw-socket asyncio client, spreading its connections over the
+daemons' ports as a load balancer would). Every request is a fresh valid code of its own
+user (10,000 enabled TOTP tokens, prepared once in SQLite and copied, sealed secrets as
+they are, into each configuration's database: `validator.store_copy`). PostgreSQL is a
+local server started here (Debian's binaries, tests/pg.py) with its default durability
+(WAL flushed at every commit), on a Unix socket. Also prints the CPU seconds the daemons,
+the database server and the load generator used per phase, to see what bounds the figure.
+
+Usage: python -m bench scaleout
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import bench_daemon as B
+
+ROOT = B.ROOT
+PHASES = ((8, 3_000), (32, 3_000))
+WARMUP = 500
+
+
+def _cpu(pids: list[int]) -> float:
+    """user+system CPU seconds of these processes and their children so far."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15]) / tick
+    return total
+
+
+def _tree(pid: int) -> list[int]:
+    out = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for child in children:
+        out.extend(_tree(int(child)))
+    return out
+
+
+async def _load(ports: list[int], requests: list[bytes], conns: int) -> dict[str, Any]:
+    queue = list(reversed(requests))
+    latencies: list[float] = []
+    ok = 0
+    failures: list[str] = []
+
+    async def worker(port: int) -> None:
+        nonlocal ok
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while queue:
+                req = queue.pop()
+                t0 = time.perf_counter()
+                writer.write(req)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                body = await reader.readexactly(length)
+                latencies.append(time.perf_counter() - t0)
+                if b'"ok":true' in body:
+                    ok += 1
+                elif len(failures) < 3:
+                    failures.append(body.decode(errors="replace"))
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(ports[i % len(ports)]) for i in range(conns)))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {"n": len(latencies), "ok": ok, "rate": len(latencies) / elapsed,
+            "p50_ms": 1000 * latencies[len(latencies) // 2],
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+            "failures": failures}
+
+
+def _load_main() -> None:
+    spec = json.loads(sys.stdin.read())
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    requests = [r.encode("latin-1") for r in spec["requests"]]
+    print(json.dumps(asyncio.run(_load(spec["ports"], requests, spec["conns"]))))
+
+
+def _run_load(ports: list[int], requests: list[bytes], conns: int,
+              watched: list[int]) -> dict[str, Any]:
+    spec = {"ports": ports, "conns": conns, "requests": [r.decode("latin-1") for r in requests]}
+    before = _cpu(watched)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_scaleout", "load"], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(json.dumps(spec), timeout=600)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result: dict[str, Any] = json.loads(out)
+    result["cpu_servers"] = _cpu(watched) - before
+    result["cpu_load"] = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)
+    return result
+
+
+def _start(home: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "validator", "serve",
+                             "--dir", str(home), "--port", "0", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    url = ""
+    for line in proc.stderr:
+        if "listening on " in line:
+            url = line.rsplit(" ", 1)[-1].strip()
+            break
+    if not url:
+        raise RuntimeError(f"the daemon did not start ({home})")
+    sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the daemon
+    threading.Thread(target=shutil.copyfileobj, args=(proc.stderr, sink), daemon=True).start()
+    return proc, int(url.rsplit(":", 1)[1])
+
+
+def _configure(template: Path, home: Path, url: str | None) -> None:
+    shutil.copytree(template, home)
+    if url is None:
+        return
+    import tomllib
+
+    import tomli_w
+
+    from validator.store_copy import copy_database
+
+    copy_database(str(template / "validator.db"), url)
+    (home / "validator.db").unlink()
+    doc = tomllib.loads((home / "foblab.toml").read_text())
+    doc["validator"]["database_url"] = url
+    doc["validator"]["access_log"] = False
+    (home / "foblab.toml").write_text(tomli_w.dumps(doc))
+
+
+def main() -> None:
+    sys.path.append(str(ROOT / "tests"))
+    from pg import start_server, stop_server  # type: ignore[import-not-found]
+
+    with tempfile.TemporaryDirectory(prefix="foblab-scaleout-") as tmp:
+        template = Path(tmp) / "template"
+        t0 = time.perf_counter()
+        first_step = B._prepare(template)  # the enabling step + 1: fresh for every user
+        import tomllib
+
+        import tomli_w
+        doc = tomllib.loads((template / "foblab.toml").read_text())
+        doc["validator"]["access_log"] = False  # the same for every configuration
+        (template / "foblab.toml").write_text(tomli_w.dumps(doc))
+        print(f"   prepared {B.TOKENS} enabled tokens in {time.perf_counter() - t0:.1f} s")
+        server = start_server(durable=True)
+        try:
+            configs = (("sqlite, 1 worker", None, 1, 1), ("sqlite, 2 workers", None, 2, 1),
+                       ("postgresql, 1 daemon", "pg", 1, 1),
+                       ("postgresql, 2 daemons", "pg", 1, 2))
+            for n, (name, kind, workers, daemons) in enumerate(configs):
+                url = server.new_database() if kind else None
+                homes = []
+                for d in range(daemons):
+                    home = Path(tmp) / f"c{n}-{d}"
+                    if d == 0:
+                        _configure(template, home, url)
+                    else:
+                        shutil.copytree(homes[0], home)
+                    homes.append(home)
+                procs = [_start(h, "--workers", str(workers)) for h in homes]
+                try:
+                    ports = [p for _, p in procs]
+                    watched = [pid for proc, _ in procs for pid in _tree(proc.pid)]
+                    key = (homes[0] / "verifier.key").read_text().strip()
+                    first = 0
+                    step = max(first_step, int(time.time() // 30))
+                    _run_load(ports, B._verify_requests(key, first, WARMUP, step), 8, watched)
+                    first += WARMUP
+                    pg_pids = _pg_pids(server) if kind else []  # with the pools' backends
+                    for conns, count in PHASES:
+                        step = max(first_step, int(time.time() // 30))
+                        reqs = B._verify_requests(key, first, count, step)
+                        db_before = _cpu(pg_pids)
+                        r = _run_load(ports, reqs, conns, watched)
+                        db = _cpu(pg_pids) - db_before
+                        first += count
+                        per = 1e6 / count
+                        print(f"   {name:<22} {conns:>2} conns: {r['rate']:>6,.0f}/s, "
+                              f"p50 {r['p50_ms']:5.2f} ms, p99 {r['p99_ms']:6.2f} ms, "
+                              f"{r['ok']}/{r['n']} ok; CPU µs/verify: daemons "
+                              f"{r['cpu_servers'] * per:.0f}"
+                              + (f", postgres {db * per:.0f}" if kind else "")
+                              + f", load generator {r['cpu_load'] * per:.0f}"
+                              + (f"  e.g. {r['failures'][0]}" if r["failures"] else ""))
+                finally:
+                    for proc, _ in procs:
+                        proc.terminate()
+                    for proc, _ in procs:
+                        proc.wait(30)
+        finally:
+            stop_server(server)
+
+
+def _pg_pids(server: Any) -> list[int]:
+    """The PostgreSQL postmaster and its backends."""
+    pid = int((server.data / "postmaster.pid").read_text().split()[0])
+    return _tree(pid)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["load"]:
+        _load_main()
+    else:
+        os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        main()

@@ -1,0 +1,67 @@
+"""`foblab validator serve --workers N`: N processes on one port, on SQLite (WAL) or
+PostgreSQL; one winner per code across them; a worker that dies is replaced; SIGTERM
+ends them all cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_helpers import Daemon, init_dir
+from test_postgresql_daemons import SEED, _burst, _hotp_user
+
+from validator.otp import hotp
+
+
+def _workers(d: Daemon) -> list[int]:
+    children = Path(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workers_share_a_port_and_a_database(tmp_path: Path, spawn: Any, backend: str,
+                                             request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    init_dir(tmp_path / "v", database_url=url)
+    d = spawn(tmp_path / "v", "--workers", "2")
+    pids = _workers(d)
+    assert len(pids) == 2
+    _hotp_user(d, d, "alice", "W-1")
+    for counter in range(2, 5):
+        responses = asyncio.run(_burst([d], "alice", hotp(SEED, counter), 50))
+        assert {r.status_code for r in responses} == {200}
+        assert sum(r.json()["ok"] for r in responses) == 1
+    os.kill(pids[0], signal.SIGKILL)  # a worker dies: another takes its place
+    deadline = time.monotonic() + 30
+    while len([p for p in _workers(d) if p != pids[0]]) < 2:
+        assert time.monotonic() < deadline, "the worker was not replaced"
+        time.sleep(0.1)
+    with d.client("verifier") as c:
+        for counter in range(5, 9):
+            r = c.post("/v1/verify", json={"user": "alice", "code": hotp(SEED, counter)})
+            assert r.status_code == 200 and r.json()["ok"], r.text
+    workers = _workers(d)
+    assert d.stop(signal.SIGTERM) == 0, "".join(d.lines[-20:])
+    assert not any(_alive(p) for p in workers)
+
+
+def test_workers_refuse_radius(tmp_path: Path, spawn: Any) -> None:
+    from daemon_helpers import set_config
+    init_dir(tmp_path / "v")
+    set_config(tmp_path / "v", "radius", listen="127.0.0.1:0",
+               clients=[{"name": "vpn", "address": "127.0.0.1/32", "secret": "s" * 16}])
+    with pytest.raises(AssertionError, match="without \\[radius\\]"):
+        spawn(tmp_path / "v", "--workers", "2")

@@ -1,0 +1,182 @@
+"""PostgreSQL as the validator's database: set-up by URL, migrate, copy both ways, and
+what several processes on one database need (one winner per code, keys they share)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tools.validator_cmd import validator as validator_cli
+from validator.config import CONFIG_NAME, ConfigError, load
+from validator.core import Reason
+from validator.otp import hotp
+from validator.service import Validator
+from validator.store import SCHEMA_VERSION, StoreError, open_store
+
+T0 = 1_700_000_000.0
+SEED = bytes.fromhex("8f1c2d3e4a5b6c7d8e9fa0b1c2d3e4f5a6b7c8d9")
+
+
+def _enable(v: Validator, user: str, serial: str, t: float = T0) -> None:
+    s = int(t // 30)
+    v.enable(user, serial, hotp(SEED, s - 1), hotp(SEED, s), now=t)
+
+
+def test_init_with_a_database_url_writes_it_and_env_overrides(
+        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = CliRunner().invoke(validator_cli, ["init", str(tmp_path / "v"),
+                                                "--database-url", pg_url, "--json"])
+    assert result.exit_code == 0, result.output
+    made = json.loads(result.output)
+    assert "database" not in made  # no SQLite file was made
+    assert not (tmp_path / "v" / "validator.db").exists()
+    settings = load(tmp_path / "v" / CONFIG_NAME)
+    assert settings.database_url == pg_url and settings.store_target == pg_url
+    v = Validator.open(settings.store_target, settings.seed_key_file)
+    assert v.store.data_keys()  # the first data key is in PostgreSQL
+    v.register_token("TOK1", SEED, now=T0)
+    v.close()
+    checked = CliRunner().invoke(validator_cli, ["check", "--dir", str(tmp_path / "v"),
+                                                 "--json"])
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.output)["opened"] == 1
+    monkeypatch.setenv("FOBLAB_DATABASE_URL", "postgresql://elsewhere/db")
+    assert load(tmp_path / "v" / CONFIG_NAME).database_url == "postgresql://elsewhere/db"
+    monkeypatch.setenv("FOBLAB_DATABASE_URL", "mysql://nope")
+    with pytest.raises(ConfigError, match="postgresql:// URL"):
+        load(tmp_path / "v" / CONFIG_NAME)
+
+
+def test_a_second_init_on_the_same_database_needs_its_seed_key(pg_url: str,
+                                                               tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(validator_cli, ["init", str(tmp_path / "a"), "--database-url",
+                                         pg_url]).exit_code == 0
+    refused = runner.invoke(validator_cli, ["init", str(tmp_path / "b"), "--database-url",
+                                            pg_url])
+    assert refused.exit_code == 1 and "seed key file" in refused.output
+    (tmp_path / "c").mkdir(mode=0o700)
+    key = (tmp_path / "a" / "seed.key").read_bytes()
+    (tmp_path / "c" / "seed.key").write_bytes(key)
+    (tmp_path / "c" / "seed.key").chmod(0o600)
+    result = runner.invoke(validator_cli, ["init", str(tmp_path / "c"), "--database-url",
+                                           pg_url])
+    assert result.exit_code == 0, result.output
+
+
+def test_migrate_reports_and_upgrades(pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    runner = CliRunner()
+    result = runner.invoke(validator_cli, ["migrate", "--database", pg_url, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"from": 0, "to": SCHEMA_VERSION}
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # back to version 4
+        conn.execute("DROP TABLE data_keys")
+        conn.execute("UPDATE schema_version SET version = 4")
+    result = runner.invoke(validator_cli, ["migrate", "--database", pg_url, "--json"])
+    assert json.loads(result.output) == {"from": 4, "to": SCHEMA_VERSION}
+    store = open_store(pg_url)
+    assert store.data_keys() == []
+    store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer"):
+        open_store(pg_url)
+    refused = runner.invoke(validator_cli, ["migrate", "--database", pg_url])
+    assert refused.exit_code == 1 and "newer" in refused.output
+
+
+def test_copy_sqlite_to_postgresql_and_back(pg_url: str, tmp_path: Path) -> None:
+    key = tmp_path / "seed.key"
+    v = Validator.open(tmp_path / "a.db", key)
+    v.register_token("TOK1", SEED, now=T0)
+    v.register_token("TOK2", SEED[::-1], now=T0)
+    _enable(v, "alice", "TOK1")
+    v.rotate_key(now=T0 + 1)
+    sealed = v.store.get("TOK1").sealed  # type: ignore[union-attr]
+    audit = [(e.action, e.result, e.serial) for e in v.audit(limit=1000)]
+    v.close()
+    runner = CliRunner()
+    result = runner.invoke(validator_cli, ["copy", "--from", str(tmp_path / "a.db"),
+                                           "--to", pg_url, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"audit": len(audit), "data_keys": 1, "tokens": 2}
+    again = runner.invoke(validator_cli, ["copy", "--from", str(tmp_path / "a.db"),
+                                          "--to", pg_url])
+    assert again.exit_code == 1 and "empty" in again.output
+    pg = Validator.open(pg_url, key, create_key=False)
+    assert pg.store.get("TOK1").sealed == sealed  # type: ignore[union-attr]  # as it was
+    assert [(e.action, e.result, e.serial) for e in pg.audit(limit=1000)] == audit
+    t = T0 + 60
+    code = hotp(SEED, int(t // 30))
+    assert pg.verify("alice", code, now=t).accepted
+    pg.close()
+    result = runner.invoke(validator_cli, ["copy", "--from", pg_url, "--to",
+                                           str(tmp_path / "b.db")])
+    assert result.exit_code == 0, result.output
+    back = Validator.open(tmp_path / "b.db", key, create_key=False)
+    assert back.verify("alice", code, now=t + 1).reason is Reason.REPLAYED  # state came too
+    assert back.get_token("TOK1").user == "alice"
+    back.close()
+
+
+def test_two_validators_on_one_database_one_winner_per_code(pg_url: str,
+                                                            tmp_path: Path) -> None:
+    """Two validators (as two daemons would be), each with its own pool, 40 threads
+    presenting one valid code: exactly one acceptance, in several rounds."""
+    key = tmp_path / "seed.key"
+    a = Validator.open(pg_url, key)
+    b = Validator.open(pg_url, key, create_key=False)
+    try:
+        a.register_token("TOK1", SEED, now=T0)
+        _enable(b, "alice", "TOK1")
+        for round_ in range(1, 6):
+            t = T0 + 30 * round_
+            code = hotp(SEED, int(t // 30))
+            barrier = threading.Barrier(40)
+            results: list[bool] = []
+
+            def go(v: Validator, code: str = code, t: float = t,
+                   barrier: threading.Barrier = barrier,
+                   results: list[bool] = results) -> None:
+                barrier.wait()
+                results.append(v.verify("alice", code, now=t).accepted)
+
+            threads = [threading.Thread(target=go, args=(a if i % 2 else b,))
+                       for i in range(40)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            assert sorted(results).count(True) == 1, (round_, results)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_rotation_on_one_validator_while_the_other_registers_and_verifies(
+        pg_url: str, tmp_path: Path) -> None:
+    key = tmp_path / "seed.key"
+    a = Validator.open(pg_url, key)
+    b = Validator.open(pg_url, key, create_key=False)
+    try:
+        a.register_token("TOK1", SEED, now=T0)
+        _enable(a, "alice", "TOK1")
+        a.rotate_key(now=T0 + 1)  # b still seals under the first data key, dropped now
+        b.register_token("TOK2", SEED, now=T0 + 2)  # resealed under the current one
+        assert {k.hex() for k, _, cur in a.store.data_keys() if cur} == {b.box.data_key_id}
+        t = T0 + 30
+        assert b.verify("alice", hotp(SEED, int(t // 30)), now=t).accepted  # fetched key
+        assert a.check_keys() is None and b.check_keys() is None
+        a.rotate_key(now=T0 + 3, master=True)  # a new master key, in the key file
+        b.close()  # the documented procedure: copy the new key file to b, restart b
+        b = Validator.open(pg_url, key, create_key=False)
+        assert b.check_keys() is None
+    finally:
+        a.close()
+        b.close()

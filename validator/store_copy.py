@@ -1,0 +1,110 @@
+"""`foblab validator copy`: move a whole validator between SQLite and PostgreSQL.
+
+Tokens (with their state and assignment), the data keys (still wrapped by the master key)
+and the audit trail are copied row by row; sealed secrets are copied as they are, so the
+destination opens with the same seed key file and nothing is ever decrypted here. The
+destination must be empty (a fresh file, or a database with no tokens, data keys or audit
+rows); it is migrated to the current schema first. The copy is one transaction on the
+destination: it is there completely or not at all. The AWS endpoint's tables are not
+copied (they are SQLite-only for now); their row counts are reported so nothing goes
+missing silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from validator.store import SQLiteStore, Store, StoreError, open_store
+
+# (table, columns) in copy order: the data keys first (a token's sealed seed names one).
+_TABLES = (
+    ("data_keys", ("id", "wrapped", "created", "current")),
+    ("tokens", ("serial", "kind", '"user"', "state", "sealed", "version", "created",
+                "assigned_at")),
+    ("audit", ("time", "serial", '"user"', "action", "result", "reason", "via", "client",
+               "window_steps")),
+)
+_NOT_COPIED = ("aws_access_keys", "aws_sessions", "aws_virtual_mfa", "aws_mfa_tags")
+_BATCH = 1000
+
+
+@contextmanager
+def _transaction(store: Store) -> Iterator[tuple[Any, str]]:
+    """A write transaction on either store's own connection, and its placeholder."""
+    if isinstance(store, SQLiteStore):
+        with store._db.transaction() as conn:
+            yield conn, "?"
+    else:
+        with store.transaction() as conn:  # type: ignore[attr-defined]
+            yield conn, "%s"
+
+
+def _select(store: Store, query: str) -> Iterator[tuple[Any, ...]]:
+    if isinstance(store, SQLiteStore):
+        yield from store._conn().execute(query)
+    else:
+        with store._connection() as conn:  # type: ignore[attr-defined]
+            yield from conn.execute(query).fetchall()
+
+
+def _exists(store: Store, table: str) -> bool:
+    if isinstance(store, SQLiteStore):
+        return store._conn().execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                     "AND name = ?", (table,)).fetchone() is not None
+    with store._connection() as conn:  # type: ignore[attr-defined]
+        row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+    return row is not None and row[0] is not None
+
+
+def copy_database(source: str | os.PathLike[str], destination: str | os.PathLike[str]
+                  ) -> dict[str, int]:
+    """Copy every core table from `source` to the empty `destination` (each a SQLite
+    path or a postgresql:// URL); how many rows per table, and per table left behind
+    (`skipped:<table>`)."""
+    if not isinstance(source, str) or "://" not in source:
+        if not os.path.isfile(source):
+            raise StoreError(f"no database at {source}")
+    src = open_store(source, readonly=True)
+    try:
+        dst = open_store(destination)
+        try:
+            return _copy(src, dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def _copy(src: Store, dst: Store) -> dict[str, int]:
+    if dst.count_tokens() or dst.data_keys() or dst.count_audit():
+        raise StoreError("the destination already holds tokens, data keys or audit rows; "
+                         "copy only into an empty database")
+    counts: dict[str, int] = {}
+    with _transaction(dst) as (conn, mark):
+        for table, columns in _TABLES:
+            names = ", ".join(columns)
+            rows = list(_select(src, f"SELECT {names} FROM {table} ORDER BY "
+                                     f"{'id' if table == 'audit' else '1'}"))
+            if table == "data_keys":  # 0/1 in SQLite, a boolean in PostgreSQL
+                rows = [(*r[:3], bool(r[3]) if mark == "%s" else int(bool(r[3])))
+                        for r in rows]
+            rows = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r)
+                    for r in rows]
+            statement = (f"INSERT INTO {table} ({names}) VALUES "
+                         f"({', '.join([mark] * len(columns))})")
+            for i in range(0, len(rows), _BATCH):
+                if mark == "?":
+                    conn.executemany(statement, rows[i : i + _BATCH])
+                else:
+                    with conn.cursor() as cur:
+                        cur.executemany(statement, rows[i : i + _BATCH])
+            counts[table] = len(rows)
+    for table in _NOT_COPIED:
+        if _exists(src, table):
+            left = next(iter(_select(src, f"SELECT count(*) FROM {table}")))[0]
+            if left:
+                counts[f"skipped:{table}"] = int(left)
+    return counts

@@ -1,0 +1,571 @@
+"""The PostgreSQL store: the `Store` interface on a database several daemons share.
+
+Chosen by a `postgresql://` URL (`validator.store.open_store`). The behaviour is the
+SQLite store's, with these PostgreSQL means:
+
+- **Compare-and-set across daemons.** `UPDATE tokens ... WHERE serial = %s AND version =
+  %s`: under READ COMMITTED a second writer of the same row waits for the first to commit
+  and then re-checks its WHERE clause against the committed row, so of any number of
+  daemons deciding on the same version exactly one updates it; the others get no row
+  (`Cas.CONFLICT`), re-read, and the core refuses their code as replayed.
+- **Device limit.** An assignment takes a transaction-scoped advisory lock on the user
+  (`pg_advisory_xact_lock`) before counting the user's tokens, so two daemons cannot both
+  give a user their last free slot.
+- **Data keys.** A rotation first locks `data_keys` EXCLUSIVE: it waits for every insert
+  of a sealed secret in flight (each holds a `FOR SHARE` lock on the data key it sealed
+  under) and holds new ones back until it commits; an insert sealed under a data key a
+  rotation (on any daemon) has since dropped raises `StaleDataKey`, and the service
+  reseals under the current key.
+- **Schema.** Versioned as in SQLite (`schema_version`, the same numbers); migrations run
+  under an advisory lock, so daemons starting together migrate once.
+- **Unreachable database.** Connections come from a bounded pool (psycopg_pool), checked
+  before use and replaced when broken, so the store reconnects by itself when the server is
+  back. Getting a connection waits at most `timeout` seconds and every statement is bounded
+  by `statement_timeout`; failures raise `StoreUnavailable` (the doors answer 503).
+
+`user` is a reserved word in PostgreSQL, hence the quotes around that column.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import psycopg_pool
+
+from validator.core import TokenState
+from validator.errors import DuplicateSerial
+from validator.store import (
+    _IDENTIFIER,
+    KEEP,
+    SCHEMA_VERSION,
+    AuditEntry,
+    AuditEvent,
+    Cas,
+    StaleDataKey,
+    StoreError,
+    StoreUnavailable,
+    TokenRecord,
+    _Keep,
+    sealed_key_ids,
+)
+
+# The same versions as validator.store.MIGRATIONS, in PostgreSQL's dialect.
+PG_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE tokens (
+            serial TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            "user" TEXT,
+            state TEXT NOT NULL,
+            sealed BYTEA NOT NULL,
+            version BIGINT NOT NULL DEFAULT 0,
+            created DOUBLE PRECISION NOT NULL,
+            assigned_at DOUBLE PRECISION
+        )""",
+        'CREATE INDEX tokens_user ON tokens("user")',
+        """CREATE TABLE audit (
+            id BIGSERIAL PRIMARY KEY,
+            time DOUBLE PRECISION NOT NULL,
+            serial TEXT,
+            "user" TEXT,
+            action TEXT NOT NULL,
+            result TEXT NOT NULL,
+            reason TEXT
+        )""",
+        "CREATE INDEX audit_serial ON audit(serial, id)",
+        'CREATE INDEX audit_user ON audit("user", id)',
+        "CREATE INDEX audit_time ON audit(time)",
+    ),
+    2: (
+        """CREATE TABLE sealed_columns (
+            tbl TEXT PRIMARY KEY,
+            key_column TEXT NOT NULL,
+            aad_prefix TEXT NOT NULL
+        )""",
+        "INSERT INTO sealed_columns VALUES ('tokens', 'serial', '')",
+    ),
+    3: (
+        "ALTER TABLE audit ADD COLUMN via TEXT",
+        "ALTER TABLE audit ADD COLUMN client TEXT",
+    ),
+    4: ("ALTER TABLE audit ADD COLUMN window_steps INTEGER",),
+    5: (
+        """CREATE TABLE data_keys (
+            id TEXT PRIMARY KEY,
+            wrapped BYTEA NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            current BOOLEAN NOT NULL DEFAULT false
+        )""",
+    ),
+}
+assert max(PG_MIGRATIONS) == SCHEMA_VERSION
+
+PROBE_INTERVAL = 1.0  # seconds between reconnection probes while the database is down
+_MIGRATION_LOCK = 0x666F626C  # "fobl": the advisory lock migrations hold
+_COLUMNS = 'serial, state, sealed, "user", version, created, assigned_at'
+_AUDIT_COLUMNS = 'id, time, action, result, reason, serial, "user", via, client, window_steps'
+
+
+def _dumps(state: TokenState) -> str:
+    return json.dumps(state.to_json(), separators=(",", ":"))
+
+
+def _record(row: tuple[Any, ...]) -> TokenRecord:
+    serial, state, sealed, user, version, created, assigned_at = row
+    return TokenRecord(
+        serial=serial, state=TokenState.from_json(json.loads(state)), sealed=bytes(sealed),
+        user=user, version=int(version), created=float(created),
+        assigned_at=None if assigned_at is None else float(assigned_at))
+
+
+def redact(url: str) -> str:
+    """`url` without its password, for messages and repr."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable URL)"
+    host = info.get("host", "")
+    where = f"{host}:{info['port']}" if info.get("port") else str(host)
+    return f"postgresql://{info.get('user', '')}@{where}/{info.get('dbname', '')}"
+
+
+class PostgresStore:
+    """The store on a PostgreSQL database (psycopg 3, a bounded connection pool)."""
+
+    remote = True  # every call waits on the network: the HTTP door calls it from threads
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8,
+                 timeout: float = 2.0, statement_timeout_ms: int = 5000,
+                 connect_timeout: int = 3, migrate: bool = True,
+                 readonly: bool = False) -> None:
+        self.url = url
+        self.max_connections = max_size
+        self._down_at: float | None = None  # monotonic time the database last failed
+        self._probe_lock = threading.Lock()
+        self._connect_timeout = connect_timeout
+        self.readonly = readonly
+        self.timeout = timeout
+        options = f"-c statement_timeout={int(statement_timeout_ms)}"
+        if readonly:
+            options += " -c default_transaction_read_only=on"
+        self._options = options
+        kwargs = {"autocommit": True, "connect_timeout": connect_timeout, "options": options}
+        try:
+            psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError:
+            raise StoreError("the database URL cannot be parsed") from None
+        self._pool = psycopg_pool.ConnectionPool(
+            url, min_size=min_size, max_size=max_size, kwargs=kwargs, timeout=timeout,
+            check=psycopg_pool.ConnectionPool.check_connection, open=False,
+            name="foblab", reconnect_timeout=0)
+        try:
+            self._pool.open(wait=False)
+            if migrate and not readonly:
+                self._migrate()
+            else:
+                current = self.schema_version()
+                if current > SCHEMA_VERSION:
+                    raise StoreError(f"database schema version {current} is newer than this "
+                                     f"validator's ({SCHEMA_VERSION}); upgrade foblab")
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact(self.url)!r})"
+
+    # -- connections and schema -------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection. Once the database has failed, requests fail at once (no
+        wait for the pool's timeout each) until a direct probe, at most once a second,
+        connects again."""
+        if self._down_at is not None:
+            self._probe()
+        try:
+            with self._pool.connection(timeout=self.timeout) as conn:
+                yield conn
+        except psycopg_pool.PoolTimeout:
+            self._down_at = time.monotonic()
+            raise StoreUnavailable("no database connection within "
+                                   f"{self.timeout:g} s") from None
+        except psycopg.OperationalError as exc:
+            self._down_at = time.monotonic()
+            raise StoreUnavailable(f"the database is unreachable ({type(exc).__name__})"
+                                   ) from None
+
+    def _probe(self) -> None:
+        with self._probe_lock:
+            if self._down_at is None:
+                return
+            if time.monotonic() - self._down_at < PROBE_INTERVAL:
+                raise StoreUnavailable("the database is unreachable (checked less than "
+                                       f"{PROBE_INTERVAL:g} s ago)")
+            try:
+                psycopg.connect(self.url, connect_timeout=self._connect_timeout,
+                                autocommit=True).close()
+            except psycopg.Error as exc:
+                self._down_at = time.monotonic()
+                raise StoreUnavailable(f"the database is unreachable "
+                                       f"({type(exc).__name__})") from None
+            self._down_at = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """A write transaction, committed on exit, rolled back on an exception or when the
+        body raises `_Rollback`."""
+        with self._connection() as conn, conn.transaction():
+            yield conn
+
+    def _migrate(self) -> None:
+        with self.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
+                         "(version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            current = 0 if row is None else int(row[0])
+            if current > SCHEMA_VERSION:
+                raise StoreError(f"database schema version {current} is newer than this "
+                                 f"validator's ({SCHEMA_VERSION}); upgrade foblab")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in PG_MIGRATIONS[version]:
+                    conn.execute(statement)
+            if row is None:
+                conn.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
+            else:
+                conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+
+    def schema_version(self) -> int:
+        with self._connection() as conn:
+            exists = conn.execute("SELECT to_regclass('schema_version')").fetchone()
+            if exists is None or exists[0] is None:
+                return 0
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # -- writes ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _write(conn: psycopg.Connection[Any], events: Sequence[AuditEvent]) -> None:
+        if events:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    'INSERT INTO audit (time, serial, "user", action, result, reason, via, '
+                    "client, window_steps) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(e.time, e.serial, e.user, e.action, e.result, e.reason, e.via,
+                      e.client, e.window) for e in events])
+
+    @staticmethod
+    def _hold_data_keys(conn: psycopg.Connection[Any], sealed: Sequence[bytes]) -> None:
+        """Lock (FOR SHARE) the data keys `sealed` were sealed under; `StaleDataKey` if a
+        rotation has dropped one."""
+        wanted = sorted(k.hex() for k in sealed_key_ids(sealed))
+        if not wanted:
+            return
+        have = {row[0] for row in conn.execute(
+            "SELECT id FROM data_keys WHERE id = ANY(%s) FOR SHARE", (wanted,))}
+        if set(wanted) - have:
+            raise StaleDataKey("sealed under a data key that a rotation has replaced")
+
+    def insert_tokens(self, records: Sequence[TokenRecord], audit: Sequence[AuditEvent],
+                      *, skip_existing: bool = False) -> list[str]:
+        try:
+            with self.transaction() as conn:
+                self._hold_data_keys(conn, [r.sealed for r in records])
+                serials = [r.serial for r in records]
+                existing = {row[0] for row in conn.execute(
+                    "SELECT serial FROM tokens WHERE serial = ANY(%s)", (serials,))}
+                if existing and not skip_existing:
+                    raise DuplicateSerial(sorted(existing))
+                fresh = [r for r in records if r.serial not in existing]
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        'INSERT INTO tokens (serial, kind, "user", state, sealed, version, '
+                        "created, assigned_at) VALUES (%s, %s, %s, %s, %s, 0, %s, %s)",
+                        [(r.serial, r.state.kind.value, r.user, _dumps(r.state), r.sealed,
+                          r.created, r.assigned_at) for r in fresh])
+                inserted = {r.serial for r in fresh}
+                self._write(conn, [e for e in audit
+                                   if e.serial is None or e.serial in inserted])
+        except psycopg.errors.UniqueViolation:  # another daemon inserted one meanwhile
+            raise DuplicateSerial(sorted(
+                r.serial for r in records if self.get(r.serial) is not None)) from None
+        return [r.serial for r in fresh]
+
+    def compare_and_set(self, serial: str, version: int, state: TokenState, *,
+                        user: str | None | _Keep = KEEP, assigned_at: float | None = None,
+                        max_devices: int | None = None,
+                        audit: Sequence[AuditEvent] = ()) -> Cas:
+        if isinstance(user, _Keep):  # verify's path: one statement, one round trip
+            return self._set_state(serial, version, state, audit)
+        with self._connection() as conn:
+            with conn.transaction():
+                if user is not None and max_devices is not None:
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                                 ("user:" + user,))
+                    (held,) = conn.execute(
+                        'SELECT count(*) FROM tokens WHERE "user" = %s AND serial != %s',
+                        (user, serial)).fetchone() or (0,)
+                    if held >= max_devices:
+                        return Cas.DEVICE_LIMIT  # nothing written: the commit is empty
+                cur = conn.execute(
+                    'UPDATE tokens SET state = %s, "user" = %s, assigned_at = %s, '
+                    "version = version + 1 WHERE serial = %s AND version = %s",
+                    (_dumps(state), user, assigned_at, serial, version))
+                if cur.rowcount != 1:
+                    return Cas.CONFLICT
+                self._write(conn, audit)
+        return Cas.OK
+
+    def _set_state(self, serial: str, version: int, state: TokenState,
+                   audit: Sequence[AuditEvent]) -> Cas:
+        """The compare-and-set of a state and its audit rows as one statement (atomic on
+        its own in autocommit mode): the rows are inserted only if the update matched."""
+        update = ("UPDATE tokens SET state = %s, version = version + 1 "
+                  "WHERE serial = %s AND version = %s RETURNING 1")
+        args: list[Any] = [_dumps(state), serial, version]
+        with self._connection() as conn:
+            if not audit:
+                return Cas.OK if conn.execute(update, args).rowcount == 1 else Cas.CONFLICT
+            row = ("(%s::double precision, %s::text, %s::text, %s::text, %s::text, %s::text, "
+                   "%s::text, %s::text, %s::integer)")
+            for e in audit:
+                args += [e.time, e.serial, e.user, e.action, e.result, e.reason, e.via,
+                         e.client, e.window]
+            cur = conn.execute(
+                f"WITH u AS ({update}) INSERT INTO audit (time, serial, \"user\", action, "
+                "result, reason, via, client, window_steps) SELECT v.* FROM (VALUES "
+                f"{', '.join([row] * len(audit))}) AS v WHERE EXISTS (SELECT 1 FROM u)", args)
+            return Cas.OK if cur.rowcount == len(audit) else Cas.CONFLICT
+
+    def delete(self, serial: str, version: int, audit: Sequence[AuditEvent] = ()) -> Cas:
+        with self.transaction() as conn:
+            cur = conn.execute("DELETE FROM tokens WHERE serial = %s AND version = %s",
+                               (serial, version))
+            if cur.rowcount != 1:
+                return Cas.CONFLICT
+            self._write(conn, audit)
+        return Cas.OK
+
+    def add_audit(self, events: Sequence[AuditEvent]) -> None:
+        if events:
+            with self.transaction() as conn:
+                self._write(conn, events)
+
+    def register_sealed_table(self, table: str, key_column: str, aad_prefix: str) -> None:
+        if not (_IDENTIFIER.fullmatch(table) and _IDENTIFIER.fullmatch(key_column)):
+            raise ValueError("table and column names must be plain identifiers")
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO sealed_columns VALUES (%s, %s, %s) ON CONFLICT (tbl) "
+                         "DO UPDATE SET key_column = EXCLUDED.key_column, "
+                         "aad_prefix = EXCLUDED.aad_prefix", (table, key_column, aad_prefix))
+
+    @staticmethod
+    def _sealed_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str]]:
+        tables = conn.execute("SELECT tbl, key_column, aad_prefix FROM sealed_columns "
+                              "ORDER BY tbl").fetchall()
+        for table, key_column, _ in tables:
+            if not (_IDENTIFIER.fullmatch(table) and _IDENTIFIER.fullmatch(key_column)):
+                raise StoreError(f"sealed_columns names a bad table {table!r}")
+        return [(str(t), str(k), str(p)) for t, k, p in tables]
+
+    def rotate_data_key(self, key_id: bytes, wrapped: bytes, now: float,
+                        reseal: Callable[[str, bytes], bytes],
+                        audit: Sequence[AuditEvent] = (),
+                        before_commit: Callable[[], None] = lambda: None) -> int:
+        """As `SQLiteStore.rotate_data_key`, in one transaction that first locks
+        `data_keys` against every insert of a sealed secret (see the module's doc)."""
+        with self.transaction() as conn:
+            conn.execute("LOCK TABLE data_keys IN EXCLUSIVE MODE")
+            conn.execute("INSERT INTO data_keys (id, wrapped, created, current) "
+                         "VALUES (%s, %s, %s, false)", (key_id.hex(), wrapped, now))
+            count = 0
+            referenced: set[str] = set()
+            for table, key_column, prefix in self._sealed_tables(conn):
+                bump = ", version = version + 1" if table == "tokens" else ""
+                rows = conn.execute(
+                    f"SELECT {key_column}, sealed FROM {table} FOR UPDATE").fetchall()
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        f"UPDATE {table} SET sealed = %s{bump} WHERE {key_column} = %s",
+                        [(reseal(prefix + key, bytes(sealed)), key) for key, sealed in rows])
+                count += len(rows)
+                referenced.update(row[0] for row in conn.execute(
+                    f"SELECT DISTINCT encode(substring(sealed from 2 for 8), 'hex') "
+                    f"FROM {table}"))
+            referenced.add(key_id.hex())
+            conn.execute("UPDATE data_keys SET current = (id = %s)", (key_id.hex(),))
+            conn.execute("DELETE FROM data_keys WHERE NOT (id = ANY(%s))", (sorted(referenced),))
+            self._write(conn, audit)
+            before_commit()
+        return count
+
+    def rewrap_data_keys(self, rewrap: Callable[[bytes, bytes], bytes],
+                         audit: Sequence[AuditEvent] = (),
+                         before_commit: Callable[[], None] = lambda: None) -> int:
+        with self.transaction() as conn:
+            conn.execute("LOCK TABLE data_keys IN EXCLUSIVE MODE")
+            rows = conn.execute("SELECT id, wrapped FROM data_keys").fetchall()
+            with conn.cursor() as cur:
+                cur.executemany("UPDATE data_keys SET wrapped = %s WHERE id = %s",
+                                [(rewrap(bytes.fromhex(kid), bytes(wrapped)), kid)
+                                 for kid, wrapped in rows])
+            self._write(conn, audit)
+            before_commit()
+        return len(rows)
+
+    def data_keys(self) -> list[tuple[bytes, bytes, bool]]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT id, wrapped, current FROM data_keys ORDER BY created, id").fetchall()
+        return [(bytes.fromhex(kid), bytes(wrapped), bool(current))
+                for kid, wrapped, current in rows]
+
+    def data_key(self, key_id: bytes) -> bytes | None:
+        with self._connection() as conn:
+            row = conn.execute("SELECT wrapped FROM data_keys WHERE id = %s",
+                               (key_id.hex(),)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def legacy_samples(self) -> dict[bytes, tuple[str, bytes]]:
+        found: dict[bytes, tuple[str, bytes]] = {}
+        with self._connection() as conn:
+            for table, key_column, prefix in self._sealed_tables(conn):
+                for key, sealed in conn.execute(
+                        f"SELECT DISTINCT ON (substring(sealed from 2 for 8)) {key_column}, "
+                        f"sealed FROM {table} WHERE get_byte(sealed, 0) = 1"):
+                    found.setdefault(bytes(sealed)[1:9], (prefix + key, bytes(sealed)))
+        return found
+
+    def sealed_rows(self, limit: int | None = None) -> Iterator[tuple[str, str, bytes]]:
+        with self._connection() as conn:
+            rows: list[tuple[str, str, bytes]] = []
+            for table, key_column, prefix in self._sealed_tables(conn):
+                if limit is None:
+                    query = f"SELECT {key_column}, sealed FROM {table}"
+                else:
+                    row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+                    every = max(1, (row[0] if row else 0) // max(1, limit))
+                    query = (f"SELECT k, sealed FROM (SELECT {key_column} AS k, sealed, "
+                             f"row_number() OVER (ORDER BY {key_column}) AS n FROM {table}) s "
+                             f"WHERE n % {int(every)} = 0 LIMIT {int(limit)}")
+                rows.extend((table, prefix + key, bytes(sealed))
+                            for key, sealed in conn.execute(query))
+        yield from rows
+
+    def check(self) -> None:
+        """Raise unless the database answers now: a fresh connection (a pooled one could
+        wait for the pool's timeout while the server is down), which also ends the fast
+        failing of `_connection` when it succeeds."""
+        try:
+            with psycopg.connect(self.url, connect_timeout=self._connect_timeout,
+                                 autocommit=True, options=self._options) as conn:
+                conn.execute("SELECT version FROM schema_version").fetchone()
+                conn.execute("SELECT count(*) FROM data_keys").fetchone()
+                conn.execute("SELECT serial FROM tokens LIMIT 1").fetchone()
+        except psycopg.OperationalError as exc:
+            self._down_at = time.monotonic()
+            raise StoreUnavailable(f"the database is unreachable ({type(exc).__name__})"
+                                   ) from None
+        self._down_at = None
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _rows(self, query: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._connection() as conn:
+            return conn.execute(query, args).fetchall()
+
+    def get(self, serial: str) -> TokenRecord | None:
+        rows = self._rows(f"SELECT {_COLUMNS} FROM tokens WHERE serial = %s", (serial,))
+        return _record(rows[0]) if rows else None
+
+    def tokens_of(self, user: str) -> list[TokenRecord]:
+        return [_record(row) for row in self._rows(
+            f'SELECT {_COLUMNS} FROM tokens WHERE "user" = %s '
+            "ORDER BY assigned_at NULLS FIRST, serial", (user,))]
+
+    def list_tokens(self, *, user: str | None = None, kind: str | None = None,
+                    assigned: bool | None = None, limit: int = 100,
+                    offset: int = 0) -> list[TokenRecord]:
+        clause, args = _token_filter(user, kind, assigned)
+        return [_record(row) for row in self._rows(
+            f"SELECT {_COLUMNS} FROM tokens {clause} ORDER BY serial COLLATE \"C\" "
+            "LIMIT %s OFFSET %s", (*args, int(limit), int(offset)))]
+
+    def count_tokens(self, *, user: str | None = None, kind: str | None = None,
+                     assigned: bool | None = None) -> int:
+        clause, args = _token_filter(user, kind, assigned)
+        return int(self._rows(f"SELECT count(*) FROM tokens {clause}", args)[0][0])
+
+    def audit(self, *, serial: str | None = None, user: str | None = None,
+              action: str | None = None, result: str | None = None,
+              since: float | None = None, until: float | None = None,
+              limit: int = 100, offset: int = 0,
+              newest_first: bool = False) -> list[AuditEntry]:
+        clause, args = _audit_filter(serial, user, action, result, since, until)
+        order = "DESC" if newest_first else "ASC"
+        return [AuditEntry(*row) for row in self._rows(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit {clause} ORDER BY id {order} "
+            "LIMIT %s OFFSET %s", (*args, int(limit), int(offset)))]
+
+    def count_audit(self, *, serial: str | None = None, user: str | None = None,
+                    action: str | None = None, result: str | None = None,
+                    since: float | None = None, until: float | None = None) -> int:
+        clause, args = _audit_filter(serial, user, action, result, since, until)
+        return int(self._rows(f"SELECT count(*) FROM audit {clause}", args)[0][0])
+
+    # -- copy (foblab validator copy) ------------------------------------------------------
+
+    def dump(self) -> Iterator[tuple[str, list[str], list[tuple[Any, ...]]]]:
+        with self._connection() as conn:
+            for table in COPIED_TABLES:
+                cur = conn.execute(f"SELECT * FROM {table} ORDER BY 1")
+                names = [d.name for d in cur.description or ()]
+                yield table, names, cur.fetchall()
+
+
+COPIED_TABLES = ("tokens", "audit", "sealed_columns", "data_keys")
+
+
+def _token_filter(user: str | None, kind: str | None,
+                  assigned: bool | None) -> tuple[str, list[object]]:
+    where: list[str] = []
+    args: list[object] = []
+    if user is not None:
+        where.append('"user" = %s')
+        args.append(user)
+    if kind is not None:
+        where.append("kind = %s")
+        args.append(kind)
+    if assigned is not None:
+        where.append('"user" IS NOT NULL' if assigned else '"user" IS NULL')
+    return (f"WHERE {' AND '.join(where)}" if where else ""), args
+
+
+def _audit_filter(serial: str | None, user: str | None, action: str | None,
+                  result: str | None, since: float | None,
+                  until: float | None) -> tuple[str, list[object]]:
+    where: list[str] = []
+    args: list[object] = []
+    for column, value in (("serial", serial), ('"user"', user), ("action", action),
+                          ("result", result)):
+        if value is not None:
+            where.append(f"{column} = %s")
+            args.append(value)
+    if since is not None:
+        where.append("time >= %s")
+        args.append(since)
+    if until is not None:
+        where.append("time < %s")
+        args.append(until)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), args
