@@ -16,6 +16,8 @@ from urllib.parse import quote
 
 import httpx
 
+from tools._vocab import VALIDATOR_REPLY
+
 __all__ = ["ApiClient", "ApiError", "quote_segment"]
 
 
@@ -52,7 +54,8 @@ def quote_segment(value: str) -> str:
 class ApiClient:
     """The daemon at `url`, as the role of `key` (None: no key, for /healthz)."""
 
-    def __init__(self, url: str, key: str | None = None, timeout: float = 60.0, *,
+    def __init__(self, url: str, key: str | None = None,
+                 timeout: float = VALIDATOR_REPLY.seconds, *,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
