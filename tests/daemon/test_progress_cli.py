@@ -150,3 +150,50 @@ def test_scenario_runs_over_several_files_show_a_bar_on_a_terminal_only() -> Non
     assert code == 0 and "scenario files" not in err, err  # one file: no bar
     piped = on_pipe("scenario", "run", *files)
     assert piped.returncode == 0 and piped.stderr == ""
+
+
+def _fleet_stderr(directory: Path, *extra: str, tty: bool) -> tuple[str, str]:
+    """`sim fleet --count 30` until its ready line, then SIGTERM: (stderr, ready line)."""
+    import signal
+
+    master, slave = pty.openpty() if tty else (None, None)
+    proc = subprocess.Popen([PYTHON, "-m", "tools.cli", "sim", "fleet", "--count", "30",
+                             "--dir", str(directory), *extra], cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=slave if tty else subprocess.PIPE, text=True)
+    seen = b""
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        if tty:
+            assert master is not None and slave is not None
+            os.close(slave)
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            proc.wait(timeout=60)
+            return seen.decode(errors="replace"), ready
+        _, err = proc.communicate(timeout=60)
+        return err, ready
+    finally:
+        if master is not None:
+            os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_fleet_start_shows_a_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    err, ready = _fleet_stderr(tmp_path / "a", tty=True)
+    assert ready.startswith("30 tokens ready")
+    assert "starting 30 tokens" in err and "30/30" in err, err
+    err, ready = _fleet_stderr(tmp_path / "b", "--json", tty=True)
+    assert '"count": 30' in ready and "starting" not in err, err
+    err, ready = _fleet_stderr(tmp_path / "c", tty=False)
+    assert ready.startswith("30 tokens ready") and err == "", err
