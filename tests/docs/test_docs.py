@@ -44,6 +44,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,3 +335,18 @@ def test_document_runs(doc: Path, tmp_path: Path) -> None:
     expected_failures = run_document(doc, tmp_path / "work")
     if expected_failures:  # every other block ran and behaved
         pytest.xfail("; ".join(expected_failures))
+
+
+def test_the_readme_says_how_to_reach_the_foblab_command() -> None:
+    """A newcomer's first surprise was `foblab: command not found` after `make demo`: the
+    README's examples call `foblab`, which lives in the Makefile's venv. The README names
+    that venv's activation, and the venv, the console script and the Makefile agree."""
+    readme = (ROOT / "README.md").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert re.search(r"^VENV\s*:=\s*\.venv$", makefile, re.M)
+    assert pyproject["project"]["scripts"]["foblab"] == "tools.cli:main"
+    assert ". .venv/bin/activate" in readme
+    first_example = readme.index("```sh\nfoblab ")
+    assert readme.index(". .venv/bin/activate") < first_example
+    assert (Path(sys.executable).parent / "foblab").exists()  # what the harness puts on PATH
