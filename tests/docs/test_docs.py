@@ -350,3 +350,15 @@ def test_the_readme_says_how_to_reach_the_foblab_command() -> None:
     first_example = readme.index("```sh\nfoblab ")
     assert readme.index(". .venv/bin/activate") < first_example
     assert (Path(sys.executable).parent / "foblab").exists()  # what the harness puts on PATH
+
+
+def test_every_plot_example_says_it_needs_the_plot_extra() -> None:
+    """`make demo` installs the runtime without matplotlib, so a README or docs page that
+    runs `--plot` says, before the block, how to get it (the command fails clearly
+    otherwise: tests/scenario/test_study.py)."""
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        for m in re.finditer(r"```sh\n(?:.*\n)*?```", text):
+            if "--plot" in m.group(0):
+                before = text[max(0, m.start() - 600):m.start()]
+                assert "'.[plot]'" in before, f"{doc.name}: --plot without the plot extra"
