@@ -1,6 +1,7 @@
 """The outermost ASGI middleware: counts every request for /metrics, writes one access-log
-line (JSON: method, path, route, status, milliseconds, role, outcome; never a body, a code,
-a key or a query string), and answers a JSON 500 for a bug that escaped everything else."""
+line (JSON: method, path, route, status, milliseconds, role, the API key's name, outcome;
+never a body, a code, a key or a query string), and answers a JSON 500 for a bug that
+escaped everything else."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ log = logging.getLogger("foblab.validator")
 access_log = logging.getLogger("foblab.access")
 
 ROLE = "foblab.role"
+KEY = "foblab.key"  # the API key's name: never its value
 OUTCOME = "foblab.outcome"
 """Scope keys a request's handling leaves for the access log."""
 
@@ -89,7 +91,7 @@ class Observe:
                 access_log.info(json.dumps({
                     "ts": round(time.time(), 3), "method": scope["method"],
                     "path": scope["path"][:200], "route": template, "status": status,
-                    "ms": round(elapsed * 1000, 3), "role": scope.get(ROLE),
+                    "ms": round(elapsed * 1000, 3), "role": scope.get(ROLE), "key": scope.get(KEY),
                     "outcome": scope.get(OUTCOME),
                     "client": client[0] if client else None,
                 }, separators=(",", ":")))
