@@ -14,9 +14,13 @@ click parses it, so the command itself only knows the new name.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 RENAMED: dict[str, dict[str, str]] = {
     "sim run": {"--seed": "--seed-hex"},
@@ -59,3 +63,45 @@ def accept_old(cmd: click.Command, path: str) -> None:
         return parse(ctx, rewrite(list(args), renamed))
 
     cmd.parse_args = parse_args  # type: ignore[method-assign]
+
+
+# --- Timeouts: one default per kind of wait (docs/cli.md, "Timeouts") ---------------------
+
+@dataclass(frozen=True)
+class Wait:
+    """A kind of wait: its default bound in seconds and what it bounds, in --help's words."""
+
+    seconds: float
+    bounds: str
+
+
+TOKEN_REPLY = Wait(2.0, "a token's reply on its serial port")
+"""One request to a token: it answers in milliseconds, so 2 s means it is not there."""
+VALIDATOR_REPLY = Wait(60.0, "the validator's answer to one request")
+"""One request to the daemon. Generous because station enrollment reads two consecutive
+codes from a token, which takes up to a period (30 s) plus the token's replies."""
+RADIUS_REPLY = Wait(2.0, "a RADIUS server's answer to one try (of --retries)")
+"""One RADIUS Access-Request try; the command resends it --retries times."""
+READY = Wait(30.0, "a started daemon or token printing its ready line")
+"""A process this CLI starts itself (the demo's daemon) coming up."""
+
+TIMEOUTS: dict[str, Wait] = {"token": TOKEN_REPLY, "validator": VALIDATOR_REPLY,
+                             "radius": RADIUS_REPLY, "ready": READY}
+"""Every default timeout of the CLI, by kind. A `--...timeout` option takes its default from
+here (`timeout_option`) and says in its help which wait it bounds."""
+
+
+def timeout_option(kind: str, name: str = "--timeout", *, type_: Any = float,
+                   extra: str = "") -> Callable[[F], F]:
+    """`--timeout S` (or `name`) bounding the `kind` of wait of TIMEOUTS, with its default."""
+    wait = TIMEOUTS[kind]
+    option = click.option(name, type=type_, default=wait.seconds, show_default=True,
+                          metavar="S", help=f"Seconds to wait for {wait.bounds}.{extra}")
+
+    def decorate(f: F) -> F:
+        f = option(f)
+        param = f.__click_params__[-1]  # type: ignore[attr-defined]
+        param.timeout_kind = kind  # for tests/tools/test_timeouts.py
+        return f
+
+    return decorate

@@ -24,6 +24,8 @@ from urllib.parse import quote
 
 import httpx
 
+from tools._vocab import VALIDATOR_REPLY
+
 __all__ = ["ApiClient", "ApiError", "quote_segment"]
 
 
@@ -82,7 +84,8 @@ def tls_context(ca_file: str | Path | None, client_cert: str | Path | None = Non
 class ApiClient:
     """The daemon at `url`, as the role of `key` (None: no key, for /healthz)."""
 
-    def __init__(self, url: str, key: str | None = None, timeout: float = 60.0, *,
+    def __init__(self, url: str, key: str | None = None,
+                 timeout: float = VALIDATOR_REPLY.seconds, *,
                  transport: httpx.BaseTransport | None = None,
                  ca_file: str | Path | None = None, client_cert: str | Path | None = None,
                  client_key: str | Path | None = None) -> None:

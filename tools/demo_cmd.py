@@ -39,6 +39,7 @@ from typing import Any
 
 import click
 
+from tools._vocab import READY, TOKEN_REPLY
 from tools.api_client import ApiClient, ApiError
 
 PERIOD_MS = 30_000
@@ -141,7 +142,7 @@ def _daemon(directory: Path, station_url: str, log_path: Path
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                             start_new_session=True, env=env, cwd=str(Path(__file__).parent.parent))
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + READY.seconds
         url = None
         while url is None:
             text = log_path.read_text(errors="replace")
@@ -152,7 +153,7 @@ def _daemon(directory: Path, station_url: str, log_path: Path
                 raise DemoAbort(f"the daemon exited ({proc.returncode}): "
                                 f"{text.strip().splitlines()[-1:] or ''}")
             elif time.monotonic() > deadline:
-                raise DemoAbort("the daemon did not start within 30 s")
+                raise DemoAbort(f"the daemon did not start within {READY.seconds:g} s")
             else:
                 time.sleep(0.05)
         m = re.search(r"answering RADIUS on udp (\S+):(\d+)", log_path.read_text())
@@ -197,7 +198,8 @@ class Fob:
         from protocol import TokenClient, pyserial_reader
 
         self.url = url
-        self.port = serial.serial_for_url(url, timeout=5, write_timeout=5)
+        self.port = serial.serial_for_url(url, timeout=TOKEN_REPLY.seconds,
+                                           write_timeout=TOKEN_REPLY.seconds)
         self.client = TokenClient(pyserial_reader(self.port), self.port.write)
         self.used: int | None = None  # the newest step the validator has taken from us
 

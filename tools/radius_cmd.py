@@ -17,6 +17,7 @@ import click
 
 from tools._args import fail as _fail
 from tools._args import parse_hex, parse_host_port
+from tools._vocab import RADIUS_REPLY, timeout_option
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class NoAnswer(Exception):
 
 
 def exchange(server: tuple[str, int], user: str, code: str, secret: bytes, *,
-             state: bytes | None = None, timeout: float = 2.0, retries: int = 3) -> Answer:
+             state: bytes | None = None, timeout: float = RADIUS_REPLY.seconds,
+             retries: int = 3) -> Answer:
     """Send one PAP Access-Request to `server` and read its answer; a lost datagram is
     sent again unchanged (same Identifier and authenticator: a retransmission)."""
     from validator.radius import codec
@@ -88,7 +90,7 @@ def radius() -> None:
               help="The client's shared secret (one line).")
 @click.option("--state", "state_hex", metavar="HEX",
               help="Answer an Access-Challenge: the State it carried.")
-@click.option("--timeout", type=click.FloatRange(0.05, 60), default=2.0, show_default=True)
+@timeout_option("radius", type_=click.FloatRange(0.05, 60))
 @click.option("--retries", type=click.IntRange(1, 10), default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def test(user: str, code: str, server: str, secret_file: Path, state_hex: str | None,

@@ -44,6 +44,7 @@ from protocol import (
 from tools import choices
 from tools._args import DURATION, HEX, SIGNED_DURATION, TIME, format_time_ms
 from tools._args import fail as _fail
+from tools._vocab import timeout_option
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 MAX_PEEK = 32  # codes a PEEK reply holds (firmware_sim MAX_PEEK; one frame)
@@ -70,8 +71,7 @@ def _client(port: str, timeout: float) -> Iterator[TokenClient]:
 
 def common(f: _F) -> _F:
     f = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(f)
-    f = click.option("--timeout", type=float, default=2.0, show_default=True,
-                     help="Seconds to wait for the token.")(f)
+    f = timeout_option("token")(f)
     f = click.argument("port")(f)
     return f
 

@@ -18,7 +18,6 @@ import json
 import os
 import sqlite3
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -31,7 +30,8 @@ from protocol import Hash, Kind
 from tools import choices
 from tools._args import fail as _fail
 from tools._paging import echo_note, fetch, page_options
-from tools._progress import waiting, wanted
+from tools._progress import timed, wanted
+from tools._vocab import timeout_option
 from tools.api_client import ApiClient, ApiError
 from tools.cli import LazyGroup
 from validator.config import (
@@ -285,7 +285,7 @@ def client_command(group: click.Group, name: str | None = None) -> Callable[[F],
                          type=click.Path(dir_okay=False, path_type=Path),
                          help="Its private key, when not in the same file "
                               "(env FOBLAB_CLIENT_KEY)."),
-            click.option("--timeout", type=float, default=60.0, show_default=True),
+            timeout_option("validator", extra=" Station enrollment takes up to a period."),
             click.option("--json", "as_json", is_flag=True, help="Print JSON."),
         ):
             inner = option(inner)
@@ -409,8 +409,8 @@ def import_(client: ApiClient, as_json: bool, file: Path, fmt: str | None,
     except (OSError, UnicodeDecodeError) as exc:
         _fail(f"cannot read {file}: {exc}")
     keys = _count_keys(content, fmt)
-    with _Working(f"{'checking' if dry_run else 'importing'} {keys:,} keys from {file.name}",
-                  enabled=keys > _PROGRESS_KEYS and not as_json):
+    with timed(f"{'checking' if dry_run else 'importing'} {keys:,} keys from {file.name}",
+               show=keys > _PROGRESS_KEYS and wanted(as_json=as_json)):
         data = client.import_tokens(content, fmt, passphrase=passphrase, key_hex=key_hex,
                                     skip_duplicates=skip_duplicates, dry_run=dry_run)
     _show(data, as_json, _import_report)
@@ -425,38 +425,6 @@ def _count_keys(content: str, fmt: str) -> int:
         return max(0, sum(1 for line in content.splitlines()
                           if line.strip() and not line.lstrip().startswith("#")) - 1)
     return content.count("<Key ") + content.count(":Key ") + content.count("<Secret ")
-
-
-class _Working:
-    """On a TTY (stderr), a line that says what is being done and for how long, redrawn
-    in place until the work ends; nothing otherwise."""
-
-    def __init__(self, what: str, *, enabled: bool) -> None:
-        self.what = what
-        self.enabled = enabled and sys.stderr.isatty()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> _Working:
-        if self.enabled:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        frames = "|/-\\"
-        i = 0
-        while not self._stop.wait(0.2):
-            click.echo(f"\r{frames[i % 4]} {self.what}... {time.monotonic() - started:.0f} s",
-                       err=True, nl=False)
-            i += 1
-
-    def __exit__(self, *exc: object) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            click.echo("\r\x1b[K", err=True, nl=False)
 
 
 def _import_report(d: dict[str, Any]) -> None:
@@ -897,11 +865,12 @@ def enroll(client: ApiClient, as_json: bool, name: str, user: str, provision: bo
            kind: str | None, hash_: str | None, digits: str | None,
            period: int | None) -> None:
     """Enroll the token on station NAME for USER (reads two codes from it)."""
-    waiting(f"enrolling the token on station {name}: reading two consecutive codes from it "
-            "takes up to a period (30 s)", show=wanted(as_json=as_json))
-    data = client.station_enroll(name, user, provision=provision or None, kind=kind,
-                                 hash=hash_, digits=None if digits is None else int(digits),
-                                 period=period)
+    step = period or 30  # reading two consecutive codes takes up to a period
+    with timed(f"station {name}: reading two codes (up to {step} s)",
+               show=wanted(as_json=as_json), expected=step):
+        data = client.station_enroll(name, user, provision=provision or None, kind=kind,
+                                     hash=hash_, digits=None if digits is None else int(digits),
+                                     period=period)
     _show(data, as_json, lambda d: click.echo(
         f"enrolled {d['serial']} for {d['user']}" +
         (" (provisioned with a fresh seed)" if d["provisioned"] else "")))

@@ -46,6 +46,7 @@ import ssl
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,3 +338,30 @@ def test_document_runs(doc: Path, tmp_path: Path) -> None:
     expected_failures = run_document(doc, tmp_path / "work")
     if expected_failures:  # every other block ran and behaved
         pytest.xfail("; ".join(expected_failures))
+
+
+def test_the_readme_says_how_to_reach_the_foblab_command() -> None:
+    """A newcomer's first surprise was `foblab: command not found` after `make demo`: the
+    README's examples call `foblab`, which lives in the Makefile's venv. The README names
+    that venv's activation, and the venv, the console script and the Makefile agree."""
+    readme = (ROOT / "README.md").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert re.search(r"^VENV\s*:=\s*\.venv$", makefile, re.M)
+    assert pyproject["project"]["scripts"]["foblab"] == "tools.cli:main"
+    assert ". .venv/bin/activate" in readme
+    first_example = readme.index("```sh\nfoblab ")
+    assert readme.index(". .venv/bin/activate") < first_example
+    assert (Path(sys.executable).parent / "foblab").exists()  # what the harness puts on PATH
+
+
+def test_every_plot_example_says_it_needs_the_plot_extra() -> None:
+    """`make demo` installs the runtime without matplotlib, so a README or docs page that
+    runs `--plot` says, before the block, how to get it (the command fails clearly
+    otherwise: tests/scenario/test_study.py)."""
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        for m in re.finditer(r"```sh\n(?:.*\n)*?```", text):
+            if "--plot" in m.group(0):
+                before = text[max(0, m.start() - 600):m.start()]
+                assert "'.[plot]'" in before, f"{doc.name}: --plot without the plot extra"

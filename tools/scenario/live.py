@@ -55,6 +55,7 @@ from protocol import (
     UnfreezeRequest,
     pyserial_reader,
 )
+from tools._vocab import TOKEN_REPLY, VALIDATOR_REPLY
 from tools.api_client import ApiClient, ApiError
 from tools.scenario.engine import (
     Engine,
@@ -243,14 +244,17 @@ def _prepare_token(client: TokenClient, scenario: Scenario, secret: bytes) -> st
     return info.serial
 
 
-def run_live(scenario: Scenario, *, url: str, key: str, port: str, timeout: float = 5.0,
+def run_live(scenario: Scenario, *, url: str, key: str, port: str,
+             timeout: float = VALIDATOR_REPLY.seconds,
+             token_timeout: float = TOKEN_REPLY.seconds,
              on_event: Callable[[EventResult], None] | None = None,
              sleep: Callable[[float], None] = time.sleep,
              reset_token: bool = False, ca_file: Path | None = None) -> RunResult:
     """Run `scenario` against the daemon at `url` (an admin key) and the QA token on
     `port`. Raises LiveError when the run cannot start."""
     try:
-        link = serial.serial_for_url(port, timeout=timeout, write_timeout=timeout)
+        link = serial.serial_for_url(port, timeout=token_timeout,
+                                      write_timeout=token_timeout)
     except (serial.SerialException, OSError, ValueError) as exc:
         raise LiveError(f"cannot open {port}: {exc}") from None
     try:
