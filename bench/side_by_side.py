@@ -42,7 +42,7 @@ def run(tree: str, home: Path, step: int) -> dict[str, Any]:
     url = ""
     for line in proc.stderr:
         if "listening on " in line:
-            url = line.rsplit(" ", 1)[-1].strip()
+            url = re.findall(r"listening on (http://[^\s\"]+)", line)[0]
             break
     if not url:
         raise RuntimeError(f"the daemon of {tree} did not start")

@@ -108,9 +108,15 @@ def _station_option(values: Sequence[str]) -> dict[str, str]:
                    "overrides its listen).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
+@click.option("--log-format", type=click.Choice(["json", "text", "auto"]),
+              help="Every log line as JSON or as text (default from the config's log_format, "
+                   "else auto: JSON unless stderr is a terminal).")
 def serve(directory: Path | None, config: Path | None, host: str | None, port: int | None,
-          stations: Sequence[str], radius_listen: str | None, log_level: str) -> None:
+          stations: Sequence[str], radius_listen: str | None, log_level: str,
+          log_format: str | None) -> None:
     """Run the daemon until SIGTERM or Ctrl-C."""
+    import logging
+
     from validator.daemon import StartupError
     from validator.daemon import serve as run
 
@@ -139,14 +145,19 @@ def serve(directory: Path | None, config: Path | None, host: str | None, port: i
         changes["radius"] = dataclasses.replace(settings.radius, host=rhost, port=rport)
     settings = settings.replace(**changes)
 
+    # the ready lines go through the daemon's log, in its format (the URL ends the message)
+    log = logging.getLogger("foblab.ready")  # kept at info whatever --log-level says
+
     def ready(url: str) -> None:
-        click.echo(f"foblab validator listening on {url}", err=True)
+        log.info("foblab validator listening on %s", url, extra={"fields": {"url": url}})
 
     def radius_ready(address: str) -> None:
-        click.echo(f"foblab validator answering RADIUS on udp {address}", err=True)
+        log.info("foblab validator answering RADIUS on udp %s", address,
+                    extra={"fields": {"address": address}})
 
     try:
-        code = run(settings, on_ready=ready, log_level=log_level, on_radius=radius_ready)
+        code = run(settings, on_ready=ready, log_level=log_level, on_radius=radius_ready,
+                   log_format=log_format)
     except StartupError as exc:
         _fail(str(exc))
     sys.exit(code)

@@ -26,7 +26,6 @@ import os
 import signal
 import socket
 import sqlite3
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import uvicorn
 
+from validator import logs
 from validator.apikeys import ApiKeyError, KeyRing, Role, new_key, write_key_file
 from validator.config import CONFIG_NAME, ConfigError, Settings, default_document
 from validator.connections import ConnectionGuard, guarded_protocol, raise_fd_limit
@@ -135,21 +135,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _configure_logging(level: str) -> None:
-    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(fmt)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    access = logging.getLogger("foblab.access")
-    access.propagate = False
-    plain = logging.StreamHandler(sys.stderr)
-    plain.setFormatter(logging.Formatter("%(message)s"))
-    access.handlers[:] = [plain]
-    access.setLevel(logging.INFO)
-
-
 class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None) -> None:
         super().__init__(config)
@@ -191,13 +176,15 @@ def _radius(settings: Settings) -> tuple[Any, Any] | None:
 
 def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
           log_level: str = "info", graceful_timeout: int | None = 30,
-          on_radius: Callable[[str], None] | None = None) -> int:
+          on_radius: Callable[[str], None] | None = None,
+          log_format: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT. Raises StartupError before serving; returns 0
     after a clean shutdown, 1 if uvicorn could not start. `on_radius` gets the RADIUS
-    door's `HOST:PORT` once it answers (before `on_ready`)."""
+    door's `HOST:PORT` once it answers (before `on_ready`). `log_format`: json, text or
+    auto (validator.logs); None: the config's `log_format`."""
     from validator.app import create_app
 
-    _configure_logging(log_level)
+    logs.configure(log_format or settings.log_format, log_level)
     before, after = raise_fd_limit()
     if after != before:
         log.info("file-descriptor limit raised from %d to %d", before, after)
@@ -248,7 +235,7 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
 
             clients, udp = radius
             door = RadiusDoor(validator, clients, log_requests=settings.access_log)
-            app.state.api.metrics.extra.append(door.render_metrics)
+            app.state.api.metrics.add_collector(door.collect_metrics)
             listener = RadiusListener(door, udp)
             for client in clients:
                 if client.legacy:
@@ -266,10 +253,9 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
         config = uvicorn.Config(
             app, loop="uvloop" if _fast("uvloop") else "asyncio",
             # our httptools protocol with the head deadline and the connection cap
-            # (validator/connections.py); X-Forwarded-For only from trusted_proxies
-            http=guarded_protocol(guard), lifespan="on",
-            proxy_headers=bool(settings.trusted_proxies),
-            forwarded_allow_ips=list(settings.trusted_proxies) or None,
+            # (validator/connections.py); X-Forwarded-For (from trusted_proxies only) is
+            # read inside the app, after the request id middleware saw the real peer
+            http=guarded_protocol(guard), lifespan="on", proxy_headers=False,
             access_log=False, log_config=None, log_level=log_level, server_header=False,
             timeout_graceful_shutdown=graceful_timeout, backlog=2048)
         server = _Server(config, None if on_ready is None else lambda: on_ready(url))

@@ -366,6 +366,11 @@ class Validator:
         """How many tokens `list_tokens` pages through (for "showing N of TOTAL")."""
         return self.store.count_tokens(user=user, kind=kind, assigned=assigned)
 
+    def gauges(self, now: float | None = None) -> dict[str, int]:
+        """For /metrics: `tokens`, `devices_enabled` (assigned to a user) and
+        `tokens_locked` (locked after failed codes at `now`), in one read of the store."""
+        return self.store.token_gauges(self._now(now))
+
     def get_token(self, serial: str, now: float | None = None) -> TokenInfo:
         return _info(self._record(serial), self._now(now))
 

@@ -230,6 +230,8 @@ class Store(Protocol):
     def count_tokens(self, *, user: str | None = None, kind: str | None = None,
                      assigned: bool | None = None) -> int: ...
 
+    def token_gauges(self, now: float) -> dict[str, int]: ...
+
     def count_audit(self, *, serial: str | None = None, user: str | None = None,
                     action: str | None = None, result: str | None = None,
                     since: float | None = None, until: float | None = None) -> int: ...
@@ -577,6 +579,16 @@ class SQLiteStore:
         clause, args = _token_filter(user, kind, assigned)
         return int(self._conn().execute(f"SELECT COUNT(*) FROM tokens {clause}",
                                         args).fetchone()[0])
+
+    def token_gauges(self, now: float) -> dict[str, int]:
+        """`tokens`, `devices_enabled` (assigned) and `tokens_locked` (at `now`): one scan
+        of the tokens table, no secret read."""
+        total, enabled, locked = self._conn().execute(
+            "SELECT COUNT(*), COUNT(user), "
+            "COALESCE(SUM(json_extract(state, '$.locked_until') > ?), 0) FROM tokens",
+            (float(now),)).fetchone()
+        return {"tokens": int(total), "devices_enabled": int(enabled),
+                "tokens_locked": int(locked)}
 
     def audit(self, *, serial: str | None = None, user: str | None = None,
               action: str | None = None, result: str | None = None,

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from protocol import DEFAULT_PERIOD, Hash, Kind
 from validator.errors import BadSecret, InvalidRequest, UnknownStation, ValidatorError
 from validator.http.decoding import Call
+from validator.http.metrics import CONTENT_TYPE
 from validator.http.middleware import error_response
 from validator.service import TokenInfo
 from validator.station import Station
@@ -177,9 +178,7 @@ async def verify(c: Call) -> Response:
     b = c.body
     result = c.api.validator.verify(b["user"], b["code"], serial=b.get("serial"))
     reason = result.reason.value
-    c.api.metrics.verify[reason] += 1
-    if result.window is not None:
-        c.api.metrics.observe_window(result.window)
+    c.api.metrics.verified(reason, result.window)
     c.outcome(reason)
     out: dict[str, Any] = {"ok": result.accepted, "reason": reason, "user": b["user"],
                            "serial": result.serial}
@@ -230,9 +229,9 @@ async def _on_station(c: Call, station: Station, op: str, fn: Callable[[], Any])
     try:
         result = await run_in_threadpool(locked)
     except ValidatorError as exc:
-        c.api.metrics.stations[(station.name, op, exc.code)] += 1
+        c.api.metrics.station(station.name, op, exc.code)
         raise
-    c.api.metrics.stations[(station.name, op, "ok")] += 1
+    c.api.metrics.station(station.name, op, "ok")
     return result
 
 
@@ -268,6 +267,8 @@ async def healthz(c: Call) -> Response:
 
 
 async def metrics(c: Call) -> Response:
-    return Response(c.api.metrics.render(), media_type="text/plain; version=0.0.4")
+    # in a worker thread: the token gauges are a query of the store
+    body = await run_in_threadpool(c.api.metrics.render)
+    return Response(body, headers={"Content-Type": CONTENT_TYPE})
 
 
