@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,7 @@ from validator import logs
 from validator.apikeys import ApiKeyError, KeyRing, Role, new_key, write_key_file
 from validator.config import CONFIG_NAME, ConfigError, Settings, default_document
 from validator.connections import ConnectionGuard, guarded_protocol, raise_fd_limit
+from validator.retention import Retention
 from validator.secrets_box import KeyFileError
 from validator.service import Validator
 from validator.store import AuditEvent, StoreError
@@ -135,6 +137,38 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class AuditPruner:
+    """The background enforcement of the audit retention: a thread that prunes at start and
+    every `interval` seconds until stopped. A failure is logged and tried again next time."""
+
+    def __init__(self, validator: Validator, retention: Retention, interval: float) -> None:
+        self.validator = validator
+        self.retention = retention
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-prune", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                deleted = self.validator.prune_audit(self.retention)
+            except Exception as exc:  # a busy or broken database: next round
+                log.warning("audit retention: pruning failed: %s", exc)
+            else:
+                if deleted:
+                    log.info("audit retention: %d entries deleted", deleted,
+                             extra={"fields": {"deleted": deleted}})
+            self._stop.wait(self.interval)
+
+
 class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None) -> None:
         super().__init__(config)
@@ -211,11 +245,16 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
         raise
     closed = False
     listener: Any = None
+    retention = Retention(settings.audit_max_age_days, settings.audit_max_rows)
+    pruner = AuditPruner(validator, retention, settings.audit_prune_seconds) \
+        if retention.active else None
 
     def close(quiet: bool = False) -> None:
         nonlocal closed
         if not closed:
             closed = True
+            if pruner is not None:
+                pruner.stop()
             if listener is not None:
                 listener.stop()
             elif radius is not None:
@@ -248,6 +287,10 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
             log.info("radius door on udp %s (%d client(s))", where, len(clients))
             if on_radius is not None:
                 on_radius(where)
+        if pruner is not None:
+            pruner.start()
+            log.info("audit retention: max age %g days, max rows %d (0: none), every %g s",
+                     retention.max_age_days, retention.max_rows, settings.audit_prune_seconds)
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         config = uvicorn.Config(

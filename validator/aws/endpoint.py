@@ -31,6 +31,7 @@ from validator.aws.errors import AwsError, service_failure
 from validator.aws.params import Params
 from validator.aws.store import AwsStore, Credentials, token_digest
 from validator.connections import discard_body
+from validator.logs import REQUEST_ID
 from validator.secrets_box import SealError
 from validator.service import Validator
 
@@ -108,7 +109,7 @@ class AwsEndpoint:
         return v.view(max_user_length=USER_NAME_MAX)
 
     async def handle(self, request: Request) -> Response:
-        request_id = str(uuid.uuid4())
+        request_id = REQUEST_ID.get() or str(uuid.uuid4())  # the daemon's log's id
         try:
             body = await self._body(request)
             return await run_in_threadpool(self._handle, request, body, request_id)

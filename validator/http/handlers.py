@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from protocol import DEFAULT_PERIOD, Hash, Kind
 from validator.errors import BadSecret, InvalidRequest, UnknownStation, ValidatorError
 from validator.http.decoding import Call
 from validator.http.metrics import CONTENT_TYPE
 from validator.http.middleware import error_response
-from validator.service import TokenInfo
+from validator.logs import timestamp
+from validator.service import AuditEntry, TokenInfo
 from validator.station import Station
 
 log = logging.getLogger("foblab.validator")
@@ -203,6 +205,33 @@ async def audit(c: Call) -> Response:
                   "limit": limit, "offset": offset,
                   "next_offset": _next(entries, limit, offset),
                   "total": c.api.validator.count_audit(**filters)})
+
+
+def audit_line(e: AuditEntry) -> bytes:
+    """One audit entry as a JSONL line, with the field names of the daemon's log (`ts`
+    ISO 8601 beside `time` in Unix seconds)."""
+    return json.dumps({"id": e.id, "ts": timestamp(e.time), "time": e.time,
+                       "action": e.action, "result": e.result, "reason": e.reason,
+                       "serial": e.serial, "user": e.user, "via": e.via, "client": e.client,
+                       "window": e.window}, separators=(",", ":")).encode() + b"\n"
+
+
+async def audit_export(c: Call) -> Response:
+    """Every entry in [since, until) as JSON lines, streamed: one query per thousand rows,
+    each in a worker thread."""
+    q = c.query
+    batches = c.api.validator.audit_export(since=q.get("since"), until=q.get("until"),
+                                           newest_first=q.get("order") == "newest")
+
+    def next_chunk() -> bytes:
+        rows = next(batches, None)
+        return b"" if rows is None else b"".join(audit_line(e) for e in rows)
+
+    async def body() -> AsyncIterator[bytes]:
+        while chunk := await run_in_threadpool(next_chunk):
+            yield chunk
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
 
 
 def _station(c: Call) -> Station:
