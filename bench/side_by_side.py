@@ -25,7 +25,8 @@ from bench import bench_daemon as B
 
 CONNS = 8
 N = 4000
-NEW_KEYS = re.compile(r"(?m)^(head_timeout|max_connections|trusted_proxies) = .*\n")
+NEW_KEYS = re.compile(r"(?m)^(head_timeout|max_connections|trusted_proxies|log_format"
+                      r"|audit_max_age_days|audit_max_rows|audit_prune_seconds) = .*\n")
 
 
 def _cpu(pid: int) -> float:
