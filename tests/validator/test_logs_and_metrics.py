@@ -15,6 +15,8 @@ from validator.logs import REQUEST_ID, configure, incoming_request_id, resolve, 
 
 def _one_record(fmt: str) -> str:
     stream = io.StringIO()
+    saved = (logging._srcfile, logging.logThreads, logging.logProcesses,
+             logging.logMultiprocessing)
     configure(fmt, "info", stream)
     token = REQUEST_ID.set("r-1")
     try:
@@ -24,6 +26,8 @@ def _one_record(fmt: str) -> str:
         REQUEST_ID.reset(token)
         logging.getLogger().handlers.clear()
         logging.captureWarnings(False)
+        (logging._srcfile, logging.logThreads, logging.logProcesses,
+         logging.logMultiprocessing) = saved
     return stream.getvalue()
 
 
