@@ -693,11 +693,15 @@ def export(client: ApiClient, as_json: bool, since: str | None, until: str | Non
     """Stream the audit log as JSON lines, for a log system: oldest first (or
     --newest-first), each entry once even while the daemon writes and prunes."""
     out = sys.stdout.buffer
-    for line in client.audit_export(since=_time_option(since, "--since"),
-                                    until=_time_option(until, "--until"),
-                                    order="newest" if newest_first else "oldest"):
-        out.write(line)
-    out.flush()
+    try:
+        for line in client.audit_export(since=_time_option(since, "--since"),
+                                        until=_time_option(until, "--until"),
+                                        order="newest" if newest_first else "oldest"):
+            out.write(line)
+        out.flush()
+    except BrokenPipeError:  # `| head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 @validator.group()
