@@ -92,6 +92,8 @@ def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
     if aws is None:
         aws = load_aws_endpoint(validator, settings.database, settings.aws)
     if aws is not None:
+        if hasattr(aws, "collect_metrics"):
+            api.metrics.add_collector(aws.collect_metrics)
         for path in ("/aws", "/aws/"):
             routes.append(Route(path, aws.handle, methods=["GET", "POST"],
                                 include_in_schema=False))

@@ -149,6 +149,8 @@ def test_metrics_by_route_template_with_token_gauges(tmp_path: Path, spawn: Any)
         assert adm.get("/v1/tokens/GAUGE-0003").status_code == 200
         r = ver.post("/v1/verify", json={"user": "gus", "code": "000000"})
         assert r.json()["reason"] == "invalid_code"  # one failure locks (max_failures 1)
+        assert adm.post("/aws/", data={"Action": "GetSessionToken"}).status_code >= 400
+        assert adm.post("/aws/", data={"Action": "Nonsense\nAction"}).status_code >= 400
         text = adm.get("/metrics").text
     assert "{serial:path}" not in text and "{user:path}" not in text
     m = _samples(text)
@@ -162,6 +164,9 @@ def test_metrics_by_route_template_with_token_gauges(tmp_path: Path, spawn: Any)
     assert m[("foblab_verify_total", (("reason", "invalid_code"),))] == 1
     assert m[("foblab_verify_window_steps_count", ())] == 1
     assert ("foblab_connections_open", ()) in m and ("foblab_start_time_seconds", ()) in m
+    aws = {dict(labels)["action"]: value for (name, labels), value in m.items()
+           if name == "foblab_aws_requests_total"}
+    assert aws == {"GetSessionToken": 1, "other": 1}  # an unknown Action is no new label
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
