@@ -289,7 +289,7 @@ def main() -> None:
             url = ""
             for line in proc.stderr:
                 if "listening on " in line:
-                    url = re.findall(r"listening on (http://[^\s\"]+)", line)[0]
+                    url = re.findall(r"listening on (https?://[^\s\"]+)", line)[0]
                     break
             if not url:
                 raise RuntimeError("the daemon did not start")

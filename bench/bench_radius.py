@@ -151,7 +151,7 @@ def main() -> None:
                     rhost, rport = re.findall(r"on udp ([^\s\"]+)", line)[0].rsplit(":", 1)
                     radius = (rhost, int(rport))
                 if "listening on " in line:
-                    url = re.findall(r"listening on (http://[^\s\"]+)", line)[0]
+                    url = re.findall(r"listening on (https?://[^\s\"]+)", line)[0]
                     break
             if not url or not radius[1]:
                 raise RuntimeError("the daemon did not start")

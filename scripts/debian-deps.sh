@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite drives for real, when one is missing:
 # PostgreSQL (initdb/pg_ctl on a Unix socket), FreeRADIUS's radclient, pamtester with
-# pam_radius_auth under pam_wrapper, and Chromium with its driver for the browser tests.
+# pam_radius_auth under pam_wrapper, Chromium with its driver for the browser tests, and
+# openssl (docs/operations.md makes a self-signed certificate with it).
 # As root it runs `apt-get update` once, then `apt-get install -y`. Not as root, it says what
 # is missing; the tests that need a missing package then fail loudly in CI (CI is set).
 # curl: docs/operations.md shows operators curl, and tests/docs runs those blocks.
 set -euo pipefail
-PACKAGES=(postgresql freeradius-utils pamtester libpam-radius-auth libpam-wrapper chromium chromium-driver curl)
+PACKAGES=(postgresql freeradius-utils pamtester libpam-radius-auth libpam-wrapper chromium chromium-driver openssl curl)
 missing=()
 for p in "${PACKAGES[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

@@ -63,7 +63,7 @@ def test_the_wheel_installs_and_serves_from_a_fresh_virtualenv(wheel: Path,
         url = ""
         for line in serve.stderr:
             if "listening on " in line:
-                url = re.findall(r"listening on (http://[^\s\"]+)", line)[0]
+                url = re.findall(r"listening on (https?://[^\s\"]+)", line)[0]
                 break
         assert url.startswith("http://127.0.0.1:"), "the daemon did not start"
         with urllib.request.urlopen(f"{url}/healthz", timeout=10) as answer:

@@ -63,6 +63,24 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                                "--until 2026-12-01T00:00:00Z --dir lab > audit.jsonl"),
     "validator rotate-key": ("foblab validator rotate-key --dir lab",
                              "foblab validator rotate-key --master --dir lab"),
+    "validator reload": ("foblab validator reload --dir lab",
+                         "foblab validator reload --url https://otp.example:8700 "
+                         "--key-file lab/admin.key --ca-file ca.pem"),
+    "validator api-keys": ("foblab validator api-keys create radius-gw --role verifier "
+                           "--dir lab", "foblab validator api-keys list --dir lab"),
+    "validator api-keys create": ("foblab validator api-keys create radius-gw --role "
+                                  "verifier --dir lab",
+                                  "foblab validator api-keys create ops --role admin --dir lab "
+                                  "--json"),
+    "validator api-keys list": ("foblab validator api-keys list --dir lab",
+                                "foblab validator api-keys list --dir lab --json"),
+    "validator api-keys revoke": ("foblab validator api-keys revoke radius-gw --dir lab",),
+    "validator backup": ("foblab validator backup --dir lab lab.backup",
+                         "foblab validator backup --dir lab --passphrase-file pass.txt "
+                         "lab.backup"),
+    "validator restore": ("foblab validator restore lab.backup lab2",
+                          "foblab validator restore lab.backup lab2 --passphrase-file "
+                          "pass.txt"),
     "validator check": ("foblab validator check --dir lab",
                         "foblab validator check --dir lab --json"),
     "validator token": ("foblab validator token import seeds.pskc --dir lab",

@@ -5,11 +5,19 @@ the daemon through `ApiClient`: one method per operation, path segments (serials
 names, station names) always URL-quoted, and one error type, `ApiError`, for everything
 that is not a success: the API's refusal (its `error` code, `message` and HTTP status), an
 answer that is not the API's, an unreachable daemon or a bad URL.
+
+An `https://` URL is checked against the system's trusted CAs, or only against `ca_file`
+when one is given (a private CA, or a self-signed certificate); `client_cert` (a PEM file,
+with its key in it or in `client_key`) is presented to a daemon that requires client
+certificates. A certificate that is not trusted is the ApiError `tls`, with the way out in
+its message, never a traceback.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -41,7 +49,7 @@ class ApiError(Exception):
     def refused(self) -> bool:
         """True for the API's own refusal of this request (a 4xx with an error body)."""
         return self.status is not None and 400 <= self.status < 500 and self.error not in (
-            "http_error", "unreachable", "bad_url")
+            "http_error", "unreachable", "bad_url", "tls")
 
 
 def quote_segment(value: str) -> str:
@@ -49,16 +57,42 @@ def quote_segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def tls_context(ca_file: str | Path | None, client_cert: str | Path | None = None,
+                client_key: str | Path | None = None) -> ssl.SSLContext | bool:
+    """What httpx verifies an https:// daemon with: True (the system's CAs) unless a CA
+    file or a client certificate is given. A file that cannot be used is ApiError `tls`."""
+    if ca_file is None and client_cert is None:
+        return True
+    try:
+        context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+        if client_cert is not None:
+            context.load_cert_chain(str(client_cert),
+                                    None if client_key is None else str(client_key))
+    except FileNotFoundError as exc:
+        raise ApiError(f"no such file {exc.filename or ca_file}", status=None,
+                       error="tls") from None
+    except (ssl.SSLError, OSError) as exc:
+        what = f"the CA file {ca_file}" if client_cert is None else \
+            f"the CA file {ca_file} or the client certificate {client_cert}"
+        raise ApiError(f"cannot use {what}: {getattr(exc, 'reason', None) or exc}",
+                       status=None, error="tls") from None
+    return context
+
+
 class ApiClient:
     """The daemon at `url`, as the role of `key` (None: no key, for /healthz)."""
 
     def __init__(self, url: str, key: str | None = None, timeout: float = 60.0, *,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None,
+                 ca_file: str | Path | None = None, client_cert: str | Path | None = None,
+                 client_key: str | Path | None = None) -> None:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        verify = tls_context(ca_file, client_cert, client_key)
+        self._client_cert = client_cert is not None
         try:
             self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
-                                      transport=transport)
+                                      transport=transport, verify=verify)
         except httpx.InvalidURL as exc:  # not even a URL: say so before any request
             raise ApiError(f"bad URL {url!r}: {exc}", status=None, error="bad_url") from None
 
@@ -86,8 +120,7 @@ class ApiClient:
             raise ApiError(f"bad URL {self.url!r}: {exc}", status=None,
                            error="bad_url") from None
         except httpx.HTTPError as exc:
-            raise ApiError(f"cannot reach {self.url}: {exc}", status=None,
-                           error="unreachable") from None
+            raise self._unreachable(exc) from None
         try:
             data = response.json() if response.content else None
         except ValueError:
@@ -101,6 +134,29 @@ class ApiClient:
                            line=f"{message} ({data['error']}, HTTP {status})")
         raise ApiError(f"HTTP {status} from {self.url}{path}", status=status,
                        error="http_error", data=data if data is not None else response.text[:200])
+
+    def _unreachable(self, exc: httpx.HTTPError) -> ApiError:
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            return ApiError(f"cannot reach {self.url}: its TLS certificate is not trusted "
+                            f"({text.rsplit('certificate verify failed: ', 1)[-1][:120]}); "
+                            "give the CA that signed it with --ca-file FILE (env "
+                            "FOBLAB_CA_FILE)", status=None, error="tls")
+        refused = "CERTIFICATE_REQUIRED" in text or "BAD_CERTIFICATE" in text or \
+            "UNKNOWN_CA" in text
+        # TLS 1.3: the server checks the client's certificate after the handshake, and its
+        # alert reaches httpx as a connection closed before any answer
+        if refused or (self.url.startswith("https://") and
+                       isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError)):
+            why = "refused this client's certificate" if self._client_cert else \
+                "closed the connection: it may require a client certificate, and this " \
+                "client has none"
+            return ApiError(f"cannot reach {self.url}: the daemon {why}; give one signed by "
+                            "a CA it trusts with --client-cert FILE (env FOBLAB_CLIENT_CERT)",
+                            status=None, error="tls")
+        if self.url.startswith("http://") and isinstance(exc, httpx.RemoteProtocolError):
+            text += " (does it speak https?)"
+        return ApiError(f"cannot reach {self.url}: {text}", status=None, error="unreachable")
 
     # -- operations, one method each ---------------------------------------------------------
 

@@ -145,7 +145,7 @@ def _daemon(directory: Path, station_url: str, log_path: Path
         url = None
         while url is None:
             text = log_path.read_text(errors="replace")
-            m = re.search(r"listening on (http://[^\s\"]+)", text)
+            m = re.search(r"listening on (https?://[^\s\"]+)", text)
             if m:
                 url = m.group(1)
             elif proc.poll() is not None:

@@ -53,6 +53,9 @@ def scenario() -> None:
 @click.option("--key", envvar="FOBLAB_KEY", help="Live: an admin API key ($FOBLAB_KEY).")
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Live: a file holding an admin API key (as validator init writes).")
+@click.option("--ca-file", envvar="FOBLAB_CA_FILE", type=click.Path(dir_okay=False, path_type=Path),
+              help="Live: trust an https:// daemon's certificate signed by this CA "
+                   "($FOBLAB_CA_FILE).")
 @click.option("--token", "port_url", help="Live: the token's port URL (device path, PTY link, "
                                            "socket://HOST:PORT). It must be in QA mode.")
 @click.option("--timeout", type=float, default=5.0, show_default=True,
@@ -63,6 +66,7 @@ def scenario() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Print only failures and the verdict.")
 def run(files: tuple[Path, ...], seed: int | None, as_json: bool, junit: Path | None,
         live: bool, url: str | None, key: str | None, key_file: Path | None,
+        ca_file: Path | None,
         port_url: str | None, timeout: float, reset_token: bool, quiet: bool) -> None:
     """Run scenario FILEs and check every expectation.
 
@@ -109,7 +113,7 @@ def run(files: tuple[Path, ...], seed: int | None, as_json: bool, junit: Path | 
             try:
                 result = run_live(sc, url=url, key=key, port=port_url,
                                   timeout=timeout, on_event=show if stream else None,
-                                  reset_token=reset_token)
+                                  reset_token=reset_token, ca_file=ca_file)
             except LiveError as exc:
                 _fail(f"{sc.path}: {exc}")
         else:

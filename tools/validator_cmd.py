@@ -3,7 +3,9 @@
 `init`, `serve` and `check` (offline: opens every sealed secret) run here; every other
 command is a thin client of the HTTP API (`tools.api_client`): `--url` and `--key`, else
 `FOBLAB_URL` and `FOBLAB_KEY`, else `--dir DIR` (an init'd folder: its foblab.toml gives the
-URL, its admin.key the key), else http://127.0.0.1:8700. Each takes `--json`; otherwise it
+URL, its admin.key the key), else http://127.0.0.1:8700. An https:// daemon is trusted by
+the system's CAs, or by `--ca-file` (`FOBLAB_CA_FILE`); `--client-cert` (`FOBLAB_CLIENT_CERT`)
+answers one that requires client certificates. Each takes `--json`; otherwise it
 prints a readable table. Every failure is one line `foblab: error: ...` on stderr and exit
 status 1.
 """
@@ -36,7 +38,9 @@ from validator.config import (
     CONFIG_NAME,
     DEFAULT_PORT,
     ConfigError,
+    Settings,
     check_station,
+    check_tls,
     load,
     parse_listen,
 )
@@ -106,15 +110,22 @@ def _station_option(values: Sequence[str]) -> dict[str, str]:
 @click.option("--radius", "radius_listen", metavar="HOST:PORT",
               help="Answer RADIUS on this UDP address (needs a [radius] table with clients; "
                    "overrides its listen).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path),
+              help="Serve HTTPS with this certificate chain (PEM); with --tls-key.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="The private key of --tls-cert (PEM).")
+@click.option("--tls-client-ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="Require a client certificate signed by a CA in this file (PEM).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(["json", "text", "auto"]),
               help="Every log line as JSON or as text (default from the config's log_format, "
                    "else auto: JSON unless stderr is a terminal).")
 def serve(directory: Path | None, config: Path | None, host: str | None, port: int | None,
-          stations: Sequence[str], radius_listen: str | None, log_level: str,
+          stations: Sequence[str], radius_listen: str | None, tls_cert: Path | None,
+          tls_key: Path | None, tls_client_ca: Path | None, log_level: str,
           log_format: str | None) -> None:
-    """Run the daemon until SIGTERM or Ctrl-C."""
+    """Run the daemon until SIGTERM or Ctrl-C; SIGHUP re-reads the config and API keys."""
     import logging
 
     from validator.daemon import StartupError
@@ -127,23 +138,40 @@ def serve(directory: Path | None, config: Path | None, host: str | None, port: i
         settings = load(path)
     except ConfigError as exc:
         _fail(str(exc))
-    changes: dict[str, Any] = {}
-    if host is not None:
-        changes["host"] = host
-    if port is not None:
-        changes["port"] = port
-    if stations:
-        changes["stations"] = {**settings.stations, **_station_option(stations)}
+    extra_stations = _station_option(stations)
+    radius_at = None
     if radius_listen is not None:
-        if settings.radius is None:
-            _fail("--radius needs a [radius] table with [[radius.clients]] in the config "
-                  "(docs/radius.md)")
         try:
-            rhost, rport = parse_listen(radius_listen, "--radius")
+            radius_at = parse_listen(radius_listen, "--radius")
         except ConfigError as exc:
             _fail(str(exc))
-        changes["radius"] = dataclasses.replace(settings.radius, host=rhost, port=rport)
-    settings = settings.replace(**changes)
+    tls: dict[str, Path] = {name: value for name, value in (
+        ("tls_cert", tls_cert), ("tls_key", tls_key), ("tls_client_ca", tls_client_ca))
+        if value is not None}
+
+    def command_line(settings: Settings) -> Settings:
+        """The options over the config file: at start-up, and again on every reload."""
+        changes: dict[str, Any] = dict(tls)
+        if host is not None:
+            changes["host"] = host
+        if port is not None:
+            changes["port"] = port
+        if extra_stations:
+            changes["stations"] = {**settings.stations, **extra_stations}
+        if radius_at is not None:
+            if settings.radius is None:
+                raise ConfigError("--radius needs a [radius] table with [[radius.clients]] "
+                                  "in the config (docs/radius.md)")
+            changes["radius"] = dataclasses.replace(settings.radius, host=radius_at[0],
+                                                    port=radius_at[1])
+        merged = settings.replace(**changes)
+        check_tls(merged.tls_cert, merged.tls_key, merged.tls_client_ca)
+        return merged
+
+    try:
+        settings = command_line(settings)
+    except ConfigError as exc:
+        _fail(str(exc))
 
     # the ready lines go through the daemon's log, in its format (the URL ends the message)
     log = logging.getLogger("foblab.ready")  # kept at info whatever --log-level says
@@ -153,11 +181,11 @@ def serve(directory: Path | None, config: Path | None, host: str | None, port: i
 
     def radius_ready(address: str) -> None:
         log.info("foblab validator answering RADIUS on udp %s", address,
-                    extra={"fields": {"address": address}})
+                 extra={"fields": {"address": address}})
 
     try:
         code = run(settings, on_ready=ready, log_level=log_level, on_radius=radius_ready,
-                   log_format=log_format)
+                   overrides=command_line, log_format=log_format)
     except StartupError as exc:
         _fail(str(exc))
     sys.exit(code)
@@ -198,7 +226,7 @@ def _from_dir(directory: Path) -> tuple[str, str | None]:
         _fail(f"cannot read {settings.admin_key_file}: {exc.strerror}")
     except UnicodeDecodeError:
         _fail(f"{settings.admin_key_file} does not hold an API key")
-    return f"http://{host}:{settings.port}", key
+    return f"{settings.scheme}://{host}:{settings.port}", key
 
 
 def client_command(group: click.Group, name: str | None = None, *,
@@ -210,7 +238,9 @@ def client_command(group: click.Group, name: str | None = None, *,
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def inner(url: str | None, key: str | None, key_file: Path | None,
-                  directory: Path | None, timeout: float, as_json: bool, **kwargs: Any) -> Any:
+                  directory: Path | None, ca_file: Path | None, client_cert: Path | None,
+                  client_key: Path | None, timeout: float, as_json: bool,
+                  **kwargs: Any) -> Any:
             if with_subcommands and click.get_current_context().invoked_subcommand:
                 return None  # the subcommand has its own options
             dir_url, dir_key = _from_dir(directory) if directory is not None else (None, None)
@@ -226,7 +256,8 @@ def client_command(group: click.Group, name: str | None = None, *,
             if not final_key:
                 _fail(f"no API key for {final_url}: {WHERE_HELP}")
             try:
-                with ApiClient(final_url, final_key, timeout) as client:
+                with ApiClient(final_url, final_key, timeout, ca_file=ca_file,
+                               client_cert=client_cert, client_key=client_key) as client:
                     return fn(client=client, as_json=as_json, **kwargs)
             except ApiError as exc:
                 if exc.error == "unreachable" and not given_url:
@@ -241,6 +272,18 @@ def client_command(group: click.Group, name: str | None = None, *,
                          help="A file holding the API key (as validator init writes)."),
             click.option("--dir", "directory", type=click.Path(path_type=Path),
                          help="An init'd folder: URL and admin key from it."),
+            click.option("--ca-file", envvar="FOBLAB_CA_FILE",
+                         type=click.Path(dir_okay=False, path_type=Path),
+                         help="Trust an https:// daemon whose certificate this CA (PEM) "
+                              "signed (env FOBLAB_CA_FILE)."),
+            click.option("--client-cert", envvar="FOBLAB_CLIENT_CERT",
+                         type=click.Path(dir_okay=False, path_type=Path),
+                         help="A client certificate (PEM) for a daemon that requires one "
+                              "(env FOBLAB_CLIENT_CERT)."),
+            click.option("--client-key", envvar="FOBLAB_CLIENT_KEY",
+                         type=click.Path(dir_okay=False, path_type=Path),
+                         help="Its private key, when not in the same file "
+                              "(env FOBLAB_CLIENT_KEY)."),
             click.option("--timeout", type=float, default=60.0, show_default=True),
             click.option("--json", "as_json", is_flag=True, help="Print JSON."),
         ):
@@ -487,6 +530,176 @@ def rotate_key(client: ApiClient, as_json: bool, master: bool) -> None:
             click.echo(f"resealed {d['resealed']} secrets under data key {d['data_key_id']}")
 
     _show(data, as_json, human)
+
+
+@client_command(validator, "reload")
+def reload_(client: ApiClient, as_json: bool) -> None:
+    """Make the daemon re-read its config file and API keys (as `kill -HUP` does): new and
+    revoked keys, [policy] and [stations] apply at once; no connection is dropped."""
+    data = client.request("POST", "/v1/admin/reload")
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(f"reloaded: {len(d['api_keys'])} API key(s); applied: "
+                   f"{', '.join(d['applied']) or '-'}")
+        if d["restart_needed"]:
+            click.echo(f"a restart is needed for: {', '.join(d['restart_needed'])}", err=True)
+
+    _show(data, as_json, human)
+
+
+# -- api-keys (offline, on the folder's keys file) ----------------------------------------
+
+@validator.group("api-keys")
+def api_keys() -> None:
+    """Named API keys and their roles: create, list, revoke (on the folder's keys file;
+    the daemon applies a change on reload: `foblab validator reload` or SIGHUP)."""
+
+
+_DIR_OPTION = click.option("--dir", "directory", type=click.Path(path_type=Path),
+                           required=True,
+                           help="The validator directory made by `foblab validator init`.")
+RELOAD_HINT = ("the daemon applies it on reload: foblab validator reload --dir DIR, or "
+               "kill -HUP its process")
+
+
+def _keys_file(directory: Path) -> Path:
+    from validator.apikeys import ApiKeyError, Role, ensure_keys_file
+
+    try:
+        settings = load(directory / CONFIG_NAME)
+    except ConfigError as exc:
+        _fail(str(exc))
+    try:
+        ensure_keys_file(settings.keys_file, {Role.ADMIN: settings.admin_key_file,
+                                              Role.VERIFIER: settings.verifier_key_file})
+    except ApiKeyError as exc:
+        _fail(str(exc))
+    return settings.keys_file
+
+
+@api_keys.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "verifier"]), required=True,
+              help="admin: every operation; verifier: verify and resync only.")
+@_DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def api_keys_create(name: str, role: str, directory: Path, as_json: bool) -> None:
+    """Create a key named NAME; print the key (on stdout, this once: only its digest is
+    kept)."""
+    from validator.apikeys import ApiKeyError, Role, create_key
+
+    path = _keys_file(directory)
+    try:
+        key = create_key(path, name, Role(role), now=time.time())
+    except ApiKeyError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps({"name": name, "role": role, "key": key}, sort_keys=True))
+    else:
+        click.echo(key)
+        click.echo(f"created the {role} key {name!r}; store it now, it is not shown again; "
+                   f"{RELOAD_HINT}", err=True)
+
+
+@api_keys.command("list")
+@_DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def api_keys_list(directory: Path, as_json: bool) -> None:
+    """The keys by name and role (never a key)."""
+    from validator.apikeys import ApiKeyError, read_keys
+
+    try:
+        keys = read_keys(_keys_file(directory))
+    except ApiKeyError as exc:
+        _fail(str(exc))
+    rows = [{"name": k.name, "role": k.role.value, "created": k.created} for k in keys]
+    _show({"keys": rows}, as_json, lambda d: _table(
+        [{**r, "created": _when(r["created"])} for r in d["keys"]],
+        (("name", "NAME"), ("role", "ROLE"), ("created", "CREATED"))))
+
+
+@api_keys.command("revoke")
+@click.argument("name")
+@_DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def api_keys_revoke(name: str, directory: Path, as_json: bool) -> None:
+    """Remove the key named NAME (not the last admin key)."""
+    from validator.apikeys import ApiKeyError, revoke_key
+
+    try:
+        gone = revoke_key(_keys_file(directory), name)
+    except ApiKeyError as exc:
+        _fail(str(exc))
+    _show({"revoked": gone.name, "role": gone.role.value}, as_json,
+          lambda d: click.echo(f"revoked the {gone.role.value} key {name!r}; {RELOAD_HINT}"))
+
+
+# -- backup and restore (offline tools, safe beside a running daemon) ------------------------
+
+_PASSPHRASE_OPTION = click.option(
+    "--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FOBLAB_BACKUP_PASSPHRASE_FILE",
+    help="Encrypt (backup) or decrypt (restore) with the passphrase in this file's first "
+         "line (env FOBLAB_BACKUP_PASSPHRASE_FILE).")
+
+
+def _passphrase(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        _fail(f"cannot read the passphrase file {path}: {exc.strerror or exc}")
+    if not lines or len(lines[0]) < 8:
+        _fail(f"the passphrase file {path} must hold a passphrase of at least 8 bytes on "
+              "its first line")
+    return lines[0]
+
+
+@validator.command()
+@_DIR_OPTION
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@_PASSPHRASE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def backup(directory: Path, out: Path, passphrase_file: Path | None, as_json: bool) -> None:
+    """Copy the validator in DIR into the new file OUT while it serves: a consistent copy
+    of the database (its replay watermarks too), the seed key, the API keys and the files
+    the config names; encrypted with --passphrase-file."""
+    from validator.backup import BackupError
+    from validator.backup import backup as run
+
+    try:
+        made = run(directory / CONFIG_NAME, out, passphrase=_passphrase(passphrase_file))
+    except BackupError as exc:
+        _fail(str(exc))
+    data = {"backup": str(made.path), "encrypted": made.encrypted,
+            "schema_version": made.schema_version, "files": made.files,
+            "seconds": round(made.seconds, 3)}
+    _show(data, as_json, lambda d: click.echo(
+        f"backed up {directory} to {out} ({'encrypted' if made.encrypted else 'not encrypted'}"
+        f", {len(made.files)} files, {made.seconds:.1f} s)"))
+
+
+@validator.command()
+@click.argument("source", metavar="BACKUP",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@_PASSPHRASE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def restore(source: Path, directory: Path, passphrase_file: Path | None,
+            as_json: bool) -> None:
+    """Restore BACKUP into DIR, a new or empty folder (never over a live validator), and
+    check that its secrets open with the restored seed key."""
+    from validator.backup import BackupError
+    from validator.backup import restore as run
+
+    try:
+        data = run(source, directory, passphrase=_passphrase(passphrase_file))
+    except BackupError as exc:
+        _fail(str(exc))
+    _show(data, as_json, lambda d: click.echo(
+        f"restored {source} into {directory} (taken {_when(d['created'])}); start it with: "
+        f"foblab validator serve --dir {directory}"))
 
 
 @validator.command()

@@ -70,14 +70,16 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
                stations: dict[str, Station] | None = None, aws: Any | None = None,
                on_shutdown: Callable[[], None] | None = None,
-               connections: ConnectionGuard | None = None) -> Starlette:
+               connections: ConnectionGuard | None = None,
+               reload: Callable[[], dict[str, Any]] | None = None) -> Starlette:
     """The ASGI application. `aws`: an object with `async handle(request)` mounted at /aws
-    (default: `validator.aws.AwsEndpoint` when that package exists)."""
+    (default: `validator.aws.AwsEndpoint` when that package exists). `reload`: what
+    POST /v1/admin/reload calls (the daemon's; without it that answers 409)."""
     if stations is None:
         stations = {name: Station(name, url, timeout=settings.station_timeout)
                     for name, url in settings.stations.items()}
     api = Api(validator, keys, settings, stations,
-              metrics=Metrics(connections, gauges=validator.gauges))
+              metrics=Metrics(connections, gauges=validator.gauges), reload=reload)
     ops = operations()
     routes: list[BaseRoute] = []
     for op in ops:

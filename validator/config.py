@@ -3,8 +3,12 @@
     [validator]
     database = "validator.db"          # paths are relative to the config file's folder
     seed_key_file = "seed.key"         # AES-256-GCM key of the seeds at rest (0600)
-    admin_key_file = "admin.key"       # API key of the admin role (0600)
-    verifier_key_file = "verifier.key" # API key of the verifier role (0600)
+    admin_key_file = "admin.key"       # the first admin key (0600; the CLI's --dir reads it)
+    verifier_key_file = "verifier.key" # the first verifier key (0600)
+    api_keys_file = "api-keys.toml"    # every named API key's role and digest (0600)
+    tls_cert = "cert.pem"              # serve HTTPS with this certificate chain (PEM)...
+    tls_key = "key.pem"                # ...and its private key; both or neither
+    tls_client_ca = "clients-ca.pem"   # require client certificates signed by these CAs
     host = "127.0.0.1"
     port = 8700
     durability = "normal"              # or "full": fsync every accepted code
@@ -83,6 +87,10 @@ class Settings:
     seed_key_file: Path
     admin_key_file: Path
     verifier_key_file: Path
+    api_keys_file: Path | None = None  # None: beside the database, api-keys.toml
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     durability: Durability = Durability.NORMAL
@@ -115,6 +123,14 @@ class Settings:
                             max_elements=self.import_max_elements,
                             max_keys=self.import_max_keys,
                             max_field_chars=self.import_max_field_chars)
+
+    @property
+    def keys_file(self) -> Path:
+        return self.api_keys_file or self.admin_key_file.with_name("api-keys.toml")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -194,9 +210,12 @@ def _radius(raw: Any, base: Path) -> RadiusConfig:
     return RadiusConfig(host, port, tuple(clients))
 
 
-_FILE_KEYS = ("database", "seed_key_file", "admin_key_file", "verifier_key_file")
+_FILE_KEYS = ("database", "seed_key_file", "admin_key_file", "verifier_key_file",
+              "api_keys_file")
 _DEFAULT_FILES = {"database": "validator.db", "seed_key_file": "seed.key",
-                  "admin_key_file": "admin.key", "verifier_key_file": "verifier.key"}
+                  "admin_key_file": "admin.key", "verifier_key_file": "verifier.key",
+                  "api_keys_file": "api-keys.toml"}
+_OPTIONAL_FILES = ("tls_cert", "tls_key", "tls_client_ca")
 _SCALARS: dict[str, type] = {"host": str, "port": int, "durability": str,
                              "max_body_bytes": int, "max_import_bytes": int,
                              "station_timeout": float, "access_log": bool, "ui": bool,
@@ -234,6 +253,14 @@ def _proxies(raw: Any) -> tuple[str, ...]:
     return tuple(raw)
 
 
+def check_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> None:
+    """TLS settings that make sense together: a certificate and its key, or neither."""
+    if (cert is None) != (key is None):
+        raise ConfigError("TLS needs both tls_cert and tls_key (--tls-cert and --tls-key)")
+    if client_ca is not None and cert is None:
+        raise ConfigError("tls_client_ca (--tls-client-ca) needs tls_cert and tls_key")
+
+
 def check_station(name: str, url: str) -> None:
     if not rules.STATION.matches(name):
         raise ConfigError(f"station name {name!r} must be {rules.STATION.requirement()}")
@@ -248,7 +275,8 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
     main = dict(data.get("validator", {}))
-    extra = set(main) - set(_FILE_KEYS) - set(_SCALARS) - {"trusted_proxies"}
+    extra = set(main) - set(_FILE_KEYS) - set(_OPTIONAL_FILES) - set(_SCALARS) \
+        - {"trusted_proxies"}
     if extra:
         raise ConfigError(f"unknown key(s) in [validator]: {', '.join(sorted(extra))}")
     values: dict[str, Any] = {}
@@ -258,6 +286,14 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
             raise ConfigError(f"[validator] {key} must be a path")
         path = Path(raw).expanduser()
         values[key] = path if path.is_absolute() else base / path
+    for key in _OPTIONAL_FILES:
+        if key in main:
+            raw = main[key]
+            if not isinstance(raw, str) or not raw:
+                raise ConfigError(f"[validator] {key} must be a path")
+            path = Path(raw).expanduser()
+            values[key] = path if path.is_absolute() else base / path
+    check_tls(values.get("tls_cert"), values.get("tls_key"), values.get("tls_client_ca"))
     for key, kind in _SCALARS.items():
         if key in main:
             values[key] = _typed("validator", key, main[key], kind)

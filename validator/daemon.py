@@ -13,6 +13,17 @@ With a `[radius]` table the same process also answers RADIUS over UDP (validator
 its socket is bound and its clients' secrets read here too, before anything is served; the
 listener runs on its own thread on the same validator, and stops before the database closes.
 
+TLS: with `tls_cert` and `tls_key` (`serve --tls-cert/--tls-key`) the same socket speaks
+HTTPS only; with `tls_client_ca` too, a client must present a certificate signed by one of
+those CAs or its handshake fails. The files are loaded once here (a bad one is a
+StartupError) and again by uvicorn.
+
+Reload: SIGHUP, or POST /v1/admin/reload, re-reads the config file and the API keys file
+(`Reloader`) in the event loop's thread, between requests; no socket is touched, so no
+connection is dropped. The API keys, [policy] and [stations] take effect at once; any other
+change is reported as needing a restart and left as it was. A config or keys file with a
+problem changes nothing (the old settings stay; the reason is logged and answered).
+
 Shutdown: SIGTERM or SIGINT makes uvicorn stop accepting, let in-flight requests finish,
 run the lifespan shutdown (which closes the database) and return; `serve` then returns 0.
 uvicorn re-raises the signal it caught once it is done, to exit "by the signal"; we install
@@ -26,18 +37,31 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from validator import logs
-from validator.apikeys import ApiKeyError, KeyRing, Role, new_key, write_key_file
-from validator.config import CONFIG_NAME, ConfigError, Settings, default_document
+from validator.apikeys import (
+    ApiKey,
+    ApiKeyError,
+    KeyRing,
+    Role,
+    digest,
+    ensure_keys_file,
+    new_key,
+    write_key_file,
+    write_keys,
+)
+from validator.config import CONFIG_NAME, ConfigError, Settings, default_document, load
 from validator.connections import ConnectionGuard, guarded_protocol, raise_fd_limit
+from validator.errors import ReloadFailed
 from validator.retention import Retention
 from validator.secrets_box import KeyFileError
 from validator.service import Validator
@@ -54,9 +78,10 @@ class StartupError(Exception):
 
 def init_dir(directory: Path, *, host: str = "127.0.0.1", port: int = 8700,
              force: bool = False) -> dict[str, Path | str]:
-    """Create `directory` with foblab.toml, the seed key, the database and both API keys
-    (every secret file 0600). Refuses to touch an existing config unless `force` (and even
-    then never overwrites a key or the database). Returns the paths and the two keys."""
+    """Create `directory` with foblab.toml, the seed key, the database, the two first API
+    keys (`admin.key`, `verifier.key`) and the keys file naming them (every secret file
+    0600). Refuses to touch an existing config unless `force` (and even then never
+    overwrites a key or the database). Returns the paths and the two keys."""
     import tomli_w
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -66,14 +91,19 @@ def init_dir(directory: Path, *, host: str = "127.0.0.1", port: int = 8700,
         raise StartupError(f"{config} exists already; this folder is initialised")
     doc = default_document(host, port)
     files = {key: directory / doc["validator"][key] for key in
-             ("database", "seed_key_file", "admin_key_file", "verifier_key_file")}
-    for key in ("admin_key_file", "verifier_key_file", "database", "seed_key_file"):
+             ("database", "seed_key_file", "admin_key_file", "verifier_key_file",
+              "api_keys_file")}
+    for key in ("admin_key_file", "verifier_key_file", "api_keys_file", "database",
+                "seed_key_file"):
         if files[key].exists():
             raise StartupError(f"{files[key]} exists already; remove it or pick another folder")
     keys = {Role.ADMIN: new_key(Role.ADMIN), Role.VERIFIER: new_key(Role.VERIFIER)}
     try:
         write_key_file(files["admin_key_file"], keys[Role.ADMIN])
         write_key_file(files["verifier_key_file"], keys[Role.VERIFIER])
+        now = time.time()
+        write_keys(files["api_keys_file"], [ApiKey(role.value, role, digest(key), now)
+                                            for role, key in keys.items()])
         validator = Validator.open(files["database"], files["seed_key_file"])
         validator.close()
         os.chmod(files["database"], 0o600)
@@ -123,6 +153,104 @@ def open_validator(settings: Settings, *,
     return validator
 
 
+def load_keys(settings: Settings) -> KeyRing:
+    """The named API keys; a folder made before them gets its keys file first, from its
+    admin.key and verifier.key (named `admin` and `verifier`)."""
+    if ensure_keys_file(settings.keys_file, {Role.ADMIN: settings.admin_key_file,
+                                             Role.VERIFIER: settings.verifier_key_file}):
+        log.info("made %s from the admin and verifier key files (named admin and verifier)",
+                 settings.keys_file)
+    return KeyRing.from_file(settings.keys_file)
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server's TLS context as uvicorn will make it, to find a bad file before serving."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except FileNotFoundError as exc:
+        raise StartupError(f"TLS: no such file {exc.filename or settings.tls_cert}") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise StartupError(f"TLS: cannot load the certificate {settings.tls_cert} with the "
+                           f"key {settings.tls_key}: {getattr(exc, 'reason', None) or exc}"
+                           ) from None
+    if settings.tls_client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=settings.tls_client_ca)
+        except FileNotFoundError:
+            raise StartupError(f"TLS: no such file {settings.tls_client_ca}") from None
+        except (ssl.SSLError, OSError) as exc:
+            raise StartupError(f"TLS: cannot load the client CAs {settings.tls_client_ca}: "
+                               f"{getattr(exc, 'reason', None) or exc}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+LIVE = frozenset({"policy", "stations", "api_keys_file"})
+"""The settings a reload applies at once; a change to any other needs a restart."""
+
+
+class Reloader:
+    """Re-reads the config file and the API keys into a running daemon: what SIGHUP and
+    POST /v1/admin/reload call, in the event loop's thread. `overrides` re-applies the
+    command line (serve --station ...) to the freshly read file."""
+
+    def __init__(self, settings: Settings, validator: Validator, keys: KeyRing,
+                 overrides: Callable[[Settings], Settings] | None = None) -> None:
+        self.settings = settings
+        self.validator = validator
+        self.keys = keys
+        self.overrides = overrides
+        self.api: Any = None  # validator.http.decoding.Api, once the app is made
+
+    def __call__(self) -> dict[str, Any]:
+        old = self.settings
+        if old.source is None:
+            raise ReloadFailed("there is no config file to re-read")
+        try:
+            new = load(old.source)
+            if self.overrides is not None:
+                new = self.overrides(new)
+            keys = load_keys(new)
+        except (ConfigError, ApiKeyError) as exc:
+            log.error("reload refused, nothing changed: %s", exc)
+            raise ReloadFailed(f"nothing changed: {exc}") from None
+        changed = [f.name for f in fields(Settings)
+                   if f.name != "source" and getattr(new, f.name) != getattr(old, f.name)]
+        restart = sorted(name for name in changed if name not in LIVE)
+        self.keys.replace(keys)
+        self.validator.policy = new.policy
+        if self.api is not None:
+            from validator.station import Station
+
+            stations = self.api.stations
+            for name in list(stations):
+                if new.stations.get(name) != stations[name].url:
+                    del stations[name]
+            for name, url in new.stations.items():
+                if name not in stations:
+                    stations[name] = Station(name, url, timeout=old.station_timeout)
+            self.api.settings = old.replace(policy=new.policy, stations=dict(new.stations),
+                                            api_keys_file=new.api_keys_file)
+        self.settings = old.replace(policy=new.policy, stations=dict(new.stations),
+                                    api_keys_file=new.api_keys_file)
+        applied = sorted(name for name in changed if name in LIVE)
+        try:
+            self.validator.store.add_audit([AuditEvent(time.time(), "reload", "ok")])
+        except (sqlite3.Error, OSError) as exc:  # the reload itself has happened
+            log.error("reload: cannot write the audit event: %s", exc)
+        log.info("reloaded %s: %d API key(s); applied: %s", old.source,
+                 len(keys.keys), ", ".join(applied) or "-")
+        if restart:
+            log.warning("reload: a restart is needed for: %s (left as they were)",
+                        ", ".join(restart))
+        return {"reloaded": True, "api_keys": [{"name": k.name, "role": k.role.value}
+                                               for k in keys.keys],
+                "applied": applied, "restart_needed": restart}
+
+
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -170,14 +298,34 @@ class AuditPruner:
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None) -> None:
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None,
+                 reload: Callable[[], Any] | None = None) -> None:
         super().__init__(config)
         self._on_ready = on_ready
+        self._reload = reload
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
+        if self._reload is not None:  # SIGHUP: a reload in the loop, between requests
+            import asyncio
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
         if self.started and not self.should_exit and self._on_ready is not None:
             self._on_ready()
+
+    def _hangup(self) -> None:
+        assert self._reload is not None
+        try:
+            self._reload()
+        except ReloadFailed:
+            pass  # logged by the reloader; the daemon goes on with what it had
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._reload is not None:
+            import asyncio
+
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await super().shutdown(sockets=sockets)
 
 
 def _fast(module: str) -> bool:
@@ -211,11 +359,13 @@ def _radius(settings: Settings) -> tuple[Any, Any] | None:
 def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
           log_level: str = "info", graceful_timeout: int | None = 30,
           on_radius: Callable[[str], None] | None = None,
+          overrides: Callable[[Settings], Settings] | None = None,
           log_format: str | None = None) -> int:
-    """Run the daemon until SIGTERM/SIGINT. Raises StartupError before serving; returns 0
-    after a clean shutdown, 1 if uvicorn could not start. `on_radius` gets the RADIUS
-    door's `HOST:PORT` once it answers (before `on_ready`). `log_format`: json, text or
-    auto (validator.logs); None: the config's `log_format`."""
+    """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads. Raises StartupError before
+    serving; returns 0 after a clean shutdown, 1 if uvicorn could not start. `on_radius`
+    gets the RADIUS door's `HOST:PORT` once it answers (before `on_ready`); `overrides`
+    re-applies the command line to the config file on a reload. `log_format`: json, text
+    or auto (validator.logs); None: the config's `log_format`."""
     from validator.app import create_app
 
     logs.configure(log_format or settings.log_format, log_level)
@@ -225,10 +375,10 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
     guard = ConnectionGuard(settings.max_connections, settings.head_timeout)
     guard.fit_fd_limit()
     try:
-        keys = KeyRing.from_files({Role.ADMIN: settings.admin_key_file,
-                                   Role.VERIFIER: settings.verifier_key_file})
+        keys = load_keys(settings)
     except ApiKeyError as exc:
         raise StartupError(str(exc)) from None
+    tls_context(settings)
     radius = _radius(settings)
     try:
         sock = bind(settings.host, settings.port)
@@ -263,10 +413,12 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
             if not quiet:
                 log.info("database closed")
 
+    reloader = Reloader(settings, validator, keys, overrides)
     try:
         try:
             app = create_app(validator, keys, settings, on_shutdown=close,
-                             connections=guard)
+                             connections=guard, reload=reloader)
+            reloader.api = app.state.api
         except (ValueError, TypeError, KeyError, OSError) as exc:
             raise StartupError(f"cannot build the application: {exc}") from None
         if radius is not None:
@@ -292,7 +444,14 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
             log.info("audit retention: max age %g days, max rows %d (0: none), every %g s",
                      retention.max_age_days, retention.max_rows, settings.audit_prune_seconds)
         host, port = sock.getsockname()[:2]
-        url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        scheme = settings.scheme
+        url = f"{scheme}://{host}:{port}" if ":" not in host else f"{scheme}://[{host}]:{port}"
+        tls: dict[str, Any] = {}
+        if settings.tls_cert is not None:
+            tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+            if settings.tls_client_ca is not None:
+                tls.update(ssl_ca_certs=str(settings.tls_client_ca),
+                           ssl_cert_reqs=ssl.CERT_REQUIRED)
         config = uvicorn.Config(
             app, loop="uvloop" if _fast("uvloop") else "asyncio",
             # our httptools protocol with the head deadline and the connection cap
@@ -300,8 +459,9 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
             # read inside the app, after the request id middleware saw the real peer
             http=guarded_protocol(guard), lifespan="on", proxy_headers=False,
             access_log=False, log_config=None, log_level=log_level, server_header=False,
-            timeout_graceful_shutdown=graceful_timeout, backlog=2048)
-        server = _Server(config, None if on_ready is None else lambda: on_ready(url))
+            timeout_graceful_shutdown=graceful_timeout, backlog=2048, **tls)
+        server = _Server(config, None if on_ready is None else lambda: on_ready(url),
+                         reload=reloader)
         previous: dict[signal.Signals, Any] = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda *_: None)
@@ -317,4 +477,4 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
         close(quiet=True)  # already closed by the lifespan shutdown unless start-up failed
 
 
-__all__ = ["ConfigError", "StartupError", "init_dir", "open_validator", "serve"]
+__all__ = ["ConfigError", "Reloader", "StartupError", "init_dir", "open_validator", "serve"]

@@ -169,6 +169,14 @@ class Conflict(ValidatorError):
     status = 503
 
 
+class ReloadFailed(ValidatorError):
+    """A reload that changed nothing: the config or the keys file has a problem (the
+    message says which), or this process cannot reload (not started by `serve`)."""
+
+    code = "reload_failed"
+    status = 409
+
+
 class DoorDisabled(ValidatorError):
     """A page or request of a door that is not running (the AWS endpoint without [aws])."""
 

@@ -80,7 +80,7 @@ def start(directory: Path, *args: str, timeout: float = 30, **popen: Any) -> Dae
         for line in proc.stderr:
             lines.append(line)
             if "listening on " in line and not url:
-                url.append(re.findall(r"listening on (http://[^\s\"]+)", line)[0])
+                url.append(re.findall(r"listening on (https?://[^\s\"]+)", line)[0])
                 ready.set()
         ready.set()
 

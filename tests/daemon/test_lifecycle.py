@@ -141,6 +141,8 @@ def assert_one_line_refusal(out: subprocess.CompletedProcess[str], words: str) -
 def test_bad_configuration_is_one_line_and_nonzero(tmp_path: Path) -> None:
     home = tmp_path / "v"
     init_dir(home)
+    # a folder from before named keys (no api-keys.toml) gets it from both key files
+    (home / "api-keys.toml").rename(home / "api-keys.moved")
     (home / "admin.key").rename(home / "admin.key.moved")
     assert_one_line_refusal(serve(home), "admin.key does not exist")
     (home / "admin.key.moved").rename(home / "admin.key")
@@ -148,13 +150,19 @@ def test_bad_configuration_is_one_line_and_nonzero(tmp_path: Path) -> None:
     os.chmod(home / "verifier.key", 0o644)
     assert_one_line_refusal(serve(home), "readable by others")
     os.chmod(home / "verifier.key", 0o600)
+    assert not (home / "api-keys.toml").exists()  # nothing made from a refused folder
+    (home / "api-keys.moved").rename(home / "api-keys.toml")
+
+    os.chmod(home / "api-keys.toml", 0o644)
+    assert_one_line_refusal(serve(home), "api-keys.toml is readable by others")
+    os.chmod(home / "api-keys.toml", 0o600)
 
     (home / "seed.key").rename(home / "seed.moved")
     assert_one_line_refusal(serve(home), "seed key file")
     (home / "seed.moved").rename(home / "seed.key")
 
     # Key files holding bytes that are not text: a refusal naming the file, no traceback.
-    for name, words in (("admin.key", "admin.key does not hold a key"),
+    for name, words in (("api-keys.toml", "api-keys.toml is not valid TOML"),
                         ("seed.key", "seed.key does not hold a hex key")):
         (home / name).rename(home / f"{name}.moved")
         (home / name).write_bytes(b"\xff\xfe\x00" + b"\x80" * 40)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import serial
@@ -106,8 +107,8 @@ class HttpSide:
     """The daemon's API v1 as a `ValidatorSide`. A refusal of a step is its outcome; a
     failure of the run itself (no daemon, a bad key, a 5xx) is a RuntimeError."""
 
-    def __init__(self, url: str, key: str, timeout: float) -> None:
-        self.api = ApiClient(url, key, timeout)
+    def __init__(self, url: str, key: str, timeout: float, ca_file: Path | None = None) -> None:
+        self.api = ApiClient(url, key, timeout, ca_file=ca_file)
         self.suffix = secrets.token_hex(4)
         self.users: set[str] = set()
 
@@ -245,7 +246,7 @@ def _prepare_token(client: TokenClient, scenario: Scenario, secret: bytes) -> st
 def run_live(scenario: Scenario, *, url: str, key: str, port: str, timeout: float = 5.0,
              on_event: Callable[[EventResult], None] | None = None,
              sleep: Callable[[float], None] = time.sleep,
-             reset_token: bool = False) -> RunResult:
+             reset_token: bool = False, ca_file: Path | None = None) -> RunResult:
     """Run `scenario` against the daemon at `url` (an admin key) and the QA token on
     `port`. Raises LiveError when the run cannot start."""
     try:
@@ -253,7 +254,7 @@ def run_live(scenario: Scenario, *, url: str, key: str, port: str, timeout: floa
     except (serial.SerialException, OSError, ValueError) as exc:
         raise LiveError(f"cannot open {port}: {exc}") from None
     try:
-        side = HttpSide(url, key, timeout)
+        side = HttpSide(url, key, timeout, ca_file)
     except ApiError as exc:
         link.close()
         raise LiveError(str(exc)) from None

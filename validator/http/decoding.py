@@ -41,7 +41,7 @@ from validator.errors import (
     ValidatorError,
 )
 from validator.http.metrics import Metrics
-from validator.http.middleware import OUTCOME, ROLE, refusal_response
+from validator.http.middleware import KEY, OUTCOME, ROLE, refusal_response
 from validator.service import Validator
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class Api:
     settings: Settings
     stations: dict[str, Station] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+    reload: Callable[[], dict[str, Any]] | None = None  # the daemon's, None elsewhere
 
 
 @dataclass
@@ -139,10 +140,12 @@ class Endpoint:
         header = request.headers.get("authorization")
         if header is None or header[:7].lower() != "bearer " or len(header) > MAX_AUTHORIZATION:
             raise Unauthorized("send an API key as Authorization: Bearer KEY")
-        role = self.api.keys.role_of(header[7:].strip().encode("latin-1"))
-        if role is None:
+        key = self.api.keys.lookup(header[7:].strip().encode("latin-1"))
+        if key is None:
             raise Unauthorized("unknown API key")
+        role = key.role
         request.scope[ROLE] = role.value
+        request.scope[KEY] = key.name
         if role not in self.roles:
             raise Forbidden(f"the {role.value} key may not call this")
         return role

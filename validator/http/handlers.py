@@ -22,7 +22,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from protocol import DEFAULT_PERIOD, Hash, Kind
-from validator.errors import BadSecret, InvalidRequest, UnknownStation, ValidatorError
+from validator.errors import (
+    BadSecret,
+    InvalidRequest,
+    ReloadFailed,
+    UnknownStation,
+    ValidatorError,
+)
 from validator.http.decoding import Call
 from validator.http.metrics import CONTENT_TYPE
 from validator.http.middleware import error_response
@@ -115,6 +121,15 @@ async def rotate_key(c: Call) -> Response:
         body = {"scope": "data", "rewrapped": 0, "resealed": resealed}
     return _json({**body, "key_id": v.box.key_id, "data_key_id": v.box.data_key_id,
                   "healthy": v.key_problem is None})
+
+
+async def reload(c: Call) -> Response:
+    """Re-read the config and the API keys (as SIGHUP does); in the event loop's thread,
+    between requests, so a request sees the old settings or the new, never half."""
+    if c.api.reload is None:
+        raise ReloadFailed("this process cannot reload: it was not started by "
+                           "`foblab validator serve`")
+    return _json(c.api.reload())
 
 
 def _page(c: Call) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """The outermost ASGI middleware: gives every request an id (REQUEST_ID, and the
 X-Request-Id header of the answer), counts it for /metrics, writes one access-log record
-(method, path, route, status, ms, role, outcome, remote_addr; never a body, a code, a key
-or a query string) and answers a JSON 500 for a bug that escaped everything else.
+(method, path, route, status, ms, role, the API key's name, outcome, remote_addr; never a
+body, a code, a key or a query string) and answers a JSON 500 for a bug that escaped
+everything else.
 
 It runs outside the X-Forwarded-For handling (`create_app` puts that inside), so it sees the
 real peer: an incoming X-Request-Id is kept only from a trusted proxy."""
@@ -26,6 +27,7 @@ log = logging.getLogger("foblab.validator")
 access_log = logging.getLogger("foblab.access")
 
 ROLE = "foblab.role"
+KEY = "foblab.key"  # the API key's name: never its value
 OUTCOME = "foblab.outcome"
 """Scope keys a request's handling leaves for the access log."""
 
@@ -119,6 +121,7 @@ class Observe:
                     "method": scope["method"], "path": scope["path"][:200],
                     "route": route_template(path), "status": status,
                     "ms": round(elapsed * 1000, 3), "role": scope.get(ROLE),
+                    "key": scope.get(KEY),
                     "outcome": scope.get(OUTCOME),
                     "remote_addr": client[0] if client else None,
                 }})

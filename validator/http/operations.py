@@ -21,6 +21,7 @@ from validator.http.handlers import (
     list_stations,
     list_tokens,
     metrics,
+    reload,
     resync_device,
     rotate_key,
     show_token,
@@ -91,6 +92,9 @@ def operations() -> list[Op]:
                  "data key, or (master=true) re-wrap the data keys under a new master key",
                  ADMIN, query=(Param("master", {"type": "boolean"}),)),
            "/v1/admin/rotate-key", rotate_key),
+        Op(OpDoc("POST", "/v1/admin/reload", "Re-read the config file and the API keys "
+                 "(as SIGHUP does); says what changed and what needs a restart", ADMIN,
+                 errors=(409,)), "/v1/admin/reload", reload),
         Op(OpDoc("GET", "/v1/stations", "Configured enrollment stations", ADMIN),
            "/v1/stations", list_stations),
         Op(OpDoc("GET", "/v1/stations/{name}", "The attached token's INFO, read live", ADMIN,
