@@ -17,6 +17,7 @@ import asyncio
 import hmac
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -288,7 +289,7 @@ def main() -> None:
             url = ""
             for line in proc.stderr:
                 if "listening on " in line:
-                    url = line.rsplit(" ", 1)[-1].strip()
+                    url = re.findall(r"listening on (https?://[^\s\"]+)", line)[0]
                     break
             if not url:
                 raise RuntimeError("the daemon did not start")

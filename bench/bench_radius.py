@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -147,10 +148,10 @@ def main() -> None:
             url, radius = "", ("", 0)
             for line in proc.stderr:
                 if "answering RADIUS on udp " in line:
-                    rhost, rport = line.rsplit(" ", 1)[-1].strip().rsplit(":", 1)
+                    rhost, rport = re.findall(r"on udp ([^\s\"]+)", line)[0].rsplit(":", 1)
                     radius = (rhost, int(rport))
                 if "listening on " in line:
-                    url = line.rsplit(" ", 1)[-1].strip()
+                    url = re.findall(r"listening on (https?://[^\s\"]+)", line)[0]
                     break
             if not url or not radius[1]:
                 raise RuntimeError("the daemon did not start")

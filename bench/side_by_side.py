@@ -25,8 +25,9 @@ from bench import bench_daemon as B
 
 CONNS = 8
 N = 4000
-NEW_KEYS = re.compile(
-    r"(?m)^(head_timeout|max_connections|trusted_proxies|api_keys_file) = .*\n")
+NEW_KEYS = re.compile(r"(?m)^(head_timeout|max_connections|trusted_proxies|api_keys_file"
+                      r"|log_format|audit_max_age_days|audit_max_rows|audit_prune_seconds)"
+                      r" = .*\n")
 
 
 def _cpu(pid: int) -> float:
@@ -43,7 +44,7 @@ def run(tree: str, home: Path, step: int) -> dict[str, Any]:
     url = ""
     for line in proc.stderr:
         if "listening on " in line:
-            url = line.rsplit(" ", 1)[-1].strip()
+            url = re.findall(r"listening on (https?://[^\s\"]+)", line)[0]
             break
     if not url:
         raise RuntimeError(f"the daemon of {tree} did not start")

@@ -5,8 +5,9 @@
 # openssl (docs/operations.md makes a self-signed certificate with it).
 # As root it runs `apt-get update` once, then `apt-get install -y`. Not as root, it says what
 # is missing; the tests that need a missing package then fail loudly in CI (CI is set).
+# curl: docs/operations.md shows operators curl, and tests/docs runs those blocks.
 set -euo pipefail
-PACKAGES=(postgresql freeradius-utils pamtester libpam-radius-auth libpam-wrapper chromium chromium-driver openssl)
+PACKAGES=(postgresql freeradius-utils pamtester libpam-radius-auth libpam-wrapper chromium chromium-driver openssl curl)
 missing=()
 for p in "${PACKAGES[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

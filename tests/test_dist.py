@@ -4,6 +4,7 @@ with its runtime dependencies only, runs `foblab validator init` and `serve`."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.request
@@ -62,7 +63,7 @@ def test_the_wheel_installs_and_serves_from_a_fresh_virtualenv(wheel: Path,
         url = ""
         for line in serve.stderr:
             if "listening on " in line:
-                url = line.rsplit(" ", 1)[-1].strip()
+                url = re.findall(r"listening on (https?://[^\s\"]+)", line)[0]
                 break
         assert url.startswith("http://127.0.0.1:"), "the daemon did not start"
         with urllib.request.urlopen(f"{url}/healthz", timeout=10) as answer:

@@ -130,10 +130,11 @@ DOORS = {
     "validator/http": {"validator.service", "validator.http", "validator.api_schema",
                        "validator.rules", "validator.errors", "validator.apikeys",
                        "validator.config", "validator.station", "validator.connections",
-                       "protocol"},
-    # RADIUS also reads its own config table and a 0600 secret file
+                       "validator.logs", "protocol"},
+    # RADIUS also reads its own config table and a 0600 secret file; both log through
+    # validator.logs (the request id), a leaf module
     "validator/radius": {"validator.service", "validator.radius", "validator.config",
-                         "validator.secrets_box.read_private_file"},
+                         "validator.secrets_box.read_private_file", "validator.logs"},
     # the token panel reaches tokens through the protocol client only: no back door into
     # the emulator's state
     "firmware_sim/panel": {"protocol", "firmware_sim.panel"},

@@ -52,7 +52,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                        "foblab validator init lab --database-url postgresql://foblab@db/foblab"),
     "validator serve": ("foblab validator serve --dir lab",
                         "foblab validator serve --dir lab --station bench1=/dev/ttyUSB0",
-                        "foblab validator serve --dir lab --workers 2"),
+                        "foblab validator serve --dir lab --workers 2",
+                        "foblab validator serve --dir lab --log-format text"),
     "validator migrate": ("foblab validator migrate --dir lab",
                           "foblab validator migrate --database postgresql://foblab@db/foblab"),
     "validator copy": ("foblab validator copy --from lab/validator.db --to "
@@ -61,7 +62,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                          "FOBLAB_URL=http://127.0.0.1:8700 FOBLAB_KEY=$(cat lab/verifier.key) "
                          "foblab validator verify alice 287082"),
     "validator audit": ("foblab validator audit --dir lab",
-                        "foblab validator audit --user alice --all --json --dir lab"),
+                        "foblab validator audit --user alice --all --json --dir lab",
+                        "foblab validator audit export --since 24h --dir lab"),
+    "validator audit export": ("foblab validator audit export --since 24h --dir lab",
+                               "foblab validator audit export --since 2026-11-01T00:00:00Z "
+                               "--until 2026-12-01T00:00:00Z --dir lab > audit.jsonl"),
     "validator rotate-key": ("foblab validator rotate-key --dir lab",
                              "foblab validator rotate-key --master --dir lab"),
     "validator reload": ("foblab validator reload --dir lab",

@@ -16,7 +16,7 @@ its message, never a traceback.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -246,6 +246,32 @@ class ApiClient:
         return self.request("GET", "/v1/audit", params={
             "serial": serial, "user": user, "action": action, "result": result,
             "order": order, "limit": limit, "offset": offset})
+
+    def audit_export(self, *, since: float | None = None, until: float | None = None,
+                     order: str | None = None) -> Iterator[bytes]:
+        """The audit log as JSON lines (each ending in a newline), streamed as the daemon
+        sends them; ApiError for a refusal."""
+        params = {k: v for k, v in (("since", since), ("until", until), ("order", order))
+                  if v is not None}
+        try:
+            with self._http.stream("GET", "/v1/audit/export", params=params) as response:
+                if response.status_code != 200:
+                    response.read()
+                    try:
+                        data = response.json()
+                    except ValueError:
+                        data = None
+                    if isinstance(data, dict) and "error" in data:
+                        raise ApiError(str(data.get("message")), status=response.status_code,
+                                       error=str(data["error"]), data=data)
+                    raise ApiError(f"HTTP {response.status_code} from {self.url}",
+                                   status=response.status_code, error="http_error")
+                for line in response.iter_lines():
+                    if line:
+                        yield line.encode() + b"\n"
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach {self.url}: {exc}", status=None,
+                           error="unreachable") from None
 
     def list_stations(self) -> Any:
         return self.request("GET", "/v1/stations")

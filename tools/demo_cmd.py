@@ -146,7 +146,7 @@ def _daemon(directory: Path, station_url: str, log_path: Path
         url = None
         while url is None:
             text = log_path.read_text(errors="replace")
-            m = re.search(r"listening on (http://\S+)", text)
+            m = re.search(r"listening on (https?://[^\s\"]+)", text)
             if m:
                 url = m.group(1)
             elif proc.poll() is not None:
@@ -156,7 +156,7 @@ def _daemon(directory: Path, station_url: str, log_path: Path
                 raise DemoAbort(f"the daemon did not start within {READY.seconds:g} s")
             else:
                 time.sleep(0.05)
-        m = re.search(r"answering RADIUS on udp (\S+):(\d+)", log_path.read_text())
+        m = re.search(r"answering RADIUS on udp ([^\s\"]+):(\d+)", log_path.read_text())
         yield url, proc.pid, (m.group(1), int(m.group(2))) if m else None
     finally:
         _stop(proc)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -132,11 +132,16 @@ def _station_option(values: Sequence[str]) -> dict[str, str]:
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Processes answering on the one port (SQLite in WAL mode or PostgreSQL; "
                    "not with [radius] or stations).")
+@click.option("--log-format", type=click.Choice(["json", "text", "auto"]),
+              help="Every log line as JSON or as text (default from the config's log_format, "
+                   "else auto: JSON unless stderr is a terminal).")
 def serve(directory: Path | None, config: Path | None, host: str | None, port: int | None,
           stations: Sequence[str], radius_listen: str | None, tls_cert: Path | None,
           tls_key: Path | None, tls_client_ca: Path | None, log_level: str,
-          workers: int) -> None:
+          workers: int, log_format: str | None) -> None:
     """Run the daemon until SIGTERM or Ctrl-C; SIGHUP re-reads the config and API keys."""
+    import logging
+
     from validator.daemon import StartupError
     from validator.daemon import serve as run
 
@@ -182,15 +187,19 @@ def serve(directory: Path | None, config: Path | None, host: str | None, port: i
     except ConfigError as exc:
         _fail(str(exc))
 
+    # the ready lines go through the daemon's log, in its format (the URL ends the message)
+    log = logging.getLogger("foblab.ready")  # kept at info whatever --log-level says
+
     def ready(url: str) -> None:
-        click.echo(f"foblab validator listening on {url}", err=True)
+        log.info("foblab validator listening on %s", url, extra={"fields": {"url": url}})
 
     def radius_ready(address: str) -> None:
-        click.echo(f"foblab validator answering RADIUS on udp {address}", err=True)
+        log.info("foblab validator answering RADIUS on udp %s", address,
+                 extra={"fields": {"address": address}})
 
     try:
         code = run(settings, on_ready=ready, log_level=log_level, on_radius=radius_ready,
-                   overrides=command_line, workers=workers)
+                   overrides=command_line, workers=workers, log_format=log_format)
     except StartupError as exc:
         _fail(str(exc))
     sys.exit(code)
@@ -234,9 +243,11 @@ def _from_dir(directory: Path) -> tuple[str, str | None]:
     return f"{settings.scheme}://{host}:{settings.port}", key
 
 
-def client_command(group: click.Group, name: str | None = None) -> Callable[[F], F]:
+def client_command(group: click.Group, name: str | None = None, *,
+                   with_subcommands: bool = False) -> Callable[[F], F]:
     """Register a client command with --url/--key/--dir/--timeout/--json; it receives
-    `client` and `as_json` instead of those."""
+    `client` and `as_json` instead of those. `with_subcommands`: a group that runs as a
+    command when no subcommand is named (`audit` and `audit export`)."""
 
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
@@ -244,6 +255,8 @@ def client_command(group: click.Group, name: str | None = None) -> Callable[[F],
                   directory: Path | None, ca_file: Path | None, client_cert: Path | None,
                   client_key: Path | None, timeout: float, as_json: bool,
                   **kwargs: Any) -> Any:
+            if with_subcommands and click.get_current_context().invoked_subcommand:
+                return None  # the subcommand has its own options
             dir_url, dir_key = _from_dir(directory) if directory is not None else (None, None)
             given_url = url or os.environ.get("FOBLAB_URL") or dir_url
             final_url = given_url or f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -289,7 +302,11 @@ def client_command(group: click.Group, name: str | None = None) -> Callable[[F],
             click.option("--json", "as_json", is_flag=True, help="Print JSON."),
         ):
             inner = option(inner)
-        group.command(name or fn.__name__.rstrip("_").replace("_", "-"))(inner)
+        name_ = name or fn.__name__.rstrip("_").replace("_", "-")
+        if with_subcommands:
+            group.group(name_, invoke_without_command=True)(inner)
+        else:
+            group.command(name_)(inner)
         return fn
 
     return wrap
@@ -801,7 +818,7 @@ def verify(client: ApiClient, as_json: bool, user: str, code: str, serial: str |
     sys.exit(0 if data["ok"] else 1)
 
 
-@client_command(validator)
+@client_command(validator, with_subcommands=True)
 @click.option("--serial")
 @click.option("--user")
 @click.option("--action")
@@ -812,7 +829,7 @@ def audit(client: ApiClient, as_json: bool, serial: str | None, user: str | None
           action: str | None, result: str | None, oldest_first: bool, limit: int,
           page: int, all_: bool, offset: int | None) -> None:
     """The audit log, newest first (a page of 100 unless --all; a note says when there is
-    more)."""
+    more). `audit export` streams all of it as JSON lines."""
     filters: dict[str, Any] = {"serial": serial, "user": user, "action": action,
                                "result": result, "order": "oldest" if oldest_first else "newest"}
     data = fetch(lambda p: client.audit(**filters, **p),
@@ -827,6 +844,60 @@ def audit(client: ApiClient, as_json: bool, serial: str | None, user: str | None
         echo_note(d, "entries")
 
     _show(data, as_json, human)
+
+
+audit_group = cast(click.Group, validator.commands["audit"])
+
+
+def parse_since(text: str, now: float) -> float:
+    """A point in time as Unix seconds: Unix seconds, an ISO 8601 time (UTC unless it
+    names a zone), or an age before `now` (`90s`, `15m`, `24h`, `7d`). ValueError else."""
+    text = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+    if len(text) > 1 and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - float(text[:-1]) * units[text[-1]]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _time_option(value: str | None, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_since(value, time.time())
+    except ValueError:
+        _fail(f"{name} must be Unix seconds, an ISO 8601 time or an age such as 24h or 7d, "
+              f"not {value!r}")
+
+
+@client_command(audit_group, "export")
+@click.option("--since", help="From this time: Unix seconds, ISO 8601 (UTC unless a zone "
+              "is given) or an age such as 15m, 24h, 7d (default: the first entry).")
+@click.option("--until", help="Up to (not including) this time, in the same forms.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl",
+              show_default=True, help="One JSON object per line.")
+@click.option("--newest-first", is_flag=True, help="Newest entries first (default: oldest "
+              "first, the order a log shipper wants).")
+def export(client: ApiClient, as_json: bool, since: str | None, until: str | None, fmt: str,
+           newest_first: bool) -> None:
+    """Stream the audit log as JSON lines, for a log system: oldest first (or
+    --newest-first), each entry once even while the daemon writes and prunes."""
+    out = sys.stdout.buffer
+    try:
+        for line in client.audit_export(since=_time_option(since, "--since"),
+                                        until=_time_option(until, "--until"),
+                                        order="newest" if newest_first else "oldest"):
+            out.write(line)
+        out.flush()
+    except BrokenPipeError:  # `| head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 @validator.group()

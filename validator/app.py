@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from validator import api_schema as S
 from validator.apikeys import KeyRing
@@ -77,8 +78,8 @@ def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
     if stations is None:
         stations = {name: Station(name, url, timeout=settings.station_timeout)
                     for name, url in settings.stations.items()}
-    api = Api(validator, keys, settings, stations, metrics=Metrics(connections),
-              reload=reload)
+    api = Api(validator, keys, settings, stations,
+              metrics=Metrics(connections, gauges=validator.gauges), reload=reload)
     ops = operations()
     routes: list[BaseRoute] = []
     for op in ops:
@@ -93,6 +94,8 @@ def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
     if aws is None and settings.database_url is None:  # its tables are SQLite-only for now
         aws = load_aws_endpoint(validator, settings.database, settings.aws)
     if aws is not None:
+        if hasattr(aws, "collect_metrics"):
+            api.metrics.add_collector(aws.collect_metrics)
         for path in ("/aws", "/aws/"):
             routes.append(Route(path, aws.handle, methods=["GET", "POST"],
                                 include_in_schema=False))
@@ -110,5 +113,9 @@ def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         HTTPException: _http_error, Exception: _internal_error})
     app.state.api = api
-    app.add_middleware(Observe, metrics=api.metrics, log_requests=settings.access_log)
+    if settings.trusted_proxies:  # inside Observe, which must see the real peer
+        app.add_middleware(ProxyHeadersMiddleware,
+                           trusted_hosts=list(settings.trusted_proxies))
+    app.add_middleware(Observe, metrics=api.metrics, log_requests=settings.access_log,
+                       trusted_proxies=settings.trusted_proxies)
     return app

@@ -28,6 +28,10 @@
     trusted_proxies = []               # addresses/networks whose X-Forwarded-For counts
     ui = true                          # the web console at /ui/ (needs the `ui` extra)
     ui_session_seconds = 3600          # a console sign-in lasts this long
+    log_format = "auto"                # json, text, or auto: JSON unless stderr is a terminal
+    audit_max_age_days = 0             # audit entries older than this are deleted (0: kept)
+    audit_max_rows = 0                 # only the newest this many are kept (0: no cap)
+    audit_prune_seconds = 300          # how often the daemon enforces the two above
 
     [policy]                           # validator.core.Policy fields; all optional
     window = 1
@@ -118,6 +122,10 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     ui: bool = True
     ui_session_seconds: float = 3600.0
+    log_format: str = "auto"
+    audit_max_age_days: float = 0.0  # 0: no age limit
+    audit_max_rows: int = 0  # 0: no row cap
+    audit_prune_seconds: float = 300.0
     policy: Policy = field(default_factory=Policy)
     stations: dict[str, str] = field(default_factory=dict)
     aws: dict[str, Any] = field(default_factory=dict)
@@ -235,7 +243,9 @@ _SCALARS: dict[str, type] = {"host": str, "port": int, "durability": str,
                              "max_connections": int,
                              "import_max_depth": int, "import_max_elements": int,
                              "import_max_keys": int, "import_max_field_chars": int,
-                             "min_secret_bytes": int}
+                             "min_secret_bytes": int, "log_format": str,
+                             "audit_max_age_days": float, "audit_max_rows": int,
+                             "audit_prune_seconds": float}
 _POLICY_TYPES: dict[str, type] = {
     f.name: str if f.name == "drift_policy" else type(getattr(Policy(), f.name))
     for f in dataclasses.fields(Policy)}
@@ -334,6 +344,13 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Se
     url = os.environ.get(DATABASE_URL_ENV) or main.get("database_url")
     if url is not None:
         values["database_url"] = check_database_url(url)
+    if values.get("log_format", "auto") not in ("json", "text", "auto"):
+        raise ConfigError("[validator] log_format must be \"json\", \"text\" or \"auto\"")
+    if values.get("audit_max_age_days", 0.0) < 0 or values.get("audit_max_rows", 0) < 0:
+        raise ConfigError("[validator] audit_max_age_days and audit_max_rows must be >= 0 "
+                          "(0: no limit)")
+    if not 1 <= values.get("audit_prune_seconds", 300.0) <= 86_400:
+        raise ConfigError("[validator] audit_prune_seconds must be 1 to 86400")
     if not 1 <= values.get("ui_session_seconds", 60.0) <= 30 * 86_400:
         raise ConfigError("[validator] ui_session_seconds must be 1 to 2592000 (30 days)")
 

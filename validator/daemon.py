@@ -39,7 +39,7 @@ import signal
 import socket
 import sqlite3
 import ssl
-import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -48,6 +48,7 @@ from typing import Any
 
 import uvicorn
 
+from validator import logs
 from validator.apikeys import (
     ApiKey,
     ApiKeyError,
@@ -62,6 +63,7 @@ from validator.apikeys import (
 from validator.config import CONFIG_NAME, ConfigError, Settings, default_document, load
 from validator.connections import ConnectionGuard, guarded_protocol, raise_fd_limit
 from validator.errors import ReloadFailed
+from validator.retention import Retention
 from validator.secrets_box import KeyFileError
 from validator.service import Validator
 from validator.store import AuditEvent, StoreError
@@ -283,19 +285,36 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _configure_logging(level: str) -> None:
-    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(fmt)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    access = logging.getLogger("foblab.access")
-    access.propagate = False
-    plain = logging.StreamHandler(sys.stderr)
-    plain.setFormatter(logging.Formatter("%(message)s"))
-    access.handlers[:] = [plain]
-    access.setLevel(logging.INFO)
+class AuditPruner:
+    """The background enforcement of the audit retention: a thread that prunes at start and
+    every `interval` seconds until stopped. A failure is logged and tried again next time."""
+
+    def __init__(self, validator: Validator, retention: Retention, interval: float) -> None:
+        self.validator = validator
+        self.retention = retention
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-prune", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                deleted = self.validator.prune_audit(self.retention)
+            except Exception as exc:  # a busy or broken database: next round
+                log.warning("audit retention: pruning failed: %s", exc)
+            else:
+                if deleted:
+                    log.info("audit retention: %d entries deleted", deleted,
+                             extra={"fields": {"deleted": deleted}})
+            self._stop.wait(self.interval)
 
 
 class _Server(uvicorn.Server):
@@ -361,18 +380,19 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
           log_level: str = "info", graceful_timeout: int | None = 30,
           on_radius: Callable[[str], None] | None = None,
           overrides: Callable[[Settings], Settings] | None = None, workers: int = 1,
-          sock: socket.socket | None = None) -> int:
+          sock: socket.socket | None = None, log_format: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads. Raises StartupError before
     serving; returns 0 after a clean shutdown, 1 if uvicorn could not start. `on_radius`
     gets the RADIUS door's `HOST:PORT` once it answers (before `on_ready`); `overrides`
     re-applies the command line to the config file on a reload. `workers` > 1: that many
-    processes on one port (`serve_workers`). `sock`: an already bound listening socket."""
+    processes on one port (`serve_workers`). `sock`: an already bound listening socket.
+    `log_format`: json, text or auto (validator.logs); None: the config's `log_format`."""
     if workers > 1:
         return serve_workers(settings, workers, on_ready=on_ready, log_level=log_level,
-                             graceful_timeout=graceful_timeout)
+                             graceful_timeout=graceful_timeout, log_format=log_format)
     from validator.app import create_app
 
-    _configure_logging(log_level)
+    logs.configure(log_format or settings.log_format, log_level)
     before, after = raise_fd_limit()
     if after != before:
         log.info("file-descriptor limit raised from %d to %d", before, after)
@@ -399,11 +419,16 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
         raise
     closed = False
     listener: Any = None
+    retention = Retention(settings.audit_max_age_days, settings.audit_max_rows)
+    pruner = AuditPruner(validator, retention, settings.audit_prune_seconds) \
+        if retention.active else None
 
     def close(quiet: bool = False) -> None:
         nonlocal closed
         if not closed:
             closed = True
+            if pruner is not None:
+                pruner.stop()
             if listener is not None:
                 listener.stop()
             elif radius is not None:
@@ -425,7 +450,7 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
 
             clients, udp = radius
             door = RadiusDoor(validator, clients, log_requests=settings.access_log)
-            app.state.api.metrics.extra.append(door.render_metrics)
+            app.state.api.metrics.add_collector(door.collect_metrics)
             listener = RadiusListener(door, udp)
             for client in clients:
                 if client.legacy:
@@ -438,6 +463,10 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
             log.info("radius door on udp %s (%d client(s))", where, len(clients))
             if on_radius is not None:
                 on_radius(where)
+        if pruner is not None:
+            pruner.start()
+            log.info("audit retention: max age %g days, max rows %d (0: none), every %g s",
+                     retention.max_age_days, retention.max_rows, settings.audit_prune_seconds)
         host, port = sock.getsockname()[:2]
         scheme = settings.scheme
         url = f"{scheme}://{host}:{port}" if ":" not in host else f"{scheme}://[{host}]:{port}"
@@ -450,10 +479,9 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
         config = uvicorn.Config(
             app, loop="uvloop" if _fast("uvloop") else "asyncio",
             # our httptools protocol with the head deadline and the connection cap
-            # (validator/connections.py); X-Forwarded-For only from trusted_proxies
-            http=guarded_protocol(guard), lifespan="on",
-            proxy_headers=bool(settings.trusted_proxies),
-            forwarded_allow_ips=list(settings.trusted_proxies) or None,
+            # (validator/connections.py); X-Forwarded-For (from trusted_proxies only) is
+            # read inside the app, after the request id middleware saw the real peer
+            http=guarded_protocol(guard), lifespan="on", proxy_headers=False,
             access_log=False, log_config=None, log_level=log_level, server_header=False,
             timeout_graceful_shutdown=graceful_timeout, backlog=2048, **tls)
         server = _Server(config, None if on_ready is None else lambda: on_ready(url),
@@ -477,7 +505,7 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
 
 def serve_workers(settings: Settings, workers: int, *,
                   on_ready: Callable[[str], None] | None = None, log_level: str = "info",
-                  graceful_timeout: int | None = 30) -> int:
+                  graceful_timeout: int | None = 30, log_format: str | None = None) -> int:
     """`workers` processes answering on one listening socket (bound here, inherited by
     each forked worker; the kernel spreads the connections). Each worker opens its own
     database connections: a SQLite file in WAL mode, or PostgreSQL. The database and keys
@@ -486,7 +514,7 @@ def serve_workers(settings: Settings, workers: int, *,
     SIGTERM/SIGINT is passed to every worker, each finishes its requests and closes its
     database; returns 0 when all exited cleanly. A worker that dies otherwise is replaced.
     """
-    _configure_logging(log_level)
+    logs.configure(log_format or settings.log_format, log_level)
     if settings.radius is not None:
         raise StartupError("--workers needs a config without [radius]: a RADIUS challenge "
                            "is remembered by one process (run one daemon for RADIUS)")
@@ -515,7 +543,7 @@ def serve_workers(settings: Settings, workers: int, *,
                     os.write(ready_w, b"r")
 
                 code = serve(settings, log_level=log_level, graceful_timeout=graceful_timeout,
-                             sock=sock, on_ready=say_ready)
+                             sock=sock, on_ready=say_ready, log_format=log_format)
             except StartupError as exc:
                 log.error("worker %d: %s", number, exc)
             except BaseException:  # noqa: BLE001 - a worker reports, never unwinds the parent
@@ -550,7 +578,8 @@ def serve_workers(settings: Settings, workers: int, *,
             _reap(children)
             raise StartupError(f"only {ready} of {workers} workers started (see the log)")
         host, port = sock.getsockname()[:2]
-        url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        scheme = "https" if settings.tls_cert is not None else "http"
+        url = f"{scheme}://{host}:{port}" if ":" not in host else f"{scheme}://[{host}]:{port}"
         log.info("%d workers serving on %s", workers, url)
         if on_ready is not None and not stopping:
             on_ready(url)

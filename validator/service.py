@@ -15,7 +15,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,6 +49,7 @@ from validator.importers import (
     parse_csv,
     parse_pskc,
 )
+from validator.retention import Retention
 from validator.secrets_box import SecretBox, UnknownDataKey
 from validator.store import (
     AuditEntry,
@@ -64,7 +65,8 @@ from validator.store import (
 )
 
 __all__ = [
-    "AlreadyAssigned", "Conflict", "DeleteConflict", "DeviceLimit", "DuplicateSerial",
+    "AlreadyAssigned", "AuditEntry", "Conflict", "DeleteConflict", "DeviceLimit",
+    "DuplicateSerial",
     "ImportResult", "InvalidAuthenticationCode", "InvalidParameter", "InvalidUser",
     "NotAssigned", "SeedFileError", "TokenInfo", "UnknownSerial", "Validator",
     "ValidatorError", "VerifyResult",
@@ -381,6 +383,11 @@ class Validator:
         """How many tokens `list_tokens` pages through (for "showing N of TOTAL")."""
         return self.store.count_tokens(user=user, kind=kind, assigned=assigned)
 
+    def gauges(self, now: float | None = None) -> dict[str, int]:
+        """For /metrics: `tokens`, `devices_enabled` (assigned to a user) and
+        `tokens_locked` (locked after failed codes at `now`), in one read of the store."""
+        return self.store.token_gauges(self._now(now))
+
     def get_token(self, serial: str, now: float | None = None) -> TokenInfo:
         return _info(self._record(serial), self._now(now))
 
@@ -659,6 +666,32 @@ class Validator:
         return self.store.audit(serial=serial, user=user, action=action, result=result,
                                 since=since, until=until, limit=limit, offset=offset,
                                 newest_first=newest_first)
+
+    def audit_export(self, *, since: float | None = None, until: float | None = None,
+                     newest_first: bool = False, batch: int = 1000) -> Iterator[list[AuditEntry]]:
+        """Every audit entry in [since, until), in batches of up to `batch` (each batch one
+        query, so a caller may fetch them from different threads), oldest first (or newest
+        first); keyset paging: rows pruned or added meanwhile neither repeat nor shift."""
+        after: int | None = None
+        while True:
+            rows = self.store.audit_after(after, since=since, until=until,
+                                          newest_first=newest_first, limit=batch)
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].id
+
+    def prune_audit(self, retention: Retention, now: float | None = None) -> int:
+        """Enforce `retention` at `now`: delete the entries it no longer keeps; an
+        `audit_prune` entry records how many (when any were). Returns that number."""
+        t = self._now(now)
+        before, keep = retention.limits(t)
+        if before is None and keep is None:
+            return 0
+        deleted = self.store.prune_audit(before=before, keep=keep)
+        if deleted:
+            self.store.add_audit([AuditEvent(t, "audit_prune", "ok", f"{deleted} deleted")])
+        return deleted
 
     def count_audit(self, *, serial: str | None = None, user: str | None = None,
                     action: str | None = None, result: str | None = None,

@@ -264,6 +264,15 @@ class Store(Protocol):
     def count_tokens(self, *, user: str | None = None, kind: str | None = None,
                      assigned: bool | None = None) -> int: ...
 
+    def token_gauges(self, now: float) -> dict[str, int]: ...
+
+    def audit_after(self, after: int | None, *, since: float | None = None,
+                    until: float | None = None, newest_first: bool = False,
+                    limit: int = 1000) -> list[AuditEntry]: ...
+
+    def prune_audit(self, *, before: float | None = None, keep: int | None = None,
+                    batch: int = 5000) -> int: ...
+
     def count_audit(self, *, serial: str | None = None, user: str | None = None,
                     action: str | None = None, result: str | None = None,
                     since: float | None = None, until: float | None = None) -> int: ...
@@ -626,6 +635,16 @@ class SQLiteStore:
         return int(self._conn().execute(f"SELECT COUNT(*) FROM tokens {clause}",
                                         args).fetchone()[0])
 
+    def token_gauges(self, now: float) -> dict[str, int]:
+        """`tokens`, `devices_enabled` (assigned) and `tokens_locked` (at `now`): one scan
+        of the tokens table, no secret read."""
+        total, enabled, locked = self._conn().execute(
+            "SELECT COUNT(*), COUNT(user), "
+            "COALESCE(SUM(json_extract(state, '$.locked_until') > ?), 0) FROM tokens",
+            (float(now),)).fetchone()
+        return {"tokens": int(total), "devices_enabled": int(enabled),
+                "tokens_locked": int(locked)}
+
     def audit(self, *, serial: str | None = None, user: str | None = None,
               action: str | None = None, result: str | None = None,
               since: float | None = None, until: float | None = None,
@@ -639,6 +658,47 @@ class SQLiteStore:
             f"FROM audit {clause} ORDER BY id {order} LIMIT ? OFFSET ?",
             (*args, int(limit), int(offset))).fetchall()
         return [AuditEntry(*row) for row in rows]
+
+    def audit_after(self, after: int | None, *, since: float | None = None,
+                    until: float | None = None, newest_first: bool = False,
+                    limit: int = 1000) -> list[AuditEntry]:
+        """Up to `limit` entries past id `after` (None: from the first, or the newest), in
+        id order: keyset paging, so rows deleted or added meanwhile shift nothing."""
+        clause, args = _audit_filter(None, None, None, None, since, until)
+        if after is not None:
+            clause += (" AND " if clause else "WHERE ") + ("id < ?" if newest_first else "id > ?")
+            args.append(int(after))
+        order = "DESC" if newest_first else "ASC"
+        rows = self._conn().execute(
+            f"SELECT id, time, action, result, reason, serial, user, via, client, window_steps "
+            f"FROM audit {clause} ORDER BY id {order} LIMIT ?", (*args, int(limit))).fetchall()
+        return [AuditEntry(*row) for row in rows]
+
+    def prune_audit(self, *, before: float | None = None, keep: int | None = None,
+                    batch: int = 5000) -> int:
+        """Delete the entries written before `before` (Unix seconds) and all but the newest
+        `keep`; in transactions of at most `batch` rows, so verifications wait for none of
+        them long. Returns how many were deleted."""
+        deleted = 0
+        while before is not None:
+            with self._db.transaction() as conn:
+                n = conn.execute("DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE "
+                                 "time < ? ORDER BY id LIMIT ?)",
+                                 (float(before), int(batch))).rowcount
+            deleted += n
+            if n < batch:
+                break
+        while keep is not None:
+            with self._db.transaction() as conn:
+                row = conn.execute("SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?",
+                                   (int(keep),)).fetchone()
+                n = 0 if row is None else conn.execute(
+                    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE id <= ? "
+                    "ORDER BY id LIMIT ?)", (int(row[0]), int(batch))).rowcount
+            deleted += n
+            if n < batch:
+                break
+        return deleted
 
     def count_audit(self, *, serial: str | None = None, user: str | None = None,
                     action: str | None = None, result: str | None = None,

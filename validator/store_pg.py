@@ -524,6 +524,56 @@ class PostgresStore:
         clause, args = _audit_filter(serial, user, action, result, since, until)
         return int(self._rows(f"SELECT count(*) FROM audit {clause}", args)[0][0])
 
+    def token_gauges(self, now: float) -> dict[str, int]:
+        """`tokens`, `devices_enabled` (assigned) and `tokens_locked` (at `now`): one scan
+        of the tokens table, no secret read."""
+        total, enabled, locked = self._rows(
+            'SELECT count(*), count("user"), count(*) FILTER (WHERE '
+            "(state::jsonb ->> 'locked_until')::double precision > %s) FROM tokens",
+            (float(now),))[0]
+        return {"tokens": int(total), "devices_enabled": int(enabled),
+                "tokens_locked": int(locked)}
+
+    def audit_after(self, after: int | None, *, since: float | None = None,
+                    until: float | None = None, newest_first: bool = False,
+                    limit: int = 1000) -> list[AuditEntry]:
+        """Up to `limit` entries past id `after` (None: from the first, or the newest), in
+        id order: keyset paging, so rows deleted or added meanwhile shift nothing."""
+        clause, args = _audit_filter(None, None, None, None, since, until)
+        if after is not None:
+            clause += (" AND " if clause else "WHERE ") + \
+                ("id < %s" if newest_first else "id > %s")
+            args.append(int(after))
+        order = "DESC" if newest_first else "ASC"
+        return [AuditEntry(*row) for row in self._rows(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit {clause} ORDER BY id {order} LIMIT %s",
+            (*args, int(limit)))]
+
+    def prune_audit(self, *, before: float | None = None, keep: int | None = None,
+                    batch: int = 5000) -> int:
+        """Delete the entries written before `before` (Unix seconds) and all but the newest
+        `keep`, in transactions of at most `batch` rows; returns how many were deleted."""
+        deleted = 0
+        while before is not None:
+            with self.transaction() as conn:
+                n = conn.execute("DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE "
+                                 "time < %s ORDER BY id LIMIT %s)",
+                                 (float(before), int(batch))).rowcount
+            deleted += n
+            if n < batch:
+                break
+        while keep is not None:
+            with self.transaction() as conn:
+                row = conn.execute("SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET %s",
+                                   (int(keep),)).fetchone()
+                n = 0 if row is None else conn.execute(
+                    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE id <= %s "
+                    "ORDER BY id LIMIT %s)", (int(row[0]), int(batch))).rowcount
+            deleted += n
+            if n < batch:
+                break
+        return deleted
+
     # -- copy (foblab validator copy) ------------------------------------------------------
 
     def dump(self) -> Iterator[tuple[str, list[str], list[tuple[Any, ...]]]]:

@@ -83,7 +83,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     try:
         deadline = time.monotonic() + 30
         while True:
-            found = re.search(r"listening on (http://\S+)", log_path.read_text())
+            found = re.search(r"listening on (https?://[^\s\"]+)", log_path.read_text())
             if found:
                 break
             assert proc.poll() is None, f"the daemon exited: {log_path.read_text()}"

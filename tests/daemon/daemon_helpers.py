@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -81,7 +82,7 @@ def start(directory: Path, *args: str, timeout: float = 30, **popen: Any) -> Dae
         for line in proc.stderr:
             lines.append(line)
             if "listening on " in line and not url:
-                url.append(line.rsplit(" ", 1)[-1].strip())
+                url.append(re.findall(r"listening on (https?://[^\s\"]+)", line)[0])
                 ready.set()
         ready.set()
 

@@ -219,11 +219,11 @@ def test_logs_hold_no_code_and_no_key(daemon: Daemon) -> None:
     with daemon.client(None) as http:  # both verifications' guessing surfaces
         metrics = http.get("/metrics").text
     assert "# TYPE foblab_verify_window_steps histogram" in metrics
-    found = re.search(r"^foblab_verify_window_steps_count (\d+)$", metrics, re.M)
+    found = re.search(r"^foblab_verify_window_steps_count (\d+)\.0$", metrics, re.M)
     assert found is not None
     count = int(found[1])
     assert count >= 2
-    assert f'foblab_verify_window_steps_bucket{{le="9"}} {count}' in metrics
+    assert f'foblab_verify_window_steps_bucket{{le="9.0"}} {count}.0' in metrics
     with daemon.client("admin") as http:
         rows = http.get("/v1/audit", params={"user": "lola", "action": "verify"}).json()
     assert [e["window"] is not None and e["window"] >= 1 for e in rows["entries"]] == [True] * 2

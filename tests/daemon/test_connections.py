@@ -240,7 +240,7 @@ def _access_client(d: Daemon, marker: str) -> str:
     while True:
         for line in reversed(d.lines):
             if line.startswith("{") and marker in line:
-                return str(json.loads(line)["client"])
+                return str(json.loads(line)["remote_addr"])
         assert time.monotonic() < deadline, f"no access-log line for {marker}"
         time.sleep(0.05)
 

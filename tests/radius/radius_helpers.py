@@ -72,7 +72,7 @@ def radius_address(daemon: Daemon, timeout: float = 10) -> tuple[str, int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in list(daemon.lines):
-            m = re.search(r"answering RADIUS on udp (\S+):(\d+)", line)
+            m = re.search(r"answering RADIUS on udp ([^\s\"]+):(\d+)", line)
             if m:
                 return m.group(1), int(m.group(2))
         time.sleep(0.05)

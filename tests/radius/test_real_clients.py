@@ -184,7 +184,7 @@ def test_wrong_shared_secret_is_dropped_and_counted(home: Home) -> None:
 def _count(metrics: str, reason: str) -> int:
     for line in metrics.splitlines():
         if line.startswith(f'foblab_radius_dropped_total{{reason="{reason}"}}'):
-            return int(line.rsplit(" ", 1)[1])
+            return int(float(line.rsplit(" ", 1)[1]))
     raise AssertionError(f"no {reason} counter in:\n{metrics}")
 
 

@@ -43,7 +43,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
             stdout=log, stderr=log, start_new_session=True, cwd=ROOT)
         try:
             deadline = time.monotonic() + 30
-            while not (m := re.search(r"listening on (http://\S+)", log_path.read_text())):
+            while not (m := re.search(r"listening on (https?://[^\s\"]+)", log_path.read_text())):
                 assert proc.poll() is None, log_path.read_text()
                 assert time.monotonic() < deadline, "the daemon did not start"
                 time.sleep(0.05)

@@ -13,13 +13,16 @@ import hmac
 import logging
 import math
 import re
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from prometheus_client.core import CounterMetricFamily, Metric
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,6 +34,7 @@ from validator.aws.errors import AwsError, service_failure
 from validator.aws.params import Params
 from validator.aws.store import AwsStore, Credentials, token_digest
 from validator.connections import discard_body
+from validator.logs import REQUEST_ID
 from validator.secrets_box import SealError
 from validator.service import Validator
 
@@ -52,6 +56,14 @@ def _loggable(action: str) -> str:
     if action in actions.IAM_ACTIONS or action in actions.STS_ACTIONS or action == "?":
         return action
     return ascii(action[:64])
+
+
+def _metric_action(action: str) -> str:
+    """The Action as a metric label: a known one as is, anything else "other" (labels must
+    stay few whatever clients send)."""
+    if action in actions.IAM_ACTIONS or action in actions.STS_ACTIONS:
+        return action
+    return "other"
 
 
 def _invalid_token() -> AwsError:
@@ -87,6 +99,8 @@ class AwsEndpoint:
             raise ValueError("[aws] max_skew_s must be a positive number of seconds")
         self.max_skew = float(skew)
         self.validator = validator
+        self.answered: Counter[tuple[str, str]] = Counter()  # (action, result), /metrics
+        self._count_lock = threading.Lock()  # answers are counted from worker threads
         self.store = AwsStore(db_path, lambda: validator.box)
         self._clock = clock
         self._signing_clock = clock if signing_clock is None else signing_clock
@@ -107,8 +121,22 @@ class AwsEndpoint:
             return v
         return v.view(max_user_length=USER_NAME_MAX)
 
+    def _count(self, action: str, result: str) -> None:
+        with self._count_lock:
+            self.answered[(_metric_action(action), result)] += 1
+
+    def collect_metrics(self) -> Iterator[Metric]:
+        """`foblab_aws_requests_total{action,result}`: answers by Action (known ones; the
+        rest "other") and result ("ok" or the AWS error code)."""
+        family = CounterMetricFamily("foblab_aws_requests", "AWS endpoint answers by Action "
+                                     "and result (ok or the error code).",
+                                     labels=("action", "result"))
+        for (action, result), n in sorted(self.answered.items()):
+            family.add_metric((action, result), n)
+        yield family
+
     async def handle(self, request: Request) -> Response:
-        request_id = str(uuid.uuid4())
+        request_id = REQUEST_ID.get() or str(uuid.uuid4())  # the daemon's log's id
         try:
             body = await self._body(request)
             return await run_in_threadpool(self._handle, request, body, request_id)
@@ -160,6 +188,7 @@ class AwsEndpoint:
             except core_errors.ValidatorError as exc:
                 raise actions.translate(exc) from None
             log.debug("aws %s: ok", action)
+            self._count(action, "ok")
             return Response(x.response(action, namespace, request_id, result),
                             media_type="text/xml",
                             headers={"x-amzn-RequestId": request_id})
@@ -172,6 +201,7 @@ class AwsEndpoint:
 
     def _error(self, exc: AwsError, namespace: str, request_id: str, action: str) -> Response:
         log.info("aws %s: %s (%d)", _loggable(action), exc.code, exc.status)
+        self._count(action, exc.code)
         return Response(x.error(namespace, request_id, exc.code, exc.message,
                                 sender=exc.sender),
                         status_code=exc.status, media_type="text/xml",

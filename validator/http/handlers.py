@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from protocol import DEFAULT_PERIOD, Hash, Kind
 from validator.errors import (
@@ -32,8 +33,10 @@ from validator.errors import (
     ValidatorError,
 )
 from validator.http.decoding import Call
+from validator.http.metrics import CONTENT_TYPE
 from validator.http.middleware import error_response
-from validator.service import TokenInfo
+from validator.logs import timestamp
+from validator.service import AuditEntry, TokenInfo
 from validator.station import Station
 
 log = logging.getLogger("foblab.validator")
@@ -200,9 +203,7 @@ async def verify(c: Call) -> Response:
     result = await c.api.call(c.api.validator.verify, b["user"], b["code"],
                               serial=b.get("serial"))
     reason = result.reason.value
-    c.api.metrics.verify[reason] += 1
-    if result.window is not None:
-        c.api.metrics.observe_window(result.window)
+    c.api.metrics.verified(reason, result.window)
     c.outcome(reason)
     out: dict[str, Any] = {"ok": result.accepted, "reason": reason, "user": b["user"],
                            "serial": result.serial}
@@ -229,6 +230,33 @@ async def audit(c: Call) -> Response:
                   "total": await c.api.call(c.api.validator.count_audit, **filters)})
 
 
+def audit_line(e: AuditEntry) -> bytes:
+    """One audit entry as a JSONL line, with the field names of the daemon's log (`ts`
+    ISO 8601 beside `time` in Unix seconds)."""
+    return json.dumps({"id": e.id, "ts": timestamp(e.time), "time": e.time,
+                       "action": e.action, "result": e.result, "reason": e.reason,
+                       "serial": e.serial, "user": e.user, "via": e.via, "client": e.client,
+                       "window": e.window}, separators=(",", ":")).encode() + b"\n"
+
+
+async def audit_export(c: Call) -> Response:
+    """Every entry in [since, until) as JSON lines, streamed: one query per thousand rows,
+    each in a worker thread."""
+    q = c.query
+    batches = c.api.validator.audit_export(since=q.get("since"), until=q.get("until"),
+                                           newest_first=q.get("order") == "newest")
+
+    def next_chunk() -> bytes:
+        rows = next(batches, None)
+        return b"" if rows is None else b"".join(audit_line(e) for e in rows)
+
+    async def body() -> AsyncIterator[bytes]:
+        while chunk := await run_in_threadpool(next_chunk):
+            yield chunk
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
+
+
 def _station(c: Call) -> Station:
     name = c.params["name"]
     station = c.api.stations.get(name)
@@ -253,9 +281,9 @@ async def _on_station(c: Call, station: Station, op: str, fn: Callable[[], Any])
     try:
         result = await run_in_threadpool(locked)
     except ValidatorError as exc:
-        c.api.metrics.stations[(station.name, op, exc.code)] += 1
+        c.api.metrics.station(station.name, op, exc.code)
         raise
-    c.api.metrics.stations[(station.name, op, "ok")] += 1
+    c.api.metrics.station(station.name, op, "ok")
     return result
 
 
@@ -291,6 +319,8 @@ async def healthz(c: Call) -> Response:
 
 
 async def metrics(c: Call) -> Response:
-    return Response(c.api.metrics.render(), media_type="text/plain; version=0.0.4")
+    # in a worker thread: the token gauges are a query of the store
+    body = await run_in_threadpool(c.api.metrics.render)
+    return Response(body, headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -1,22 +1,27 @@
-"""The outermost ASGI middleware: counts every request for /metrics, writes one access-log
-line (JSON: method, path, route, status, milliseconds, role, the API key's name, outcome;
-never a body, a code, a key or a query string), and answers a JSON 500 for a bug that
-escaped everything else."""
+"""The outermost ASGI middleware: gives every request an id (REQUEST_ID, and the
+X-Request-Id header of the answer), counts it for /metrics, writes one access-log record
+(method, path, route, status, ms, role, the API key's name, outcome, remote_addr; never a
+body, a code, a key or a query string) and answers a JSON 500 for a bug that escaped
+everything else.
+
+It runs outside the X-Forwarded-For handling (`create_app` puts that inside), so it sees the
+real peer: an incoming X-Request-Id is kept only from a trusted proxy."""
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import logging
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from validator.errors import InvalidAuthenticationCode, ValidatorError
-from validator.http.metrics import Metrics
+from validator.http.metrics import Metrics, route_template
+from validator.logs import REQUEST_ID, incoming_request_id, new_request_id
 
 log = logging.getLogger("foblab.validator")
 access_log = logging.getLogger("foblab.access")
@@ -46,12 +51,32 @@ def refusal_response(exc: ValidatorError) -> JSONResponse:
 
 
 class Observe:
-    """Outermost middleware: metrics, one access-log line, and a JSON 500 for a bug."""
+    """Outermost middleware: request id, metrics, one access-log record, a JSON 500."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool,
+                 trusted_proxies: Iterable[str] = ()) -> None:
         self.app = app
         self.metrics = metrics
         self.log_requests = log_requests
+        self.trusted = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
+
+    def _request_id(self, scope: Scope) -> str:
+        """The proxy's X-Request-Id when the peer is a trusted proxy and the id is sane;
+        else a new one."""
+        if self.trusted:
+            client = scope.get("client")
+            try:
+                peer = ipaddress.ip_address(client[0]) if client else None
+            except ValueError:
+                peer = None
+            if peer is not None and any(peer in net for net in self.trusted):
+                for name, value in scope["headers"]:
+                    if name == b"x-request-id":
+                        found = incoming_request_id(value)
+                        if found is not None:
+                            return found
+                        break
+        return new_request_id()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,12 +86,16 @@ class Observe:
         start = time.perf_counter()
         status = 500
         started = False
+        request_id = self._request_id(scope)
+        header = (b"x-request-id", request_id.encode())
+        token = REQUEST_ID.set(request_id)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started = True
+                message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         metrics.in_flight += 1
@@ -84,14 +113,16 @@ class Observe:
             metrics.in_flight -= 1
             elapsed = time.perf_counter() - start
             route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            metrics.observe(scope["method"], template, status, elapsed)
+            path = getattr(route, "path", "unmatched")
+            metrics.observe(scope["method"], path, status, elapsed)
             if self.log_requests:
                 client = scope.get("client")
-                access_log.info(json.dumps({
-                    "ts": round(time.time(), 3), "method": scope["method"],
-                    "path": scope["path"][:200], "route": template, "status": status,
-                    "ms": round(elapsed * 1000, 3), "role": scope.get(ROLE), "key": scope.get(KEY),
+                access_log.info("request", extra={"fields": {
+                    "method": scope["method"], "path": scope["path"][:200],
+                    "route": route_template(path), "status": status,
+                    "ms": round(elapsed * 1000, 3), "role": scope.get(ROLE),
+                    "key": scope.get(KEY),
                     "outcome": scope.get(OUTCOME),
-                    "client": client[0] if client else None,
-                }, separators=(",", ":")))
+                    "remote_addr": client[0] if client else None,
+                }})
+            REQUEST_ID.reset(token)

@@ -10,6 +10,7 @@ from validator.apikeys import Role
 from validator.http.decoding import PATH_SCHEMAS, Op
 from validator.http.handlers import (
     audit,
+    audit_export,
     create_token,
     deactivate_device,
     delete_token,
@@ -81,6 +82,12 @@ def operations() -> list[Op]:
             Param("until", {"type": "number"}),
             Param("order", {"type": "string", "enum": ["oldest", "newest"]}), *page)),
            "/v1/audit", audit),
+        Op(OpDoc("GET", "/v1/audit/export", "Every audit entry in [since, until) as JSON "
+                 "lines (application/x-ndjson), streamed, oldest first (order=newest: newest "
+                 "first)", ADMIN, query=(
+            Param("since", {"type": "number"}), Param("until", {"type": "number"}),
+            Param("order", {"type": "string", "enum": ["oldest", "newest"]}))),
+           "/v1/audit/export", audit_export),
         Op(OpDoc("POST", "/v1/admin/rotate-key", "Reseal every stored secret under a new "
                  "data key, or (master=true) re-wrap the data keys under a new master key",
                  ADMIN, query=(Param("master", {"type": "boolean"}),)),

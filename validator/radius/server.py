@@ -20,7 +20,6 @@ Every drop is counted by reason for /metrics; nothing a client sends can stop th
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import math
 import secrets
@@ -28,11 +27,14 @@ import socket
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, Metric
+
 from validator.config import ConfigError, RadiusClientConfig, RadiusConfig
+from validator.logs import REQUEST_ID, new_request_id
 from validator.radius import codec
 from validator.secrets_box import read_private_file
 from validator.service import (
@@ -127,12 +129,15 @@ class RadiusDoor:
     def handle(self, data: bytes, address: tuple[Any, ...],
                now: float | None = None) -> bytes | None:
         """The answer to one datagram from `address`, or None to drop it."""
+        token = REQUEST_ID.set(new_request_id())
         try:
             return self._handle(data, address, self._clock() if now is None else now)
         except Exception:  # a bug must cost one answer, never the listener
             log.exception("radius request failed")
             self.dropped["error"] += 1
             return None
+        finally:
+            REQUEST_ID.reset(token)
 
     def _client(self, host: str) -> Client | None:
         try:
@@ -182,9 +187,10 @@ class RadiusDoor:
             out = self._replies.answer(request, code, message, state)
             self.answered[outcome] += 1
             if self.log_requests:
-                access_log.info(json.dumps({
+                access_log.info("radius request", extra={"fields": {
                     "via": VIA, "client": client.name, "user": request.user,
-                    "outcome": outcome, "ms": round((time.perf_counter() - started) * 1e3, 3)}))
+                    "outcome": outcome, "ms": round((time.perf_counter() - started) * 1e3, 3),
+                    "remote_addr": str(address[0])}})
         self._cache[key] = (now + DUPLICATE_SECONDS, out)
         while len(self._cache) > self.max_cached:
             self._cache.popitem(last=False)
@@ -268,22 +274,22 @@ class RadiusDoor:
 
     # -- metrics ---------------------------------------------------------------------------
 
-    def render_metrics(self) -> str:
-        out = ["# HELP foblab_radius_requests_total RADIUS requests answered, by outcome.",
-               "# TYPE foblab_radius_requests_total counter"]
+    def collect_metrics(self) -> Iterator[Metric]:
+        """The door's counters as Prometheus families (validator.http.metrics collects
+        them at every scrape)."""
+        answered = CounterMetricFamily("foblab_radius_requests", "RADIUS requests answered, "
+                                       "by outcome.", labels=("outcome",))
         for outcome, n in sorted(self.answered.items()):
-            out.append(f'foblab_radius_requests_total{{outcome="{outcome}"}} {n}')
-        out += ["# HELP foblab_radius_dropped_total RADIUS datagrams dropped, by reason.",
-                "# TYPE foblab_radius_dropped_total counter"]
+            answered.add_metric((outcome,), n)
+        yield answered
+        dropped = CounterMetricFamily("foblab_radius_dropped", "RADIUS datagrams dropped, by "
+                                      "reason.", labels=("reason",))
         for reason in ("unknown_client", "malformed", "bad_authenticator",
                        "no_message_authenticator", "error"):
-            out.append(f'foblab_radius_dropped_total{{reason="{reason}"}} '
-                       f"{self.dropped[reason]}")
-        out += ["# HELP foblab_radius_duplicates_total Retransmissions answered from the "
-                "cache (RFC 5080).",
-                "# TYPE foblab_radius_duplicates_total counter",
-                f"foblab_radius_duplicates_total {self.duplicates}", ""]
-        return "\n".join(out)
+            dropped.add_metric((reason,), self.dropped[reason])
+        yield dropped
+        yield CounterMetricFamily("foblab_radius_duplicates", "Retransmissions answered from "
+                                  "the cache (RFC 5080).", value=self.duplicates)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -1,0 +1,78 @@
+"""The pieces behind the daemon's log and /metrics, in process: the two formatters, the
+request-id rules, and one registry per application (several apps in one process)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from validator.http.metrics import Metrics, route_template
+from validator.logs import REQUEST_ID, configure, incoming_request_id, resolve, timestamp
+
+
+def _one_record(fmt: str) -> str:
+    stream = io.StringIO()
+    saved = (logging._srcfile, logging.logThreads, logging.logProcesses,
+             logging.logMultiprocessing)
+    configure(fmt, "info", stream)
+    token = REQUEST_ID.set("r-1")
+    try:
+        logging.getLogger("foblab.test").warning("two\nlines %s", "here",
+                                                 extra={"fields": {"user": "a b", "n": 3}})
+    finally:
+        REQUEST_ID.reset(token)
+        logging.getLogger().handlers.clear()
+        logging.captureWarnings(False)
+        (logging._srcfile, logging.logThreads, logging.logProcesses,
+         logging.logMultiprocessing) = saved
+    return stream.getvalue()
+
+
+def test_json_and_text_are_one_line_per_record_with_the_same_fields() -> None:
+    (line,) = _one_record("json").splitlines()
+    record = json.loads(line)
+    assert {k: record[k] for k in ("level", "logger", "msg", "request_id", "user", "n")} == {
+        "level": "warning", "logger": "foblab.test", "msg": "two\nlines here",
+        "request_id": "r-1", "user": "a b", "n": 3}
+    (line,) = _one_record("text").splitlines()
+    assert line.endswith(' WARNING foblab.test two\\nlines here request_id=r-1 user="a b" n=3')
+
+
+def test_auto_is_json_off_a_terminal() -> None:
+    assert resolve("auto", io.StringIO()) == "json"
+    assert resolve("text", io.StringIO()) == "text"
+
+
+def test_incoming_request_ids_are_bounded() -> None:
+    assert incoming_request_id(b"abc-DEF_1.2:3") == "abc-DEF_1.2:3"
+    for bad in (b"", b"x" * 65, b"a b", b"a\nb", "é".encode(), b"a\"b", None):
+        assert incoming_request_id(bad) is None
+    assert timestamp(0.5) == "1970-01-01T00:00:00.500Z"
+
+
+def test_route_labels_are_templates() -> None:
+    assert route_template("/v1/users/{user}/devices/{serial:path}/resync") == \
+        "/v1/users/{user}/devices/{serial}/resync"
+
+
+def test_each_app_counts_in_its_own_registry() -> None:
+    a, b = Metrics(), Metrics(gauges=lambda: {"tokens": 4, "devices_enabled": 2,
+                                              "tokens_locked": 1})
+    a.observe("GET", "/v1/tokens/{serial:path}", 200, 0.002)
+    a.verified("accepted", 3)
+
+    def values(m: Metrics) -> dict[str, float]:
+        return {s.name + str(sorted(s.labels.items())): s.value
+                for f in text_string_to_metric_families(m.render().decode())
+                for s in f.samples}
+
+    va, vb = values(a), values(b)
+    key = "foblab_http_requests_total[('method', 'GET'), ('route', '/v1/tokens/{serial}'), " \
+          "('status', '200')]"
+    assert va[key] == 1 and key not in vb
+    assert va["foblab_verify_total[('reason', 'accepted')]"] == 1
+    assert "foblab_tokens[]" not in va and vb["foblab_tokens[]"] == 4
+    assert vb["foblab_tokens_locked[]"] == 1
