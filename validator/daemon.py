@@ -389,7 +389,8 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
     `log_format`: json, text or auto (validator.logs); None: the config's `log_format`."""
     if workers > 1:
         return serve_workers(settings, workers, on_ready=on_ready, log_level=log_level,
-                             graceful_timeout=graceful_timeout, log_format=log_format)
+                             graceful_timeout=graceful_timeout, log_format=log_format,
+                             overrides=overrides)
     from validator.app import create_app
 
     logs.configure(log_format or settings.log_format, log_level)
@@ -505,7 +506,8 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
 
 def serve_workers(settings: Settings, workers: int, *,
                   on_ready: Callable[[str], None] | None = None, log_level: str = "info",
-                  graceful_timeout: int | None = 30, log_format: str | None = None) -> int:
+                  graceful_timeout: int | None = 30, log_format: str | None = None,
+                  overrides: Callable[[Settings], Settings] | None = None) -> int:
     """`workers` processes answering on one listening socket (bound here, inherited by
     each forked worker; the kernel spreads the connections). Each worker opens its own
     database connections: a SQLite file in WAL mode, or PostgreSQL. The database and keys
@@ -513,6 +515,8 @@ def serve_workers(settings: Settings, workers: int, *,
     settled), then closed before forking. `on_ready` runs once every worker listens.
     SIGTERM/SIGINT is passed to every worker, each finishes its requests and closes its
     database; returns 0 when all exited cleanly. A worker that dies otherwise is replaced.
+    SIGHUP is passed to every worker too: each re-reads the config and API keys (`overrides`
+    re-applies the command line, as in `serve`).
     """
     logs.configure(log_format or settings.log_format, log_level)
     if settings.radius is not None:
@@ -539,11 +543,15 @@ def serve_workers(settings: Settings, workers: int, *,
                 os.close(ready_r)
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
+                # until its event loop takes SIGHUP over (a reload), a hang-up passed on
+                # by the parent must not end a worker that is still starting
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 def say_ready(_url: str) -> None:
                     os.write(ready_w, b"r")
 
                 code = serve(settings, log_level=log_level, graceful_timeout=graceful_timeout,
-                             sock=sock, on_ready=say_ready, log_format=log_format)
+                             sock=sock, on_ready=say_ready, log_format=log_format,
+                             overrides=overrides)
             except StartupError as exc:
                 log.error("worker %d: %s", number, exc)
             except BaseException:  # noqa: BLE001 - a worker reports, never unwinds the parent
@@ -561,7 +569,15 @@ def serve_workers(settings: Settings, workers: int, *,
             except ProcessLookupError:
                 pass
 
+    def hang_up(*_: Any) -> None:  # reload: every worker re-reads the config and keys
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
     previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hang_up)
     codes: list[int] = []
     try:
         for number in range(workers):

@@ -65,3 +65,37 @@ def test_workers_refuse_radius(tmp_path: Path, spawn: Any) -> None:
                clients=[{"name": "vpn", "address": "127.0.0.1/32", "secret": "s" * 16}])
     with pytest.raises(AssertionError, match="without \\[radius\\]"):
         spawn(tmp_path / "v", "--workers", "2")
+
+
+def test_sighup_reaches_every_worker(tmp_path: Path, spawn: Any) -> None:
+    """`systemctl reload` signals the parent: every worker then knows a key created since,
+    whichever worker a new connection lands on."""
+    from click.testing import CliRunner
+
+    from tools.cli import main
+
+    init_dir(tmp_path / "v")
+    d = spawn(tmp_path / "v", "--workers", "2")
+    pids = _workers(d)
+    made = CliRunner().invoke(main, ["validator", "api-keys", "create", "gw", "--role",
+                                     "admin", "--dir", str(tmp_path / "v")])
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip()
+
+    def statuses() -> set[int]:  # a fresh connection each time: both workers get some
+        out = set()
+        for _ in range(20):
+            with d.client(key) as c:
+                out.add(c.get("/v1/tokens").status_code)
+        return out
+
+    assert statuses() == {401}
+    mark = len(d.lines)
+    d.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while sum("reloaded" in line for line in d.lines[mark:]) < 2:
+        assert time.monotonic() < deadline, "".join(d.lines[mark:])
+        time.sleep(0.05)
+    assert statuses() == {200}
+    assert _workers(d) == pids  # reloaded, not restarted
+    assert d.stop(signal.SIGTERM) == 0
