@@ -24,7 +24,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -679,26 +679,7 @@ class SQLiteStore:
         """Delete the entries written before `before` (Unix seconds) and all but the newest
         `keep`; in transactions of at most `batch` rows, so verifications wait for none of
         them long. Returns how many were deleted."""
-        deleted = 0
-        while before is not None:
-            with self._db.transaction() as conn:
-                n = conn.execute("DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE "
-                                 "time < ? ORDER BY id LIMIT ?)",
-                                 (float(before), int(batch))).rowcount
-            deleted += n
-            if n < batch:
-                break
-        while keep is not None:
-            with self._db.transaction() as conn:
-                row = conn.execute("SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?",
-                                   (int(keep),)).fetchone()
-                n = 0 if row is None else conn.execute(
-                    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE id <= ? "
-                    "ORDER BY id LIMIT ?)", (int(row[0]), int(batch))).rowcount
-            deleted += n
-            if n < batch:
-                break
-        return deleted
+        return prune_audit_rows(self._db.transaction, before=before, keep=keep, batch=batch)
 
     def count_audit(self, *, serial: str | None = None, user: str | None = None,
                     action: str | None = None, result: str | None = None,
@@ -709,35 +690,66 @@ class SQLiteStore:
                                         args).fetchone()[0])
 
 
-def _token_filter(user: str | None, kind: str | None,
-                  assigned: bool | None) -> tuple[str, list[object]]:
+def _token_filter(user: str | None, kind: str | None, assigned: bool | None, *,
+                  mark: str = "?", user_column: str = "user") -> tuple[str, list[object]]:
+    """The WHERE clause of a token listing and its arguments; `mark` and `user_column` in
+    the database's dialect (PostgreSQL: `%s` and `"user"`)."""
     where: list[str] = []
     args: list[object] = []
     if user is not None:
-        where.append("user = ?")
+        where.append(f"{user_column} = {mark}")
         args.append(user)
     if kind is not None:
-        where.append("kind = ?")
+        where.append(f"kind = {mark}")
         args.append(kind)
     if assigned is not None:
-        where.append("user IS NOT NULL" if assigned else "user IS NULL")
+        where.append(f"{user_column} IS NOT NULL" if assigned else f"{user_column} IS NULL")
     return (f"WHERE {' AND '.join(where)}" if where else ""), args
 
 
 def _audit_filter(serial: str | None, user: str | None, action: str | None,
-                  result: str | None, since: float | None,
-                  until: float | None) -> tuple[str, list[object]]:
+                  result: str | None, since: float | None, until: float | None, *,
+                  mark: str = "?", user_column: str = "user") -> tuple[str, list[object]]:
+    """The WHERE clause of an audit query and its arguments, in the database's dialect."""
     where: list[str] = []
     args: list[object] = []
-    for column, value in (("serial", serial), ("user", user), ("action", action),
+    for column, value in (("serial", serial), (user_column, user), ("action", action),
                           ("result", result)):
         if value is not None:
-            where.append(f"{column} = ?")
+            where.append(f"{column} = {mark}")
             args.append(value)
     if since is not None:
-        where.append("time >= ?")
+        where.append(f"time >= {mark}")
         args.append(since)
     if until is not None:
-        where.append("time < ?")
+        where.append(f"time < {mark}")
         args.append(until)
     return (f"WHERE {' AND '.join(where)}" if where else ""), args
+
+
+def prune_audit_rows(transaction: Callable[[], AbstractContextManager[Any]], *,
+                     before: float | None, keep: int | None, batch: int,
+                     mark: str = "?") -> int:
+    """Both stores' `prune_audit`: delete the entries written before `before` and all but
+    the newest `keep`, in transactions of at most `batch` rows (so verifications wait for
+    none of them long); `transaction()` opens one and yields its connection."""
+    deleted = 0
+    while before is not None:
+        with transaction() as conn:
+            n = conn.execute("DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE "
+                             f"time < {mark} ORDER BY id LIMIT {mark})",
+                             (float(before), int(batch))).rowcount
+        deleted += n
+        if n < batch:
+            break
+    while keep is not None:
+        with transaction() as conn:
+            row = conn.execute(f"SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET {mark}",
+                               (int(keep),)).fetchone()
+            n = 0 if row is None else conn.execute(
+                f"DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE id <= {mark} "
+                f"ORDER BY id LIMIT {mark})", (int(row[0]), int(batch))).rowcount
+        deleted += n
+        if n < batch:
+            break
+    return deleted

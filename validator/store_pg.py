@@ -52,8 +52,11 @@ from validator.store import (
     StoreUnavailable,
     TokenRecord,
     _Keep,
+    prune_audit_rows,
     sealed_key_ids,
 )
+from validator.store import _audit_filter as store_audit_filter
+from validator.store import _token_filter as store_token_filter
 
 # The same versions as validator.store.MIGRATIONS, in PostgreSQL's dialect.
 PG_MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -553,26 +556,8 @@ class PostgresStore:
                     batch: int = 5000) -> int:
         """Delete the entries written before `before` (Unix seconds) and all but the newest
         `keep`, in transactions of at most `batch` rows; returns how many were deleted."""
-        deleted = 0
-        while before is not None:
-            with self.transaction() as conn:
-                n = conn.execute("DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE "
-                                 "time < %s ORDER BY id LIMIT %s)",
-                                 (float(before), int(batch))).rowcount
-            deleted += n
-            if n < batch:
-                break
-        while keep is not None:
-            with self.transaction() as conn:
-                row = conn.execute("SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET %s",
-                                   (int(keep),)).fetchone()
-                n = 0 if row is None else conn.execute(
-                    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE id <= %s "
-                    "ORDER BY id LIMIT %s)", (int(row[0]), int(batch))).rowcount
-            deleted += n
-            if n < batch:
-                break
-        return deleted
+        return prune_audit_rows(self.transaction, before=before, keep=keep, batch=batch,
+                                mark="%s")
 
     # -- copy (foblab validator copy) ------------------------------------------------------
 
@@ -589,33 +574,11 @@ COPIED_TABLES = ("tokens", "audit", "sealed_columns", "data_keys")
 
 def _token_filter(user: str | None, kind: str | None,
                   assigned: bool | None) -> tuple[str, list[object]]:
-    where: list[str] = []
-    args: list[object] = []
-    if user is not None:
-        where.append('"user" = %s')
-        args.append(user)
-    if kind is not None:
-        where.append("kind = %s")
-        args.append(kind)
-    if assigned is not None:
-        where.append('"user" IS NOT NULL' if assigned else '"user" IS NULL')
-    return (f"WHERE {' AND '.join(where)}" if where else ""), args
+    return store_token_filter(user, kind, assigned, mark="%s", user_column='"user"')
 
 
 def _audit_filter(serial: str | None, user: str | None, action: str | None,
                   result: str | None, since: float | None,
                   until: float | None) -> tuple[str, list[object]]:
-    where: list[str] = []
-    args: list[object] = []
-    for column, value in (("serial", serial), ('"user"', user), ("action", action),
-                          ("result", result)):
-        if value is not None:
-            where.append(f"{column} = %s")
-            args.append(value)
-    if since is not None:
-        where.append("time >= %s")
-        args.append(since)
-    if until is not None:
-        where.append("time < %s")
-        args.append(until)
-    return (f"WHERE {' AND '.join(where)}" if where else ""), args
+    return store_audit_filter(serial, user, action, result, since, until, mark="%s",
+                              user_column='"user"')
