@@ -1,5 +1,6 @@
 """The verify phase of bench_daemon against several source trees in one run, interleaved
-round by round, each run on a fresh copy of one prepared 10,000-token database; reports
+round by round, each run on a fresh copy of a 10,000-token database prepared by that tree's
+own code (so a tree from before a schema change takes part); reports
 rate, p50/p99 and the daemon's own CPU time per verification (user + system, from /proc),
 which a machine shared with other jobs disturbs far less than the rate.
 
@@ -25,9 +26,6 @@ from bench import bench_daemon as B
 
 CONNS = 8
 N = 4000
-NEW_KEYS = re.compile(r"(?m)^(head_timeout|max_connections|trusted_proxies|api_keys_file"
-                      r"|log_format|audit_max_age_days|audit_max_rows|audit_prune_seconds)"
-                      r" = .*\n")
 
 
 def _cpu(pid: int) -> float:
@@ -65,18 +63,32 @@ def run(tree: str, home: Path, step: int) -> dict[str, Any]:
     return r
 
 
+def _prepared(tree: str, master: Path) -> tuple[Path, int]:
+    """The 10,000-token folder made by `tree`'s own code (its own schema and config keys,
+    so a tree from before a schema change can serve it), and the step its tokens were
+    enabled at. The same seeds and users in every tree: the same requests fit them all."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from bench.bench_daemon import _prepare; print(_prepare(Path(sys.argv[1])))",
+         str(master)], cwd=tree, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "PYTHONPATH": tree})
+    if out.returncode != 0:
+        raise RuntimeError(f"{tree} could not prepare its folder: {out.stderr[-2000:]}")
+    return master, int(out.stdout.split()[-1]) - 1
+
+
 def main(argv: list[str]) -> None:
     trees = dict(a.split("=", 1) for a in argv)
     rounds = int(os.environ.get("ROUNDS", "3"))
     with tempfile.TemporaryDirectory(prefix="foblab-side-") as tmp:
-        master = Path(tmp) / "master"
-        enabled_at = B._prepare(master) - 1
-        config = master / "foblab.toml"  # new keys at their defaults: older trees refuse them
-        config.write_text(NEW_KEYS.sub("", config.read_text()))
+        masters: dict[str, tuple[Path, int]] = {}
+        for tree in dict.fromkeys(trees.values()):
+            masters[tree] = _prepared(tree, Path(tmp) / f"master{len(masters)}")
         results: dict[str, list[dict[str, Any]]] = {k: [] for k in trees}
         for i in range(rounds):
             for name, tree in trees.items():
                 home = Path(tmp) / f"{name}{i}"
+                master, enabled_at = masters[tree]
                 shutil.copytree(master, home)
                 step = max(int(time.time() // 30), enabled_at + 1)
                 r = run(tree, home, step)
