@@ -98,4 +98,20 @@ def test_sighup_reaches_every_worker(tmp_path: Path, spawn: Any) -> None:
         time.sleep(0.05)
     assert statuses() == {200}
     assert _workers(d) == pids  # reloaded, not restarted
+
+    # the API's reload, answered by one worker, reaches the other too
+    made = CliRunner().invoke(main, ["validator", "api-keys", "create", "gw2", "--role",
+                                     "admin", "--dir", str(tmp_path / "v")])
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip()
+    assert statuses() == {401}
+    mark = len(d.lines)
+    with d.client("admin") as c:
+        assert c.post("/v1/admin/reload").status_code == 200
+    deadline = time.monotonic() + 30
+    while sum("reloaded" in line for line in d.lines[mark:]) < 3:  # 1, then both
+        assert time.monotonic() < deadline, "".join(d.lines[mark:])
+        time.sleep(0.05)
+    assert statuses() == {200}
+    assert _workers(d) == pids
     assert d.stop(signal.SIGTERM) == 0
