@@ -381,15 +381,15 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
           on_radius: Callable[[str], None] | None = None,
           overrides: Callable[[Settings], Settings] | None = None, workers: int = 1,
           sock: socket.socket | None = None, log_format: str | None = None,
-          worker: bool = False) -> int:
+          parent: int | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads. Raises StartupError before
     serving; returns 0 after a clean shutdown, 1 if uvicorn could not start. `on_radius`
     gets the RADIUS door's `HOST:PORT` once it answers (before `on_ready`); `overrides`
     re-applies the command line to the config file on a reload. `workers` > 1: that many
     processes on one port (`serve_workers`). `sock`: an already bound listening socket.
     `log_format`: json, text or auto (validator.logs); None: the config's `log_format`.
-    `worker`: one of `serve_workers`' processes (a reload through the API then asks the
-    parent to reload every worker)."""
+    `parent`: the pid of `serve_workers` when this is one of its workers (a reload through
+    the API then asks the parent to reload every worker)."""
     if workers > 1:
         return serve_workers(settings, workers, on_ready=on_ready, log_level=log_level,
                              graceful_timeout=graceful_timeout, log_format=log_format,
@@ -443,13 +443,14 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
 
     reloader = Reloader(settings, validator, keys, overrides)
     api_reload: Callable[[], dict[str, Any]] = reloader
-    if worker:
+    if parent is not None:
         def api_reload() -> dict[str, Any]:
             """POST /v1/admin/reload in a worker: this worker at once, then every worker
             through the parent's SIGHUP (so the next connection, wherever it lands, has
             the same keys)."""
             done = reloader()
-            os.kill(os.getppid(), signal.SIGHUP)
+            if os.getppid() == parent:  # never a signal to whoever adopted an orphan
+                os.kill(parent, signal.SIGHUP)
             return done
     try:
         try:
@@ -547,6 +548,8 @@ def serve_workers(settings: Settings, workers: int, *,
     children: dict[int, int] = {}  # pid -> worker number
     stopping = False
 
+    parent = os.getpid()
+
     def spawn(number: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
@@ -563,7 +566,7 @@ def serve_workers(settings: Settings, workers: int, *,
 
                 code = serve(settings, log_level=log_level, graceful_timeout=graceful_timeout,
                              sock=sock, on_ready=say_ready, log_format=log_format,
-                             overrides=overrides, worker=True)
+                             overrides=overrides, parent=parent)
             except StartupError as exc:
                 log.error("worker %d: %s", number, exc)
             except BaseException:  # noqa: BLE001 - a worker reports, never unwinds the parent
