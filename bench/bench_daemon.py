@@ -45,13 +45,16 @@ def _code(key: bytes, step: int) -> str:
 
 # -- load generator (its own process) -------------------------------------------------------
 
-async def _load(host: str, port: int, requests: list[bytes], conns: int) -> dict[str, Any]:
+async def _load(host: str, ports: list[int], requests: list[bytes],
+                conns: int) -> dict[str, Any]:
+    """`conns` keep-alive connections spread round-robin over `ports` (several daemons:
+    bench_scaleout), each sending the next request as soon as its answer is in."""
     queue = list(reversed(requests))
     latencies: list[float] = []
     ok = 0
     failures: list[str] = []
 
-    async def worker() -> None:
+    async def worker(port: int) -> None:
         nonlocal ok
         reader, writer = await asyncio.open_connection(host, port)
         try:
@@ -74,7 +77,7 @@ async def _load(host: str, port: int, requests: list[bytes], conns: int) -> dict
             writer.close()
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(conns)))
+    await asyncio.gather(*(worker(ports[i % len(ports)]) for i in range(conns)))
     elapsed = time.perf_counter() - start
     latencies.sort()
     return {"conns": conns, "n": len(latencies), "ok": ok, "seconds": elapsed,
@@ -93,12 +96,12 @@ def _load_main() -> None:
     except ImportError:
         pass
     requests = [r.encode("latin-1") for r in spec["requests"]]
-    result = asyncio.run(_load(spec["host"], spec["port"], requests, spec["conns"]))
+    result = asyncio.run(_load(spec["host"], spec["ports"], requests, spec["conns"]))
     print(json.dumps(result))
 
 
 def run_load(host: str, port: int, requests: list[bytes], conns: int) -> dict[str, Any]:
-    spec = {"host": host, "port": port, "conns": conns,
+    spec = {"host": host, "ports": [port], "conns": conns,
             "requests": [r.decode("latin-1") for r in requests]}
     out = subprocess.run([sys.executable, "-m", "bench.bench_daemon", "load"], cwd=ROOT,
                          input=json.dumps(spec), capture_output=True, text=True, timeout=600)

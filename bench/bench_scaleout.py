@@ -14,7 +14,6 @@ Usage: python -m bench scaleout
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import resource
@@ -58,62 +57,13 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-async def _load(ports: list[int], requests: list[bytes], conns: int) -> dict[str, Any]:
-    queue = list(reversed(requests))
-    latencies: list[float] = []
-    ok = 0
-    failures: list[str] = []
-
-    async def worker(port: int) -> None:
-        nonlocal ok
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while queue:
-                req = queue.pop()
-                t0 = time.perf_counter()
-                writer.write(req)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                body = await reader.readexactly(length)
-                latencies.append(time.perf_counter() - t0)
-                if b'"ok":true' in body:
-                    ok += 1
-                elif len(failures) < 3:
-                    failures.append(body.decode(errors="replace"))
-        finally:
-            writer.close()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(ports[i % len(ports)]) for i in range(conns)))
-    elapsed = time.perf_counter() - start
-    latencies.sort()
-    return {"n": len(latencies), "ok": ok, "rate": len(latencies) / elapsed,
-            "p50_ms": 1000 * latencies[len(latencies) // 2],
-            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-            "failures": failures}
-
-
-def _load_main() -> None:
-    spec = json.loads(sys.stdin.read())
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    requests = [r.encode("latin-1") for r in spec["requests"]]
-    print(json.dumps(asyncio.run(_load(spec["ports"], requests, spec["conns"]))))
-
-
 def _run_load(ports: list[int], requests: list[bytes], conns: int,
               watched: list[int]) -> dict[str, Any]:
-    spec = {"ports": ports, "conns": conns, "requests": [r.decode("latin-1") for r in requests]}
+    spec = {"host": "127.0.0.1", "ports": ports, "conns": conns,
+            "requests": [r.decode("latin-1") for r in requests]}
     before = _cpu(watched)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_scaleout", "load"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_daemon", "load"], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(json.dumps(spec), timeout=600)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -229,8 +179,5 @@ def _pg_pids(server: Any) -> list[int]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["load"]:
-        _load_main()
-    else:
-        os.environ.setdefault("PYTHONUNBUFFERED", "1")
-        main()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
