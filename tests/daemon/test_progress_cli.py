@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from daemon_helpers import ROOT, Daemon, Port, init_dir
+from ptys import stderr_on_pty  # type: ignore[import-not-found]
 
 from firmware_sim.background import serve_token
 
@@ -22,28 +23,12 @@ PYTHON = sys.executable
 
 def on_pty(*args: str) -> tuple[int, str, str]:
     """`foblab ARGS` with stderr on a PTY (stdout in a file): status, stderr, stdout."""
-    master, slave = pty.openpty()
-    seen = b""
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"foblab-pty-{os.getpid()}.out"
     with open(out_path, "wb") as out:
-        try:
-            proc = subprocess.Popen([PYTHON, "-m", "tools.cli", *args], cwd=ROOT,
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=slave)
-            os.close(slave)
-            while True:  # read as it comes, so a full PTY buffer never blocks the child
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: the child closed its end
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-            proc.wait(timeout=120)
-        finally:
-            os.close(master)
+        status, seen = stderr_on_pty([PYTHON, "-m", "tools.cli", *args], ROOT, out)
     stdout = out_path.read_text()
     out_path.unlink()
-    return proc.returncode, seen.decode(errors="replace"), stdout
+    return status, seen.decode(errors="replace"), stdout
 
 
 def on_pipe(*args: str) -> subprocess.CompletedProcess[str]:

@@ -144,31 +144,15 @@ def test_plot_into_a_missing_folder_fails_before_the_study(tmp_path: Path) -> No
 
 def test_study_progress_only_on_a_terminal(tmp_path: Path) -> None:
     """A bar on a TTY's stderr; nothing on a pipe or with --json."""
-    import os
-    import pty
     import subprocess
     import sys
 
+    from ptys import stderr_on_pty  # type: ignore[import-not-found]
+
     args = [sys.executable, "-m", "tools.cli", "scenario", "study", "--tokens", "40",
             "--years", "0.2"]
-    master, slave = pty.openpty()
-    seen = b""
-    try:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=slave,
-                                cwd=Path(__file__).resolve().parents[2])
-        os.close(slave)
-        while True:  # read as it comes, so a full PTY buffer never blocks the child
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed its end
-                break
-            if not chunk:
-                break
-            seen += chunk
-        proc.wait(timeout=120)
-    finally:
-        os.close(master)
-    assert proc.returncode == 0
+    status, seen = stderr_on_pty(args, Path(__file__).resolve().parents[2])
+    assert status == 0
     assert b"study: 40 tokens" in seen and b"40/40" in seen, seen
     piped = subprocess.run(args, capture_output=True, timeout=120,
                            cwd=Path(__file__).resolve().parents[2])
