@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import pytest
+from cli_tree import commands  # type: ignore[import-not-found]
 
 import protocol
 from firmware_sim import device
@@ -117,21 +118,10 @@ def test_the_api_schema_offers_exactly_the_vocabulary() -> None:
         assert props["kind"] is api_schema.KIND and props["hash"] is api_schema.HASH
 
 
-def _commands(group: click.Group, ctx: click.Context) -> list[click.Command]:
-    out: list[click.Command] = []
-    for name in group.list_commands(ctx):
-        command = group.get_command(ctx, name)
-        assert command is not None, name
-        out.append(command)
-        if isinstance(command, click.Group):
-            out += _commands(command, click.Context(command, parent=ctx))
-    return out
-
-
 def test_every_cli_choice_of_a_vocabulary_word_is_the_vocabulary() -> None:
     ctx = click.Context(main)
     seen: dict[str, int] = {}
-    for command in _commands(main, ctx):
+    for command in [c for path, c in commands().items() if path]:
         for param in command.params:
             word = OPTION_VOCABULARY.get(param.name or "")
             if word is None or not isinstance(param.type, click.Choice):

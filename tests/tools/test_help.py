@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import click
+from cli_tree import commands  # type: ignore[import-not-found]
 from click.testing import CliRunner
 
 from tools._help import EXAMPLES
 from tools.cli import main
 
 
-def _paths() -> list[str]:
-    out: list[str] = []
-
-    def walk(cmd: click.Command, path: str, ctx: click.Context) -> None:
-        out.append(path)
-        if isinstance(cmd, click.Group):
-            for name in cmd.list_commands(ctx):
-                sub = cmd.get_command(ctx, name)
-                assert sub is not None
-                walk(sub, f"{path} {name}".strip(), click.Context(sub, parent=ctx, info_name=name))
-
-    walk(main, "", click.Context(main, info_name="foblab"))
-    return out
-
-
 def test_every_command_help_ends_with_examples() -> None:
-    paths = _paths()
+    paths = list(commands())
     assert len(paths) > 40  # really walked the tree
     missing = []
     for path in paths:

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import click
+from cli_tree import commands  # type: ignore[import-not-found]
 from click.testing import CliRunner
 
 from tools._vocab import TIMEOUTS, TOKEN_REPLY, VALIDATOR_REPLY
@@ -17,25 +18,10 @@ from tools.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _commands() -> dict[str, click.Command]:
-    out: dict[str, click.Command] = {}
-
-    def walk(cmd: click.Command, path: str, ctx: click.Context) -> None:
-        out[path] = cmd
-        if isinstance(cmd, click.Group):
-            for name in cmd.list_commands(ctx):
-                sub = cmd.get_command(ctx, name)
-                assert sub is not None
-                walk(sub, f"{path} {name}".strip(), click.Context(sub, parent=ctx, info_name=name))
-
-    walk(main, "", click.Context(main, info_name="foblab"))
-    return out
-
-
 def _timeouts() -> dict[str, list[click.Option]]:
     """command path -> its options whose name says timeout."""
     found: dict[str, list[click.Option]] = {}
-    for path, cmd in _commands().items():
+    for path, cmd in commands().items():
         for p in cmd.params:
             if isinstance(p, click.Option) and any("timeout" in o for o in p.opts):
                 found.setdefault(path, []).append(p)
