@@ -1,0 +1,104 @@
+"""HTTP verify of several source trees, paired batch by batch: every tree's daemon runs at
+once (each on its own copy of a 10,000-token folder prepared by its own code), and short
+batches of fresh valid codes go to each daemon in turn, the order alternating. Each batch's
+figure is the daemon's own CPU time per verification (user + system, from /proc). Because
+the batches of all trees follow each other within a second or two, a change in the shared
+machine's speed moves them together; the paired ratio (tree / first tree, batch by batch)
+keeps the difference between the trees and drops most of the machine's noise, which
+separate runs (bench.side_by_side) cannot.
+
+Usage: python -m bench.paired old=/path/to/old/tree new=/path/to/new/tree
+       (PAIRS=36 BATCH=250 in the environment; not part of `make bench`)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import bench_daemon as B
+from bench.side_by_side import _cpu, _prepared
+
+CONNS = 8
+
+
+def _start(tree: str, home: Path) -> tuple[subprocess.Popen[str], str, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "validator", "serve", "--dir",
+                             str(home), "--port", "0"], cwd=tree, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": tree})
+    assert proc.stderr is not None
+    url = ""
+    for line in proc.stderr:
+        if "listening on " in line:
+            url = re.findall(r"listening on (https?://[^\s\"]+)", line)[0]
+            break
+    if not url:
+        raise RuntimeError(f"the daemon of {tree} did not start")
+    log = open(home / "access.log", "w")  # noqa: SIM115 - open for the daemon's lifetime
+    threading.Thread(target=shutil.copyfileobj, args=(proc.stderr, log), daemon=True).start()
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return proc, host, int(port)
+
+
+def main(argv: list[str]) -> None:
+    trees = dict(a.split("=", 1) for a in argv)
+    pairs = int(os.environ.get("PAIRS", "36"))
+    batch = int(os.environ.get("BATCH", "250"))
+    if B.WARMUP + pairs * batch > B.TOKENS:
+        raise SystemExit(f"PAIRS x BATCH + {B.WARMUP} must be at most {B.TOKENS:,}")
+    with tempfile.TemporaryDirectory(prefix="foblab-paired-") as tmp:
+        daemons: dict[str, tuple[subprocess.Popen[str], str, int, str, int]] = {}
+        try:
+            for n, (name, tree) in enumerate(trees.items()):
+                home, enabled_at = _prepared(tree, Path(tmp) / f"home{n}")
+                proc, host, port = _start(tree, home)
+                key = (home / "verifier.key").read_text().strip()
+                daemons[name] = (proc, host, port, key, enabled_at)
+            # one step for every request: the current one (past every tree's enabling step),
+            # valid for a minute or more
+            step = max(int(time.time() // 30), *(d[4] + 1 for d in daemons.values()))
+            for _proc, host, port, key, _ in daemons.values():
+                B.run_load(host, port, B._verify_requests(key, 0, B.WARMUP, step), CONNS)
+            cpu: dict[str, list[float]] = {k: [] for k in trees}
+            rate: dict[str, list[float]] = {k: [] for k in trees}
+            for i in range(pairs):
+                first = B.WARMUP + i * batch
+                names = list(trees) if i % 2 == 0 else list(reversed(trees))
+                for name in names:
+                    proc, host, port, key, _ = daemons[name]
+                    requests = B._verify_requests(key, first, batch, step)
+                    before = _cpu(proc.pid)
+                    r: dict[str, Any] = B.run_load(host, port, requests, CONNS)
+                    cpu[name].append((_cpu(proc.pid) - before) / batch * 1e6)
+                    rate[name].append(r["rate"])
+                    if r["ok"] != batch:
+                        raise RuntimeError(f"{name}: {r['ok']}/{batch} accepted in pair {i}")
+        finally:
+            for proc, *_ in daemons.values():
+                proc.terminate()
+                proc.wait(30)
+    base = next(iter(trees))
+    print(f"{pairs} pairs of {batch} verifications, {CONNS} connections")
+    for name in trees:
+        ratios = [c / b for c, b in zip(cpu[name], cpu[base], strict=True)]
+        rratio = [c / b for c, b in zip(rate[name], rate[base], strict=True)]
+        print(f"   {name:>6}: {statistics.median(cpu[name]):.0f} µs CPU/verify, "
+              f"{statistics.median(rate[name]):,.0f}/s; paired against {base}: CPU "
+              f"{statistics.median(ratios):.3f} (quartiles "
+              f"{statistics.quantiles(ratios, n=4)[0]:.3f}-"
+              f"{statistics.quantiles(ratios, n=4)[2]:.3f}), rate "
+              f"{statistics.median(rratio):.3f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
