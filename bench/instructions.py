@@ -9,7 +9,11 @@ two totals divided by the difference in requests is the cost of one verification
 and imports cancelled out. uvicorn's HTTP parsing is left out (the same library in every
 tree).
 
-Usage: python -m bench.instructions old=/path/to/old/tree new=/path/to/new/tree
+With `--core` first, the pure core instead: `core.verify` of one TOTP token's current codes,
+one every 37 s with the state carried (bench.bench_validator_core's loop), no HTTP, no
+database.
+
+Usage: python -m bench.instructions [--core] old=/path/to/old/tree new=/path/to/new/tree
        (not part of `make bench`: needs valgrind, and takes minutes)
 """
 
@@ -96,31 +100,64 @@ async def main():
 print("accepted", asyncio.run(main()), "of", count)
 """
 
+# The pure core's loop, in the tree's own code: argv = count.
+_CORE_WORKER = r"""
+import os, sys
+sys.path.insert(0, os.getcwd())
+from validator import core
+from validator.core import TokenState
+from validator.otp import hotp
+Kind = getattr(core, "Kind", None)
+if Kind is None:
+    from protocol import Kind
+count = int(sys.argv[1])
+key = bytes(range(20))
+T = 1_700_000_000.0
+times = [T + 37.0 * (i + 1) for i in range(count)]
+codes = [hotp(key, int(t // 30)) for t in times]
+s = int(T // 30)
+state = core.check_enable(TokenState(kind=Kind.TOTP), key, hotp(key, s - 1), hotp(key, s),
+                          T - 1.0).state
+ok = 0
+for t, c in zip(times, codes):
+    decision = core.verify(state, key, c, t)
+    ok += decision.accepted
+    state = decision.state
+print("accepted", ok, "of", count)
+"""
+
+
+def _callgrind(tree: str, out_file: Path, args: list[str], count: int) -> int:
+    """Instructions valgrind counted for `python -c ARGS` in `tree`, which must print
+    `accepted COUNT of COUNT`."""
+    run = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
+         sys.executable, "-c", *args],
+        cwd=tree, capture_output=True, text=True, timeout=1800,
+        env={**os.environ, "PYTHONPATH": tree, "PYTHONHASHSEED": "0"})
+    if f"accepted {count} of {count}" not in run.stdout:
+        raise RuntimeError(f"{tree}: {run.stdout[-500:]} {run.stderr[-2000:]}")
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count from valgrind: {run.stderr[-2000:]}")
+    return int(found.group(1))
+
 
 def _count(tree: str, master: Path, work: Path, count: int, first: int) -> int:
     """Instructions of one run of `count` verifications on a fresh copy of `master`."""
     home = work / f"run{count}"
     shutil.copytree(master, home)
     try:
-        out_file = work / f"callgrind.{count}"
-        run = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
-             sys.executable, "-c", _WORKER.replace("SECRET_FORMAT", repr(B.SECRET.decode())),
-             str(home), str(count), str(first)],
-            cwd=tree, capture_output=True, text=True,
-            timeout=1800, env={**os.environ, "PYTHONPATH": tree, "PYTHONHASHSEED": "0"})
-        if f"accepted {count} of {count}" not in run.stdout:
-            raise RuntimeError(f"{tree}: {run.stdout[-500:]} {run.stderr[-2000:]}")
-        found = re.search(r"Collected : (\d+)", run.stderr)
-        if found is None:
-            raise RuntimeError(f"no instruction count from valgrind: {run.stderr[-2000:]}")
-        return int(found.group(1))
+        worker = _WORKER.replace("SECRET_FORMAT", repr(B.SECRET.decode()))
+        return _callgrind(tree, work / f"callgrind.{count}",
+                          [worker, str(home), str(count), str(first)], count)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
 
 def main(argv: list[str]) -> None:
-    trees = dict(a.split("=", 1) for a in argv)
+    core_only = argv[:1] == ["--core"]
+    trees = dict(a.split("=", 1) for a in (argv[1:] if core_only else argv))
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is needed (Debian: valgrind)")
     per: dict[str, float] = {}
@@ -128,14 +165,20 @@ def main(argv: list[str]) -> None:
         for n, (name, tree) in enumerate(trees.items()):
             work = Path(tmp) / f"t{n}"
             work.mkdir()
-            master, enabled_at = _prepared(tree, work / "master")
-            while int(time.time() // 30) <= enabled_at:
-                time.sleep(0.5)
-            few = _count(tree, master, work, FEW, 0)
-            many = _count(tree, master, work, MANY, FEW)
-            per[name] = (many - few) / (MANY - FEW)
+            if core_only:  # 20 times as many: a core verification is cheap
+                few_n, many_n = FEW * 20, MANY * 20
+                few = _callgrind(tree, work / "few", [_CORE_WORKER, str(few_n)], few_n)
+                many = _callgrind(tree, work / "many", [_CORE_WORKER, str(many_n)], many_n)
+            else:
+                few_n, many_n = FEW, MANY
+                master, enabled_at = _prepared(tree, work / "master")
+                while int(time.time() // 30) <= enabled_at:
+                    time.sleep(0.5)
+                few = _count(tree, master, work, FEW, 0)
+                many = _count(tree, master, work, MANY, FEW)
+            per[name] = (many - few) / (many_n - few_n)
             print(f"   {name:>6}: {per[name]:,.0f} instructions per verification "
-                  f"({few:,} for {FEW}, {many:,} for {MANY})", flush=True)
+                  f"({few:,} for {few_n}, {many:,} for {many_n})", flush=True)
     base = next(iter(trees))
     for name in trees:
         print(f"   {name:>6} / {base}: {per[name] / per[base]:.3f}")
