@@ -27,7 +27,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from validator import keys
-from validator.aws.store import AwsStore
+from validator.aws.store import SQLiteAwsStore
 from validator.otp import hotp
 from validator.secrets_box import key_id, read_key
 from validator.service import Validator
@@ -44,7 +44,7 @@ N_TOKENS = 40
 SERVER = textwrap.dedent("""
     import hashlib, json, os, sys
     from validator import keys
-    from validator.aws.store import AwsStore
+    from validator.aws.store import SQLiteAwsStore
     from validator.service import Validator
 
     def report(data):
@@ -64,7 +64,7 @@ SERVER = textwrap.dedent("""
                 "digest": digest.hexdigest(), "files": sorted(
                     p for p in os.listdir(os.path.dirname(cmd["key"])) if "key" in p)})
         if cmd["aws"]:  # a secret sealed between rotations, as the daemon's AWS door does
-            AwsStore(cmd["db"], v.box).create_key(0.0)
+            SQLiteAwsStore(cmd["db"], v.box).create_key(0.0)
         v.rotate_key(master=cmd["master"])
         report({"done": True})
 
@@ -141,7 +141,7 @@ def _make(folder: Path, url: str | None = None) -> tuple[Any, Path]:
     for i in range(N_TOKENS):
         v.register_token(f"GAHT{i:08d}", _seed(i), now=T0)
     if url is None:
-        aws = AwsStore(db, v.box)
+        aws = SQLiteAwsStore(db, v.box)
         aws.create_key(T0)
         aws.close()
     v.close()
