@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from aws_helpers import Otp, boto_client, error_of, foblab, serving, settled_step
 from botocore.exceptions import ClientError
@@ -136,6 +135,8 @@ def _signed(validator: Validator, key: tuple[str, str]) -> httpx.Response:
 
 
 def _allow_connections(pg_url: str, allowed: bool) -> None:
+    import psycopg
+
     name = psycopg.conninfo.conninfo_to_dict(pg_url)["dbname"]
     admin = re.sub(r"/[^/?]+\?", "/postgres?", pg_url)
     with psycopg.connect(admin, autocommit=True) as conn:

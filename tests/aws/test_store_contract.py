@@ -46,12 +46,15 @@ def store(validator: Validator) -> Iterator[AwsStore]:
 
 def test_the_factory_picks_the_validator_s_database(store: AwsStore, target: str | Path,
                                                     validator: Validator) -> None:
-    from validator.aws.store_pg import PostgresAwsStore
+    if isinstance(target, str):
+        from validator.aws.store_pg import PostgresAwsStore
 
-    assert isinstance(store, PostgresAwsStore if isinstance(target, str) else SQLiteAwsStore)
+        assert isinstance(store, PostgresAwsStore)
+    else:
+        assert isinstance(store, SQLiteAwsStore)
     # the secret tables are registered for key rotation in that database's own registry
     tables = {table for table, _, _ in validator.store.sealed_rows()}
-    akid, _ = store.create_key(T0)
+    store.create_key(T0)
     tables = {table for table, _, _ in validator.store.sealed_rows()} - tables
     assert tables == {"aws_access_keys"}
 
