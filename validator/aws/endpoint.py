@@ -10,6 +10,7 @@ PostgreSQL, are blocking), answer AWS's XML. Every failure is an AWS error answe
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import math
@@ -22,8 +23,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio
+import anyio.to_thread
 from prometheus_client.core import CounterMetricFamily, Metric
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -103,6 +105,11 @@ class AwsEndpoint:
         self._count_lock = threading.Lock()  # answers are counted from worker threads
         # Its tables on the validator's own database (SQLite file or PostgreSQL).
         self.store = open_aws_store(validator.store, lambda: validator.box)
+        # Requests run in threads; on a store across the network (PostgreSQL) at most as
+        # many at once as it has connections, the rest wait here rather than for the pool.
+        self._limiter = anyio.CapacityLimiter(int(getattr(validator.store, "max_connections",
+                                                          8))) \
+            if getattr(validator.store, "remote", False) else None
         self._clock = clock
         self._signing_clock = clock if signing_clock is None else signing_clock
         if self.allow_any_signature:
@@ -140,7 +147,9 @@ class AwsEndpoint:
         request_id = REQUEST_ID.get() or str(uuid.uuid4())  # the daemon's log's id
         try:
             body = await self._body(request)
-            return await run_in_threadpool(self._handle, request, body, request_id)
+            return await anyio.to_thread.run_sync(
+                functools.partial(self._handle, request, body, request_id),
+                limiter=self._limiter)
         except AwsError as exc:
             return self._error(exc, x.IAM_NS, request_id, "?")
         except Exception:  # a bug: never let it out as a traceback page
