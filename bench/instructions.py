@@ -13,6 +13,12 @@ With `--core` first, the pure core instead: `core.verify` of one TOTP token's cu
 one every 37 s with the state carried (bench.bench_validator_core's loop), no HTTP, no
 database.
 
+With `--code CODE FEW MANY` first, any other benchmark's unit of work: CODE is Python run in
+each tree with `N` bound to FEW, then to MANY; the cost of one unit is the difference over
+MANY - FEW. For example the protocol's round trip, `bench.bench_protocol.round_trips`:
+
+    --code "from bench.bench_protocol import round_trips; round_trips(N)" 200 2200
+
 Usage: python -m bench.instructions [--core] old=/path/to/old/tree new=/path/to/new/tree
        (not part of `make bench`: needs valgrind, and takes minutes)
 """
@@ -127,6 +133,16 @@ print("accepted", ok, "of", count)
 """
 
 
+# Any code with N bound: argv = N, code.
+_CODE_WORKER = r"""
+import os, sys
+sys.path.insert(0, os.getcwd())
+N = int(sys.argv[1])
+exec(sys.argv[2])
+print("accepted", N, "of", N)
+"""
+
+
 def _callgrind(tree: str, out_file: Path, args: list[str], count: int) -> int:
     """Instructions valgrind counted for `python -c ARGS` in `tree`, which must print
     `accepted COUNT of COUNT`."""
@@ -157,7 +173,9 @@ def _count(tree: str, master: Path, work: Path, count: int, first: int) -> int:
 
 def main(argv: list[str]) -> None:
     core_only = argv[:1] == ["--core"]
-    trees = dict(a.split("=", 1) for a in (argv[1:] if core_only else argv))
+    code = argv[1:4] if argv[:1] == ["--code"] else None
+    trees = dict(a.split("=", 1) for a in (argv[4:] if code else argv[1:] if core_only
+                                           else argv))
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is needed (Debian: valgrind)")
     per: dict[str, float] = {}
@@ -165,7 +183,12 @@ def main(argv: list[str]) -> None:
         for n, (name, tree) in enumerate(trees.items()):
             work = Path(tmp) / f"t{n}"
             work.mkdir()
-            if core_only:  # 20 times as many: a core verification is cheap
+            if code is not None:
+                few_n, many_n = int(code[1]), int(code[2])
+                few = _callgrind(tree, work / "few", [_CODE_WORKER, str(few_n), code[0]], few_n)
+                many = _callgrind(tree, work / "many", [_CODE_WORKER, str(many_n), code[0]],
+                                  many_n)
+            elif core_only:  # 20 times as many: a core verification is cheap
                 few_n, many_n = FEW * 20, MANY * 20
                 few = _callgrind(tree, work / "few", [_CORE_WORKER, str(few_n)], few_n)
                 many = _callgrind(tree, work / "many", [_CORE_WORKER, str(many_n)], many_n)
@@ -177,7 +200,7 @@ def main(argv: list[str]) -> None:
                 few = _count(tree, master, work, FEW, 0)
                 many = _count(tree, master, work, MANY, FEW)
             per[name] = (many - few) / (many_n - few_n)
-            print(f"   {name:>6}: {per[name]:,.0f} instructions per verification "
+            print(f"   {name:>6}: {per[name]:,.0f} instructions per unit "
                   f"({few:,} for {few_n}, {many:,} for {many_n})", flush=True)
     base = next(iter(trees))
     for name in trees:
