@@ -146,3 +146,138 @@ def test_hotp_code_at_the_last_lookahead_counter_only() -> None:
     decision = core.verify(state, KEY, hotp(KEY, 3), 0.0, policy)
     assert decision.accepted and decision.matched == 3 and decision.state.watermark == 3
     assert decision.window == 4
+
+
+NOW = 1_800_000_000.0
+STEP = int(NOW // 30)
+
+
+def _wrong(*used: int) -> str:
+    """A well-formed code that is no code of the counters or steps `used`."""
+    taken = {hotp(KEY, n) for n in used}
+    return next(f"{n:06d}" for n in range(10**6) if f"{n:06d}" not in taken)
+
+
+def _failed(state: TokenState, now: float = NOW) -> TokenState:
+    return core.record_failure(state, now, core.DEFAULT_POLICY)
+
+
+def test_unlock_clears_the_lock_entirely() -> None:
+    locked = TokenState(kind=Kind.HOTP, failures=7, locked_until=NOW + 100)
+    free = core.unlock(locked)
+    assert (free.failures, free.locked_until) == (0, 0.0)
+    assert core.verify(free, KEY, hotp(KEY, 0), 0.5).accepted
+
+
+def test_record_failure_counts_and_locks_from_the_limit_on() -> None:
+    policy = Policy(max_failures=3, lock_base=10.0, lock_cap=35.0)
+    state = TokenState(kind=Kind.HOTP)
+    seen = []
+    for i in range(6):
+        state = core.record_failure(state, NOW + i, policy)
+        seen.append((state.failures, state.locked_until))
+    assert seen == [(1, 0.0), (2, 0.0), (3, NOW + 2 + 10.0), (4, NOW + 3 + 20.0),
+                    (5, NOW + 4 + 35.0), (6, NOW + 5 + 35.0)]
+    # A huge failure count still gives the cap (the exponent is bounded), never an error.
+    many = TokenState(kind=Kind.HOTP, failures=10_000)
+    assert core.record_failure(many, NOW, policy).locked_until == NOW + 35.0
+
+
+def test_hotp_refusals_are_whole_decisions() -> None:
+    """Every field of a refused HOTP decision: no match, no wait, no near miss, and the
+    look-ahead as the guessing surface."""
+    policy = Policy(hotp_lookahead=4, replay_memory=3)
+    state = TokenState(kind=Kind.HOTP, watermark=10, failures=1)
+    for code in ("12345", "12a456", _wrong(*range(0, 20))):
+        assert core.verify(state, KEY, code, NOW, policy) == core.Decision(
+            Reason.INVALID_CODE, core.record_failure(state, NOW, policy), None, 0.0, None, 5)
+    replay = core.verify(state, KEY, hotp(KEY, 9), NOW, policy)
+    assert replay == core.Decision(Reason.REPLAYED, state, None, 0.0, None, 5)
+    assert replay.state is state
+    ok = core.verify(state, KEY, hotp(KEY, 13), NOW, policy)
+    assert ok == core.Decision(Reason.ACCEPTED, TokenState(kind=Kind.HOTP, watermark=13),
+                               13, 0.0, None, 5)
+
+
+def test_hotp_replay_memory_is_at_least_the_lookahead() -> None:
+    """With a short replay memory, an HOTP code as far back as the look-ahead is still a
+    replay (a code the token showed and someone used), and one further back is wrong."""
+    policy = Policy(hotp_lookahead=4, replay_memory=1)
+    state = TokenState(kind=Kind.HOTP, watermark=10)
+    for n in range(6, 11):
+        assert core.verify(state, KEY, hotp(KEY, n), NOW, policy).reason is Reason.REPLAYED
+    assert core.verify(state, KEY, hotp(KEY, 5), NOW, policy).reason is Reason.INVALID_CODE
+
+
+def test_totp_refusals_are_whole_decisions() -> None:
+    """A fresh TOTP token (no drift learnt): the window is the believed step ±1; steps at or
+    before the watermark leave the surface."""
+    state = TokenState(kind=Kind.TOTP, failures=2)
+    now = STEP * 30 + 15.0
+    for code in ("12345", "1234567", "12345a", "١٢٣٤٥٦", _wrong(*range(STEP - 10, STEP + 10))):
+        assert core.verify(state, KEY, code, now) == core.Decision(
+            Reason.INVALID_CODE, _failed(state, now), None, 0.0, None, 3)
+    used = TokenState(kind=Kind.TOTP, watermark=STEP, failures=2)
+    replay = core.verify(used, KEY, hotp(KEY, STEP), now)
+    assert replay == core.Decision(Reason.REPLAYED, used, None, 0.0, None, 1)
+    assert replay.state is used
+    assert core.verify(used, KEY, "12345", now).window == 1
+    ahead = TokenState(kind=Kind.TOTP, watermark=STEP + 1)
+    assert core.verify(ahead, KEY, "12345", now).window == 0
+
+
+def test_totp_accepted_decisions_name_the_step_and_clear_failures() -> None:
+    state = TokenState(kind=Kind.TOTP, failures=3, watermark=STEP - 5)
+    now = STEP * 30 + 15.0
+    for step in (STEP - 1, STEP, STEP + 1):
+        d = core.verify(state, KEY, hotp(KEY, step), now)
+        assert d.accepted and d.matched == step and d.retry_after == 0.0
+        assert d.near_miss is None and d.window == 3
+        assert (d.state.watermark, d.state.failures, d.state.locked_until) == (step, 0, 0.0)
+        assert d.state.drift != state.drift and d.state.drift.history[-1][0] == now
+        assert core.verify_reference(state, KEY, hotp(KEY, step), now) == d
+
+
+def test_locked_and_expired_decisions() -> None:
+    state = TokenState(kind=Kind.TOTP, failures=5, locked_until=NOW + 12.5)
+    good = hotp(KEY, STEP)
+    for verify in (core.verify, core.verify_reference):
+        assert verify(state, KEY, good, NOW) == core.Decision(
+            Reason.LOCKED, state, None, 12.5, None, 0)
+        # The lock lifts at exactly `locked_until`.
+        assert verify(state, KEY, good, NOW + 12.5).accepted
+    assert core.resync(state, KEY, good, good, NOW) == core.Decision(
+        Reason.LOCKED, state, None, 12.5, None, 0)
+    assert core.resync(state, KEY, hotp(KEY, STEP - 1), good, NOW + 12.5).accepted
+    expiring = TokenState(kind=Kind.HOTP, expires=NOW)
+    for verify in (core.verify, core.verify_reference):
+        assert verify(expiring, KEY, hotp(KEY, 0), NOW - 0.001).accepted
+        assert verify(expiring, KEY, hotp(KEY, 0), NOW) == core.Decision(
+            Reason.EXPIRED, expiring)
+    assert core.resync(expiring, KEY, hotp(KEY, 0), hotp(KEY, 1), NOW - 0.001).accepted
+    assert core.resync(expiring, KEY, hotp(KEY, 0), hotp(KEY, 1), NOW) == core.Decision(
+        Reason.EXPIRED, expiring)
+
+
+def test_resync_refusals_are_whole_decisions_and_lock_at_now() -> None:
+    policy = Policy(max_failures=2, resync_counters=50, resync_seconds=300)
+    h = TokenState(kind=Kind.HOTP, failures=1, watermark=3)
+    malformed = core.resync(h, KEY, "12345", hotp(KEY, 5), NOW, policy)
+    assert malformed == core.Decision(Reason.INVALID_CODE,
+                                      core.record_failure(h, NOW, policy), None, 0.0, None, 0)
+    assert malformed.state.locked_until == NOW + 30.0
+    wrong = core.resync(h, KEY, hotp(KEY, 5), hotp(KEY, 7), NOW, policy)
+    assert wrong == core.Decision(Reason.INVALID_CODE, core.record_failure(h, NOW, policy),
+                                  None, 0.0, None, 51)
+    ok = core.resync(h, KEY, hotp(KEY, 54), hotp(KEY, 55), NOW, policy)
+    assert ok == core.Decision(Reason.ACCEPTED, TokenState(kind=Kind.HOTP, watermark=55),
+                               55, 0.0, None, 51)
+    assert core.resync(h, KEY, hotp(KEY, 55), hotp(KEY, 56), NOW, policy).reason is \
+        Reason.INVALID_CODE
+    t = TokenState(kind=Kind.TOTP, failures=1, watermark=STEP)
+    now = STEP * 30 + 15.0
+    wrong = core.resync(t, KEY, hotp(KEY, STEP + 3), hotp(KEY, STEP + 5), now, policy)
+    assert wrong == core.Decision(Reason.INVALID_CODE, core.record_failure(t, now, policy),
+                                  None, 0.0, None, 21)
+    replayed = core.resync(t, KEY, hotp(KEY, STEP - 2), hotp(KEY, STEP - 1), now, policy)
+    assert replayed == core.Decision(Reason.REPLAYED, t, None, 0.0, None, 21)
