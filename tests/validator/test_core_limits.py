@@ -281,3 +281,91 @@ def test_resync_refusals_are_whole_decisions_and_lock_at_now() -> None:
                                   None, 0.0, None, 21)
     replayed = core.resync(t, KEY, hotp(KEY, STEP - 2), hotp(KEY, STEP - 1), now, policy)
     assert replayed == core.Decision(Reason.REPLAYED, t, None, 0.0, None, 21)
+
+
+def test_both_verifiers_lock_an_hotp_token_at_now() -> None:
+    policy = Policy(max_failures=1, lock_base=30.0)
+    state = TokenState(kind=Kind.HOTP)
+    for verify in (core.verify, core.verify_reference):
+        d = verify(state, KEY, _wrong(*range(0, 12)), NOW, policy)
+        assert d.reason is Reason.INVALID_CODE and d.state.locked_until == NOW + 30.0
+
+
+P60 = Policy(typing_allowance=3.0, max_rate_ppm=20.0, history=2, fresh_allowance=2.0)
+
+
+@pytest.mark.parametrize("verify", [core.verify, core.verify_reference])
+def test_an_accepted_totp_code_is_observed_with_the_policys_figures(verify) -> None:
+    """Period 60, T0 7, a 3 s typing allowance, a 20 ppm rate bound, 2 codes of history:
+    each accepted code (the believed step, then a neighbour) adds what it proves, the
+    offset interval [sP+T0-now, sP+T0-now+P+3], and the oldest beyond 2 is dropped."""
+    from validator import drift as d
+    state = TokenState(kind=Kind.TOTP, period=60, t0=7)
+    s = 30_000_000
+    seen = []
+    for k, (step, now) in enumerate([(s, s * 60 + 7 + 31.5), (s + 11, (s + 10) * 60 + 7 + 50.0),
+                                     (s + 20, (s + 20) * 60 + 7 + 20.0)]):
+        dec = verify(state, KEY, hotp(KEY, step), now, P60)
+        assert dec.accepted and dec.matched == step, (k, dec.reason)
+        state = dec.state
+        seen.append(d.interval(step, now, 60, 7, 3.0))
+        assert state.drift.history == tuple(seen[-2:])
+    rates = [r for _, r in state.drift.poly]
+    assert max(abs(r) for r in rates) <= 20e-6 + 1e-12
+    first = verify(TokenState(kind=Kind.TOTP, period=60, t0=7), KEY, hotp(KEY, s),
+                   s * 60 + 7 + 31.5, P60).state.drift
+    assert max(r for _, r in first.poly) == pytest.approx(20e-6)
+    assert min(r for _, r in first.poly) == pytest.approx(-20e-6)
+
+
+@pytest.mark.parametrize("verify", [core.verify, core.verify_reference])
+def test_whole_step_and_sync_only_policies_observe_accepted_codes_their_way(verify) -> None:
+    now = STEP * 30 + 15.0
+    fresh = TokenState(kind=Kind.TOTP)
+    whole = verify(fresh, KEY, hotp(KEY, STEP + 1), now,
+                   Policy(drift_policy=DriftPolicy.WHOLE_STEP))
+    assert whole.accepted and whole.state.drift.offset == 30.0
+    assert whole.state.drift.history == ()
+    same = verify(fresh, KEY, hotp(KEY, STEP), now, Policy(drift_policy=DriftPolicy.WHOLE_STEP))
+    assert same.accepted and same.state.drift.offset == 0.0
+    sync = verify(fresh, KEY, hotp(KEY, STEP + 1), now,
+                  Policy(drift_policy=DriftPolicy.SYNC_ONLY))
+    assert sync.accepted and sync.state.drift == fresh.drift
+
+
+def test_a_totp_resync_resets_the_drift_to_what_the_pair_shows() -> None:
+    from validator import drift as d
+    state = TokenState(kind=Kind.TOTP, period=60, t0=7)
+    center = 30_000_000
+    now = center * 60 + 7 + 40.0
+    second = center + 5
+    r = core.resync(state, KEY, hotp(KEY, second - 1), hotp(KEY, second), now, P60)
+    assert r.accepted and r.matched == second and r.state.watermark == second
+    obs = d.interval(second, now, 60, 7, 3.0)
+    assert r.state.drift.history == (obs,)
+    assert r.state.drift == d.reset(state.drift, obs, policy=DriftPolicy.TRACKING, period=60,
+                                    max_rate=20.0 * 1e-6, fresh=2.0)
+    assert r.window == 2 * (86_400 // 60) + 1
+    whole = core.resync(state, KEY, hotp(KEY, second - 1), hotp(KEY, second), now,
+                        Policy(drift_policy=DriftPolicy.WHOLE_STEP))
+    assert whole.accepted and whole.state.drift == d.Drift(offset=300.0)
+
+
+def test_resync_search_bounds() -> None:
+    """At least one step either side, even when the range is shorter than a period; the
+    pair may start right after the watermark; the first pair of all is steps 0 and 1."""
+    short = Policy(resync_seconds=10)
+    now = STEP * 30 + 15.0
+    state = TokenState(kind=Kind.TOTP)
+    near = core.resync(state, KEY, hotp(KEY, STEP), hotp(KEY, STEP + 1), now, short)
+    assert near.accepted and near.window == 3
+    low = core.resync(state, KEY, hotp(KEY, STEP - 2), hotp(KEY, STEP - 1), now, short)
+    assert low.accepted and low.matched == STEP - 1
+    assert not core.resync(state, KEY, hotp(KEY, STEP + 1), hotp(KEY, STEP + 2), now,
+                           short).accepted
+    assert not core.resync(state, KEY, hotp(KEY, STEP - 3), hotp(KEY, STEP - 2), now,
+                           short).accepted
+    used = TokenState(kind=Kind.TOTP, watermark=STEP - 1)
+    assert core.resync(used, KEY, hotp(KEY, STEP), hotp(KEY, STEP + 1), now).accepted
+    start = core.resync(state, KEY, hotp(KEY, 0), hotp(KEY, 1), 35.0)
+    assert start.accepted and start.matched == 1
