@@ -369,3 +369,23 @@ def test_resync_search_bounds() -> None:
     assert core.resync(used, KEY, hotp(KEY, STEP), hotp(KEY, STEP + 1), now).accepted
     start = core.resync(state, KEY, hotp(KEY, 0), hotp(KEY, 1), 35.0)
     assert start.accepted and start.matched == 1
+
+
+@pytest.mark.parametrize("verify", [core.verify, core.verify_reference])
+def test_a_code_shared_by_a_used_step_and_a_fresh_one_is_accepted_at_the_fresh_one(
+        verify) -> None:
+    """Two steps can show the same code (one pair in a million does). This key's codes at
+    STEP and STEP + 1 are both 482583: with STEP used, the code is still good for STEP + 1,
+    so the search goes on past the replayed step instead of stopping there."""
+    key = (210372).to_bytes(20, "big")
+    assert hotp(key, STEP) == hotp(key, STEP + 1) == "482583"
+    used = TokenState(kind=Kind.TOTP, watermark=STEP)
+    d = verify(used, key, "482583", STEP * 30 + 15.0)
+    assert d.accepted and d.matched == STEP + 1
+
+
+def test_the_reference_also_accepts_step_zero() -> None:
+    key = bytes(range(20))
+    for verify in (core.verify, core.verify_reference):
+        d = verify(TokenState(kind=Kind.TOTP), key, hotp(key, 0), 10.0)
+        assert d.accepted and d.matched == 0
