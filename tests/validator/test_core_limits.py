@@ -452,3 +452,15 @@ def test_the_near_miss_search_is_limited(verify) -> None:
     for s in (last + 2, first - 2):
         dec = verify(state, key, hotp(key, s), now)
         assert dec.near_miss is None and dec.state.drift == state.drift
+
+
+@pytest.mark.parametrize("verify", [core.verify, core.verify_reference])
+def test_a_used_step_outside_the_window_is_never_a_near_miss(verify) -> None:
+    """With no replay memory, a code of the watermark's step (just below the window) is a
+    plain wrong code: the near-miss search starts after the watermark."""
+    policy = Policy(replay_memory=0)
+    key, state, now, first, last = _unused_for(100, policy)
+    used = TokenState.from_json({**state.to_json(), "watermark": first - 1})
+    dec = verify(used, key, hotp(key, first - 1), now, policy)
+    assert dec.reason is Reason.INVALID_CODE and dec.near_miss is None
+    assert dec.state.drift == used.drift and dec.state.failures == 1
