@@ -391,28 +391,32 @@ def test_the_reference_also_accepts_step_zero() -> None:
         assert d.accepted and d.matched == 0
 
 
-def _unused_for(days: float, policy: Policy) -> tuple[bytes, TokenState, float, int, int]:
-    """A token enabled at NOW and unused for `days`: its key, state, the time, and the
-    window's first and last step then."""
+def _unused_for(days: float, policy: Policy, t0: int = 0) -> tuple[
+        bytes, TokenState, float, int, int]:
+    """A token (T0 at `t0`) enabled at about NOW and unused for `days`: its key, state, the
+    time, and the window's first and last step then."""
     key = bytes(range(7, 27))
-    enabled = core.check_enable(TokenState(kind=Kind.TOTP), key, hotp(key, STEP - 1),
-                                hotp(key, STEP), STEP * 30 + 12.0, policy).state
+    enabled = core.check_enable(TokenState(kind=Kind.TOTP, t0=t0), key, hotp(key, STEP - 1),
+                                hotp(key, STEP), STEP * 30 + t0 + 12.0, policy).state
     now = NOW + days * 86_400.0
-    shown = now - policy.typing_allowance / 2
-    center = (shown + enabled.drift.predict(shown)) / 30
-    first, last = core.window_steps(enabled, now, center, policy)
+    first, last = core.window_steps(enabled, now, _center(enabled, now, policy), policy)
     return key, enabled, now, first, last
+
+
+def _center(state: TokenState, now: float, policy: Policy) -> float:
+    shown = now - policy.typing_allowance / 2
+    return (shown + state.drift.predict(shown) - state.t0) / state.period
 
 
 @pytest.mark.parametrize("verify", [core.verify, core.verify_reference])
 def test_a_near_miss_teaches_the_tracker_and_counts_as_a_failure(verify) -> None:
     from validator import drift as d
     policy = Policy(typing_allowance=3.0, max_rate_ppm=90.0)
-    key, state, now, first, last = _unused_for(100, policy)
+    key, state, now, first, last = _unused_for(100, policy, t0=13)
     assert last - first + 1 == 9  # capped at ±4
     for step in (last + 1, first - 1, last + 2):
         dec = verify(state, key, hotp(key, step), now, policy)
-        learnt = d.learn(state.drift, d.interval(step, now, 30, 0, 3.0), history=32,
+        learnt = d.learn(state.drift, d.interval(step, now, 30, 13, 3.0), history=32,
                          max_rate=90.0 * 1e-6)
         assert dec == core.Decision(Reason.INVALID_CODE,
                                     core.record_failure(TokenState.from_json(
@@ -433,13 +437,18 @@ def test_the_near_miss_search_is_limited(verify) -> None:
     """Only `near_miss_steps` steps outside the window, nearest first; none at or before
     the watermark; none where the clock cannot physically be."""
     policy = Policy(near_miss_steps=1)
-    key, state, now, first, last = _unused_for(100, policy)
-    outer = [verify(state, key, hotp(key, s), now, policy).near_miss
-             for s in (first - 1, last + 1)]
-    assert sorted(x for x in outer if x is not None) == [x for x in outer if x is not None]
-    assert outer.count(None) == 1  # one step of the two, the nearer, is compared
-    for s in (first - 2, last + 2):
-        assert verify(state, key, hotp(key, s), now, policy).near_miss is None
+    sides = set()
+    for days in (100.0, 100.0 + 15 / 86_400, 100.0 + 30 / 86_400, 100.0 + 45 / 86_400):
+        key, state, now, first, last = _unused_for(days, policy, t0=13)
+        center = _center(state, now, policy)
+        nearer = min((first - 1, last + 1), key=lambda s: abs(s + 0.5 - center))
+        sides.add(nearer == first - 1)
+        for s in (first - 1, last + 1):
+            assert verify(state, key, hotp(key, s), now, policy).near_miss == (
+                s if s == nearer else None)
+        for s in (first - 2, last + 2):
+            assert verify(state, key, hotp(key, s), now, policy).near_miss is None
+    assert sides == {True, False}  # the belief's fraction put either side nearer
     # The watermark bounds the search from below.
     used = TokenState.from_json({**state.to_json(), "watermark": first - 1})
     dec = verify(used, key, hotp(key, first - 1), now)
@@ -448,7 +457,7 @@ def test_the_near_miss_search_is_limited(verify) -> None:
     assert verify(below, key, hotp(key, first - 1), now).near_miss == first - 1
     # Three days after enabling, two steps past the window's edge is a clock that ran at
     # more than 100 ppm: impossible, so not compared.
-    key, state, now, first, last = _unused_for(3, Policy())
+    key, state, now, first, last = _unused_for(3, Policy(), t0=13)
     for s in (last + 2, first - 2):
         dec = verify(state, key, hotp(key, s), now)
         assert dec.near_miss is None and dec.state.drift == state.drift
