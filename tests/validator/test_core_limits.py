@@ -473,3 +473,15 @@ def test_a_used_step_outside_the_window_is_never_a_near_miss(verify) -> None:
     dec = verify(used, key, hotp(key, first - 1), now, policy)
     assert dec.reason is Reason.INVALID_CODE and dec.near_miss is None
     assert dec.state.drift == used.drift and dec.state.failures == 1
+
+
+@pytest.mark.parametrize("verify", [core.verify, core.verify_reference])
+def test_near_t0_the_window_skips_negative_steps_and_keeps_searching(verify) -> None:
+    """Believed step 0 (the window reaches step -1, nearer than step 1): step 1's code is
+    still found. Believed step 1: step 0's code is accepted from the window's edge."""
+    key = bytes(range(20))
+    fresh = TokenState(kind=Kind.TOTP)
+    d = verify(fresh, key, hotp(key, 1), 5.5)
+    assert d.accepted and d.matched == 1
+    d = verify(fresh, key, hotp(key, 0), 35.0)
+    assert d.accepted and d.matched == 0
