@@ -492,7 +492,7 @@ def test_of_two_steps_showing_the_same_code_the_one_nearest_the_belief_is_taken(
         verify) -> None:
     """The window is searched nearest the believed step first: with this key's STEP and
     STEP + 1 both showing 482583 and the belief at STEP + 2.5, the code is taken as
-    STEP + 1's (taking STEP would burn a step the token has not shown yet)."""
+    STEP + 1's, the likelier one to be on display (and what the drift tracker learns)."""
     key = (210372).to_bytes(20, "big")
     now = (STEP + 2.5) * 30 + 2.5
     d = verify(TokenState(kind=Kind.TOTP), key, "482583", now, Policy(window=2))
