@@ -438,3 +438,13 @@ def test_a_transaction_rolls_back_on_error_and_commits_otherwise(store: SQLiteSt
     other = sqlite3.connect(store.path)
     assert other.execute("SELECT count(*) FROM audit").fetchone() == (1,)
     other.close()
+
+
+def test_audit_pages_default_to_100_and_keyset_pages_to_1000(store: SQLiteStore) -> None:
+    store.add_audit([AuditEvent(T + i, "verify", "ok") for i in range(1001)])
+    assert len(store.audit()) == 100
+    page = store.audit_after(None)
+    assert len(page) == 1000 and page[-1].time == T + 999
+    assert len(store.list_tokens()) == 0
+    store.insert_tokens([_record(f"S{i:03d}") for i in range(101)], [])
+    assert len(store.list_tokens()) == 100
