@@ -497,3 +497,37 @@ def test_of_two_steps_showing_the_same_code_the_one_nearest_the_belief_is_taken(
     now = (STEP + 2.5) * 30 + 2.5
     d = verify(TokenState(kind=Kind.TOTP), key, "482583", now, Policy(window=2))
     assert d.accepted and d.matched == STEP + 1
+
+
+@pytest.mark.parametrize("verify", [core.verify, core.verify_reference])
+def test_the_window_is_sized_only_by_a_tracking_policy_with_room_above_window(
+        verify) -> None:
+    """100 days unused: tracking widens ±1 to the ±4 cap (9 steps). Whole-step keeps ±1
+    (3) even for a token whose tracker learnt a rate; a cap at or below `window` keeps
+    ±`window`, never less."""
+    key, state, now, first, last = _unused_for(100, Policy())
+    assert last - first + 1 == 9
+    assert verify(state, key, "12345", now).window == 9
+    whole = Policy(drift_policy=DriftPolicy.WHOLE_STEP)
+    assert verify(state, key, "12345", now, whole).window == 3
+    assert verify(state, key, "12345", now, Policy(window=2, max_window=1)).window == 5
+    assert verify(state, key, "12345", now, Policy(window=2, max_window=2)).window == 5
+
+
+@pytest.mark.parametrize("verify", [core.verify, core.verify_reference])
+def test_a_tokens_own_window_overrides_the_policys(verify) -> None:
+    now = STEP * 30 + 15.0
+    for window, accepted in ((0, False), (2, True)):
+        state = TokenState(kind=Kind.TOTP, window=window)
+        d = verify(state, KEY, hotp(KEY, STEP + 2 if window else STEP + 1), now)
+        assert d.accepted is accepted and d.window == 2 * window + 1
+
+
+@pytest.mark.parametrize("verify", [core.verify, core.verify_reference])
+def test_before_t0_the_believed_step_is_rounded_down(verify) -> None:
+    """At 30 s with T0 at 40 s the token is believed 0.4 steps before its first step: the
+    window is steps -2 to 0, so step 0's code is good and step 1's is not."""
+    key = bytes(range(20))
+    late = TokenState(kind=Kind.TOTP, t0=40)
+    assert verify(late, key, hotp(key, 0), 30.0).accepted
+    assert verify(late, key, hotp(key, 1), 30.0).reason is Reason.INVALID_CODE
