@@ -531,3 +531,37 @@ def test_before_t0_the_believed_step_is_rounded_down(verify) -> None:
     late = TokenState(kind=Kind.TOTP, t0=40)
     assert verify(late, key, hotp(key, 0), 30.0).accepted
     assert verify(late, key, hotp(key, 1), 30.0).reason is Reason.INVALID_CODE
+
+
+def _window_spec(state: TokenState, now: float, policy: Policy) -> tuple[int, int]:
+    """The window as docs/validator.md states it, step by step: ±`window` around the
+    believed step, plus (tracking) every step within ±`max_window` whose offset interval
+    [sP+T0-now, (s+1)P+T0-now+D) meets where the clock can realistically be."""
+    period, t0, allowance = state.period, state.t0, policy.typing_allowance
+    base = int(_center(state, now, policy) // 1)
+    w = policy.window if state.window is None else state.window
+    cap = max(w, policy.max_window)
+    lo, hi = state.drift.reach(now, policy.window_rate_ppm * 1e-6,
+                               policy.window_rate_change_ppm * 1e-6,
+                               policy.window_unsteady_ppm * 1e-6)
+    steps = [s for s in range(base - cap, base + cap + 1)
+             if abs(s - base) <= w or (s * period + t0 - now <= hi and
+                                       (s + 1) * period + t0 - now + allowance > lo)]
+    return min(steps), max(steps)
+
+
+@pytest.mark.parametrize("days", [0.2, 3.0, 10.0, 20.0, 30.0, 45.0, 80.0, 150.0, 400.0])
+@pytest.mark.parametrize("policy", [
+    Policy(),
+    Policy(window_rate_ppm=30.0, window_rate_change_ppm=3.0, window_unsteady_ppm=20.0,
+           typing_allowance=4.0, max_window=6),
+])
+def test_the_sized_window_is_every_step_the_clock_can_be_at(days: float,
+                                                          policy: Policy) -> None:
+    key, state, now, first, last = _unused_for(days, policy, t0=13)
+    assert (first, last) == _window_spec(state, now, policy)
+    wrong = core.verify(state, key, "12345", now, policy)
+    assert wrong.window == last - first + 1
+    for step in (first, last):
+        d = core.verify(state, key, hotp(key, step), now, policy)
+        assert d.accepted and d.matched == step and d.window == last - first + 1
