@@ -565,3 +565,66 @@ def test_the_sized_window_is_every_step_the_clock_can_be_at(days: float,
     for step in (first, last):
         d = core.verify(state, key, hotp(key, step), now, policy)
         assert d.accepted and d.matched == step and d.window == last - first + 1
+
+
+def test_of_two_steps_showing_the_same_code_the_reference_takes_the_nearer() -> None:
+    """As above, with the belief 0.8 and 1.2 steps past STEP: the nearer step's middle
+    decides (the fast path agrees: there the believed step itself is the nearer)."""
+    key = (210372).to_bytes(20, "big")
+    for offset, expected in ((0.8, STEP), (1.2, STEP + 1)):
+        now = (STEP + offset) * 30 + 2.5
+        for verify in (core.verify, core.verify_reference):
+            d = verify(TokenState(kind=Kind.TOTP), key, "482583", now)
+            assert d.accepted and d.matched == expected, (offset, verify)
+
+
+def test_hotp_resync_never_reuses_counters_and_clears_a_lapsed_lock() -> None:
+    state = TokenState(kind=Kind.HOTP, watermark=10, failures=6, locked_until=NOW - 1)
+    assert core.resync(state, KEY, hotp(KEY, 3), hotp(KEY, 4), NOW).reason is \
+        Reason.INVALID_CODE
+    ok = core.resync(state, KEY, hotp(KEY, 11), hotp(KEY, 12), NOW)
+    assert ok.accepted and (ok.state.watermark, ok.state.failures,
+                            ok.state.locked_until) == (12, 0, 0.0)
+    totp = TokenState(kind=Kind.TOTP, failures=6, locked_until=NOW - 1)
+    ok = core.resync(totp, KEY, hotp(KEY, STEP - 1), hotp(KEY, STEP), STEP * 30 + 10.0)
+    assert ok.accepted and (ok.state.failures, ok.state.locked_until) == (0, 0.0)
+
+
+def test_a_short_resync_range_is_centred_on_the_tokens_believed_clock() -> None:
+    """With ±60 s the pair must be within 2 steps of where the token's clock is believed:
+    T0 moves it, and so does the drift a previous resync learnt."""
+    short = Policy(resync_seconds=60)
+    t0 = 600  # 20 steps
+    late = TokenState(kind=Kind.TOTP, t0=t0)
+    now = STEP * 30 + 10.0
+    s = int((now - t0) // 30)
+    assert core.resync(late, KEY, hotp(KEY, s - 1), hotp(KEY, s), now, short).accepted
+    # 10 steps ahead, learnt by a full-range resync; then a short one an hour later.
+    ahead = core.resync(TokenState(kind=Kind.TOTP), KEY, hotp(KEY, STEP + 9),
+                        hotp(KEY, STEP + 10), now)
+    assert ahead.accepted and ahead.state.drift.predict(now) > 250
+    later = now + 3600
+    s = int((later + 300) // 30)
+    again = core.resync(ahead.state, KEY, hotp(KEY, s - 1), hotp(KEY, s), later, short)
+    assert again.accepted and again.matched == s
+
+
+def test_enable_uses_the_policy_given() -> None:
+    now = STEP * 30 + 10.0
+    pair = (hotp(KEY, STEP + 9), hotp(KEY, STEP + 10))
+    fresh = TokenState(kind=Kind.TOTP)
+    assert core.check_enable(fresh, KEY, *pair, now).accepted
+    refused = core.check_enable(fresh, KEY, *pair, now, Policy(resync_seconds=60))
+    assert refused.reason is Reason.INVALID_CODE and refused.window == 5
+
+
+def test_a_near_miss_is_found_with_the_tokens_own_hash() -> None:
+    key = bytes(range(32))
+    policy = Policy()
+    state = core.check_enable(TokenState(kind=Kind.TOTP, hash="sha256"), key,
+                              hotp(key, STEP - 1, 6, "sha256"), hotp(key, STEP, 6, "sha256"),
+                              STEP * 30 + 12.0, policy).state
+    now = NOW + 100 * 86_400.0
+    first, last = core.window_steps(state, now, _center(state, now, policy), policy)
+    d = core.verify(state, key, hotp(key, last + 1, 6, "sha256"), now)
+    assert d.near_miss == last + 1
