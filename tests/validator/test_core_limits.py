@@ -628,3 +628,27 @@ def test_a_near_miss_is_found_with_the_tokens_own_hash() -> None:
     first, last = core.window_steps(state, now, _center(state, now, policy), policy)
     d = core.verify(state, key, hotp(key, last + 1, 6, "sha256"), now)
     assert d.near_miss == last + 1
+
+
+@pytest.mark.parametrize("verify", [core.verify, core.verify_reference])
+def test_an_accepted_code_keeps_the_keys_expiry(verify) -> None:
+    now = STEP * 30 + 15.0
+    state = TokenState(kind=Kind.TOTP, expires=now + 86_400)
+    d = verify(state, KEY, hotp(KEY, STEP), now)
+    assert d.accepted and d.state.expires == now + 86_400
+    assert verify(d.state, KEY, hotp(KEY, STEP + 1), now + 86_400).reason is Reason.EXPIRED
+
+
+@pytest.mark.parametrize("verify", [core.verify, core.verify_reference])
+def test_an_old_steps_code_is_refused_on_a_fresh_token(verify) -> None:
+    """A token with nothing accepted yet: a code of a step far behind the clock (here
+    half of it) is wrong, not a shortcut."""
+    now = STEP * 30 + 15.0
+    d = verify(TokenState(kind=Kind.TOTP), KEY, hotp(KEY, STEP // 2), now)
+    assert d.reason is Reason.INVALID_CODE
+
+
+@pytest.mark.parametrize("verify", [core.verify, core.verify_reference])
+def test_the_surface_at_t0_counts_step_zero(verify) -> None:
+    """10 s after T0 the window is steps -1 to 1: step -1 does not exist, so 2 steps."""
+    assert verify(TokenState(kind=Kind.TOTP), KEY, "12345", 10.0).window == 2
