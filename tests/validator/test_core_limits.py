@@ -652,3 +652,21 @@ def test_an_old_steps_code_is_refused_on_a_fresh_token(verify) -> None:
 def test_the_surface_at_t0_counts_step_zero(verify) -> None:
     """10 s after T0 the window is steps -1 to 1: step -1 does not exist, so 2 steps."""
     assert verify(TokenState(kind=Kind.TOTP), KEY, "12345", 10.0).window == 2
+
+
+def test_resync_decisions_in_full_and_near_t0() -> None:
+    totp = TokenState(kind=Kind.TOTP, failures=6, locked_until=NOW - 1)
+    ok = core.resync(totp, KEY, hotp(KEY, STEP - 1), hotp(KEY, STEP), STEP * 30 + 10.0)
+    assert (ok.reason, ok.matched, ok.retry_after, ok.near_miss, ok.window) == (
+        Reason.ACCEPTED, STEP, 0.0, None, 2 * 2880 + 1)
+    # 35 s after T0 the search is centred on step 1 and reaches below step 1 (no such
+    # pair) on its way up: a pair ending at step 3 is still found.
+    key = bytes(range(20))
+    d = core.resync(TokenState(kind=Kind.TOTP), key, hotp(key, 2), hotp(key, 3), 35.0)
+    assert d.accepted and d.matched == 3
+
+
+def test_a_window_wholly_used_up_reports_no_surface() -> None:
+    ahead = TokenState(kind=Kind.TOTP, watermark=STEP + 5)
+    for verify in (core.verify, core.verify_reference):
+        assert verify(ahead, KEY, "12345", STEP * 30 + 15.0).window == 0
