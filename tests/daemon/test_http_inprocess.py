@@ -6,14 +6,17 @@ code and text."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import httpx
 import pyotp
 import pytest
@@ -22,6 +25,7 @@ import uvicorn
 from validator import config
 from validator.apikeys import KeyRing, Role, digest
 from validator.app import create_app
+from validator.http.decoding import Api, _path_checks
 from validator.service import Validator
 from validator.station import Station
 
@@ -67,9 +71,11 @@ class Server:
         self.validator.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = Server(tmp_path_factory.mktemp("inprocess"))
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    # One per test: what the app's construction does is then part of every test's run
+    # (mutation testing runs, for a mutant, only the tests that reached the mutated code).
+    s = Server(tmp_path)
     yield s
     s.stop()
 
@@ -316,6 +322,42 @@ def test_health_and_metrics(server: Server) -> None:
 
 
 # -- decoding ------------------------------------------------------------------------------
+
+def test_the_path_rules() -> None:
+    checks = _path_checks()  # what PATH_CHECKS holds, built afresh
+    assert set(checks) == {"user", "serial", "name"}
+    assert [checks[n](v) for n, v in (("user", "a.b@c"), ("serial", "S-1/x"),
+                                      ("name", "bench_1"))] == [None, None, None]
+    refusals = {n: checks[n](v) for n, v in (("user", "a b"), ("serial", "a b"),
+                                             ("name", "a/b"))}
+    assert {n: (type(e).__name__, e.message) for n, e in refusals.items() if e} == {
+        "user": ("InvalidUser", "user names are 1-64 letters, digits and +=,.@_-"),
+        "serial": ("InvalidRequest",
+                   "serials are 1-256 printable ASCII characters without spaces"),
+        "name": ("InvalidRequest", "station names are 1-64 letters, digits, '_', '.', '-'")}
+
+
+def _api(tmp_path: Path, store: object) -> Api:
+    settings = config.parse({}, tmp_path)
+    return Api(SimpleNamespace(store=store), KeyRing({}), settings)  # type: ignore[arg-type]
+
+
+def _where(value: int, *, plus: int) -> tuple[int, int]:
+    return threading.get_ident(), value + plus
+
+
+def test_a_networked_store_is_called_from_a_bounded_pool_of_threads(tmp_path: Path) -> None:
+    here = threading.get_ident()
+    local = _api(tmp_path, SimpleNamespace())  # a local store (SQLite): on the event loop
+    assert local.limiter is None
+    assert anyio.run(functools.partial(local.call, _where, 1, plus=2)) == (here, 3)
+    remote = _api(tmp_path, SimpleNamespace(remote=True, max_connections=3))
+    assert remote.limiter is not None and remote.limiter.total_tokens == 3
+    thread, value = anyio.run(functools.partial(remote.call, _where, 1, plus=2))
+    assert thread != here and value == 3
+    default = _api(tmp_path, SimpleNamespace(remote=True))
+    assert default.limiter is not None and default.limiter.total_tokens == 8
+    assert _api(tmp_path, SimpleNamespace(remote=False)).limiter is None
 
 UNAUTHORIZED = (401, "unauthorized", "send an API key as Authorization: Bearer KEY")
 
