@@ -1,7 +1,7 @@
 """HTTP verify of several source trees, paired batch by batch: every tree's daemon runs at
 once (each on its own copy of a 10,000-token folder prepared by its own code), and short
 batches of fresh valid codes go to each daemon in turn, the order alternating. Each batch's
-figure is the daemon's own CPU time per verification (user + system, from /proc). Because
+figure is the daemon's own CPU time per verification (from the scheduler's counts). Because
 the batches of all trees follow each other within a second or two, a change in the shared
 machine's speed moves them together; the paired ratio (tree / first tree, batch by batch)
 keeps the difference between the trees and drops most of the machine's noise, which
@@ -26,9 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from bench import bench_daemon as B
-from bench.side_by_side import _cpu, _prepared
+from bench.side_by_side import _prepared
 
 CONNS = 8
+
+
+def _cpu(pid: int) -> float:
+    """Seconds of CPU the process's threads have run, from the scheduler's nanosecond
+    counts (/proc/PID/task/*/schedstat): /proc/PID/stat counts in 10 ms ticks, too coarse
+    for a batch of a fifth of a second."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            pass
+    return total / 1e9
 
 
 def _start(tree: str, home: Path) -> tuple[subprocess.Popen[str], str, int]:
@@ -64,11 +77,13 @@ def main(argv: list[str]) -> None:
                 proc, host, port = _start(tree, home)
                 key = (home / "verifier.key").read_text().strip()
                 daemons[name] = (proc, host, port, key, enabled_at)
-            # one step for every request: the current one (past every tree's enabling step),
-            # valid for a minute or more
-            step = max(int(time.time() // 30), *(d[4] + 1 for d in daemons.values()))
+            # Each request sends its token's code of the step current when its batch starts:
+            # every token is used once, after its enabling step (waited for here).
+            while int(time.time() // 30) <= max(d[4] for d in daemons.values()):
+                time.sleep(0.5)
             for _proc, host, port, key, _ in daemons.values():
-                B.run_load(host, port, B._verify_requests(key, 0, B.WARMUP, step), CONNS)
+                B.run_load(host, port, B._verify_requests(key, 0, B.WARMUP,
+                                                          int(time.time() // 30)), CONNS)
             cpu: dict[str, list[float]] = {k: [] for k in trees}
             rate: dict[str, list[float]] = {k: [] for k in trees}
             for i in range(pairs):
@@ -76,13 +91,14 @@ def main(argv: list[str]) -> None:
                 names = list(trees) if i % 2 == 0 else list(reversed(trees))
                 for name in names:
                     proc, host, port, key, _ = daemons[name]
-                    requests = B._verify_requests(key, first, batch, step)
+                    requests = B._verify_requests(key, first, batch, int(time.time() // 30))
                     before = _cpu(proc.pid)
                     r: dict[str, Any] = B.run_load(host, port, requests, CONNS)
                     cpu[name].append((_cpu(proc.pid) - before) / batch * 1e6)
                     rate[name].append(r["rate"])
                     if r["ok"] != batch:
-                        raise RuntimeError(f"{name}: {r['ok']}/{batch} accepted in pair {i}")
+                        raise RuntimeError(f"{name}: {r['ok']}/{batch} accepted in pair {i}: "
+                                           f"{r['failures'][:2]}")
         finally:
             for proc, *_ in daemons.values():
                 proc.terminate()

@@ -154,10 +154,10 @@ class Endpoint:
             response = refusal_response(exc)
         await response(scope, receive, send)
 
-    def _auth(self, request: Request) -> Role | None:
+    def _auth(self, request: Request, header: str | None) -> Role | None:
+        """`header`: the request's Authorization header, if any."""
         if not self.roles:
             return None
-        header = request.headers.get("authorization")
         if header is None or header[:7].lower() != "bearer " or len(header) > MAX_AUTHORIZATION:
             raise Unauthorized("send an API key as Authorization: Bearer KEY")
         key = self.api.keys.lookup(header[7:].strip().encode("latin-1"))
@@ -170,18 +170,23 @@ class Endpoint:
             raise Forbidden(f"the {role.value} key may not call this")
         return role
 
-    async def _body(self, request: Request) -> Any:
-        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media and media != "application/json" and not media.endswith("+json"):
-            raise UnsupportedMediaType("send the body as Content-Type: application/json")
+    def _too_large(self) -> BodyTooLarge:
         # A refused body is drained (bounded, validator.connections) and the connection
         # closed: a client that writes its whole body before reading must hear the 413.
-        too_large = BodyTooLarge(f"the body may be at most {self.limit} bytes",
-                                 headers={"Connection": "close"})
-        length = request.headers.get("content-length")
+        return BodyTooLarge(f"the body may be at most {self.limit} bytes",
+                            headers={"Connection": "close"})
+
+    async def _body(self, request: Request, content_type: str | None,
+                    length: str | None) -> Any:
+        """The JSON body; `content_type` and `length`: the request's Content-Type and
+        Content-Length headers, if any."""
+        if content_type is not None:
+            media = content_type.split(";", 1)[0].strip().lower()
+            if media and media != "application/json" and not media.endswith("+json"):
+                raise UnsupportedMediaType("send the body as Content-Type: application/json")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             await discard_body(request.receive, int(length) if length.isdigit() else 1 << 62)
-            raise too_large
+            raise self._too_large()
         # Message by message rather than `request.stream()`: a body past the limit is
         # drained only while the client says more is coming (`more_body`), which the
         # stream does not tell; draining a finished body would wait for nothing.
@@ -197,7 +202,7 @@ class Endpoint:
             if size > self.limit:  # a lying or absent Content-Length: stop reading
                 if more:
                     await discard_body(request.receive, None)
-                raise too_large
+                raise self._too_large()
             chunks.append(chunk)
             if not more:
                 break
@@ -206,7 +211,19 @@ class Endpoint:
         return S.parse_json(b"".join(chunks))
 
     async def _respond(self, request: Request) -> Response:
-        role = self._auth(request)
+        # The three headers decoding needs, in one pass over the raw list (Starlette's
+        # `Headers.get` scans it once per name). A repeated header: its first value.
+        authorization = content_type = length = None
+        for name, value in request.scope["headers"]:
+            if name == b"authorization":
+                if authorization is None:
+                    authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                if content_type is None:
+                    content_type = value.decode("latin-1")
+            elif name == b"content-length" and length is None:
+                length = value.decode("latin-1")
+        role = self._auth(request, authorization)
         params: dict[str, str] = request.path_params
         for name, value in params.items():
             refused = PATH_CHECKS[name](value)
@@ -217,6 +234,6 @@ class Endpoint:
             query = S.parse_query(request.query_params.multi_items(), self.op.doc.query)
         body = None
         if self.schema is not None:
-            body = await self._body(request)
+            body = await self._body(request, content_type, length)
             S.check(self.schema, body)
         return await self.op.handler(Call(self.api, request.scope, role, params, query, body))

@@ -13,14 +13,20 @@ the request's path), so a label's values stay few whatever clients send.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -47,8 +53,37 @@ class _Scraped(Collector):
         yield from self._collect()
 
 
+class _Histogram:
+    """A histogram's counts, kept as plain numbers (one event-loop thread updates them) and
+    turned into a prometheus-client family at scrape time."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts by upper bound, as the exposition format has them."""
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            out.append(("+Inf" if bound == float("inf") else str(float(bound)), total))
+        return out
+
+
 class Metrics:
-    """One daemon's metrics, on its own registry."""
+    """One daemon's metrics, on its own registry.
+
+    The per-request counts (requests, their latency, verifications and their window) are
+    plain numbers updated on the event loop and exported by a scrape-time collector:
+    prometheus-client's own metric objects take a lock and check their type on every
+    update, which cost a few percent of a verification (docs/benchmarks.md). The
+    exposition is the same: `_total` counters, `_bucket`/`_sum`/`_count` histograms."""
 
     BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                5.0, 10.0)
@@ -59,29 +94,19 @@ class Metrics:
         """`gauges`: called at scrape time for the token gauges (`Validator.gauges`)."""
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.connections = connections
-        self._requests = Counter("foblab_http_requests", "HTTP requests by method, route "
-                                 "template and status.", ("method", "route", "status"),
-                                 registry=registry)
-        self._latency = Histogram("foblab_http_request_duration_seconds", "Time to answer a "
-                                  "request, by method and route template.",
-                                  ("method", "route"), buckets=self.BUCKETS,
-                                  registry=registry)
         self.in_flight = 0  # a plain int (no lock: the event loop is one thread), scraped
-        self._verify = Counter("foblab_verify", "Verifications by outcome (accepted or the "
-                               "reason of the refusal).", ("reason",), registry=registry)
-        self._window = Histogram("foblab_verify_window_steps", "Guessing surface of a "
-                                 "verification: the steps or counters a code would have "
-                                 "been accepted at.", buckets=self.WINDOW_BUCKETS,
-                                 registry=registry)
+        # (method, route path, status) -> [count, latency histogram]
+        self._requests: dict[tuple[str, str, int], list[Any]] = {}
+        self._verify: dict[str, int] = {}
+        self._window = _Histogram(self.WINDOW_BUCKETS)
         self._stations = Counter("foblab_station_operations", "Station operations by "
                                  "result.", ("station", "op", "result"), registry=registry)
+        self._started = time.time()
         started = Gauge("foblab_start_time_seconds", "When the daemon started (Unix "
                         "seconds).", registry=registry)
-        started.set(time.time())
-        # children by label values: .labels() parses its arguments on every call
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._verify_children: dict[str, Any] = {}
+        started.set(self._started)
         self._gauges = gauges
+        registry.register(_Scraped(self._collect_counted))
         registry.register(_Scraped(self._collect_scraped))
 
     # -- counting ------------------------------------------------------------------------
@@ -89,22 +114,19 @@ class Metrics:
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """One answered request; `route` is the route's path (converters are dropped)."""
         key = (method, route, status)
-        pair = self._children.get(key)
-        if pair is None:
-            template = route_template(route)
-            pair = (self._requests.labels(method, template, str(status)),
-                    self._latency.labels(method, template))
-            if len(self._children) < 10_000:  # templates are few; a bound all the same
-                self._children[key] = pair
-        pair[0].inc()
-        pair[1].observe(seconds)
+        entry = self._requests.get(key)
+        if entry is None:
+            if len(self._requests) >= 10_000:  # templates are few; a bound all the same
+                key = (method, "unmatched", status)
+                entry = self._requests.get(key)
+            if entry is None:
+                entry = self._requests[key] = [0, _Histogram(self.BUCKETS)]
+        entry[0] += 1
+        entry[1].observe(seconds)
 
     def verified(self, reason: str, window: int | None) -> None:
         """One verification's outcome and guessing surface (`VerifyResult.window`)."""
-        child = self._verify_children.get(reason)
-        if child is None:
-            child = self._verify_children[reason] = self._verify.labels(reason)
-        child.inc()
+        self._verify[reason] = self._verify.get(reason, 0) + 1
         if window is not None:
             self._window.observe(window)
 
@@ -116,6 +138,37 @@ class Metrics:
         self.registry.register(_Scraped(collect))
 
     # -- scraping ------------------------------------------------------------------------
+
+    def _collect_counted(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("foblab_http_requests", "HTTP requests by method, "
+                                       "route template and status.",
+                                       labels=("method", "route", "status"))
+        latency = HistogramMetricFamily("foblab_http_request_duration_seconds", "Time to "
+                                        "answer a request, by method and route template.",
+                                        labels=("method", "route"))
+        by_route: dict[tuple[str, str], _Histogram] = {}
+        for (method, route, status), (count, hist) in list(self._requests.items()):
+            template = route_template(route)
+            requests.add_metric((method, template, str(status)), count)
+            merged = by_route.get((method, template))
+            if merged is None:
+                merged = by_route[(method, template)] = _Histogram(self.BUCKETS)
+            merged.counts = [a + b for a, b in zip(merged.counts, hist.counts, strict=True)]
+            merged.sum += hist.sum
+        for (method, template), hist in by_route.items():
+            latency.add_metric((method, template), hist.buckets(), hist.sum)
+        yield requests
+        yield latency
+        verify = CounterMetricFamily("foblab_verify", "Verifications by outcome (accepted "
+                                     "or the reason of the refusal).", labels=("reason",))
+        for reason, count in list(self._verify.items()):
+            verify.add_metric((reason,), count)
+        yield verify
+        window = HistogramMetricFamily("foblab_verify_window_steps", "Guessing surface of a "
+                                       "verification: the steps or counters a code would "
+                                       "have been accepted at.")
+        window.add_metric((), self._window.buckets(), self._window.sum)
+        yield window
 
     def _collect_scraped(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("foblab_http_requests_in_flight", "Requests being answered "

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from protocol import TOKEN_DIGITS
+from protocol import TOKEN_DIGITS, Kind
 from validator import rules
 from validator.errors import (
     BodyTooLarge,
@@ -116,6 +116,7 @@ class Console:
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True,
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        self.env.globals["Kind"] = Kind  # templates compare kinds with Kind.TOTP, as code does
         self.env.filters["when"] = _when
         self.env.filters["q"] = lambda v: quote(str(v), safe="")
 
@@ -351,7 +352,7 @@ class Console:
             return info
         now = self.clock()
         plot = None
-        if info.kind == "totp":
+        if info.kind is Kind.TOTP:
             plot = offset_svg(self.validator.offset_history(serial), now, info.offset_seconds)
         return self._page(request, session, "token.html", t=info, plot=plot, notice=notice,
                           locked=info.locked_until > now,
