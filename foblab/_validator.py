@@ -96,14 +96,13 @@ class LabValidator:
         keys = KeyRing.from_files({Role.ADMIN: settings.admin_key_file,
                                    Role.VERIFIER: settings.verifier_key_file})
         self.dir = directory
-        self._database = settings.database
         self.admin_key = str(made["admin_key"])
         self.verifier_key = str(made["verifier_key"])
         self._names = itertools.count(1)
         sock = bind("127.0.0.1", 0)
         self._validator = open_validator(settings, clock=clock)
         try:
-            self._aws = AwsEndpoint(self._validator, settings.database, settings.aws,
+            self._aws = AwsEndpoint(self._validator, settings.aws,
                                     clock=clock or time.time, signing_clock=time.time)
             app = create_app(self._validator, keys, settings, aws=self._aws)
             host, port = sock.getsockname()[:2]
@@ -195,13 +194,7 @@ class LabValidator:
 
     def aws_keys(self) -> AwsKeys:
         """A fresh access key pair for the AWS endpoint at `url + "/aws"`."""
-        from validator.aws.store import AwsStore
-
-        store = AwsStore(self._database, lambda: self._validator.box)
-        try:
-            akid, secret = store.create_key(time.time())
-        finally:
-            store.close()
+        akid, secret = self._aws.store.create_key(time.time())
         return AwsKeys(f"{self.url}/aws", akid, secret)
 
     def radius(self) -> RadiusServer:

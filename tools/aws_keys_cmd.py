@@ -1,8 +1,9 @@
 """`foblab validator aws-keys create|list|delete|sessions`: the access keys of the AWS
 endpoint, and the STS sessions they issued.
 
-Works directly on the validator's SQLite file (WAL lets it while the daemon runs): the
-daemon checks every request's SigV4 signature against these keys. The secret access key is
+Works directly on the validator's database, the SQLite file (WAL lets it while the daemon
+runs) or the PostgreSQL database of `database_url` (several daemons may share it): the
+daemons check every request's SigV4 signature against these keys. The secret access key is
 printed once, at creation; the database holds it sealed with the validator's seed key.
 """
 
@@ -22,58 +23,66 @@ from tools._args import fail as _fail
 from validator import keys, rules
 from validator.aws.endpoint import USER_NAME_MAX
 from validator.aws.params import USER as USER_NAME
-from validator.aws.store import AwsStore
+from validator.aws.store import AwsStore, open_aws_store
 from validator.config import CONFIG_NAME, ConfigError, load
 from validator.secrets_box import KeyFileError
-from validator.store import SQLiteStore, StoreError
+from validator.store import StoreError, is_url, open_store
 
 
-def _from_config(directory: Path) -> tuple[Path, Path]:
-    """The database and seed key file named by DIR/foblab.toml (`foblab validator init`)."""
+def _from_config(directory: Path) -> tuple[str | Path, Path]:
+    """The database (a SQLite path or a postgresql:// URL) and seed key file named by
+    DIR/foblab.toml (`foblab validator init`; FOBLAB_DATABASE_URL overrides the first)."""
     try:
         settings = load(directory / CONFIG_NAME)
     except ConfigError as exc:
         _fail(str(exc))
-    return settings.database, settings.seed_key_file
+    return settings.store_target, settings.seed_key_file
 
 
 @contextmanager
-def _store(directory: Path | None, db: Path | None, key_file: Path | None
+def _store(directory: Path | None, db: str | None, key_file: Path | None
            ) -> Iterator[AwsStore]:
+    target: str | Path | None = db if db is None or is_url(db) else Path(db)
     if directory is not None:
         if db is not None or key_file is not None:
             _fail("--dir excludes --db/--key-file")
-        db, key_file = _from_config(directory)
-    if db is None or key_file is None:
+        target, key_file = _from_config(directory)
+    if target is None or key_file is None:
         _fail("give --dir DIR (an init'd validator directory), or --db and --key-file")
-    if not db.exists():
-        _fail(f"no database at {db}; run foblab validator init first")
+    if isinstance(target, Path) and not target.exists():
+        _fail(f"no database at {target}; run foblab validator init first")
     if not key_file.exists():  # never create a fresh key that would not match the db
         _fail(f"no key file at {key_file}")
     try:
         # Beside a running daemon: read the keys, change nothing (a rotation may be under
         # way). Only a database no validator of this version has opened is migrated.
-        tokens = SQLiteStore(db)
+        tokens = open_store(target)
+    except (StoreError, OSError) as exc:
+        _fail(str(exc))
+    try:
         try:
             box = keys.open_box(tokens, key_file, settle=False)
             if box.data_key_id is None:
                 box = keys.open_box(tokens, key_file, settle=True)
+            store = open_aws_store(tokens, box)
+        except (KeyFileError, StoreError, OSError) as exc:
+            _fail(str(exc))
+        try:
+            yield store
+        except StoreError as exc:  # the database stopped answering meanwhile
+            _fail(str(exc))
         finally:
-            tokens.close()
-        store = AwsStore(db, box)
-    except (KeyFileError, StoreError, OSError) as exc:
-        _fail(str(exc))
-    try:
-        yield store
+            store.close()
     finally:
-        store.close()
+        tokens.close()
 
 
 def _where(f: Any) -> Any:
     f = click.option("--key-file", type=click.Path(path_type=Path),
                      help="The validator's seed key file (instead of --dir).")(f)
-    f = click.option("--db", type=click.Path(path_type=Path),
-                     help="The validator's SQLite database (instead of --dir).")(f)
+    f = click.option("--db", metavar="PATH_OR_URL",
+                     help="The validator's database, a SQLite file or a postgresql:// URL "
+                     "(instead of --dir).")(f)
     f = click.option("--dir", "directory", type=click.Path(path_type=Path),
                      help="The validator directory made by `foblab validator init`.")(f)
     return f
@@ -93,7 +102,7 @@ def _utc(t: float) -> str:
 @click.option("--user", help="Bind the key to this one user: it may then manage only this "
               "user's MFA devices (AWS's self-service MFA policy).")
 @click.option("--json", "as_json", is_flag=True, help="Print the new key as JSON.")
-def create(directory: Path | None, db: Path | None, key_file: Path | None,
+def create(directory: Path | None, db: str | None, key_file: Path | None,
            user: str | None, as_json: bool) -> None:
     """Create an access key; its secret is printed this once."""
     if user is not None and not USER_NAME.fullmatch(user):
@@ -112,7 +121,7 @@ def create(directory: Path | None, db: Path | None, key_file: Path | None,
 @aws_keys.command("list")
 @_where
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_(directory: Path | None, db: Path | None, key_file: Path | None,
+def list_(directory: Path | None, db: str | None, key_file: Path | None,
           as_json: bool) -> None:
     """List access key ids (never their secrets)."""
     with _store(directory, db, key_file) as store:
@@ -131,7 +140,7 @@ def list_(directory: Path | None, db: Path | None, key_file: Path | None,
 @aws_keys.command()
 @_where
 @click.argument("access_key_id")
-def delete(directory: Path | None, db: Path | None, key_file: Path | None,
+def delete(directory: Path | None, db: str | None, key_file: Path | None,
            access_key_id: str) -> None:
     """Delete an access key and revoke the sessions it issued: requests signed with either
     are refused from now on."""
@@ -150,7 +159,7 @@ def delete(directory: Path | None, db: Path | None, key_file: Path | None,
               help="Revoke every session this access key issued.")
 @click.option("--revoke-all", is_flag=True, help="Revoke every session.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def sessions(directory: Path | None, db: Path | None, key_file: Path | None,
+def sessions(directory: Path | None, db: str | None, key_file: Path | None,
              revoke: tuple[str, ...], revoke_key: str | None, revoke_all: bool,
              as_json: bool) -> None:
     """List the STS sessions that have not expired (never their secrets), or revoke some:

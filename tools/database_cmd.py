@@ -73,9 +73,9 @@ def migrate(directory: Path | None, database: str | None, as_json: bool) -> None
               help="An empty database to copy it into.")
 @click.option("--json", "as_json", is_flag=True)
 def copy(source: str, destination: str, as_json: bool) -> None:
-    """Copy a whole validator (tokens, data keys, audit) into an empty database; sealed
-    secrets are copied as they are, so the same seed.key opens them there. Stop the
-    daemons first."""
+    """Copy a whole validator (tokens, data keys, audit, the AWS endpoint's keys and
+    sessions) into an empty database; sealed secrets are copied as they are, so the same
+    seed.key opens them there. Stop the daemons first."""
     from validator.store import StoreError
     from validator.store_copy import copy_database
 
@@ -86,9 +86,5 @@ def copy(source: str, destination: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(counts, sort_keys=True))
         return
-    copied = ", ".join(f"{n} {t}" for t, n in counts.items() if ":" not in t)
+    copied = ", ".join(f"{n} {t}" for t, n in counts.items())
     click.echo(f"copied {_shown(source)} -> {_shown(destination)}: {copied}")
-    for t, n in counts.items():
-        if t.startswith("skipped:"):
-            click.echo(f"  not copied: {n} rows of {t.split(':', 1)[1]} (SQLite only)",
-                       err=True)

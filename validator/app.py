@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -42,8 +41,7 @@ API_VERSION = "1"
 
 # -- the application -------------------------------------------------------------------------
 
-def load_aws_endpoint(validator: Validator, db_path: Path,
-                      settings: Mapping[str, Any]) -> Any | None:
+def load_aws_endpoint(validator: Validator, settings: Mapping[str, Any]) -> Any | None:
     """`validator.aws.AwsEndpoint`, when that package is installed; None when it is not."""
     try:
         from validator import aws  # type: ignore[attr-defined,unused-ignore]
@@ -51,7 +49,7 @@ def load_aws_endpoint(validator: Validator, db_path: Path,
         if exc.name == "validator.aws":
             return None
         raise
-    return aws.AwsEndpoint(validator, db_path, settings)
+    return aws.AwsEndpoint(validator, settings)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -91,8 +89,8 @@ def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
         return Response(document, media_type="application/json")
 
     routes.append(Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False))
-    if aws is None and settings.database_url is None:  # its tables are SQLite-only for now
-        aws = load_aws_endpoint(validator, settings.database, settings.aws)
+    if aws is None:
+        aws = load_aws_endpoint(validator, settings.aws)
     if aws is not None:
         if hasattr(aws, "collect_metrics"):
             api.metrics.add_collector(aws.collect_metrics)

@@ -1,13 +1,13 @@
 """`foblab validator copy`: move a whole validator between SQLite and PostgreSQL.
 
-Tokens (with their state and assignment), the data keys (still wrapped by the master key)
-and the audit trail are copied row by row; sealed secrets are copied as they are, so the
-destination opens with the same seed key file and nothing is ever decrypted here. The
-destination must be empty (a fresh file, or a database with no tokens, data keys or audit
-rows); it is migrated to the current schema first. The copy is one transaction on the
-destination: it is there completely or not at all. The AWS endpoint's tables are not
-copied (they are SQLite-only for now); their row counts are reported so nothing goes
-missing silently.
+Tokens (with their state and assignment), the data keys (still wrapped by the master key),
+the audit trail and the AWS endpoint's tables (access keys, sessions, virtual MFA devices,
+tags) are copied row by row; sealed secrets are copied as they are, so the destination
+opens with the same seed key file and nothing is ever decrypted here. The destination must
+be empty (a fresh file, or a database with no tokens, data keys, audit rows or AWS rows);
+it is migrated to the current schema first (and given the AWS tables when the source has
+them). The copy is one transaction on the destination: it is there completely or not at
+all.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ _TABLES = (
     ("audit", ("time", "serial", '"user"', "action", "result", "reason", "via", "client",
                "window_steps")),
 )
-_NOT_COPIED = ("aws_access_keys", "aws_sessions", "aws_virtual_mfa", "aws_mfa_tags")
 _BATCH = 1000
 
 
@@ -61,9 +60,9 @@ def _exists(store: Store, table: str) -> bool:
 
 def copy_database(source: str | os.PathLike[str], destination: str | os.PathLike[str]
                   ) -> dict[str, int]:
-    """Copy every core table from `source` to the empty `destination` (each a SQLite
-    path or a postgresql:// URL); how many rows per table, and per table left behind
-    (`skipped:<table>`)."""
+    """Copy every table of the validator (the core's and the AWS endpoint's) from
+    `source` to the empty `destination` (each a SQLite path or a postgresql:// URL); how
+    many rows per table."""
     if not isinstance(source, str) or "://" not in source:
         if not os.path.isfile(source):
             raise StoreError(f"no database at {source}")
@@ -78,15 +77,42 @@ def copy_database(source: str | os.PathLike[str], destination: str | os.PathLike
         src.close()
 
 
+def _aws_tables(src: Store, dst: Store) -> list[tuple[str, tuple[str, ...]]]:
+    """The AWS tables the source has (each column it lacks, from an older release, is
+    read as NULL), created on the destination if missing; none without validator.aws."""
+    try:
+        from validator.aws.store import COPIED_TABLES, create_tables
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("validator.aws"):
+            return []
+        raise
+    tables = [(t, c) for t, c in COPIED_TABLES if _exists(src, t)]
+    if tables:
+        create_tables(dst)
+    return tables
+
+
+def _names(store: Store, table: str) -> set[str]:
+    if isinstance(store, SQLiteStore):
+        return {str(r[1]) for r in store._conn().execute(f"PRAGMA table_info({table})")}
+    with store._connection() as conn:  # type: ignore[attr-defined]
+        cur = conn.execute(f"SELECT * FROM {table} LIMIT 0")
+        return {d.name for d in cur.description or ()}
+
+
 def _copy(src: Store, dst: Store) -> dict[str, int]:
-    if dst.count_tokens() or dst.data_keys() or dst.count_audit():
-        raise StoreError("the destination already holds tokens, data keys or audit rows; "
-                         "copy only into an empty database")
+    aws = _aws_tables(src, dst)
+    if dst.count_tokens() or dst.data_keys() or dst.count_audit() or any(
+            next(iter(_select(dst, f"SELECT count(*) FROM {t}")))[0] for t, _ in aws):
+        raise StoreError("the destination already holds tokens, data keys, audit or AWS "
+                         "rows; copy only into an empty database")
     counts: dict[str, int] = {}
     with _transaction(dst) as (conn, mark):
-        for table, columns in _TABLES:
+        for table, columns in [*_TABLES, *aws]:
             names = ", ".join(columns)
-            rows = list(_select(src, f"SELECT {names} FROM {table} ORDER BY "
+            have = _names(src, table)
+            read = ", ".join(c if c.strip('"') in have else "NULL" for c in columns)
+            rows = list(_select(src, f"SELECT {read} FROM {table} ORDER BY "
                                      f"{'id' if table == 'audit' else '1'}"))
             if table == "data_keys":  # 0/1 in SQLite, a boolean in PostgreSQL
                 rows = [(*r[:3], bool(r[3]) if mark == "%s" else int(bool(r[3])))
@@ -102,9 +128,4 @@ def _copy(src: Store, dst: Store) -> dict[str, int]:
                     with conn.cursor() as cur:
                         cur.executemany(statement, rows[i : i + _BATCH])
             counts[table] = len(rows)
-    for table in _NOT_COPIED:
-        if _exists(src, table):
-            left = next(iter(_select(src, f"SELECT count(*) FROM {table}")))[0]
-            if left:
-                counts[f"skipped:{table}"] = int(left)
     return counts

@@ -3,9 +3,13 @@ on sys.path)."""
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +24,52 @@ def foblab(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the `foblab` command (this checkout's) and answer its completed process."""
     return subprocess.run([*FOBLAB, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, check=check)
+
+
+def boto_client(url: str, service: str, key: tuple[str, str], *, token: str | None = None,
+                validate: bool = True):  # -> botocore client
+    """A boto3 client of `service` ("iam", "sts") on the endpoint at `url`, signing with
+    `key` (and the session `token`)."""
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(aws_access_key_id=key[0], aws_secret_access_key=key[1],
+                                    aws_session_token=token, region_name="us-east-1")
+    # One attempt: a 500 (or any retryable answer) must show at once, not be retried.
+    return session.client(service, endpoint_url=url, config=Config(
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=5, read_timeout=15, parameter_validation=validate))
+
+
+@contextmanager
+def serving(folder: Path, log_path: Path) -> Iterator[str]:
+    """`foblab validator serve --dir FOLDER` on an ephemeral loopback port, its output in
+    `log_path`; yields its root URL. Stopped with SIGTERM at the end, which it must survive
+    cleanly (exit 0, no traceback or internal error in its log)."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*FOBLAB, "validator", "serve", "--dir", str(folder),
+                                 "--port", "0"], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            found = re.search(r"listening on (https?://[^\s\"]+)", log_path.read_text())
+            if found:
+                break
+            assert proc.poll() is None, f"the daemon exited: {log_path.read_text()}"
+            assert time.monotonic() < deadline, "the daemon did not start"
+            time.sleep(0.05)
+        yield found.group(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert "Traceback" not in text and "internal error" not in text, text[-4000:]
+    assert proc.returncode == 0, text[-2000:]
 
 
 @dataclass(frozen=True)

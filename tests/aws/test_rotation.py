@@ -68,7 +68,7 @@ def test_an_access_key_created_during_a_rotation_is_not_left_under_the_old_key(
     (whose reseal needs the same write lock) either reseals the row or comes first."""
     import threading
 
-    from validator.aws.store import AwsStore
+    from validator.aws.store import SQLiteAwsStore
     from validator.keys import open_box
     from validator.service import Validator
     from validator.store import SQLiteStore
@@ -87,7 +87,7 @@ def test_an_access_key_created_during_a_rotation_is_not_left_under_the_old_key(
                 assert proceed.wait(10)
             return sealed
 
-    store = AwsStore(tmp_path / "v.db", SlowBox, busy_timeout_ms=20_000)  # type: ignore[arg-type]
+    store = SQLiteAwsStore(tmp_path / "v.db", SlowBox, busy_timeout_ms=20_000)  # type: ignore[arg-type]
     created: list[tuple[str, str]] = []
     maker = threading.Thread(target=lambda: created.append(store.create_key(0.0)))
     maker.start()
@@ -103,7 +103,7 @@ def test_an_access_key_created_during_a_rotation_is_not_left_under_the_old_key(
     validator.close()
     # Only the new key file is left: the access key's secret must open under it.
     tokens = SQLiteStore(tmp_path / "v.db")
-    fresh = AwsStore(tmp_path / "v.db", open_box(tokens, tmp_path / "v.db.key", settle=False))
+    fresh = SQLiteAwsStore(tmp_path / "v.db", open_box(tokens, tmp_path / "v.db.key", settle=False))
     tokens.close()
     try:
         akid, secret = created[0]

@@ -192,7 +192,7 @@ def test_a_key_bound_to_a_user_manages_only_that_users_devices(daemon, iam, sts)
 def test_an_older_database_gets_the_new_columns(tmp_path) -> None:
     import sqlite3
 
-    from validator.aws.store import AwsStore
+    from validator.aws.store import SQLiteAwsStore
     from validator.service import Validator
 
     db = tmp_path / "old.db"
@@ -205,7 +205,7 @@ def test_an_older_database_gets_the_new_columns(tmp_path) -> None:
                      "created REAL NOT NULL, expires REAL NOT NULL)")
     conn.close()
     validator = Validator.open(db, tmp_path / "seed.key")  # its envelope box seals for AWS
-    store = AwsStore(db, lambda: validator.box)
+    store = SQLiteAwsStore(db, lambda: validator.box)
     try:
         akid, _ = store.create_key(time.time(), user="old-alice")
         assert store.list_keys()[0].user == "old-alice"

@@ -144,11 +144,12 @@ def test_unsigned_and_tampered_requests_refused(daemon) -> None:
 
 
 def test_deleted_key_is_refused(daemon) -> None:
-    from validator.aws.store import AwsStore
+    from validator.aws.store import SQLiteAwsStore
     from validator.keys import open_box
     from validator.store import SQLiteStore
 
-    store = AwsStore(daemon.db, open_box(SQLiteStore(daemon.db), daemon.key_file, settle=False))
+    store = SQLiteAwsStore(daemon.db, open_box(SQLiteStore(daemon.db), daemon.key_file,
+                                              settle=False))
     try:
         akid, secret = store.create_key(time.time())
         assert daemon.client("iam", key=(akid, secret)).list_mfa_devices()["MFADevices"] \
@@ -177,7 +178,7 @@ def _post(app, body: bytes, headers: dict[str, str] | None = None):
 
 def _app(tmp_path: Path, settings: dict, clock=time.time):
     validator = Validator.open(tmp_path / "v.db", tmp_path / "v.key")
-    endpoint = AwsEndpoint(validator, tmp_path / "v.db", settings, clock=clock)
+    endpoint = AwsEndpoint(validator, settings, clock=clock)
     return Starlette(routes=[Route("/aws", endpoint.handle, methods=["POST"])]), validator
 
 
@@ -243,9 +244,9 @@ def test_server_clock_is_injectable(tmp_path: Path) -> None:
     app, validator = _app(tmp_path, {"account_id": "210987654321"},
                           clock=lambda: time.time() + 3600)
     try:
-        from validator.aws.store import AwsStore
+        from validator.aws.store import SQLiteAwsStore
 
-        store = AwsStore(tmp_path / "v.db", validator.box)
+        store = SQLiteAwsStore(tmp_path / "v.db", validator.box)
         key = store.create_key(time.time())
         store.close()
         request = AWSRequest(method="POST", url="http://testserver/aws", data=BODY, headers={

@@ -27,7 +27,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from validator import keys
-from validator.aws.store import AwsStore
+from validator.aws.store import open_aws_store
 from validator.otp import hotp
 from validator.secrets_box import key_id, read_key
 from validator.service import Validator
@@ -44,7 +44,7 @@ N_TOKENS = 40
 SERVER = textwrap.dedent("""
     import hashlib, json, os, sys
     from validator import keys
-    from validator.aws.store import AwsStore
+    from validator.aws.store import open_aws_store
     from validator.service import Validator
 
     def report(data):
@@ -64,7 +64,7 @@ SERVER = textwrap.dedent("""
                 "digest": digest.hexdigest(), "files": sorted(
                     p for p in os.listdir(os.path.dirname(cmd["key"])) if "key" in p)})
         if cmd["aws"]:  # a secret sealed between rotations, as the daemon's AWS door does
-            AwsStore(cmd["db"], v.box).create_key(0.0)
+            open_aws_store(v.store, v.box).create_key(0.0)
         v.rotate_key(master=cmd["master"])
         report({"done": True})
 
@@ -133,17 +133,16 @@ def _seed(i: int) -> bytes:
 
 
 def _make(folder: Path, url: str | None = None) -> tuple[Any, Path]:
-    """A validator with N_TOKENS seeds (and, on SQLite, an AWS secret), in a SQLite file
-    or the PostgreSQL database `url`."""
+    """A validator with N_TOKENS seeds and an AWS secret, in a SQLite file or the
+    PostgreSQL database `url`."""
     folder.mkdir()
     db, key = url or folder / "validator.db", folder / "seed.key"
     v = Validator.open(db, key)
     for i in range(N_TOKENS):
         v.register_token(f"GAHT{i:08d}", _seed(i), now=T0)
-    if url is None:
-        aws = AwsStore(db, v.box)
-        aws.create_key(T0)
-        aws.close()
+    aws = open_aws_store(v.store, v.box)
+    aws.create_key(T0)
+    aws.close()
     v.close()
     return db, key
 
@@ -176,7 +175,7 @@ def test_every_rotation_step_crashed_after_every_other(tmp_path: Path, backend: 
             master = step.startswith(("master:", "recover:"))
             # Before the rotation, the child adds an AWS secret every few rounds: sealed
             # under whatever data key the settled box holds, it must survive too.
-            aws = i % 5 == 0 and url is None  # (the AWS tables are SQLite-only)
+            aws = i % 5 == 0
             expected, count = _expected_digest(db, key)  # read-only, whatever state it is in
             out = server.run(db=str(db), key=str(key), crash=step, master=master, aws=aws)
             errors = [o["error"] for o in out if "error" in o]

@@ -33,7 +33,13 @@ import segno
 from protocol import Hash, Kind
 from validator import errors as core_errors
 from validator.aws import params as p
-from validator.aws.errors import AwsError, access_denied_mfa, no_such_entity, validation_error
+from validator.aws.errors import (
+    AwsError,
+    access_denied_mfa,
+    no_such_entity,
+    service_unavailable,
+    validation_error,
+)
 from validator.aws.store import AwsStore, VirtualDevice
 from validator.aws.xml import Members, blob, boolean, iso8601
 from validator.service import TokenInfo, Validator
@@ -71,6 +77,8 @@ def translate(exc: core_errors.ValidatorError, serial: str | None = None,
               max_devices: int = 8) -> AwsError:
     """The core's refusal as AWS's error."""
     where = f" {serial}" if serial else ""
+    if isinstance(exc, core_errors.DatabaseUnavailable):
+        return service_unavailable()
     if isinstance(exc, core_errors.UnknownSerial):
         return no_such_entity(f"MFA device with serial number{where} does not exist.")
     if isinstance(exc, core_errors.AlreadyAssigned):

@@ -2,13 +2,15 @@
 validator, as one Starlette request handler the daemon mounts at `/aws`.
 
 One request: read the form body, check the SigV4 signature against the access keys in the
-database, find the action, run it in a worker thread (the core and SQLite are blocking),
-answer AWS's XML. Every failure is an AWS error answer with a 4xx status; a 500
+database, find the action, run it in a worker thread (the core and the store, SQLite or
+PostgreSQL, are blocking), answer AWS's XML. Every failure is an AWS error answer with a
+4xx status; a 503 (`ServiceUnavailable`) while the database does not answer; a 500
 (`ServiceFailure`) only for a genuine bug, since botocore retries 500s.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import math
@@ -18,21 +20,21 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio
+import anyio.to_thread
 from prometheus_client.core import CounterMetricFamily, Metric
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from validator import errors as core_errors
 from validator.aws import actions, sigv4
 from validator.aws import xml as x
-from validator.aws.errors import AwsError, service_failure
+from validator.aws.errors import AwsError, service_failure, service_unavailable
 from validator.aws.params import Params
-from validator.aws.store import AwsStore, Credentials, token_digest
+from validator.aws.store import Credentials, open_aws_store, token_digest
 from validator.connections import discard_body
 from validator.logs import REQUEST_ID
 from validator.secrets_box import SealError
@@ -76,7 +78,7 @@ class AwsEndpoint:
     `account_id` (12 digits, default 123456789012), `allow_any_signature` (lab switch,
     default false) and `max_skew_s` (SigV4 clock-skew limit, default 300)."""
 
-    def __init__(self, validator: Validator, db_path: Path, settings: Mapping[str, Any],
+    def __init__(self, validator: Validator, settings: Mapping[str, Any],
                  *, clock: Callable[[], float] = time.time,
                  signing_clock: Callable[[], float] | None = None) -> None:
         """`clock` dates sessions and verifications; `signing_clock` (default: `clock`)
@@ -101,7 +103,13 @@ class AwsEndpoint:
         self.validator = validator
         self.answered: Counter[tuple[str, str]] = Counter()  # (action, result), /metrics
         self._count_lock = threading.Lock()  # answers are counted from worker threads
-        self.store = AwsStore(db_path, lambda: validator.box)
+        # Its tables on the validator's own database (SQLite file or PostgreSQL).
+        self.store = open_aws_store(validator.store, lambda: validator.box)
+        # Requests run in threads; on a store across the network (PostgreSQL) at most as
+        # many at once as it has connections, the rest wait here rather than for the pool.
+        self._limiter = anyio.CapacityLimiter(int(getattr(validator.store, "max_connections",
+                                                          8))) \
+            if getattr(validator.store, "remote", False) else None
         self._clock = clock
         self._signing_clock = clock if signing_clock is None else signing_clock
         if self.allow_any_signature:
@@ -139,7 +147,9 @@ class AwsEndpoint:
         request_id = REQUEST_ID.get() or str(uuid.uuid4())  # the daemon's log's id
         try:
             body = await self._body(request)
-            return await run_in_threadpool(self._handle, request, body, request_id)
+            return await anyio.to_thread.run_sync(
+                functools.partial(self._handle, request, body, request_id),
+                limiter=self._limiter)
         except AwsError as exc:
             return self._error(exc, x.IAM_NS, request_id, "?")
         except Exception:  # a bug: never let it out as a traceback page
@@ -194,6 +204,8 @@ class AwsEndpoint:
                             headers={"x-amzn-RequestId": request_id})
         except AwsError as exc:
             return self._error(exc, namespace, request_id, action)
+        except core_errors.DatabaseUnavailable:  # its message may name the server: not sent
+            return self._error(service_unavailable(), namespace, request_id, action)
         except Exception:
             log.exception("aws %s: internal error (request %s)", _loggable(action),
                           request_id)

@@ -44,3 +44,9 @@ def access_denied_mfa() -> AwsError:
 def service_failure() -> AwsError:
     return AwsError("ServiceFailure", "The request processing has failed because of an "
                     "unknown error, exception or failure.", 500, sender=False)
+
+
+def service_unavailable() -> AwsError:
+    """The database does not answer now (a 503, which clients retry)."""
+    return AwsError("ServiceUnavailable", "The request has failed due to a temporary "
+                    "failure of the server.", 503, sender=False)

@@ -586,7 +586,8 @@ class Console:
     async def aws_keys(self, request: Request, session: Session, form: dict[str, str], *,
                        created: tuple[str, str] | None = None, notice: str = "") -> Response:
         store = self._aws_store()
-        keys = store.list_keys() if store is not None else None
+        # in a thread: the store may wait on the network (PostgreSQL)
+        keys = await run_in_threadpool(store.list_keys) if store is not None else None
         return self._page(request, session, "aws_keys.html", keys=keys, created=created,
                           notice=notice)
 
@@ -595,7 +596,7 @@ class Console:
         store = self._aws_store()
         if store is None:
             raise DoorDisabled("The AWS endpoint is not running.")
-        created = store.create_key(self.clock())
+        created = await run_in_threadpool(store.create_key, self.clock())
         return await self.aws_keys(request, session, form, created=created)
 
     async def aws_key_delete(self, request: Request, session: Session, form: dict[str, str]
@@ -604,7 +605,8 @@ class Console:
         if store is None:
             raise DoorDisabled("The AWS endpoint is not running.")
         key_id = form.get("access_key_id", "")[:128]
-        notice = f"Deleted {key_id}." if store.delete_key(key_id) else \
+        deleted = await run_in_threadpool(store.delete_key, key_id)
+        notice = f"Deleted {key_id}." if deleted is not None else \
             f"There is no access key {key_id}."
         return await self.aws_keys(request, session, form, notice=notice)
 
