@@ -103,20 +103,17 @@ def parse_authorization(value: str) -> Authorization:
 
 
 def _remove_dot_segments(path: str) -> str:
-    # RFC 3986 §5.2.4, as botocore applies it before signing.
+    # RFC 3986 §5.2.4 with empty segments dropped too, and a trailing slash kept only when
+    # the path ends with one: exactly what botocore does to a path before signing
+    # (botocore.utils.remove_dot_segments), so a botocore-signed path verifies.
     out: list[str] = []
     for segment in path.split("/"):
-        if segment == ".":
-            continue
         if segment == "..":
-            if len(out) > 1:
+            if out:
                 out.pop()
-            continue
-        out.append(segment)
-    joined = "/".join(out)
-    if path.endswith(("/.", "/..")):
-        joined += "/"
-    return joined if joined.startswith("/") else "/" + joined
+        elif segment and segment != ".":
+            out.append(segment)
+    return "/" + "/".join(out) + ("/" if out and path.endswith("/") else "")
 
 
 def canonical_uri(raw_path: str) -> str:

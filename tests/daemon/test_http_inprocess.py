@@ -1,0 +1,487 @@
+"""The JSON API's request decoding and handlers, through a real uvicorn on a loopback port
+in this process (so mutation testing sees them; tests/daemon/test_api.py drives the same
+API in a `foblab validator serve` subprocess): every answer's exact shape, every refusal's
+code and text."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import httpx
+import pyotp
+import pytest
+import uvicorn
+
+from validator import config
+from validator.apikeys import KeyRing, Role, digest
+from validator.app import create_app
+from validator.http.decoding import Api, _path_checks
+from validator.service import Validator
+from validator.station import Station
+
+ADMIN, VERIFIER = "a" * 24, "v" * 24
+SECRET = bytes(range(20))
+B32 = base64.b32encode(SECRET).decode()
+TOKEN_KEYS = {"serial", "kind", "hash", "digits", "user", "assigned_at", "created",
+              "failures", "locked_until", "last_accepted", "expires"}
+TOTP_KEYS = TOKEN_KEYS | {"period", "t0", "window", "drift", "last_used"}
+MAX_BODY = 2048
+
+
+class Server:
+    def __init__(self, folder: Path) -> None:
+        settings = config.parse({}, folder).replace(aws={}, ui=False, max_body_bytes=MAX_BODY)
+        self.validator = Validator.open(settings.database)
+        keys = KeyRing({Role.ADMIN: digest(ADMIN.encode()),
+                        Role.VERIFIER: digest(VERIFIER.encode())})
+        stations = {"nowhere": Station("nowhere", "/nonexistent/ttyUSB9", timeout=0.5)}
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = create_app(self.validator, keys, settings, stations=stations)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
+                                                    lifespan="off", http="httptools"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+
+    def client(self, key: str | None = ADMIN) -> httpx.Client:
+        headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+        return httpx.Client(base_url=self.url, headers=headers, trust_env=False, timeout=10)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+        self.validator.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    # One per test: what the app's construction does is then part of every test's run
+    # (mutation testing runs, for a mutant, only the tests that reached the mutated code).
+    s = Server(tmp_path)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def admin(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+def error(r: httpx.Response) -> tuple[int, str, str]:
+    body = r.json()
+    return r.status_code, body["error"], body["message"]
+
+
+def enabled(admin: httpx.Client, serial: str, user: str) -> pyotp.TOTP:
+    assert admin.post("/v1/tokens", json={"serial": serial, "secret_b32": B32}
+                      ).status_code == 201
+    totp = pyotp.TOTP(B32)
+    now = time.time()
+    r = admin.post(f"/v1/users/{user}/devices", json={
+        "serial": serial, "code1": totp.at(now - 30), "code2": totp.at(now)})
+    assert r.status_code == 201, r.text
+    return totp
+
+
+# -- handlers ------------------------------------------------------------------------------
+
+def test_create_and_show_a_totp_token(admin: httpx.Client) -> None:
+    before = time.time()
+    # base32 in lower case without its padding is the same secret
+    r = admin.post("/v1/tokens", json={"serial": "IP-T1", "secret_b32": B32.lower().rstrip("=")})
+    assert r.status_code == 201, r.text
+    token = r.json()
+    assert set(token) == TOTP_KEYS
+    assert before - 1 <= token.pop("created") <= time.time() + 1
+    assert token == {"serial": "IP-T1", "kind": "totp", "hash": "sha1", "digits": 6,
+                     "user": None, "assigned_at": None, "failures": 0, "locked_until": None,
+                     "last_accepted": None, "expires": None, "period": 30, "t0": 0,
+                     "window": None, "drift": {"offset_seconds": 0.0, "rate_ppm": 0.0},
+                     "last_used": None}
+    shown = admin.get("/v1/tokens/IP-T1").json()
+    assert shown == {**token, "created": shown["created"]}
+
+
+def test_create_a_hotp_token(admin: httpx.Client) -> None:
+    r = admin.post("/v1/tokens", json={"serial": "IP-H1", "secret_hex": SECRET.hex(),
+                                       "kind": "hotp", "digits": 8, "hash": "sha256",
+                                       "counter": 5})
+    assert r.status_code == 201, r.text
+    token = r.json()
+    assert set(token) == TOKEN_KEYS | {"next_counter"}
+    assert (token["kind"], token["hash"], token["digits"], token["next_counter"]) == (
+        "hotp", "sha256", 8, 5)
+    r = admin.post("/v1/tokens", json={"serial": "IP-T2", "secret_hex": SECRET.hex(),
+                                       "period": 60, "t0": 30})
+    assert (r.json()["period"], r.json()["t0"], r.json()["kind"]) == (60, 30, "totp")
+
+
+@pytest.mark.parametrize("body,answer", [
+    ({"secret_b32": B32, "secret_hex": SECRET.hex()},
+     ("invalid_request", "give exactly one of secret_b32 and secret_hex")),
+    ({}, ("invalid_request", "give exactly one of secret_b32 and secret_hex")),
+    ({"secret_b32": "A" * 17}, ("bad_secret", "secret_b32 is not valid base32")),
+    ({"secret_hex": "0" * 21}, ("bad_secret", "secret_hex is not valid hex")),
+    ({"secret_hex": SECRET.hex(), "counter": 1},
+     ("invalid_request", "counter is for HOTP tokens")),
+    ({"secret_hex": SECRET.hex(), "kind": "hotp", "period": 30},
+     ("invalid_request", "period and t0 are for TOTP tokens")),
+    ({"secret_hex": SECRET.hex(), "kind": "hotp", "t0": 30},
+     ("invalid_request", "period and t0 are for TOTP tokens")),
+])
+def test_create_refusals(admin: httpx.Client, body: dict[str, Any],
+                         answer: tuple[str, str]) -> None:
+    r = admin.post("/v1/tokens", json={"serial": "IP-BAD", **body})
+    assert error(r) == (400, *answer)
+    assert admin.get("/v1/tokens/IP-BAD").status_code == 404
+
+
+def test_a_device_from_enable_to_deactivate(server: Server, admin: httpx.Client) -> None:
+    totp = enabled(admin, "IP-D1", "dora")
+    devices = admin.get("/v1/users/dora/devices").json()
+    assert devices["user"] == "dora" and [d["serial"] for d in devices["devices"]] == ["IP-D1"]
+    device = devices["devices"][0]
+    assert device["user"] == "dora" and device["last_accepted"] is not None
+    # when the last accepted step began on the token: t0 0, by the estimated offset
+    assert device["last_used"] == pytest.approx(
+        device["last_accepted"] * 30 - device["drift"]["offset_seconds"], abs=0.002)
+    with server.client(VERIFIER) as verifier:
+        code = totp.at(time.time() + 30)
+        r = verifier.post("/v1/verify", json={"user": "dora", "code": code})
+        assert r.json() == {"ok": True, "reason": "accepted", "user": "dora",
+                            "serial": "IP-D1"}
+        r = verifier.post("/v1/verify", json={"user": "dora", "code": code, "serial": "IP-D1"})
+        assert r.json()["ok"] is False and "retry_after" not in r.json()
+        now = time.time()
+        r = verifier.post("/v1/users/dora/devices/IP-D1/resync", json={
+            "code1": totp.at(now + 60), "code2": totp.at(now + 90)})
+        body = r.json()
+        assert r.status_code == 200, r.text
+        assert (body["ok"], body["serial"], body["user"]) == (True, "IP-D1", "dora")
+        assert body["drift"] == body["token"]["drift"] and set(body["token"]) == TOTP_KEYS
+    assert admin.delete("/v1/users/dora/devices/IP-D1").status_code == 204
+    assert admin.get("/v1/users/dora/devices").json() == {"user": "dora", "devices": []}
+
+
+def test_a_locked_token_says_when_to_retry_and_unlock_clears_it(
+        server: Server, admin: httpx.Client) -> None:
+    totp = enabled(admin, "IP-L1", "lena")
+    good = totp.at(time.time() + 30)
+    wrong = f"{(int(good) + 1) % 10**6:06d}"
+    with server.client(VERIFIER) as verifier:
+        answers = [verifier.post("/v1/verify", json={"user": "lena", "code": wrong}).json()
+                   for _ in range(6)]
+    assert {k: answers[0][k] for k in ("ok", "user", "serial")} == {
+        "ok": False, "user": "lena", "serial": "IP-L1"}
+    locked = answers[-1]
+    assert locked["ok"] is False and locked["retry_after"] > 0
+    assert round(locked["retry_after"], 3) == locked["retry_after"]
+    token = admin.get("/v1/tokens/IP-L1").json()
+    assert token["failures"] >= 5 and token["locked_until"] > time.time()
+    unlocked = admin.post("/v1/tokens/IP-L1/unlock")
+    assert unlocked.status_code == 200
+    assert (unlocked.json()["failures"], unlocked.json()["locked_until"]) == (0, None)
+
+
+def test_list_tokens_pages_and_filters(admin: httpx.Client) -> None:
+    for i in range(3):
+        assert admin.post("/v1/tokens", json={"serial": f"IP-P{i}", "secret_hex": SECRET.hex(),
+                                              "kind": "hotp"}).status_code == 201
+    everything = admin.get("/v1/tokens", params={"kind": "hotp", "limit": 1000}).json()
+    hotp = [t["serial"] for t in everything["tokens"]]
+    assert {"IP-P0", "IP-P1", "IP-P2"} <= set(hotp) and everything["total"] == len(hotp)
+    assert everything["next_offset"] is None and everything["offset"] == 0
+    first = admin.get("/v1/tokens", params={"kind": "hotp", "limit": 2}).json()
+    assert (first["limit"], first["offset"], first["next_offset"]) == (2, 0, 2)
+    assert [t["serial"] for t in first["tokens"]] == hotp[:2]
+    rest = admin.get("/v1/tokens", params={"kind": "hotp", "limit": 2, "offset": 2}).json()
+    assert [t["serial"] for t in rest["tokens"]] == hotp[2:4]
+    assert all(t["kind"] == "hotp" for t in everything["tokens"])
+    default = admin.get("/v1/tokens").json()
+    assert (default["limit"], default["offset"]) == (100, 0)
+    enabled(admin, "IP-P9", "pia")
+    mine = admin.get("/v1/tokens", params={"user": "pia"}).json()
+    assert [t["serial"] for t in mine["tokens"]] == ["IP-P9"] and mine["total"] == 1
+    free = admin.get("/v1/tokens", params={"unassigned": "true", "limit": 1000}).json()
+    assert "IP-P9" not in {t["serial"] for t in free["tokens"]}
+    assert {"IP-P0", "IP-P1"} <= {t["serial"] for t in free["tokens"]}
+    taken = admin.get("/v1/tokens", params={"unassigned": "false", "limit": 1000}).json()
+    assert "IP-P9" in {t["serial"] for t in taken["tokens"]}
+    assert not {"IP-P0", "IP-P1"} & {t["serial"] for t in taken["tokens"]}
+
+
+def test_delete_a_token(admin: httpx.Client) -> None:
+    assert admin.post("/v1/tokens", json={"serial": "IP-X1", "secret_hex": SECRET.hex()}
+                      ).status_code == 201
+    r = admin.delete("/v1/tokens/IP-X1")
+    assert (r.status_code, r.content) == (204, b"")
+    assert error(admin.get("/v1/tokens/IP-X1"))[:2] == (404, "unknown_serial")
+
+
+def test_audit_pages_and_export(admin: httpx.Client) -> None:
+    enabled(admin, "IP-A1", "alma")
+    page = admin.get("/v1/audit", params={"serial": "IP-A1", "limit": 1}).json()
+    entry = page["entries"][0]
+    assert set(entry) == {"id", "time", "action", "result", "reason", "serial", "user", "via",
+                          "client", "window"}
+    assert (entry["action"], entry["serial"]) == ("register", "IP-A1")
+    assert (page["limit"], page["offset"], page["next_offset"], page["total"]) == (1, 0, 1, 2)
+    newest = admin.get("/v1/audit", params={"serial": "IP-A1", "order": "newest"}).json()
+    assert [e["action"] for e in newest["entries"]] == ["enable", "register"]
+    assert newest["next_offset"] is None
+    r = admin.get("/v1/audit/export", params={"order": "newest"})
+    assert r.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    mine = [e for e in lines if e["serial"] == "IP-A1"]
+    assert [e["action"] for e in mine] == ["enable", "register"]
+    assert set(mine[0]) == {"id", "ts", "time", "action", "result", "reason", "serial",
+                            "user", "via", "client", "window"}
+    assert r.text.endswith("\n") and ": " not in r.text.splitlines()[0]
+    assert lines[0]["id"] > lines[-1]["id"]
+
+
+def test_import_csv(admin: httpx.Client) -> None:
+    content = ("serial,secret_hex,kind,digits,period_or_counter,hash\n"
+               f"IP-I1,{SECRET.hex()},totp,6,30,sha1\nIP-I2,{SECRET.hex()},hotp,8,3,sha256\n")
+    dry = admin.post("/v1/tokens/import", json={"format": "csv", "content": content,
+                                                "dry_run": True})
+    assert dry.json() == {"imported": 2, "serials": ["IP-I1", "IP-I2"], "skipped": [],
+                          "dry_run": True}
+    assert admin.get("/v1/tokens/IP-I1").status_code == 404
+    r = admin.post("/v1/tokens/import", json={"format": "csv", "content": content})
+    assert r.json() == {"imported": 2, "serials": ["IP-I1", "IP-I2"], "skipped": [],
+                        "dry_run": False}
+    again = admin.post("/v1/tokens/import", json={"format": "csv", "content": content,
+                                                  "skip_duplicates": True}).json()
+    assert again["imported"] == 0
+    assert [(s["serial"], s["reason"]) for s in again["skipped"]] == [
+        ("IP-I1", "already_registered"), ("IP-I2", "already_registered")]
+    assert error(admin.post("/v1/tokens/import", json={
+        "format": "pskc", "content": "<x/>", "passphrase": "p", "key_hex": "00" * 16})) == (
+        400, "invalid_request", "give passphrase or key_hex, not both")
+
+
+def test_rotate_the_keys(server: Server, admin: httpx.Client) -> None:
+    assert admin.post("/v1/tokens", json={"serial": "IP-R1", "secret_hex": SECRET.hex()}
+                      ).status_code == 201
+    box = server.validator.box
+    old_data = box.data_key_id
+    r = admin.post("/v1/admin/rotate-key").json()
+    assert r["scope"] == "data" and r["rewrapped"] == 0 and r["resealed"] >= 1
+    assert r["data_key_id"] != old_data and r["healthy"] is True
+    assert (r["key_id"], r["data_key_id"]) == (box.key_id, box.data_key_id)
+    m = admin.post("/v1/admin/rotate-key", params={"master": "true"}).json()
+    assert m["scope"] == "master" and m["resealed"] == 0 and m["rewrapped"] >= 1
+    assert (m["key_id"], m["data_key_id"], m["healthy"]) == (box.key_id, box.data_key_id,
+                                                             True)
+
+
+def test_reload_needs_the_daemon(admin: httpx.Client) -> None:
+    assert error(admin.post("/v1/admin/reload")) == (
+        409, "reload_failed", "this process cannot reload: it was not started by "
+        "`foblab validator serve`")
+
+
+def test_stations(admin: httpx.Client) -> None:
+    assert admin.get("/v1/stations").json() == {"stations": [
+        {"name": "nowhere", "port": "/nonexistent/ttyUSB9"}]}
+    assert error(admin.get("/v1/stations/elsewhere")) == (
+        404, "unknown_station", "no station named 'elsewhere' is configured")
+    assert error(admin.get("/v1/stations/nowhere"))[:2] == (503, "station_unavailable")
+    assert error(admin.post("/v1/stations/nowhere/enroll", json={"user": "sam"})
+                 )[:2] == (503, "station_unavailable")
+    text = admin.get("/metrics").text
+    assert 'station="nowhere"' in text and "station_unavailable" in text
+
+
+def test_health_and_metrics(server: Server) -> None:
+    with server.client(None) as anon:
+        assert anon.get("/healthz").json() == {"status": "ok"}
+        r = anon.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert "foblab_" in r.text
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+def test_the_path_rules() -> None:
+    checks = _path_checks()  # what PATH_CHECKS holds, built afresh
+    assert set(checks) == {"user", "serial", "name"}
+    assert [checks[n](v) for n, v in (("user", "a.b@c"), ("serial", "S-1/x"),
+                                      ("name", "bench_1"))] == [None, None, None]
+    refusals = {n: checks[n](v) for n, v in (("user", "a b"), ("serial", "a b"),
+                                             ("name", "a/b"))}
+    assert {n: (type(e).__name__, e.message) for n, e in refusals.items() if e} == {
+        "user": ("InvalidUser", "user names are 1-64 letters, digits and +=,.@_-"),
+        "serial": ("InvalidRequest",
+                   "serials are 1-256 printable ASCII characters without spaces"),
+        "name": ("InvalidRequest", "station names are 1-64 letters, digits, '_', '.', '-'")}
+
+
+def _api(tmp_path: Path, store: object) -> Api:
+    settings = config.parse({}, tmp_path)
+    return Api(SimpleNamespace(store=store), KeyRing({}), settings)  # type: ignore[arg-type]
+
+
+def _where(value: int, *, plus: int) -> tuple[int, int]:
+    return threading.get_ident(), value + plus
+
+
+def test_a_networked_store_is_called_from_a_bounded_pool_of_threads(tmp_path: Path) -> None:
+    here = threading.get_ident()
+    local = _api(tmp_path, SimpleNamespace())  # a local store (SQLite): on the event loop
+    assert local.limiter is None
+    assert anyio.run(functools.partial(local.call, _where, 1, plus=2)) == (here, 3)
+    remote = _api(tmp_path, SimpleNamespace(remote=True, max_connections=3))
+    assert remote.limiter is not None and remote.limiter.total_tokens == 3
+    thread, value = anyio.run(functools.partial(remote.call, _where, 1, plus=2))
+    assert thread != here and value == 3
+    default = _api(tmp_path, SimpleNamespace(remote=True))
+    assert default.limiter is not None and default.limiter.total_tokens == 8
+    assert _api(tmp_path, SimpleNamespace(remote=False)).limiter is None
+
+UNAUTHORIZED = (401, "unauthorized", "send an API key as Authorization: Bearer KEY")
+
+
+@pytest.mark.parametrize("authorization,answer", [
+    (None, UNAUTHORIZED),
+    (f"Basic {ADMIN}", UNAUTHORIZED),
+    (f"Bearer{ADMIN}", UNAUTHORIZED),
+    ("Bearer " + "k" * 506, UNAUTHORIZED),  # 513 characters: longer than any key
+    ("Bearer " + "k" * 505, (401, "unauthorized", "unknown API key")),
+    (f"Bearer {VERIFIER}", (403, "forbidden", "the verifier key may not call this")),
+])
+def test_keys_are_checked(server: Server, authorization: str | None,
+                          answer: tuple[int, str, str]) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    with server.client(None) as client:
+        assert error(client.get("/v1/tokens", headers=headers)) == answer
+
+
+def test_the_scheme_is_case_blind_and_the_key_trimmed(server: Server) -> None:
+    with server.client(None) as client:
+        r = client.get("/v1/tokens", headers={"Authorization": f"bEARER   {ADMIN}"})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("path,answer", [
+    ("/v1/users/a%20b/devices",
+     (400, "invalid_user", "user names are 1-64 letters, digits and +=,.@_-")),
+    ("/v1/tokens/a%20b", (400, "invalid_request",
+                          "serials are 1-256 printable ASCII characters without spaces")),
+    ("/v1/stations/a%20b", (400, "invalid_request",
+                            "station names are 1-64 letters, digits, '_', '.', '-'")),
+])
+def test_path_parameters_are_checked(admin: httpx.Client, path: str,
+                                     answer: tuple[int, str, str]) -> None:
+    assert error(admin.get(path)) == answer
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8",
+                                          "APPLICATION/JSON", "application/problem+json", ""])
+def test_json_media_types_are_accepted(server: Server, content_type: str) -> None:
+    with server.client(VERIFIER) as client:
+        r = client.post("/v1/verify", content=b'{"user": "nobody", "code": "123456"}',
+                        headers={"Content-Type": content_type})
+    assert r.status_code == 200 and r.json()["ok"] is False
+
+
+def test_other_media_types_are_refused(server: Server) -> None:
+    with server.client(VERIFIER) as client:
+        r = client.post("/v1/verify", content=b'{"user": "nobody", "code": "123456"}',
+                        headers={"Content-Type": "text/plain"})
+    assert error(r) == (415, "unsupported_media_type",
+                        "send the body as Content-Type: application/json")
+
+
+def test_a_body_is_required(server: Server) -> None:
+    with server.client(VERIFIER) as client:
+        assert error(client.post("/v1/verify")) == (400, "invalid_request",
+                                                    "a JSON body is required")
+
+
+def _raw(server: Server, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """One request on a raw socket; answers the status and the whole answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+            if b"\r\n\r\n" in data:
+                header, _, rest = data.partition(b"\r\n\r\n")
+                length = [int(line.split(b":")[1]) for line in header.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")]
+                if length and len(rest) >= length[0]:
+                    break
+    return int(data.split(b" ")[1]), data
+
+
+def _head(length: str | None = None, chunked: bool = False) -> bytes:
+    lines = [b"POST /v1/verify HTTP/1.1", b"Host: 127.0.0.1",
+             f"Authorization: Bearer {VERIFIER}".encode(), b"Content-Type: application/json"]
+    if length is not None:
+        lines.append(f"Content-Length: {length}".encode())
+    if chunked:
+        lines.append(b"Transfer-Encoding: chunked")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+TOO_LARGE = f'"the body may be at most {MAX_BODY} bytes"'.encode()
+
+
+def test_a_body_past_the_limit_is_refused_and_the_connection_closed(server: Server) -> None:
+    body = json.dumps({"user": "nobody", "code": "123456", "pad": "x" * MAX_BODY}).encode()
+    status, answer = _raw(server, _head(str(len(body))), body)
+    assert status == 413 and TOO_LARGE in answer and b"connection: close" in answer.lower()
+
+
+def test_a_body_exactly_at_the_limit_is_read(server: Server) -> None:
+    body = json.dumps({"user": "nobody", "code": "123456"}).encode()
+    body = body[:-1] + b" " * (MAX_BODY - len(body)) + b"}"
+    with server.client(VERIFIER) as client:
+        r = client.post("/v1/verify", content=body,
+                        headers={"Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["ok"] is False
+
+
+def test_a_chunked_body_past_the_limit_is_refused(server: Server) -> None:
+    chunk = b"x" * 1000
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(3)) + b"0\r\n\r\n"
+    status, answer = _raw(server, _head(chunked=True), chunks)
+    assert status == 413 and TOO_LARGE in answer
+
+
+def test_a_chunked_body_within_the_limit_is_read_whole(server: Server) -> None:
+    body = json.dumps({"user": "nobody", "code": "123456"}).encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part)
+                      for part in (body[:10], body[10:20], body[20:])) + b"0\r\n\r\n"
+    status, answer = _raw(server, _head(chunked=True), chunks)
+    assert status == 200 and b'"ok":false' in answer
+
+
+def test_the_import_route_takes_a_larger_body(admin: httpx.Client) -> None:
+    rows = "".join(f"IP-B{i:04d},{SECRET.hex()},totp,6,30,sha1\n" for i in range(60))
+    content = "serial,secret_hex,kind,digits,period_or_counter,hash\n" + rows
+    assert len(content) > MAX_BODY
+    r = admin.post("/v1/tokens/import", json={"format": "csv", "content": content,
+                                              "dry_run": True})
+    assert r.status_code == 200 and r.json()["imported"] == 60
