@@ -14,19 +14,16 @@ Usage: python -m bench.paired old=/path/to/old/tree new=/path/to/new/tree
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import bench_daemon as B
-from bench.side_by_side import _prepared
+from bench.side_by_side import _prepared, start_daemon
 
 CONNS = 8
 
@@ -44,25 +41,6 @@ def _cpu(pid: int) -> float:
     return total / 1e9
 
 
-def _start(tree: str, home: Path) -> tuple[subprocess.Popen[str], str, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "validator", "serve", "--dir",
-                             str(home), "--port", "0"], cwd=tree, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": tree})
-    assert proc.stderr is not None
-    url = ""
-    for line in proc.stderr:
-        if "listening on " in line:
-            url = re.findall(r"listening on (https?://[^\s\"]+)", line)[0]
-            break
-    if not url:
-        raise RuntimeError(f"the daemon of {tree} did not start")
-    log = open(home / "access.log", "w")  # noqa: SIM115 - open for the daemon's lifetime
-    threading.Thread(target=shutil.copyfileobj, args=(proc.stderr, log), daemon=True).start()
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    return proc, host, int(port)
-
-
 def main(argv: list[str]) -> None:
     trees = dict(a.split("=", 1) for a in argv)
     pairs = int(os.environ.get("PAIRS", "36"))
@@ -74,7 +52,7 @@ def main(argv: list[str]) -> None:
         try:
             for n, (name, tree) in enumerate(trees.items()):
                 home, enabled_at = _prepared(tree, Path(tmp) / f"home{n}")
-                proc, host, port = _start(tree, home)
+                proc, host, port = start_daemon(tree, home)
                 key = (home / "verifier.key").read_text().strip()
                 daemons[name] = (proc, host, port, key, enabled_at)
             # Each request sends its token's code of the step current when its batch starts:

@@ -34,10 +34,13 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(tree: str, home: Path, step: int) -> dict[str, Any]:
+def start_daemon(tree: str, home: Path) -> tuple[subprocess.Popen[str], str, int]:
+    """`tree`'s `foblab validator serve` on `home`, on a free port; its log is drained into
+    home/access.log. Returns the process, host and port."""
     proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "validator", "serve", "--dir",
                              str(home), "--port", "0"], cwd=tree, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": tree})
     assert proc.stderr is not None
     url = ""
     for line in proc.stderr:
@@ -46,20 +49,24 @@ def run(tree: str, home: Path, step: int) -> dict[str, Any]:
             break
     if not url:
         raise RuntimeError(f"the daemon of {tree} did not start")
-    log = open(home / "access.log", "w")  # noqa: SIM115 - closed below
+    log = open(home / "access.log", "w")  # noqa: SIM115 - open for the daemon's lifetime
     threading.Thread(target=shutil.copyfileobj, args=(proc.stderr, log), daemon=True).start()
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return proc, host, int(port)
+
+
+def run(tree: str, home: Path, step: int) -> dict[str, Any]:
+    proc, host, port = start_daemon(tree, home)
     try:
-        host, port = url.removeprefix("http://").rsplit(":", 1)
         key = (home / "verifier.key").read_text().strip()
-        B.run_load(host, int(port), B._verify_requests(key, 0, 500, step), CONNS)
+        B.run_load(host, port, B._verify_requests(key, 0, 500, step), CONNS)
         requests = B._verify_requests(key, 500, N, step)
         before = _cpu(proc.pid)
-        r = B.run_load(host, int(port), requests, CONNS)
+        r = B.run_load(host, port, requests, CONNS)
         r["cpu_us"] = (_cpu(proc.pid) - before) / N * 1e6
     finally:
         proc.terminate()
         proc.wait(30)
-        log.close()
     return r
 
 

@@ -27,3 +27,23 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """The URL of a fresh, empty database on the session's server."""
     return pg_server.new_database()
+
+
+@pytest.fixture
+def new_york_clock() -> Iterator[None]:
+    """The process's local zone far from UTC (America/New_York) for one test: times that
+    must be read as UTC (SigV4 dates, PSKC dates without a zone) still are."""
+    import os
+    import time
+
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()

@@ -8,9 +8,7 @@ signature are AWS's published values; `get-vanilla` is from AWS's sigv4 test sui
 from __future__ import annotations
 
 import hashlib
-import os
 import time
-from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
@@ -165,22 +163,6 @@ def test_skew_limit_is_inclusive_to_the_second() -> None:
     assert refusal(example(), EXAMPLE_TIME + 900, max_skew=600)[1] == (
         "Signature expired: 20150830T123600Z is now earlier than 20150830T124100Z "
         "(20150830T125100Z - 600 s.)")
-
-
-@pytest.fixture
-def new_york_clock() -> Iterator[None]:
-    """The server's local zone far from UTC: every time must still be read as UTC."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "America/New_York"
-    time.tzset()
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = old
-        time.tzset()
 
 
 def test_times_are_utc_whatever_the_local_zone(new_york_clock: None) -> None:

@@ -171,3 +171,32 @@ class FakePort:
         self._thread.join(2)
         os.close(self.master)
         os.close(self._slave)
+
+
+class InProcessServer:
+    """An ASGI app served by a real uvicorn on a loopback port, in a thread of this process
+    (so that what it runs is visible to the test: mutation testing, store spies)."""
+
+    def __init__(self, app: Any) -> None:
+        import socket
+
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
+                                                    lifespan="off", http="httptools"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()

@@ -20,7 +20,7 @@ import anyio
 import httpx
 import pyotp
 import pytest
-import uvicorn
+from daemon_helpers import InProcessServer
 
 from validator import config
 from validator.apikeys import KeyRing, Role, digest
@@ -38,36 +38,21 @@ TOTP_KEYS = TOKEN_KEYS | {"period", "t0", "window", "drift", "last_used"}
 MAX_BODY = 2048
 
 
-class Server:
+class Server(InProcessServer):
     def __init__(self, folder: Path) -> None:
         settings = config.parse({}, folder).replace(aws={}, ui=False, max_body_bytes=MAX_BODY)
         self.validator = Validator.open(settings.database)
         keys = KeyRing({Role.ADMIN: digest(ADMIN.encode()),
                         Role.VERIFIER: digest(VERIFIER.encode())})
         stations = {"nowhere": Station("nowhere", "/nonexistent/ttyUSB9", timeout=0.5)}
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(self.validator, keys, settings, stations=stations)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
-                                                    lifespan="off", http="httptools"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
+        super().__init__(create_app(self.validator, keys, settings, stations=stations))
 
     def client(self, key: str | None = ADMIN) -> httpx.Client:
         headers = {} if key is None else {"Authorization": f"Bearer {key}"}
         return httpx.Client(base_url=self.url, headers=headers, trust_env=False, timeout=10)
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
+        super().stop()
         self.validator.close()
 
 

@@ -13,7 +13,6 @@ come back as a replay. Remove the version check from the store and both are acce
 from __future__ import annotations
 
 import base64
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import pyotp
 import pytest
-import uvicorn
+from daemon_helpers import InProcessServer
 
 from validator.apikeys import KeyRing, Role
 from validator.app import create_app
@@ -35,26 +34,8 @@ SEED = bytes(range(20))
 SERIAL = "RACE-HTTP-1"
 
 
-class Server:
-    def __init__(self, validator: Validator, keys: KeyRing, settings: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        app = create_app(validator, keys, settings, stations={})
-        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
-                                                    lifespan="off", http="httptools"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
+def Server(validator: Validator, keys: KeyRing, settings: Any) -> InProcessServer:
+    return InProcessServer(create_app(validator, keys, settings, stations={}))
 
 
 @pytest.fixture

@@ -8,10 +8,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
-import os
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from typing import Any
 
 import pskc
@@ -329,22 +326,6 @@ def test_policy_dates_at_the_boundary() -> None:
     later = write(totp_key("B-3", device={"expiry_date": dt.datetime.fromtimestamp(T0 + 1,
                                                                                   dt.UTC)}))
     assert parse_pskc(later, now=T0).records[0].expires == T0 + 1
-
-
-@pytest.fixture
-def new_york_clock() -> Iterator[None]:
-    """The local zone far from UTC: PSKC dates without a zone must still be UTC."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "America/New_York"
-    time.tzset()
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = old
-        time.tzset()
 
 
 def test_dates_are_utc_whatever_the_local_zone(new_york_clock: None) -> None:
