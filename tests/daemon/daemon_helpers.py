@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyotp
 import serial
 import tomli_w
 
@@ -200,3 +201,21 @@ class InProcessServer:
         self.server.should_exit = True
         self.thread.join(10)
         self.sock.close()
+
+
+SECRET_B32 = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
+"""The seed `enabled_token` registers (RFC 6238's, base32)."""
+
+
+def enabled_token(daemon: Daemon, serial: str, user: str) -> pyotp.TOTP:
+    """Register `serial` with SECRET_B32 on `daemon` and enable it for `user` (two
+    consecutive codes, as a person would); returns the token's TOTP."""
+    with daemon.client() as http:
+        r = http.post("/v1/tokens", json={"serial": serial, "secret_b32": SECRET_B32})
+        assert r.status_code == 201, r.text
+        totp = pyotp.TOTP(SECRET_B32)
+        now = time.time()
+        r = http.post(f"/v1/users/{user}/devices", json={
+            "serial": serial, "code1": totp.at(now - 30), "code2": totp.at(now)})
+        assert r.status_code == 201, r.text
+    return totp

@@ -10,27 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyotp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon_helpers import Daemon  # noqa: E402
+from daemon_helpers import SECRET_B32, Daemon, enabled_token  # noqa: E402
 
 SECRET_HEX = "3132333435363738393031323334353637383930"
-SECRET_B32 = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
-
-
-def enabled_token(daemon: Daemon, serial: str, user: str) -> pyotp.TOTP:
-    """Register and enable a TOTP token; its current code is then valid once."""
-    with daemon.client() as http:
-        r = http.post("/v1/tokens", json={"serial": serial, "secret_b32": SECRET_B32})
-        assert r.status_code == 201, r.text
-        totp = pyotp.TOTP(SECRET_B32)
-        now = time.time()
-        r = http.post(f"/v1/users/{user}/devices", json={
-            "serial": serial, "code1": totp.at(now - 30), "code2": totp.at(now)})
-        assert r.status_code == 201, r.text
-    return totp
 
 
 def test_roles_and_keys(daemon: Daemon) -> None:

@@ -13,32 +13,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyotp
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon_helpers import PYTHON, ROOT, Daemon, init_dir, set_config  # noqa: E402
+from daemon_helpers import (  # noqa: E402
+    PYTHON,
+    ROOT,
+    SECRET_B32,
+    Daemon,
+    enabled_token,
+    init_dir,
+    set_config,
+)
 
-SECRET_B32 = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
                        r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+ \S")
 
 
-def enabled(d: Daemon, serial: str, user: str) -> pyotp.TOTP:
-    with d.client() as http:
-        assert http.post("/v1/tokens", json={"serial": serial, "secret_b32": SECRET_B32}
-                         ).status_code == 201
-        totp = pyotp.TOTP(SECRET_B32)
-        now = time.time()
-        r = http.post(f"/v1/users/{user}/devices", json={
-            "serial": serial, "code1": totp.at(now - 30), "code2": totp.at(now)})
-        assert r.status_code == 201, r.text
-    return totp
-
-
 def traffic(d: Daemon) -> dict[str, str]:
     """A few requests; their X-Request-Id by name."""
-    totp = enabled(d, "OBS-0001", "olga")
+    totp = enabled_token(d, "OBS-0001", "olga")
     ids: dict[str, str] = {}
     with d.client("verifier") as ver, d.client() as adm, d.client(None) as anon:
         r = ver.post("/v1/verify", json={"user": "olga", "code": totp.at(time.time() + 30)})
@@ -141,8 +135,8 @@ def test_metrics_by_route_template_with_token_gauges(tmp_path: Path, spawn: Any)
     init_dir(tmp_path)
     set_config(tmp_path, "policy", max_failures=1)
     d = spawn(tmp_path)
-    enabled(d, "GAUGE-0001", "gina")
-    enabled(d, "GAUGE-0002", "gus")
+    enabled_token(d, "GAUGE-0001", "gina")
+    enabled_token(d, "GAUGE-0002", "gus")
     with d.client() as adm, d.client("verifier") as ver:
         assert adm.post("/v1/tokens", json={"serial": "GAUGE-0003",
                                             "secret_b32": SECRET_B32}).status_code == 201
