@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -66,14 +67,15 @@ class _Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def add(self, other: _Histogram) -> None:
+        """Count `other`'s observations here too (same bounds)."""
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum += other.sum
+
     def buckets(self) -> list[tuple[str, float]]:
         """Cumulative counts by upper bound, as the exposition format has them."""
-        out: list[tuple[str, float]] = []
-        total = 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            total += count
-            out.append(("+Inf" if bound == float("inf") else str(float(bound)), total))
-        return out
+        labels = [str(float(bound)) for bound in self.bounds] + ["+Inf"]
+        return list(zip(labels, itertools.accumulate(self.counts), strict=True))
 
 
 class Metrics:
@@ -101,10 +103,9 @@ class Metrics:
         self._window = _Histogram(self.WINDOW_BUCKETS)
         self._stations = Counter("foblab_station_operations", "Station operations by "
                                  "result.", ("station", "op", "result"), registry=registry)
-        self._started = time.time()
         started = Gauge("foblab_start_time_seconds", "When the daemon started (Unix "
                         "seconds).", registry=registry)
-        started.set(self._started)
+        started.set(time.time())
         self._gauges = gauges
         registry.register(_Scraped(self._collect_counted))
         registry.register(_Scraped(self._collect_scraped))
@@ -153,8 +154,7 @@ class Metrics:
             merged = by_route.get((method, template))
             if merged is None:
                 merged = by_route[(method, template)] = _Histogram(self.BUCKETS)
-            merged.counts = [a + b for a, b in zip(merged.counts, hist.counts, strict=True)]
-            merged.sum += hist.sum
+            merged.add(hist)
         for (method, template), hist in by_route.items():
             latency.add_metric((method, template), hist.buckets(), hist.sum)
         yield requests
