@@ -207,15 +207,33 @@ SECRET_B32 = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
 """The seed `enabled_token` registers (RFC 6238's, base32)."""
 
 
-def enabled_token(daemon: Daemon, serial: str, user: str) -> pyotp.TOTP:
-    """Register `serial` with SECRET_B32 on `daemon` and enable it for `user` (two
-    consecutive codes, as a person would); returns the token's TOTP."""
-    with daemon.client() as http:
-        r = http.post("/v1/tokens", json={"serial": serial, "secret_b32": SECRET_B32})
-        assert r.status_code == 201, r.text
-        totp = pyotp.TOTP(SECRET_B32)
-        now = time.time()
-        r = http.post(f"/v1/users/{user}/devices", json={
-            "serial": serial, "code1": totp.at(now - 30), "code2": totp.at(now)})
-        assert r.status_code == 201, r.text
+def clear_of_step_edge(margin: float = 6.0, period: int = 30) -> float:
+    """The time now, after waiting out the end of the current step if fewer than `margin`
+    seconds of it are left: a pair of codes read at this time and the request after it
+    then reach the daemon in the step they were read in (a request crossing the edge
+    teaches the daemon a step of drift the test did not mean)."""
+    left = period - time.time() % period
+    if left < margin:
+        time.sleep(left + 0.05)
+    return time.time()
+
+
+def enable_pair(http: httpx.Client, serial: str, user: str,
+                secret_b32: str = SECRET_B32) -> pyotp.TOTP:
+    """Register `serial` (SECRET_B32 unless told) through the admin client `http` and
+    enable it for `user` with two consecutive codes, as a person would; returns the
+    token's TOTP. The next step's code is the one the daemon accepts next."""
+    r = http.post("/v1/tokens", json={"serial": serial, "secret_b32": secret_b32})
+    assert r.status_code == 201, r.text
+    totp = pyotp.TOTP(secret_b32)
+    now = clear_of_step_edge()
+    r = http.post(f"/v1/users/{user}/devices", json={
+        "serial": serial, "code1": totp.at(now - 30), "code2": totp.at(now)})
+    assert r.status_code == 201, r.text
     return totp
+
+
+def enabled_token(daemon: Daemon, serial: str, user: str) -> pyotp.TOTP:
+    """`enable_pair` on a spawned daemon."""
+    with daemon.client() as http:
+        return enable_pair(http, serial, user)

@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pyotp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon_helpers import Daemon, init_dir, set_config  # noqa: E402
+from daemon_helpers import Daemon, enable_pair, init_dir, set_config  # noqa: E402
 
-SECRET_B32 = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
 SILENT = 3000
 
 
@@ -42,14 +40,9 @@ def _metric(d: Daemon, name: str) -> float:
 def _enable(d: Daemon, serial: str, user: str) -> Any:
     """Register and enable a TOTP token; returns a function giving a code the daemon
     accepts next (the step after the enabling pair's, or the current one if later)."""
-    totp = pyotp.TOTP(SECRET_B32)
     with d.client() as http:
-        assert http.post("/v1/tokens", json={"serial": serial, "secret_b32": SECRET_B32}
-                         ).status_code == 201
-        now = time.time()
-        r = http.post(f"/v1/users/{user}/devices", json={
-            "serial": serial, "code1": totp.at(now - 30), "code2": totp.at(now)})
-        assert r.status_code == 201, r.text
+        totp = enable_pair(http, serial, user)
+    now = time.time()
     after = (int(now) // 30 + 1) * 30
     return lambda: totp.at(max(time.time(), after))
 

@@ -20,7 +20,7 @@ import anyio
 import httpx
 import pyotp
 import pytest
-from daemon_helpers import InProcessServer
+from daemon_helpers import InProcessServer, enable_pair
 
 from validator import config
 from validator.apikeys import KeyRing, Role, digest
@@ -77,14 +77,7 @@ def error(r: httpx.Response) -> tuple[int, str, str]:
 
 
 def enabled(admin: httpx.Client, serial: str, user: str) -> pyotp.TOTP:
-    assert admin.post("/v1/tokens", json={"serial": serial, "secret_b32": B32}
-                      ).status_code == 201
-    totp = pyotp.TOTP(B32)
-    now = time.time()
-    r = admin.post(f"/v1/users/{user}/devices", json={
-        "serial": serial, "code1": totp.at(now - 30), "code2": totp.at(now)})
-    assert r.status_code == 201, r.text
-    return totp
+    return enable_pair(admin, serial, user, B32)
 
 
 # -- handlers ------------------------------------------------------------------------------

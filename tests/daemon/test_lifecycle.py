@@ -20,20 +20,20 @@ import pyotp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon_helpers import PYTHON, ROOT, FakePort, init_dir, set_config  # noqa: E402
+from daemon_helpers import (  # noqa: E402
+    PYTHON,
+    ROOT,
+    FakePort,
+    enable_pair,
+    init_dir,
+    set_config,
+)
 
 B32 = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 
 
 def enable(http: httpx.Client, serial: str, user: str) -> pyotp.TOTP:
-    assert http.post("/v1/tokens", json={"serial": serial, "secret_b32": B32}
-                     ).status_code == 201
-    totp = pyotp.TOTP(B32)
-    now = time.time()
-    r = http.post(f"/v1/users/{user}/devices", json={
-        "serial": serial, "code1": totp.at(now - 30), "code2": totp.at(now)})
-    assert r.status_code == 201, r.text
-    return totp
+    return enable_pair(http, serial, user, B32)
 
 
 def test_replay_race_exactly_one_wins(tmp_path: Path, spawn: Any) -> None:

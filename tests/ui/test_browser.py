@@ -172,8 +172,14 @@ class Walk:
 
     def two_codes(self, serial: str, shot: str | None = None) -> tuple[str, str]:
         self.tab("panel")
-        left = self.step_left(serial)
-        if left < 4:  # the pair must not straddle a real step boundary as well
+        # The pair must not straddle a step edge of the token's own, nor the enabling
+        # request after it one of the validator's (real time): a request that crosses
+        # teaches the validator a step of drift the token does not have, and bob's next
+        # code is refused.
+        for _ in range(3):
+            left = min(self.step_left(serial), 30 - time.time() % 30)
+            if left >= 12:
+                break
             time.sleep(left + 0.3)
         first = self.press(serial)
         return first, self.next_code(serial, shot)
