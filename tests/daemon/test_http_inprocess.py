@@ -11,7 +11,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,7 +21,9 @@ import httpx
 import pyotp
 import pytest
 from daemon_helpers import InProcessServer, enable_pair
+from prometheus_client.parser import text_string_to_metric_families
 
+from firmware_sim.background import serve_token
 from validator import config
 from validator.apikeys import KeyRing, Role, digest
 from validator.app import create_app
@@ -39,13 +41,16 @@ MAX_BODY = 2048
 
 
 class Server(InProcessServer):
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, ports: dict[str, str] | None = None,
+                 reload: Callable[[], dict[str, Any]] | None = None) -> None:
         settings = config.parse({}, folder).replace(aws={}, ui=False, max_body_bytes=MAX_BODY)
         self.validator = Validator.open(settings.database)
         keys = KeyRing({Role.ADMIN: digest(ADMIN.encode()),
                         Role.VERIFIER: digest(VERIFIER.encode())})
-        stations = {"nowhere": Station("nowhere", "/nonexistent/ttyUSB9", timeout=0.5)}
-        super().__init__(create_app(self.validator, keys, settings, stations=stations))
+        ports = {"nowhere": "/nonexistent/ttyUSB9", **(ports or {})}
+        stations = {name: Station(name, url, timeout=0.5) for name, url in ports.items()}
+        super().__init__(create_app(self.validator, keys, settings, stations=stations,
+                                    reload=reload))
 
     def client(self, key: str | None = ADMIN) -> httpx.Client:
         headers = {} if key is None else {"Authorization": f"Bearer {key}"}
@@ -289,6 +294,120 @@ def test_stations(admin: httpx.Client) -> None:
                  )[:2] == (503, "station_unavailable")
     text = admin.get("/metrics").text
     assert 'station="nowhere"' in text and "station_unavailable" in text
+
+
+def test_reload_answers_what_the_daemon_reloaded(tmp_path: Path) -> None:
+    calls: list[float] = []
+
+    def reload() -> dict[str, Any]:
+        calls.append(time.time())
+        return {"reloaded": ["config", "api_keys"], "keys": 2}
+
+    server = Server(tmp_path, reload=reload)
+    try:
+        with server.client() as admin:
+            r = admin.post("/v1/admin/reload")
+            assert (r.status_code, r.json()) == (200, {"reloaded": ["config", "api_keys"],
+                                                       "keys": 2})
+            assert len(calls) == 1
+            with server.client(VERIFIER) as verifier:  # an admin operation
+                assert error(verifier.post("/v1/admin/reload"))[:2] == (403, "forbidden")
+            assert len(calls) == 1
+    finally:
+        server.stop()
+
+
+def station_metric(text: str, name: str, op: str, result: str) -> float:
+    """The count of `op`s on station `name` with `result` in a /metrics scrape (0 if none)."""
+    want = {"station": name, "op": op, "result": result}
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples
+               if s.name == "foblab_station_operations_total" and s.labels == want)
+
+
+@pytest.fixture
+def hotp_on_a_port(tmp_path: Path) -> Iterator[Any]:
+    """A provisioned HOTP token (seed SECRET) on a real PTY, served from this process."""
+    with serve_token(model="event", seed=SECRET, serial="GAHT91000077",
+                     pty_link=tmp_path / "tok") as running:
+        yield running
+
+
+def test_a_station_reads_the_token_on_its_port(tmp_path: Path, hotp_on_a_port: Any) -> None:
+    server = Server(tmp_path, ports={"bench": hotp_on_a_port.url})
+    try:
+        with server.client() as admin:
+            assert admin.get("/v1/stations").json() == {"stations": [
+                {"name": "nowhere", "port": "/nonexistent/ttyUSB9"},
+                {"name": "bench", "port": hotp_on_a_port.url}]}
+            r = admin.get("/v1/stations/bench")
+            assert (r.status_code, r.json()) == (200, {"station": "bench", "token": {
+                "serial": "GAHT91000077", "model": "event", "firmware": "1.0.0",
+                "protocol_version": 1, "kind": "hotp", "hash": "sha1", "digits": 6,
+                "period": 0, "provisioned": True, "locked": True, "qa_mode": False,
+                "battery_ok": True}})
+            text = admin.get("/metrics").text
+        assert station_metric(text, "bench", "info", "ok") == 1
+        assert station_metric(text, "bench", "info", "station_unavailable") == 0
+    finally:
+        server.stop()
+
+
+def test_a_station_enrolls_a_registered_token(
+        tmp_path: Path, hotp_on_a_port: Any, caplog: pytest.LogCaptureFixture) -> None:
+    server = Server(tmp_path, ports={"bench": hotp_on_a_port.url})
+    hotp = pyotp.HOTP(B32)
+    try:
+        with server.client() as admin:
+            assert admin.post("/v1/tokens", json={"serial": "GAHT91000077", "kind": "hotp",
+                                                  "secret_hex": SECRET.hex()}
+                              ).status_code == 201
+            with caplog.at_level("INFO", logger="foblab.access"):
+                r = admin.post("/v1/stations/bench/enroll", json={"user": "sam"})
+            assert r.status_code == 201, r.text
+            token = admin.get("/v1/tokens/GAHT91000077").json()
+            # the station pressed the token twice: counters 0 and 1 enabled it
+            assert (token["user"], token["next_counter"]) == ("sam", 2)
+            assert r.json() == {"station": "bench", "serial": "GAHT91000077", "user": "sam",
+                                "provisioned": False, "token": token}
+            verify = admin.post("/v1/verify", json={"user": "sam", "code": hotp.at(2)})
+            assert verify.json()["ok"] is True
+            # enrolled once: the same token cannot be enrolled again
+            again = admin.post("/v1/stations/bench/enroll", json={"user": "tim"})
+            assert error(again)[:2] == (409, "already_assigned")
+            text = admin.get("/metrics").text
+        assert station_metric(text, "bench", "enroll", "ok") == 1
+        assert station_metric(text, "bench", "enroll", "already_assigned") == 1
+        outcomes = [getattr(rec, "fields", {}).get("outcome") for rec in caplog.records
+                    if getattr(rec, "fields", {}).get("path") == "/v1/stations/bench/enroll"]
+        assert outcomes == ["enrolled"]
+    finally:
+        server.stop()
+
+
+def test_a_station_provisions_a_blank_token(tmp_path: Path) -> None:
+    with serve_token(model="event", serial="GAHT91000078", qa=True,
+                     pty_link=tmp_path / "blank") as running:
+        server = Server(tmp_path, ports={"bench": running.url})
+        try:
+            with server.client() as admin:
+                blank = admin.post("/v1/stations/bench/enroll", json={"user": "ann"})
+                assert error(blank)[:2] == (409, "token_blank")
+                r = admin.post("/v1/stations/bench/enroll", json={
+                    "user": "ann", "provision": True, "hash": "sha256", "digits": 8})
+                assert r.status_code == 201, r.text
+                body = r.json()
+                assert {k: body[k] for k in ("station", "serial", "user", "provisioned")} == {
+                    "station": "bench", "serial": "GAHT91000078", "user": "ann",
+                    "provisioned": True}
+                token = body["token"]
+                assert (token["kind"], token["hash"], token["digits"], token["user"],
+                        token["next_counter"]) == ("hotp", "sha256", 8, "ann", 2)
+                assert admin.get("/v1/tokens/GAHT91000078").json() == token
+                info = admin.get("/v1/stations/bench").json()["token"]
+            assert (info["provisioned"], info["hash"], info["digits"]) == (True, "sha256", 8)
+        finally:
+            server.stop()
 
 
 def test_health_and_metrics(server: Server) -> None:
