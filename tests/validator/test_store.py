@@ -7,6 +7,7 @@ on validator/store.py (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,19 +140,27 @@ def test_insert_get_and_duplicates(store: SQLiteStore) -> None:
 
 
 def test_duplicates_are_found_beyond_the_first_chunk_of_500(store: SQLiteStore) -> None:
-    store.insert_tokens([_record("S0750")], [])
+    # the first of the second chunk, one inside it and the very last of 1,000
+    store.insert_tokens([_record(s) for s in ("S0500", "S0750", "S0999")], [])
     batch = [_record(f"S{i:04d}") for i in range(1000)]
-    with pytest.raises(DuplicateSerial):
+    with pytest.raises(DuplicateSerial) as raised:
         store.insert_tokens(batch, [])
-    assert store.count_tokens() == 1
-    assert len(store.insert_tokens(batch, [], skip_existing=True)) == 999
+    assert raised.value.serials == ["S0500", "S0750", "S0999"]  # type: ignore[attr-defined]
+    assert store.count_tokens() == 3
+    assert len(store.insert_tokens(batch, [], skip_existing=True)) == 997
+    assert store.count_tokens() == 1000
 
 
 def test_a_secret_sealed_under_a_dropped_data_key_is_refused(store: SQLiteStore) -> None:
     stale = TokenRecord("A", TokenState(kind=Kind.TOTP), _sealed(bytes(8)))
-    with pytest.raises(StaleDataKey, match="sealed under a data key that a rotation has"):
+    with pytest.raises(StaleDataKey, match="^sealed under a data key that a rotation has "
+                       "replaced$"):
         store.insert_tokens([stale], [])
     assert store.get("A") is None
+    # one stale secret in a batch of current ones: the whole batch is refused
+    with pytest.raises(StaleDataKey):
+        store.insert_tokens([_record("B"), stale, _record("C")], [])
+    assert store.count_tokens() == 0
     legacy = TokenRecord("L", TokenState(kind=Kind.TOTP), b"\x01" + bytes(48))
     assert store.insert_tokens([legacy, _record("B")], []) == ["L", "B"]
     assert st.sealed_key_ids([_sealed(), b"\x01" + bytes(48), b"\x02" + bytes(8), b""]) == \
@@ -425,6 +434,16 @@ def test_open_store_and_urls(tmp_path: Path) -> None:
     ro = st.open_store(tmp_path / "b.db", readonly=True)
     assert isinstance(ro, SQLiteStore) and ro._db.readonly
     ro.close()
+
+
+def test_a_postgresql_url_without_the_extra_says_what_to_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "validator.store_pg", None)  # as if psycopg were absent
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError, match=r"^a postgresql:// database needs psycopg: pip "
+                       r"install 'foblab\[postgresql\]' \(.+\)$"):
+        st.open_store("postgresql://127.0.0.1:1/foblab")
+    assert list(tmp_path.iterdir()) == []  # never taken for a SQLite file name
 
 
 def test_a_transaction_rolls_back_on_error_and_commits_otherwise(store: SQLiteStore) -> None:
