@@ -165,6 +165,60 @@ def test_a_device_from_enable_to_deactivate(server: Server, admin: httpx.Client)
     assert admin.get("/v1/users/dora/devices").json() == {"user": "dora", "devices": []}
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of sample `name` with exactly `labels` in a /metrics scrape (0 if none)."""
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == name and s.labels == labels)
+
+
+def outcomes(caplog: pytest.LogCaptureFixture, path: str) -> list[str | None]:
+    """The access log's `outcome` of each request to `path`, in order."""
+    fields = [getattr(rec, "fields", {}) for rec in caplog.records
+              if rec.name == "foblab.access"]
+    return [f.get("outcome") for f in fields if f.get("path") == path]
+
+
+def test_verifications_are_counted_and_logged_by_outcome(
+        server: Server, admin: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="foblab.access"):
+        totp = enabled(admin, "IP-M1", "mia")
+        good = totp.at(time.time() + 30)
+        with server.client(VERIFIER) as verifier:
+            assert verifier.post("/v1/verify", json={"user": "mia", "code": good}
+                                 ).json()["ok"] is True
+            assert verifier.post("/v1/verify", json={"user": "mia", "code": good}
+                                 ).json()["reason"] == "replayed"
+            now = time.time()
+            assert verifier.post("/v1/users/mia/devices/IP-M1/resync", json={
+                "code1": totp.at(now + 90), "code2": totp.at(now + 120)}).status_code == 200
+        text = admin.get("/metrics").text
+    assert outcomes(caplog, "/v1/users/mia/devices") == ["enabled"]
+    assert outcomes(caplog, "/v1/verify") == ["accepted", "replayed"]
+    assert outcomes(caplog, "/v1/users/mia/devices/IP-M1/resync") == ["resynced"]
+    assert metric(text, "foblab_verify_total", reason="accepted") == 1
+    assert metric(text, "foblab_verify_total", reason="replayed") == 1
+    # the accepted code's guessing surface went into the window histogram
+    assert metric(text, "foblab_verify_window_steps_count") >= 1
+
+
+def test_the_drift_and_last_use_of_a_token_with_its_own_t0(admin: httpx.Client) -> None:
+    t0 = 1_000_000_007
+    assert admin.post("/v1/tokens", json={"serial": "IP-Z1", "secret_b32": B32, "t0": t0,
+                                          "period": 60}).status_code == 201
+    totp = pyotp.TOTP(B32, interval=60)  # pyotp counts steps from 0: step n at n * 60
+    # the token runs 1,000.5 seconds (16 to 17 steps) ahead of the daemon's clock
+    step = int((time.time() + 1000.5 - t0) // 60)
+    pair = [totp.at((step - 1) * 60), totp.at(step * 60)]
+    r = admin.post("/v1/users/zoe/devices", json={"serial": "IP-Z1", "code1": pair[0],
+                                                  "code2": pair[1]})
+    assert r.status_code == 201, r.text
+    token = r.json()
+    offset = token["drift"]["offset_seconds"]
+    assert offset == round(offset, 3) and 900 < offset < 1100
+    assert token["last_used"] == round(t0 + token["last_accepted"] * 60 - offset, 3)
+    assert abs(token["last_used"] - time.time()) < 120
+
+
 def test_a_locked_token_says_when_to_retry_and_unlock_clears_it(
         server: Server, admin: httpx.Client) -> None:
     totp = enabled(admin, "IP-L1", "lena")
@@ -242,6 +296,60 @@ def test_audit_pages_and_export(admin: httpx.Client) -> None:
     assert lines[0]["id"] > lines[-1]["id"]
 
 
+def test_audit_filters_and_time_bounds(server: Server, admin: httpx.Client) -> None:
+    totp = enabled(admin, "IP-F1", "fay")
+    with server.client(VERIFIER) as verifier:
+        verifier.post("/v1/verify", json={"user": "fay", "code": totp.at(time.time() + 30)})
+        verifier.post("/v1/verify", json={"user": "fay", "code": "000000"})
+    assert admin.post("/v1/tokens", json={"serial": "IP-F2", "secret_hex": SECRET.hex()}
+                      ).status_code == 201
+
+    def audit(**params: Any) -> list[tuple[str, str, str | None]]:
+        r = admin.get("/v1/audit", params={"limit": 1000, **params})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["total"] == len(body["entries"])
+        return [(e["action"], e["result"], e["serial"]) for e in body["entries"]]
+
+    everything = admin.get("/v1/audit", params={"limit": 1000}).json()["entries"]
+    assert audit(user="fay") == [("enable", "ok", "IP-F1"), ("verify", "ok", "IP-F1"),
+                                 ("verify", "refused", "IP-F1")]
+    assert audit(action="verify") == [("verify", "ok", "IP-F1"), ("verify", "refused", "IP-F1")]
+    assert audit(action="verify", result="refused") == [("verify", "refused", "IP-F1")]
+    assert audit(serial="IP-F2") == [("register", "ok", "IP-F2")]
+    # [since, until): the second verification's time on, before the last registration's
+    times = [e["time"] for e in everything]
+    since, until = times[-2], times[-1]
+    assert audit(since=since, until=until) == [("verify", "refused", "IP-F1")]
+    exported = admin.get("/v1/audit/export", params={"since": since, "until": until}).text
+    assert [json.loads(line)["action"] for line in exported.splitlines()] == ["verify"]
+    exported = admin.get("/v1/audit/export", params={"since": until}).text
+    assert [json.loads(line)["serial"] for line in exported.splitlines()] == ["IP-F2"]
+
+
+def test_healthz_answers_503_with_the_reason_while_the_database_cannot_be_read(
+        server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = Path(server.validator.store.path)  # type: ignore[attr-defined]
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    with server.client(None) as anon:
+        assert anon.get("/healthz").json() == {"status": "ok"}
+        moved = [p for p in db.parent.iterdir() if p.name.startswith(db.name)]
+        for p in moved:
+            p.rename(aside / p.name)
+        db.write_bytes(b"\xff" * 8192)  # a disk gone bad under the running daemon
+        with caplog.at_level("WARNING", logger="foblab.validator"):
+            r = anon.get("/healthz")
+        db.unlink()
+        for p in moved:
+            (aside / p.name).rename(p)
+        assert error(r) == (503, "unhealthy",
+                            "the database cannot be read (DatabaseError)")
+        assert [rec.getMessage() for rec in caplog.records if rec.name == "foblab.validator"
+                ] == ["health check failed: the database cannot be read (DatabaseError)"]
+        assert anon.get("/healthz").json() == {"status": "ok"}
+
+
 def test_import_csv(admin: httpx.Client) -> None:
     content = ("serial,secret_hex,kind,digits,period_or_counter,hash\n"
                f"IP-I1,{SECRET.hex()},totp,6,30,sha1\nIP-I2,{SECRET.hex()},hotp,8,3,sha256\n")
@@ -317,14 +425,6 @@ def test_reload_answers_what_the_daemon_reloaded(tmp_path: Path) -> None:
         server.stop()
 
 
-def station_metric(text: str, name: str, op: str, result: str) -> float:
-    """The count of `op`s on station `name` with `result` in a /metrics scrape (0 if none)."""
-    want = {"station": name, "op": op, "result": result}
-    return sum(s.value for family in text_string_to_metric_families(text)
-               for s in family.samples
-               if s.name == "foblab_station_operations_total" and s.labels == want)
-
-
 @pytest.fixture
 def hotp_on_a_port(tmp_path: Path) -> Iterator[Any]:
     """A provisioned HOTP token (seed SECRET) on a real PTY, served from this process."""
@@ -347,8 +447,10 @@ def test_a_station_reads_the_token_on_its_port(tmp_path: Path, hotp_on_a_port: A
                 "period": 0, "provisioned": True, "locked": True, "qa_mode": False,
                 "battery_ok": True}})
             text = admin.get("/metrics").text
-        assert station_metric(text, "bench", "info", "ok") == 1
-        assert station_metric(text, "bench", "info", "station_unavailable") == 0
+        assert metric(text, "foblab_station_operations_total", station="bench", op="info",
+                  result="ok") == 1
+        assert metric(text, "foblab_station_operations_total", station="bench", op="info",
+                  result="station_unavailable") == 0
     finally:
         server.stop()
 
@@ -376,11 +478,11 @@ def test_a_station_enrolls_a_registered_token(
             again = admin.post("/v1/stations/bench/enroll", json={"user": "tim"})
             assert error(again)[:2] == (409, "already_assigned")
             text = admin.get("/metrics").text
-        assert station_metric(text, "bench", "enroll", "ok") == 1
-        assert station_metric(text, "bench", "enroll", "already_assigned") == 1
-        outcomes = [getattr(rec, "fields", {}).get("outcome") for rec in caplog.records
-                    if getattr(rec, "fields", {}).get("path") == "/v1/stations/bench/enroll"]
-        assert outcomes == ["enrolled"]
+        assert metric(text, "foblab_station_operations_total", station="bench", op="enroll",
+                  result="ok") == 1
+        assert metric(text, "foblab_station_operations_total", station="bench", op="enroll",
+                  result="already_assigned") == 1
+        assert outcomes(caplog, "/v1/stations/bench/enroll") == ["enrolled"]
     finally:
         server.stop()
 
