@@ -6,8 +6,10 @@ on validator/store.py (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,66 @@ def test_an_old_schema_is_migrated_in_place(tmp_path: Path) -> None:
     assert s._conn().execute("SELECT version FROM schema_version").fetchall() == [(5,)]
     assert s.data_keys() == []  # the table exists now, empty
     s.close()
+
+
+def _old_database(path: Path, version: int) -> None:
+    """A database file left at schema `version`, with one token row."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+        for v in range(1, version + 1):
+            for statement in st.MIGRATIONS[v]:
+                conn.execute(statement)
+        conn.execute("INSERT INTO tokens (serial, kind, state, sealed, created) "
+                     "VALUES ('OLD1', 'totp', '{}', ?, 0)", (_sealed(),))
+    conn.close()
+
+
+def test_sealed_rows_of_old_databases_opened_read_only(tmp_path: Path) -> None:
+    # from before the registry of sealed tables (schema 1): the tokens table
+    _old_database(tmp_path / "v1.db", 1)
+    v1 = SQLiteStore(tmp_path / "v1.db", readonly=True)
+    assert list(v1.sealed_rows()) == [("tokens", "OLD1", _sealed())]
+    v1.close()
+    # with the registry (schema 2): every table it names
+    _old_database(tmp_path / "v2.db", 2)
+    with sqlite3.connect(tmp_path / "v2.db") as conn:
+        conn.execute("CREATE TABLE extra (name TEXT PRIMARY KEY, sealed BLOB NOT NULL)")
+        st.register_sealed_table(conn, "extra", "name", "x:")
+        conn.execute("INSERT INTO extra VALUES ('k1', ?)", (_sealed(),))
+    conn.close()
+    v2 = SQLiteStore(tmp_path / "v2.db", readonly=True)
+    assert sorted(v2.sealed_rows()) == [("extra", "x:k1", _sealed()),
+                                        ("tokens", "OLD1", _sealed())]
+    v2.close()
+
+
+def test_connections_default_to_normal_durability_and_a_10_second_busy_wait(
+        tmp_path: Path) -> None:
+    db = st.Connections(tmp_path / "c.db")  # as other stores on the file open it
+    conn = db.get()
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+    db.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_one_connection_per_thread_closed_by_any_thread(store: SQLiteStore) -> None:
+    store.insert_tokens([_record("A")], [])
+    before = _open_fds()
+    for _ in range(200):  # a long-running daemon's reads: no connection (file) per call
+        assert store.get("A") is not None
+    assert _open_fds() <= before + 1
+    # a worker thread gets its own connection; close() from this thread closes it too
+    worker = threading.Thread(target=lambda: store.insert_tokens([_record("B")], []))
+    worker.start()
+    worker.join()
+    store.close()
+    # and the store opens fresh connections if used again
+    assert [r.serial for r in store.list_tokens()] == ["A", "B"]
 
 
 def test_a_newer_schema_is_refused_read_write_and_read_only(tmp_path: Path) -> None:
