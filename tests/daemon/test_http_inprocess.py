@@ -240,12 +240,15 @@ def test_a_locked_token_says_when_to_retry_and_unlock_clears_it(
 
 
 def test_list_tokens_pages_and_filters(admin: httpx.Client) -> None:
+    assert admin.post("/v1/tokens", json={"serial": "IP-P00", "secret_hex": SECRET.hex()}
+                      ).status_code == 201  # a TOTP token, left out of the HOTP listings
     for i in range(3):
         assert admin.post("/v1/tokens", json={"serial": f"IP-P{i}", "secret_hex": SECRET.hex(),
                                               "kind": "hotp"}).status_code == 201
     everything = admin.get("/v1/tokens", params={"kind": "hotp", "limit": 1000}).json()
     hotp = [t["serial"] for t in everything["tokens"]]
     assert {"IP-P0", "IP-P1", "IP-P2"} <= set(hotp) and everything["total"] == len(hotp)
+    assert "IP-P00" not in hotp
     assert everything["next_offset"] is None and everything["offset"] == 0
     first = admin.get("/v1/tokens", params={"kind": "hotp", "limit": 2}).json()
     assert (first["limit"], first["offset"], first["next_offset"]) == (2, 0, 2)
@@ -285,6 +288,9 @@ def test_audit_pages_and_export(admin: httpx.Client) -> None:
     newest = admin.get("/v1/audit", params={"serial": "IP-A1", "order": "newest"}).json()
     assert [e["action"] for e in newest["entries"]] == ["enable", "register"]
     assert newest["next_offset"] is None
+    second = admin.get("/v1/audit", params={"serial": "IP-A1", "limit": 1, "offset": 1}).json()
+    assert [e["action"] for e in second["entries"]] == ["enable"]
+    assert (second["offset"], second["next_offset"], second["total"]) == (1, 2, 2)
     r = admin.get("/v1/audit/export", params={"order": "newest"})
     assert r.headers["content-type"] == "application/x-ndjson"
     lines = [json.loads(line) for line in r.text.splitlines()]
@@ -371,6 +377,25 @@ def test_import_csv(admin: httpx.Client) -> None:
         400, "invalid_request", "give passphrase or key_hex, not both")
 
 
+RFC6030 = Path(__file__).resolve().parents[1] / "data" / "rfc6030"
+
+
+@pytest.mark.parametrize("figure,key", [
+    ("figure6.xml", {"key_hex": "12345678901234567890123456789012"}),  # RFC 6030's own
+    ("figure7.xml", {"passphrase": "qwerty"}),
+])
+def test_import_an_encrypted_pskc_file(admin: httpx.Client, figure: str,
+                                       key: dict[str, str]) -> None:
+    content = (RFC6030 / figure).read_text()
+    r = admin.post("/v1/tokens/import", json={"format": "pskc", "content": content, **key})
+    assert r.json() == {"imported": 1, "serials": ["987654321"], "skipped": [],
+                        "dry_run": False}
+    assert admin.get("/v1/tokens/987654321").json()["kind"] == "hotp"
+    # the same file again, without skip_duplicates: refused, nothing changed
+    again = admin.post("/v1/tokens/import", json={"format": "pskc", "content": content, **key})
+    assert error(again)[:2] == (409, "duplicate_serial")
+
+
 def test_rotate_the_keys(server: Server, admin: httpx.Client) -> None:
     assert admin.post("/v1/tokens", json={"serial": "IP-R1", "secret_hex": SECRET.hex()}
                       ).status_code == 201
@@ -381,6 +406,8 @@ def test_rotate_the_keys(server: Server, admin: httpx.Client) -> None:
     assert r["data_key_id"] != old_data and r["healthy"] is True
     assert (r["key_id"], r["data_key_id"]) == (box.key_id, box.data_key_id)
     m = admin.post("/v1/admin/rotate-key", params={"master": "true"}).json()
+    # a master rotation rewraps the data key under a new master: the data key stays
+    assert m["key_id"] != r["key_id"] and m["data_key_id"] == r["data_key_id"]
     assert m["scope"] == "master" and m["resealed"] == 0 and m["rewrapped"] >= 1
     assert (m["key_id"], m["data_key_id"], m["healthy"]) == (box.key_id, box.data_key_id,
                                                              True)
