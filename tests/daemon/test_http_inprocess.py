@@ -24,6 +24,7 @@ from daemon_helpers import InProcessServer, enable_pair
 from prometheus_client.parser import text_string_to_metric_families
 
 from firmware_sim.background import serve_token
+from firmware_sim.runner import wall_ms
 from validator import config
 from validator.apikeys import KeyRing, Role, digest
 from validator.app import create_app
@@ -535,6 +536,26 @@ def test_a_station_provisions_a_blank_token(tmp_path: Path) -> None:
                 assert admin.get("/v1/tokens/GAHT91000078").json() == token
                 info = admin.get("/v1/stations/bench").json()["token"]
             assert (info["provisioned"], info["hash"], info["digits"]) == (True, "sha256", 8)
+        finally:
+            server.stop()
+
+
+def test_a_station_provisions_a_blank_token_as_totp(tmp_path: Path) -> None:
+    # The token's clock set 1.5 s before the end of a 60-second step, so that enrolling
+    # (two codes, then the step boundary awaited) takes seconds, not up to a minute.
+    ahead_ms = round(((58.5 - time.time() % 60) % 60) * 1000)
+    with serve_token(model="event", serial="GAHT91000079", qa=True,
+                     pty_link=tmp_path / "blank", now=lambda: wall_ms() + ahead_ms) as running:
+        server = Server(tmp_path, ports={"bench": running.url})
+        try:
+            with server.client() as admin:
+                r = admin.post("/v1/stations/bench/enroll", json={
+                    "user": "tia", "provision": True, "kind": "totp", "period": 60})
+                assert r.status_code == 201, r.text
+                token = r.json()["token"]
+                assert (token["kind"], token["period"], token["user"]) == ("totp", 60, "tia")
+                info = admin.get("/v1/stations/bench").json()["token"]
+            assert (info["kind"], info["period"]) == ("totp", 60)
         finally:
             server.stop()
 
