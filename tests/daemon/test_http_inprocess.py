@@ -227,7 +227,10 @@ def test_a_locked_token_says_when_to_retry_and_unlock_clears_it(
     wrong = f"{(int(good) + 1) % 10**6:06d}"
     with server.client(VERIFIER) as verifier:
         answers = [verifier.post("/v1/verify", json={"user": "lena", "code": wrong}).json()
-                   for _ in range(6)]
+                   for _ in range(5)]
+        before = time.time()
+        answers.append(verifier.post("/v1/verify", json={"user": "lena", "code": wrong}).json())
+        after = time.time()
     assert {k: answers[0][k] for k in ("ok", "user", "serial")} == {
         "ok": False, "user": "lena", "serial": "IP-L1"}
     locked = answers[-1]
@@ -235,9 +238,39 @@ def test_a_locked_token_says_when_to_retry_and_unlock_clears_it(
     assert round(locked["retry_after"], 3) == locked["retry_after"]
     token = admin.get("/v1/tokens/IP-L1").json()
     assert token["failures"] >= 5 and token["locked_until"] > time.time()
+    # retry_after: the seconds from the answer to the end of the lock, to the millisecond
+    assert before - 0.002 <= token["locked_until"] - locked["retry_after"] <= after + 0.002
     unlocked = admin.post("/v1/tokens/IP-L1/unlock")
     assert unlocked.status_code == 200
     assert (unlocked.json()["failures"], unlocked.json()["locked_until"]) == (0, None)
+
+
+def test_a_code_counts_only_for_the_serial_named(server: Server, admin: httpx.Client) -> None:
+    totp = enabled(admin, "IP-S1", "sia")
+    other = base64.b32encode(bytes(range(100, 120))).decode()
+    enable_pair(admin, "IP-S2", "sia", other)
+    code = totp.at(time.time() + 30)
+    with server.client(VERIFIER) as verifier:
+        named = verifier.post("/v1/verify", json={"user": "sia", "code": code,
+                                                  "serial": "IP-S2"}).json()
+        assert (named["ok"], named["serial"]) == (False, "IP-S2")
+        r = verifier.post("/v1/verify", json={"user": "sia", "code": code, "serial": "IP-S1"})
+        assert r.json() == {"ok": True, "reason": "accepted", "user": "sia", "serial": "IP-S1"}
+
+
+def test_a_padded_base32_secret_in_any_case(admin: httpx.Client) -> None:
+    secret = bytes(range(16))  # 26 base32 characters and 6 of padding
+    b32 = base64.b32encode(secret).decode()
+    assert b32.endswith("======")
+    for serial, text in (("IP-B1", b32), ("IP-B2", b32.lower()), ("IP-B3", b32.rstrip("="))):
+        r = admin.post("/v1/tokens", json={"serial": serial, "secret_b32": text,
+                                           "kind": "hotp"})
+        assert r.status_code == 201, r.text
+        assert r.json()["next_counter"] == 0  # a fresh HOTP token: counter 0 comes next
+    hotp = pyotp.HOTP(b32)
+    admin.post("/v1/users/bea/devices", json={"serial": "IP-B2", "code1": hotp.at(0),
+                                              "code2": hotp.at(1)}).raise_for_status()
+    assert admin.get("/v1/tokens/IP-B2").json()["next_counter"] == 2
 
 
 def test_list_tokens_pages_and_filters(admin: httpx.Client) -> None:
@@ -602,6 +635,26 @@ def test_a_networked_store_is_called_from_a_bounded_pool_of_threads(tmp_path: Pa
     assert remote.limiter is not None and remote.limiter.total_tokens == 3
     thread, value = anyio.run(functools.partial(remote.call, _where, 1, plus=2))
     assert thread != here and value == 3
+    # at most max_connections calls at once, however many requests wait
+    two = _api(tmp_path, SimpleNamespace(remote=True, max_connections=2))
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def busy() -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+
+    async def six_at_once() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(two.call, busy)
+
+    anyio.run(six_at_once)
+    assert most[0] == 2
     default = _api(tmp_path, SimpleNamespace(remote=True))
     assert default.limiter is not None and default.limiter.total_tokens == 8
     assert _api(tmp_path, SimpleNamespace(remote=False)).limiter is None
@@ -715,6 +768,27 @@ def test_a_chunked_body_past_the_limit_is_refused(server: Server) -> None:
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(3)) + b"0\r\n\r\n"
     status, answer = _raw(server, _head(chunked=True), chunks)
     assert status == 413 and TOO_LARGE in answer
+
+
+def test_a_body_in_several_packets_is_read_whole(server: Server) -> None:
+    body = json.dumps({"user": "nobody", "code": "123456"}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(_head(chunked=True))
+        for part in (body[:10], body[10:20], body[20:]):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+            time.sleep(0.05)  # each its own packet, each its own ASGI message
+        sock.sendall(b"0\r\n\r\n")
+        answer = b""
+        while b'"ok"' not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and b'"ok":false' in answer
+
+
+def test_a_media_type_with_several_parameters_is_json(server: Server) -> None:
+    with server.client(VERIFIER) as client:
+        r = client.post("/v1/verify", content=b'{"user": "nobody", "code": "123456"}',
+                        headers={"Content-Type": "application/json; charset=utf-8; x=1"})
+    assert r.status_code == 200 and r.json()["ok"] is False
 
 
 def test_a_chunked_body_within_the_limit_is_read_whole(server: Server) -> None:
