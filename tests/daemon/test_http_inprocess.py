@@ -220,6 +220,24 @@ def test_the_drift_and_last_use_of_a_token_with_its_own_t0(admin: httpx.Client) 
     assert abs(token["last_used"] - time.time()) < 120
 
 
+def test_a_token_with_its_own_window_and_a_learnt_rate(server: Server,
+                                                      admin: httpx.Client) -> None:
+    # Through the service, with its clock passed in: enabled 40 days ago, then a code one
+    # step ahead today, which teaches a rate (some 10 ppm, unrounded).
+    v, totp, now = server.validator, pyotp.TOTP(B32), time.time()
+    then = now - 40 * 86400 - now % 30 + 15
+    v.register_token("IP-W1", SECRET, window=3, now=then - 100)
+    v.enable("wes", "IP-W1", totp.at(then - 30), totp.at(then), now=then)
+    today = now - now % 30 - 45
+    assert v.verify("wes", totp.at(today + 30), now=today).accepted
+    learnt = v.get_token("IP-W1")
+    token = admin.get("/v1/tokens/IP-W1").json()
+    assert token["window"] == 3
+    assert token["drift"] == {"offset_seconds": round(learnt.offset_seconds, 3),
+                              "rate_ppm": round(learnt.rate_ppm, 3)}
+    assert 1 < token["drift"]["rate_ppm"] != round(token["drift"]["rate_ppm"])
+
+
 def test_a_locked_token_says_when_to_retry_and_unlock_clears_it(
         server: Server, admin: httpx.Client) -> None:
     totp = enabled(admin, "IP-L1", "lena")
