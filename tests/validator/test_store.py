@@ -498,7 +498,7 @@ def test_open_store_and_urls(tmp_path: Path) -> None:
     ro.close()
 
 
-def test_a_postgresql_url_without_the_extra_says_what_to_install(
+def test_a_database_url_without_psycopg_says_what_to_install(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "validator.store_pg", None)  # as if psycopg were absent
     monkeypatch.chdir(tmp_path)
