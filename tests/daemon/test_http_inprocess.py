@@ -195,6 +195,10 @@ def test_verifications_are_counted_and_logged_by_outcome(
         text = admin.get("/metrics").text
     assert outcomes(caplog, "/v1/users/mia/devices") == ["enabled"]
     assert outcomes(caplog, "/v1/verify") == ["accepted", "replayed"]
+    # who called: the key's role and name (one key per role here, named after it)
+    who = {(f["role"], f["key"]) for rec in caplog.records
+           if (f := getattr(rec, "fields", {})).get("path", "").startswith("/v1/")}
+    assert who == {("admin", "admin"), ("verifier", "verifier")}
     assert outcomes(caplog, "/v1/users/mia/devices/IP-M1/resync") == ["resynced"]
     assert metric(text, "foblab_verify_total", reason="accepted") == 1
     assert metric(text, "foblab_verify_total", reason="replayed") == 1
@@ -807,6 +811,24 @@ def test_a_media_type_with_several_parameters_is_json(server: Server) -> None:
         r = client.post("/v1/verify", content=b'{"user": "nobody", "code": "123456"}',
                         headers={"Content-Type": "application/json; charset=utf-8; x=1"})
     assert r.status_code == 200 and r.json()["ok"] is False
+
+
+def test_a_body_past_the_limit_in_several_packets_is_refused(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(_head(chunked=True))
+        for _ in range(3):  # each packet below the limit, together past it
+            sock.sendall(b"%x\r\n%s\r\n" % (1000, b" " * 1000))
+            time.sleep(0.05)
+        sock.sendall(b"0\r\n\r\n")
+        answer = b""
+        while TOO_LARGE not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413") and TOO_LARGE in answer
+
+
+def test_a_query_parameter_a_route_does_not_take_is_refused(admin: httpx.Client) -> None:
+    r = admin.get("/v1/users/nobody/devices", params={"limit": 5})
+    assert error(r) == (400, "invalid_request", "unknown query parameter 'limit'")
 
 
 def test_a_chunked_body_within_the_limit_is_read_whole(server: Server) -> None:
