@@ -66,7 +66,7 @@ class Policy:
     `window_unsteady_ppm` instead for a token whose rate has been seen to change (a code
     contradicted its history within the last 240 days, `drift.UNSTEADY_S`: a token in a car
     through the seasons), and at least `window_young_ppm` for a young one (its kept codes
-    span under 90 days, `drift.YOUNG_S`: its rate not yet watched through a season).
+    span under 105 days, `drift.YOUNG_S`: its rate not yet watched through a season).
     """
 
     window: int = 1

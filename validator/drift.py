@@ -47,10 +47,11 @@ UNSTEADY_S: Final = 240 * 86_400.0
 """How long a token whose rate was seen to change counts as unsteady (`Drift.reach`): 240
 days with an 18 ppm allowance (`Policy.window_unsteady_ppm`) was the best trade of the
 drift study (docs/scenarios.md)."""
-YOUNG_S: Final = 90 * 86_400.0
-"""A token whose kept codes span less than this is young (`Drift.reach`): its rate is known
-over less than a season, and temperature may still move it several ppm (the drift study's
-car tokens, in their first months, ran 2-6 ppm off the rate of their first codes)."""
+YOUNG_S: Final = 105 * 86_400.0
+"""A token whose kept codes span less than this (15 weeks) is young (`Drift.reach`): its rate
+is known over about a season or less, and temperature may still move it several ppm (the
+drift study's car tokens, in their first months, ran 2-6 ppm off the rate of their first
+codes; two of them just past 90 days were refused with 90)."""
 STEADY_AFTER: Final = 8
 """Codes after which a belief a new code proves wrong counts as a rate change (`track`)."""
 CHANGE_S: Final = 10.0

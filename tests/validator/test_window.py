@@ -205,11 +205,11 @@ def test_a_rate_change_is_a_miss_beyond_a_margin_growing_with_the_gap_squared(
 
 def test_a_young_token_is_allowed_its_young_rate_change_until_its_codes_span_a_season(
         ) -> None:
-    """Kept codes spanning under `YOUNG_S` (90 days): the window allows at least
+    """Kept codes spanning under `YOUNG_S` (105 days): the window allows at least
     `young` of rate change (the car population's young tokens ran 2-6 ppm off their first
     codes' rate); once they span more, the steady allowance again."""
     from validator import drift as d
-    for weeks, young_applies in ((8, True), (14, False)):
+    for weeks, young_applies in ((8, True), (16, False)):
         est, last = _learnt(7.0, weeks)
         assert (last - est.history[0][0] < d.YOUNG_S) is young_applies
         now = last + 20 * 86_400.0
