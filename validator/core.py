@@ -65,7 +65,8 @@ class Policy:
     the gap beyond 90 days, `drift.SETTLED_S`);
     `window_unsteady_ppm` instead for a token whose rate has been seen to change (a code
     contradicted its history within the last 240 days, `drift.UNSTEADY_S`: a token in a car
-    through the seasons).
+    through the seasons), and at least `window_young_ppm` for a young one (its kept codes
+    span under 105 days, `drift.YOUNG_S`: its rate not yet watched through a season).
     """
 
     window: int = 1
@@ -85,7 +86,8 @@ class Policy:
     max_window: int = 4
     window_rate_ppm: float = 50.0
     window_rate_change_ppm: float = 1.0
-    window_unsteady_ppm: float = 14.0
+    window_unsteady_ppm: float = 18.0
+    window_young_ppm: float = 8.0
     replay_memory: int = 8
 
     def __post_init__(self) -> None:
@@ -95,9 +97,10 @@ class Policy:
                              "replay_memory must be >= 0 and max_failures >= 1")
         if not all(0 <= v <= 10_000 for v in (self.window_rate_ppm,
                                               self.window_rate_change_ppm,
-                                              self.window_unsteady_ppm)):
-            raise ValueError("window_rate_ppm, window_rate_change_ppm and "
-                             "window_unsteady_ppm must be within 0-10000")
+                                              self.window_unsteady_ppm,
+                                              self.window_young_ppm)):
+            raise ValueError("window_rate_ppm, window_rate_change_ppm, window_unsteady_ppm "
+                             "and window_young_ppm must be within 0-10000")
         if self.lock_base <= 0 or self.lock_cap < self.lock_base or self.history < 1:
             raise ValueError("lock_base > 0, lock_cap >= lock_base and history >= 1 required")
 
@@ -300,7 +303,8 @@ def window_steps(state: TokenState, now: float, center: float,
     if cap > w and drift.poly and policy.drift_policy is _TRACKING:
         lo, hi = drift.reach(now, policy.window_rate_ppm * 1e-6,
                              policy.window_rate_change_ppm * 1e-6,
-                             policy.window_unsteady_ppm * 1e-6)
+                             policy.window_unsteady_ppm * 1e-6,
+                             policy.window_young_ppm * 1e-6)
         period, t0 = state.period, state.t0
         # Steps whose offset interval [sP+T0-now, (s+1)P+T0-now+D) meets [lo, hi].
         low = int((lo + now - t0 - policy.typing_allowance) // period)

@@ -45,9 +45,25 @@ Observation = tuple[float, float, float]  # (t, lo, hi) of the offset in seconds
 Line = tuple[float, float, float, float]
 UNSTEADY_S: Final = 240 * 86_400.0
 """How long a token whose rate was seen to change counts as unsteady (`Drift.reach`): 240
-days with a 14 ppm allowance was the best trade of the drift study (docs/scenarios.md)."""
+days with an 18 ppm allowance (`Policy.window_unsteady_ppm`) was the best trade of the
+drift study (docs/scenarios.md)."""
+YOUNG_S: Final = 105 * 86_400.0
+"""A token whose kept codes span less than this (15 weeks) is young (`Drift.reach`): its rate
+is known over about a season or less, and temperature may still move it several ppm (the
+drift study's car tokens, in their first months, ran 2-6 ppm off the rate of their first
+codes; two of them just past 90 days were refused with 90)."""
 STEADY_AFTER: Final = 8
 """Codes after which a belief a new code proves wrong counts as a rate change (`track`)."""
+CHANGE_S: Final = 10.0
+CHANGE_GAP_S: Final = 30 * 86_400.0
+"""How far a new code may lie from the believed offset before it counts as a rate change
+(`_changed`): `CHANGE_S` seconds times the square of the time since the previous code in
+units of `CHANGE_GAP_S` (0.5 s after a week, 10 s after a month, 40 s after two). A steady
+token's belief misses by a few seconds after a long gap (the daily temperature swing,
+aging): counted as changes, those misses marked half of the monthly tokens unsteady and
+widened their windows for nothing. A weekly token brought in from the cold (21 ppm: 13 s a
+week) must still be caught at its first codes indoors (scenarios/cold-car.toml), hence a
+margin that is nearly nothing for short gaps (docs/scenarios.md)."""
 SETTLED_S: Final = 90 * 86_400.0
 """Gaps up to this long allow a steady token's rate `rate_change` (`Drift.reach`); a longer
 one allows it in proportion to the gap (the rate wanders further the longer nobody looks)."""
@@ -137,14 +153,16 @@ class Drift:
         return _span(self.poly, now - self.tref)
 
     def reach(self, now: float, rate_bound: float, rate_change: float,
-              unsteady: float) -> tuple[float, float]:
+              unsteady: float, young: float = 0.0) -> tuple[float, float]:
         """Where the clock can realistically be at `now`: the newest observation's
         interval, carried forward at the active polygon's rates (cut to `rate_bound`, s/s,
         unless the evidence lies wholly beyond it), plus `rate_change` (s/s) times the time
         since, for a rate that is not quite the polygon's (temperature, aging; in proportion
         to the gap beyond `SETTLED_S`): `unsteady`
         instead while a code has contradicted the set within `UNSTEADY_S` (a token whose
-        rate has been seen to change: in a car through the seasons).
+        rate has been seen to change: in a car through the seasons), and at least `young`
+        while the kept codes span less than `YOUNG_S` (a rate not yet watched through a
+        season).
 
         A box (an interval, a range of rates) rather than the polygon: a handful of float
         operations from the cached `line`, and never narrower than the exact set.
@@ -156,8 +174,11 @@ class Drift:
         gap = now - t
         if self.changed and now - self.changed < UNSTEADY_S:
             rate_change = unsteady
-        elif gap > SETTLED_S:  # a long absence: aging and the seasons moved the rate further
-            rate_change *= gap / SETTLED_S
+        else:
+            if gap > SETTLED_S:  # a long absence: aging and the seasons moved the rate further
+                rate_change *= gap / SETTLED_S
+            if young > rate_change and t - self.history[0][0] < YOUNG_S:
+                rate_change = young
         if rlo < -rate_bound < rhi:
             rlo = -rate_bound
         if rlo < rate_bound < rhi:
@@ -433,9 +454,10 @@ def _changed(drift: Drift, t: float, lo: float, hi: float) -> float:
     without contradicting the feasible set (a contradiction rebuilds it: `_rebuilt`).
 
     After `STEADY_AFTER` codes the belief is well learnt; one such code proves wrong (the
-    believed offset at `t` outside [lo, hi]) says the rate is changing (a token brought in
-    from the cold) before any code contradicts the set itself. `observe` and `track` both
-    decide through here, so the two agree.
+    believed offset at `t` outside [lo, hi] by more than a margin that grows with the
+    square of the time since the previous code, `CHANGE_S`) says the rate is changing (a
+    token brought in from the cold) before any code contradicts the set itself. `observe`
+    and `track` both decide through here, so the two agree.
 
     Independent of the cached line: `Drift.predict` reads it when there is one and
     computes the same line (`believed_line`) when there is not. And when the code cuts
@@ -443,9 +465,12 @@ def _changed(drift: Drift, t: float, lo: float, hi: float) -> float:
     at `t`) lies within [lo, hi], so `track`'s shortcut for that case, which skips this
     call, decides the same.
     """
-    if len(drift.history) >= STEADY_AFTER:
+    past = drift.history
+    if len(past) >= STEADY_AFTER:
         p = drift.predict(t)
-        if p < lo or p > hi:
+        g = (t - past[-1][0]) / CHANGE_GAP_S
+        margin = CHANGE_S * g * g
+        if p < lo - margin or p > hi + margin:
             return t
     return drift.changed
 

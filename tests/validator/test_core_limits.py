@@ -18,8 +18,8 @@ KEY = b"12345678901234567890"
 
 COUNTS_MSG = ("window, max_window, hotp_lookahead, near_miss_steps, replay_memory must be "
               ">= 0 and max_failures >= 1")
-RATES_MSG = ("window_rate_ppm, window_rate_change_ppm and window_unsteady_ppm must be "
-             "within 0-10000")
+RATES_MSG = ("window_rate_ppm, window_rate_change_ppm, window_unsteady_ppm and "
+             "window_young_ppm must be within 0-10000")
 LOCK_MSG = "lock_base > 0, lock_cap >= lock_base and history >= 1 required"
 
 
@@ -40,7 +40,7 @@ def test_policy_needs_at_least_one_failure_before_a_lock() -> None:
 
 
 @pytest.mark.parametrize("field", ["window_rate_ppm", "window_rate_change_ppm",
-                                   "window_unsteady_ppm"])
+                                   "window_unsteady_ppm", "window_young_ppm"])
 def test_policy_rates_are_bounded_to_0_to_10000_ppm(field: str) -> None:
     for ok in (0.0, 10_000.0):
         assert getattr(Policy(**{field: ok}), field) == ok
@@ -134,9 +134,9 @@ def test_default_policy_values() -> None:
             p.lock_base, p.lock_cap, p.max_devices, p.drift_policy, p.typing_allowance,
             p.fresh_allowance, p.max_rate_ppm, p.history, p.near_miss_steps, p.max_window,
             p.window_rate_ppm, p.window_rate_change_ppm, p.window_unsteady_ppm,
-            p.replay_memory) == (
+            p.window_young_ppm, p.replay_memory) == (
         1, 10, 86_400, 1_000, 5, 30.0, 3_600.0, 8, DriftPolicy.TRACKING, 5.0, 5.0, 100.0,
-        32, 8, 4, 50.0, 1.0, 14.0, 8)
+        32, 8, 4, 50.0, 1.0, 18.0, 8.0, 8)
 
 
 def test_hotp_code_at_the_last_lookahead_counter_only() -> None:
@@ -543,7 +543,8 @@ def _window_spec(state: TokenState, now: float, policy: Policy) -> tuple[int, in
     cap = max(w, policy.max_window)
     lo, hi = state.drift.reach(now, policy.window_rate_ppm * 1e-6,
                                policy.window_rate_change_ppm * 1e-6,
-                               policy.window_unsteady_ppm * 1e-6)
+                               policy.window_unsteady_ppm * 1e-6,
+                               policy.window_young_ppm * 1e-6)
     steps = [s for s in range(base - cap, base + cap + 1)
              if abs(s - base) <= w or (s * period + t0 - now <= hi and
                                        (s + 1) * period + t0 - now + allowance > lo)]

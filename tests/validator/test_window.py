@@ -3,8 +3,11 @@ decision says about its guessing surface."""
 
 from __future__ import annotations
 
+import math
 import random
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -157,3 +160,63 @@ def test_a_steady_token_back_from_a_long_absence_is_allowed_more_rate_change() -
     assert abs(extra(short, 1e-6) - 1e-6 * short) < 1e-6
     long = 3 * d.SETTLED_S
     assert abs(extra(long, 1e-6) - 3 * 1e-6 * long) < 1e-6
+
+
+def _learnt(gap_days: float, codes: int, rate: float = 2e-6) -> tuple[Any, float]:
+    """A token's drift after `codes` accepted codes `gap_days` apart on a clock running
+    `rate` fast, each typed within 30 s (wide intervals: room in the feasible set for a
+    code to miss the belief without contradicting the set); returns it and the time of its
+    newest code."""
+    from validator import drift as d
+    t0 = 1_900_000_000.0
+    est = d.reset(d.Drift(), d.interval(int(t0 // P), t0, P, 0, 5.0),
+                  policy=DriftPolicy.TRACKING, period=P, max_rate=100e-6, fresh=5.0)
+    t = t0
+    for _ in range(codes):
+        t += gap_days * 86_400.0
+        step = math.floor((t + rate * (t - t0)) / P)
+        est = d.track(est, t + 2.0, *d.interval(step, t + 2.0, P, 0, 30.0)[1:], 100e-6, 32)
+    return est, t + 2.0
+
+
+@pytest.mark.parametrize(("gap_days", "miss", "change"), [
+    (30.0, 5.0, False),   # a month: a 5 s miss is the daily swing, not a new rate
+    (30.0, 15.0, True),   # beyond the month's 10 s margin
+    (7.0, 2.0, True),     # a week: 0.5 s margin, a token brought in from the cold is seen
+    (7.0, 0.3, False),
+])
+def test_a_rate_change_is_a_miss_beyond_a_margin_growing_with_the_gap_squared(
+        gap_days: float, miss: float, change: bool) -> None:
+    """The monthly population's tokens were marked unsteady by misses of a few seconds
+    (daily temperature, aging) and given wide windows for 240 days; scenarios/cold-car.toml
+    needs a weekly token's change of rate caught at its first codes indoors."""
+    from validator import drift as d
+    est, last = _learnt(gap_days, d.STEADY_AFTER + 2)
+    assert est.changed == 0.0
+    t = last + gap_days * 86_400.0
+    belief = est.predict(t)
+    lo = belief + miss  # the clock ahead of the belief by `miss`
+    assert lo < est.bounds(t)[1]  # within the feasible set: no rebuild decides it
+    after = d.track(est, t, lo, lo + 35.0, 100e-6, 32)
+    assert after.tref == est.tref
+    assert after.changed == (t if change else 0.0)
+    assert d.track_reference(est, t, lo, lo + 35.0, 100e-6, 32).changed == after.changed
+
+
+def test_a_young_token_is_allowed_its_young_rate_change_until_its_codes_span_a_season(
+        ) -> None:
+    """Kept codes spanning under `YOUNG_S` (105 days): the window allows at least
+    `young` of rate change (the car population's young tokens ran 2-6 ppm off their first
+    codes' rate); once they span more, the steady allowance again."""
+    from validator import drift as d
+    for weeks, young_applies in ((8, True), (16, False)):
+        est, last = _learnt(7.0, weeks)
+        assert (last - est.history[0][0] < d.YOUNG_S) is young_applies
+        now = last + 20 * 86_400.0
+        lo0, hi0 = est.reach(now, 50e-6, 1e-6, 18e-6, 0.0)
+        lo, hi = est.reach(now, 50e-6, 1e-6, 18e-6, 8e-6)
+        grown = 7e-6 * (now - last) if young_applies else 0.0
+        assert hi - hi0 == pytest.approx(grown, abs=1e-6)
+        assert lo0 - lo == pytest.approx(grown, abs=1e-6)
+        # a smaller `young` than the steady allowance changes nothing
+        assert est.reach(now, 50e-6, 1e-6, 18e-6, 0.5e-6) == (lo0, hi0)
