@@ -114,7 +114,8 @@ def situations(draw: st.DrawFn) -> tuple[TokenState, bytes, str, float, Policy]:
     est = draw(estimates()) if kind is Kind.TOTP else Drift()
     believed = math.floor((now + est.predict(now) - t0) / period)
     base = believed if kind is Kind.TOTP else draw(st.integers(0, 50))
-    watermark = draw(st.one_of(st.none(), st.integers(base - 3, base + 1)))
+    # a watermark is a step or counter that was accepted: never negative
+    watermark = draw(st.one_of(st.none(), st.integers(max(0, base - 3), base + 1)))
     state = TokenState(
         kind=kind, digits=digits, hash=hash_, period=period, t0=t0,
         window=draw(st.one_of(st.none(), st.integers(0, 3))), watermark=watermark,
