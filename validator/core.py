@@ -56,8 +56,8 @@ class Policy:
     `verify`). 0 turns this off.
     `max_window`: TOTP, tracking policy: the window is sized by what the tracker knows
     (`window_rate_ppm`, `window_rate_change_ppm`: see `verify`), never less than ±`window`
-    and never more than ±`max_window` steps around the believed step. `max_window <=
-    window` gives a fixed ±`window`.
+    around the believed step and never more than `2 * max_window + 1` steps in all
+    (`window_steps`). `max_window <= window` gives a fixed ±`window`.
     `window_rate_ppm`: the realistic bound on a token clock's rate (crystal, temperature
     and aging together) the window assumes unless the token's own codes show more.
     `window_rate_change_ppm`: how far the rate may have moved since the newest code
@@ -292,8 +292,9 @@ def window_steps(state: TokenState, now: float, center: float,
     ±`window` around the believed step, widened (tracking policy only) to every step where
     the token's clock can realistically be (`Drift.reach`: the tracker's feasible set under
     `window_rate_ppm`, grown by `window_rate_change_ppm` times the time since the newest
-    code), but never beyond ±`max_window`. A token whose rate is well learnt gets
-    ±`window`; a young one, or one back from a long absence, what it needs.
+    code), but never more than `2 * max_window + 1` steps (`_capped` places them). A token
+    whose rate is well learnt gets ±`window`; a young one, or one back from a long
+    absence, what it needs.
     """
     w = policy.window if state.window is None else state.window
     base = int(center // 1)
@@ -310,10 +311,34 @@ def window_steps(state: TokenState, now: float, center: float,
         low = int((lo + now - t0 - policy.typing_allowance) // period)
         high = int((hi + now - t0) // period)
         if low < first:
-            first = low if low > base - cap else base - cap
+            first = low
         if high > last:
-            last = high if high < base + cap else base + cap
+            last = high
+        if last - first > 2 * cap:
+            first, last = _capped(drift, now, policy, period, t0, base, w, cap, low, high)
     return first, last
+
+
+def _capped(drift: Drift, now: float, policy: Policy, period: int, t0: int, base: int,
+            w: int, cap: int, low: int, high: int) -> tuple[int, int]:
+    """The `2 * cap + 1` steps of a window whose reach `[low, high]` is wider: centred on
+    where the curve of the recent codes puts the clock (`Drift.bent`: a rate still moving
+    the way it has been), else on the belief `base`; kept within the reach and always
+    holding `base ± w`."""
+    middle = base
+    bent = drift.bent(now)
+    if bent is not None:
+        middle = int((now - policy.typing_allowance / 2 + bent - t0) // period)
+    first = middle - cap
+    if first > high - 2 * cap:
+        first = high - 2 * cap
+    if first < low:
+        first = low
+    if first > base - w:
+        first = base - w
+    if first + 2 * cap < base + w:
+        first = base + w - 2 * cap
+    return first, first + 2 * cap
 
 
 def _surface(state: TokenState, first: int, last: int) -> int:

@@ -64,6 +64,12 @@ aging): counted as changes, those misses marked half of the monthly tokens unste
 widened their windows for nothing. A weekly token brought in from the cold (21 ppm: 13 s a
 week) must still be caught at its first codes indoors (scenarios/cold-car.toml), hence a
 margin that is nearly nothing for short gaps (docs/scenarios.md)."""
+BEND_SPAN_S: Final = 90 * 86_400.0
+BEND_CODES: Final = 8
+"""`Drift.bent`: a curve is fitted to the kept codes of the last `BEND_SPAN_S` (at least
+`BEND_CODES` of them, spanning at least two thirds of it) and followed at most
+`BEND_SPAN_S` past the newest: further, the seasons may have turned it (the study's `gap`
+population: six months away after three months' use)."""
 SETTLED_S: Final = 90 * 86_400.0
 """Gaps up to this long allow a steady token's rate `rate_change` (`Drift.reach`); a longer
 one allows it in proportion to the gap (the rate wanders further the longer nobody looks)."""
@@ -190,6 +196,50 @@ class Drift:
             lo, hi = lo + rlo * gap, hi + rhi * gap
         return (lo - rate_change * gap, hi + rate_change * gap)
 
+    def bent(self, now: float) -> float | None:
+        """The offset at `now` on the parabola that best fits (least squares) the middles
+        of the kept codes of the last `BEND_SPAN_S`: a rate that has been drifting (a car
+        token as the season turns) keeps drifting for a while. None when there is too
+        little to fit (`BEND_CODES`), or `now` is more than `BEND_SPAN_S` past the newest
+        code.
+
+        Only where the window is placed when the clock can be in more steps than the cap
+        allows (`core.window_steps`): a handful of float operations per kept code, never
+        on the accept fast path.
+        """
+        history = self.history
+        if not history:
+            return None
+        t1 = history[-1][0]
+        if now - t1 > BEND_SPAN_S:
+            return None
+        # x in days from the newest code, so the normal equations stay well-conditioned
+        pts = [((t - t1) / 86_400.0, (lo + hi) / 2) for t, lo, hi in history
+               if t1 - t <= BEND_SPAN_S]
+        if len(pts) < BEND_CODES or -pts[0][0] * 86_400.0 < BEND_SPAN_S * 2 / 3:
+            return None
+        s0 = float(len(pts))
+        s1 = s2 = s3 = s4 = y0 = y1 = y2 = 0.0
+        for x, y in pts:
+            xx = x * x
+            s1 += x
+            s2 += xx
+            s3 += xx * x
+            s4 += xx * xx
+            y0 += y
+            y1 += y * x
+            y2 += y * xx
+        # Cramer's rule on [[s0 s1 s2] [s1 s2 s3] [s2 s3 s4]] (a, b, c) = (y0, y1, y2)
+        m = ((s0, s1, s2), (s1, s2, s3), (s2, s3, s4))
+        det = _det3(m)
+        if abs(det) < 1e-9:
+            return None
+        a = _det3(((y0, s1, s2), (y1, s2, s3), (y2, s3, s4))) / det
+        b = _det3(((s0, y0, s2), (s1, y1, s3), (s2, y2, s4))) / det
+        c = _det3(((s0, s1, y0), (s1, s2, y1), (s2, s3, y2))) / det
+        g = (now - t1) / 86_400.0
+        return a + b * g + c * g * g
+
     def possible(self, now: float, max_rate: float) -> tuple[float, float]:
         """Where the clock can be at `now` if its rate may have changed to anything within
         ±`max_rate` since the newest observation: that observation's interval, grown by
@@ -233,6 +283,11 @@ class Drift:
         if drift.soft or drift.poly:
             drift.line = believed_line(drift)
         return drift
+
+
+def _det3(m: tuple[tuple[float, float, float], ...]) -> float:
+    (a, b, c), (d, e, f), (g, h, i) = m
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
 def _span(poly: tuple[Vertex, ...] | list[Vertex], dt: float) -> tuple[float, float]:

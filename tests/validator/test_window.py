@@ -220,3 +220,121 @@ def test_a_young_token_is_allowed_its_young_rate_change_until_its_codes_span_a_s
         assert lo0 - lo == pytest.approx(grown, abs=1e-6)
         # a smaller `young` than the steady allowance changes nothing
         assert est.reach(now, 50e-6, 1e-6, 18e-6, 0.5e-6) == (lo0, hi0)
+
+
+def _bending(bend_ppm_per_day: float, codes: int, gap_days: float = 5.0,
+             seed: int = 0) -> tuple[bytes, TokenState, float, Any]:
+    """A token whose rate moves `bend_ppm_per_day` a day (a car as the season turns: its
+    offset a parabola), `codes` accepted codes `gap_days` apart, each typed within 1-4 s;
+    returns its key, state, the time of its newest code and the offset curve."""
+    rng = random.Random(seed)
+    key = rng.randbytes(20)
+
+    def curve(t: float) -> float:
+        days = (t - START) / DAY
+        return -0.5 * bend_ppm_per_day * 1e-6 * DAY * days * days
+
+    def step(t: float) -> int:
+        return math.floor((t + curve(t)) / P)
+
+    s = step(START)
+    state = core.check_enable(TokenState(kind=Kind.TOTP), key, hotp(key, s),
+                              hotp(key, s + 1), (s + 1) * P + 3.0).state
+    t = START + 60
+    for _ in range(codes):
+        t += gap_days * DAY
+        read = t - rng.uniform(1, 4)
+        d = core.verify(state, key, hotp(key, step(read)), t)
+        assert d.accepted
+        state = d.state
+    return key, state, t, curve
+
+
+def test_bent_follows_the_curve_of_the_recent_codes_and_no_further() -> None:
+    """The parabola through the last 90 days' codes puts the clock within a few seconds of
+    where a rate still moving the same way takes it; the belief (the chord's rate) lags
+    by minutes. No curve from too few codes, too short a span, or past 90 days."""
+    from validator import drift as d
+    _, state, last, curve = _bending(0.25, 24)
+    est = state.drift
+    for gap in (10.0, 40.0, 80.0):
+        now = last + gap * DAY
+        bent = est.bent(now)
+        assert bent is not None
+        assert abs(bent - curve(now)) < 0.05 * abs(curve(now) - curve(last)) + 3.0
+        assert abs(est.predict(now) - curve(now)) > 4 * abs(bent - curve(now))
+    assert est.bent(last + d.BEND_SPAN_S + 60) is None
+    few = _bending(0.25, d.BEND_CODES - 2, 12.0)  # with the enabling code, one too few
+    assert len(few[1].drift.history) == d.BEND_CODES - 1
+    assert few[1].drift.bent(few[2] + DAY) is None
+    short = _bending(0.25, 12, 4.0)  # 12 codes over 48 days: under two thirds of 90
+    assert short[1].drift.bent(short[2] + DAY) is None
+    assert d.Drift().bent(START) is None
+
+
+def _window_spec(state: TokenState, now: float, policy: Policy) -> tuple[int, int]:
+    """The window as docs/validator.md states it, step by step: ±`window` around the
+    believed step, joined with every step whose offset interval meets where the clock can
+    realistically be; if that is more than `2 * max_window + 1` steps, of the runs of that
+    many consecutive steps inside it that hold the believed ±`window`, the one whose
+    middle is nearest where the recent codes' curve (`Drift.bent`) puts the clock, else
+    the believed step."""
+    shown = now - policy.typing_allowance / 2
+    center = (shown + state.drift.predict(shown) - state.t0) / P
+    base = int(center // 1)
+    w, cap = policy.window, policy.max_window
+    lo, hi = state.drift.reach(now, policy.window_rate_ppm * 1e-6,
+                               policy.window_rate_change_ppm * 1e-6,
+                               policy.window_unsteady_ppm * 1e-6,
+                               policy.window_young_ppm * 1e-6)
+    steps = [s for s in range(base - 60, base + 61)
+             if abs(s - base) <= w or (s * P + state.t0 - now <= hi and
+                                       (s + 1) * P + state.t0 - now +
+                                       policy.typing_allowance > lo)]
+    first, last = min(steps), max(steps)
+    if last - first <= 2 * cap:
+        return first, last
+    bent = state.drift.bent(now)
+    target = base if bent is None else math.floor((shown + bent - state.t0) / P)
+    runs = [a for a in range(first, last - 2 * cap + 1) if a <= base - w and
+            a + 2 * cap >= base + w]
+    a = min(runs, key=lambda a: abs(a + cap - target))
+    return a, a + 2 * cap
+
+
+@settings(max_examples=60, deadline=None)
+@given(bend=st.floats(-0.4, 0.4), codes=st.integers(0, 30), gap=st.floats(1.0, 12.0),
+       later=st.floats(0.0, 200.0), seed=st.integers(0, 1000))
+def test_the_window_is_as_documented_on_bending_and_steady_rates(
+        bend: float, codes: int, gap: float, later: float, seed: int) -> None:
+    _, state, last, _ = _bending(bend, codes, gap, seed)
+    now = last + later * DAY
+    policy = Policy()
+    shown = now - policy.typing_allowance / 2
+    center = (shown + state.drift.predict(shown) - state.t0) / P
+    first, last_step = core.window_steps(state, now, center, policy)
+    assert (first, last_step) == _window_spec(state, now, policy)
+    assert last_step - first <= 2 * policy.max_window
+    assert first <= int(center // 1) - policy.window
+    assert int(center // 1) + policy.window <= last_step
+
+
+def test_a_capped_window_follows_a_bending_rate() -> None:
+    """A car token as winter comes (its rate moving -0.2 ppm a day), back after 80 days:
+    the clock can be in more steps than the ±4 cap allows. The 9 steps are placed where
+    the curve of its recent codes says, not around the lagging belief: its code, more than
+    4 steps from the belief (refused when the cap was ±4 around it), is accepted on the
+    first attempt, by the fast path and the reference alike."""
+    key, state, last, curve = _bending(0.2, 24)
+    now = last + 80 * DAY
+    read = now - 3.0
+    true_step = math.floor((read + curve(read)) / P)
+    policy = Policy()
+    shown = now - policy.typing_allowance / 2
+    base = int((shown + state.drift.predict(shown)) // P)
+    assert true_step < base - policy.max_window  # beyond ±4 around the belief
+    first, last_step = core.window_steps(state, now, (shown + state.drift.predict(shown)) / P)
+    assert last_step - first == 8 and first <= true_step
+    for verify in (core.verify, core.verify_reference):
+        d = verify(state, key, hotp(key, true_step), now)
+        assert d.accepted and d.matched == true_step and d.window == 9
