@@ -229,7 +229,9 @@ class Drift:
             y0 += y
             y1 += y * x
             y2 += y * xx
-        # Cramer's rule on [[s0 s1 s2] [s1 s2 s3] [s2 s3 s4]] (a, b, c) = (y0, y1, y2)
+        # Cramer's rule on [[s0 s1 s2] [s1 s2 s3] [s2 s3 s4]] (a, b, c) = (y0, y1, y2):
+        # three normal equations by hand, as numpy is no dependency of the validator (only
+        # of the optional plot extra) and a parabola through at most 32 points needs none.
         m = ((s0, s1, s2), (s1, s2, s3), (s2, s3, s4))
         det = _det3(m)
         if abs(det) < 1e-9:
