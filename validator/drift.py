@@ -240,7 +240,8 @@ class Drift:
         b = _det3(((s0, y0, s2), (s1, y1, s3), (s2, y2, s4))) / det
         c = _det3(((s0, s1, y0), (s1, s2, y1), (s2, s3, y2))) / det
         g = (now - t1) / 86_400.0
-        return a + b * g + c * g * g
+        bent = a + b * g + c * g * g
+        return bent if math.isfinite(bent) else None  # a stored history gone bad: no curve
 
     def possible(self, now: float, max_rate: float) -> tuple[float, float]:
         """Where the clock can be at `now` if its rate may have changed to anything within

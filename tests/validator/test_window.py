@@ -3,6 +3,7 @@ decision says about its guessing surface."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from typing import Any
@@ -270,6 +271,8 @@ def test_bent_follows_the_curve_of_the_recent_codes_and_no_further() -> None:
     short = _bending(0.25, 12, 4.0)  # 12 codes over 48 days: under two thirds of 90
     assert short[1].drift.bent(short[2] + DAY) is None
     assert d.Drift().bent(START) is None
+    broken = dataclasses.replace(est, history=est.history[:-1] + ((last, math.inf, 0.0),))
+    assert broken.bent(last + DAY) is None
 
 
 def _window_spec(state: TokenState, now: float, policy: Policy) -> tuple[int, int]:
