@@ -170,6 +170,12 @@ def test_read_only_reads_and_never_writes(tmp_path: Path, store: SQLiteStore) ->
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             ro._conn().execute("DELETE FROM tokens")
         assert ro._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+        # a worker thread's read-only connection, closed from this thread by close()
+        found: list[object] = []
+        worker = threading.Thread(target=lambda: found.append(ro.get("A")))
+        worker.start()
+        worker.join()
+        assert found and found[0] is not None
     finally:
         ro.close()
     assert store.get("A") is not None
