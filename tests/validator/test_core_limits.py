@@ -7,6 +7,7 @@ validator/core.py altered without any other test noticing."""
 from __future__ import annotations
 
 import pytest
+from window_spec import window_spec
 
 from protocol import Hash, Kind
 from validator import core
@@ -533,33 +534,6 @@ def test_before_t0_the_believed_step_is_rounded_down(verify) -> None:
     assert verify(late, key, hotp(key, 1), 30.0).reason is Reason.INVALID_CODE
 
 
-def _window_spec(state: TokenState, now: float, policy: Policy) -> tuple[int, int]:
-    """The window as docs/validator.md states it, step by step: ±`window` around the
-    believed step, joined (tracking) with every step whose offset interval
-    [sP+T0-now, (s+1)P+T0-now+D) meets where the clock can realistically be; at most
-    `2 * max_window + 1` steps, centred as near the believed step as that allows (these
-    tokens have too few codes for `Drift.bent`; tests/validator/test_window.py has the
-    bending case)."""
-    period, t0, allowance = state.period, state.t0, policy.typing_allowance
-    base = int(_center(state, now, policy) // 1)
-    w = policy.window if state.window is None else state.window
-    cap = max(w, policy.max_window)
-    lo, hi = state.drift.reach(now, policy.window_rate_ppm * 1e-6,
-                               policy.window_rate_change_ppm * 1e-6,
-                               policy.window_unsteady_ppm * 1e-6,
-                               policy.window_young_ppm * 1e-6)
-    steps = [s for s in range(base - 3 * cap, base + 3 * cap + 1)
-             if abs(s - base) <= w or (s * period + t0 - now <= hi and
-                                       (s + 1) * period + t0 - now + allowance > lo)]
-    first, last = min(steps), max(steps)
-    if last - first <= 2 * cap:
-        return first, last
-    assert state.drift.bent(now) is None
-    runs = [a for a in range(first, last - 2 * cap + 1) if a <= base - w <= base + w <= a + 2 * cap]
-    a = min(runs, key=lambda a: abs(a + cap - base))
-    return a, a + 2 * cap
-
-
 @pytest.mark.parametrize("days", [0.2, 3.0, 10.0, 20.0, 30.0, 45.0, 80.0, 150.0, 400.0])
 @pytest.mark.parametrize("policy", [
     Policy(),
@@ -569,7 +543,8 @@ def _window_spec(state: TokenState, now: float, policy: Policy) -> tuple[int, in
 def test_the_sized_window_is_every_step_the_clock_can_be_at(days: float,
                                                           policy: Policy) -> None:
     key, state, now, first, last = _unused_for(days, policy, t0=13)
-    assert (first, last) == _window_spec(state, now, policy)
+    assert state.drift.bent(now) is None  # too few codes for a curve: centred on the belief
+    assert (first, last) == window_spec(state, now, policy)
     wrong = core.verify(state, key, "12345", now, policy)
     assert wrong.window == last - first + 1
     for step in (first, last):

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from window_spec import window_spec
 
 from validator import core
 from validator.core import Kind, Policy, Reason, TokenState
@@ -275,36 +276,6 @@ def test_bent_follows_the_curve_of_the_recent_codes_and_no_further() -> None:
     assert broken.bent(last + DAY) is None
 
 
-def _window_spec(state: TokenState, now: float, policy: Policy) -> tuple[int, int]:
-    """The window as docs/validator.md states it, step by step: ±`window` around the
-    believed step, joined with every step whose offset interval meets where the clock can
-    realistically be; if that is more than `2 * max_window + 1` steps, of the runs of that
-    many consecutive steps inside it that hold the believed ±`window`, the one whose
-    middle is nearest where the recent codes' curve (`Drift.bent`) puts the clock, else
-    the believed step."""
-    shown = now - policy.typing_allowance / 2
-    center = (shown + state.drift.predict(shown) - state.t0) / P
-    base = int(center // 1)
-    w, cap = policy.window, policy.max_window
-    lo, hi = state.drift.reach(now, policy.window_rate_ppm * 1e-6,
-                               policy.window_rate_change_ppm * 1e-6,
-                               policy.window_unsteady_ppm * 1e-6,
-                               policy.window_young_ppm * 1e-6)
-    steps = [s for s in range(base - 60, base + 61)
-             if abs(s - base) <= w or (s * P + state.t0 - now <= hi and
-                                       (s + 1) * P + state.t0 - now +
-                                       policy.typing_allowance > lo)]
-    first, last = min(steps), max(steps)
-    if last - first <= 2 * cap:
-        return first, last
-    bent = state.drift.bent(now)
-    target = base if bent is None else math.floor((shown + bent - state.t0) / P)
-    runs = [a for a in range(first, last - 2 * cap + 1) if a <= base - w and
-            a + 2 * cap >= base + w]
-    a = min(runs, key=lambda a: abs(a + cap - target))
-    return a, a + 2 * cap
-
-
 @settings(max_examples=60, deadline=None)
 @given(bend=st.floats(-0.4, 0.4), codes=st.integers(0, 30), gap=st.floats(1.0, 12.0),
        later=st.floats(0.0, 200.0), seed=st.integers(0, 1000))
@@ -316,7 +287,7 @@ def test_the_window_is_as_documented_on_bending_and_steady_rates(
     shown = now - policy.typing_allowance / 2
     center = (shown + state.drift.predict(shown) - state.t0) / P
     first, last_step = core.window_steps(state, now, center, policy)
-    assert (first, last_step) == _window_spec(state, now, policy)
+    assert (first, last_step) == window_spec(state, now, policy)
     assert last_step - first <= 2 * policy.max_window
     assert first <= int(center // 1) - policy.window
     assert int(center // 1) + policy.window <= last_step
