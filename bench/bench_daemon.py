@@ -275,6 +275,35 @@ def _thread_hop_vs_verify(home: Path) -> tuple[float, float]:
     return hop, per
 
 
+def start_daemon(home: Path, log: Any, *args: str
+                 ) -> tuple[subprocess.Popen[str], str, tuple[str, int] | None]:
+    """A real `foblab validator serve --dir HOME --port 0 ARGS` process once it listens:
+    (the process, its URL, its RADIUS door's (host, port) or None). Its log, read from
+    standard error until then, goes on into `log` so it never blocks on a full pipe."""
+    import shutil
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "validator", "serve",
+                             "--dir", str(home), "--port", "0", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    url, radius = "", None
+    for line in proc.stderr:
+        found = re.findall(r"on udp ([^\s\"]+)", line) if "RADIUS" in line else []
+        if found:
+            rhost, rport = found[0].rsplit(":", 1)
+            radius = (rhost.strip("[]"), int(rport))
+        if "listening on " in line:
+            url = re.findall(r"listening on (https?://[^\s\"]+)", line)[0]
+            break
+    if not url:
+        proc.kill()
+        proc.wait(10)
+        raise RuntimeError(f"the daemon did not start ({home})")
+    threading.Thread(target=shutil.copyfileobj, args=(proc.stderr, log), daemon=True).start()
+    return proc, url, radius
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="foblab-bench-") as tmp:
         home = Path(tmp) / "v"
@@ -284,24 +313,8 @@ def main() -> None:
         hop, per = _thread_hop_vs_verify(home)
         print(f"   thread hop {hop:.0f} µs; verify+unlock in-process {per:.0f} µs")
         log = open(home / "access.log", "w")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "validator", "serve",
-                                 "--dir", str(home), "--port", "0"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc, url, _ = start_daemon(home, log)
         try:
-            assert proc.stderr is not None
-            url = ""
-            for line in proc.stderr:
-                if "listening on " in line:
-                    url = re.findall(r"listening on (https?://[^\s\"]+)", line)[0]
-                    break
-            if not url:
-                raise RuntimeError("the daemon did not start")
-            # keep draining its log so it never blocks on a full pipe
-            import shutil
-            import threading
-
-            threading.Thread(target=shutil.copyfileobj, args=(proc.stderr, log),
-                             daemon=True).start()
             host, port = url.removeprefix("http://").rsplit(":", 1)
             key = (home / "verifier.key").read_text().strip()
             first = 0

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench_daemon import _code, _prepare, _secret, _verify_requests, run_load
+from bench.bench_daemon import (
+    _code,
+    _prepare,
+    _secret,
+    _verify_requests,
+    run_load,
+    start_daemon,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ((1, 600), (8, 2_000))  # (outstanding requests, requests); each after a warm-up
@@ -140,23 +145,10 @@ def main() -> None:
             f.write('\n[radius]\nlisten = "127.0.0.1:0"\n[[radius.clients]]\nname = "bench"\n'
                     'address = "127.0.0.1/32"\nsecret_file = "radius.secret"\n')
         log = open(home / "daemon.log", "w")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "validator", "serve",
-                                 "--dir", str(home), "--port", "0"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc, url, radius = start_daemon(home, log)
         try:
-            assert proc.stderr is not None
-            url, radius = "", ("", 0)
-            for line in proc.stderr:
-                if "answering RADIUS on udp " in line:
-                    rhost, rport = re.findall(r"on udp ([^\s\"]+)", line)[0].rsplit(":", 1)
-                    radius = (rhost, int(rport))
-                if "listening on " in line:
-                    url = re.findall(r"listening on (https?://[^\s\"]+)", line)[0]
-                    break
-            if not url or not radius[1]:
-                raise RuntimeError("the daemon did not start")
-            threading.Thread(target=shutil.copyfileobj, args=(proc.stderr, log),
-                             daemon=True).start()
+            if radius is None:
+                raise RuntimeError("the daemon did not open its RADIUS door")
             host, port = url.removeprefix("http://").rsplit(":", 1)
             key = (home / "verifier.key").read_text().strip()
             first = 0

@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -74,19 +73,8 @@ def _run_load(ports: list[int], requests: list[bytes], conns: int,
 
 
 def _start(home: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "validator", "serve",
-                             "--dir", str(home), "--port", "0", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    url = ""
-    for line in proc.stderr:
-        if "listening on " in line:
-            url = line.rsplit(" ", 1)[-1].strip()
-            break
-    if not url:
-        raise RuntimeError(f"the daemon did not start ({home})")
     sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the daemon
-    threading.Thread(target=shutil.copyfileobj, args=(proc.stderr, sink), daemon=True).start()
+    proc, url, _ = B.start_daemon(home, sink, *args)
     return proc, int(url.rsplit(":", 1)[1])
 
 
