@@ -18,11 +18,14 @@ cost of one fsync per accepted code (see docs/benchmarks.md for both figures).
 from __future__ import annotations
 
 import enum
+import errno
+import fcntl
 import json
 import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ from validator.core import TokenState
 from validator.errors import DatabaseUnavailable, DuplicateSerial
 
 SCHEMA_VERSION = 5
+BACKSTOP_PAGES = 10_000  # WAL pages (of 4 KiB) a writer lets pass before it checkpoints
 
 # Each migration takes the schema from version n-1 to n; appended, never edited.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -296,10 +300,74 @@ def _record(row: tuple[Any, ...]) -> TokenRecord:
     )
 
 
+class WriterQueue:
+    """Where the writers of one database file wait for each other before `BEGIN IMMEDIATE`:
+    a lock for this process's threads (the event loop, the RADIUS listener, the pruner),
+    then an exclusive `flock` on `<database>-lock` for the other processes (`serve
+    --workers`). SQLite's busy handler, which stays underneath for any writer that does not
+    queue here (a command run beside the daemon), sleeps 1, 2, 5, 10... ms between tries, so
+    every collision of two writers cost a millisecond or more; here the next writer goes
+    as soon as the lock is free (docs/benchmarks.md, "Writers queue"). Correctness never
+    depends on it: `BEGIN IMMEDIATE` still takes SQLite's own lock.
+
+    Waiting is bounded by `timeout_s` (the busy timeout), after which the writer gives up
+    with SQLite's own "database is locked", as it would have without the queue."""
+
+    def __init__(self, path: str, timeout_s: float) -> None:
+        self.path = path + "-lock"
+        self.timeout_s = timeout_s
+        self._threads = threading.RLock()
+        self._depth = 0  # nested transaction() calls of the holding thread
+        self._fd: int | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        deadline = time.monotonic() + self.timeout_s
+        if not self._threads.acquire(timeout=self.timeout_s):
+            raise sqlite3.OperationalError("database is locked")
+        try:
+            self._depth += 1
+            if self._depth == 1:
+                self._lock_file(deadline)
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def _lock_file(self, deadline: float) -> None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:  # a folder we may not write: SQLite alone decides (and says)
+                return
+        pause = 20e-6
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                    return
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError("database is locked")
+            time.sleep(pause)  # another process's transaction: about 0.1 ms
+            pause = min(pause * 2, 0.001)
+
+    def close(self) -> None:
+        with self._threads:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 class Connections:
     """One SQLite connection per thread on one file (WAL, a busy timeout, a `synchronous`
-    level), and `transaction()`: `BEGIN IMMEDIATE`, then COMMIT, or ROLLBACK on an error.
-    Shared by every store on the validator's database file."""
+    level), and `transaction()`: in the `WriterQueue`, `BEGIN IMMEDIATE`, then COMMIT, or
+    ROLLBACK on an error. Shared by every store on the validator's database file."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = 10_000,
                  synchronous: str = "NORMAL", readonly: bool = False) -> None:
@@ -311,6 +379,8 @@ class Connections:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self.writers = WriterQueue(self.path, busy_timeout_ms / 1000)
+        self._autocheckpoint: int | None = None  # None: SQLite's 1,000 pages
 
     def get(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
@@ -327,31 +397,44 @@ class Connections:
                 conn.execute(f"PRAGMA busy_timeout = {int(self._busy)}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+                if self._autocheckpoint is not None:
+                    conn.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
         return conn
+
+    def set_autocheckpoint(self, pages: int) -> None:
+        """After a commit that leaves `pages` or more in the WAL, that writer copies them into
+        the database file itself (SQLite's `wal_autocheckpoint`), on every connection, open
+        or yet to come. Call it before other threads use this object."""
+        self._autocheckpoint = int(pages)
+        with self._lock:
+            for conn in self._all:
+                conn.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction. The body may end it early with `ROLLBACK` (a refused
         compare-and-set); otherwise it commits on exit and rolls back on an exception."""
         conn = self.get()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
+        with self.writers.held():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        if conn.in_transaction:
-            conn.execute("COMMIT")
+                conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
                 conn.close()
             self._all.clear()
+        self.writers.close()
         self._local = threading.local()
 
 
@@ -399,6 +482,25 @@ class SQLiteStore:
     def schema_version(self) -> int:
         row = self._conn().execute("SELECT version FROM schema_version").fetchone()
         return int(row[0])
+
+    def checkpoint_elsewhere(self, backstop_pages: int = BACKSTOP_PAGES) -> None:
+        """Leave checkpoints to `checkpoint()`, run by another thread (the daemon's
+        `Checkpointer`): a commit then never copies the WAL into the database file on the
+        request's time, which SQLite does by default every 1,000 pages (about 150
+        verifications), for 5-10 ms of fsyncs and copying while the writers wait. A writer
+        still checkpoints once the WAL holds `backstop_pages`, should that thread fall
+        behind (under steady load the WAL only restarts then)."""
+        self._db.set_autocheckpoint(backstop_pages)
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy what it can of the WAL into the database file without waiting for, or
+        holding up, any reader or writer (`PRAGMA wal_checkpoint(PASSIVE)`, on this
+        thread's connection). Returns (frames in the WAL, frames copied); (0, 0) when
+        another connection was checkpointing."""
+        busy, frames, copied = self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if busy:
+            return 0, 0
+        return max(int(frames), 0), max(int(copied), 0)
 
     def close(self) -> None:
         self._db.close()

@@ -163,6 +163,36 @@ def test_metrics_by_route_template_with_token_gauges(tmp_path: Path, spawn: Any)
     assert aws == {"GetSessionToken": 1, "other": 1}  # an unknown Action is no new label
 
 
+def test_the_wal_is_checkpointed_in_the_background(tmp_path: Path, spawn: Any) -> None:
+    """The daemon's checkpoint thread, not the requests' commits, copies SQLite's WAL into
+    the database file (validator.daemon.Checkpointer), and /metrics counts it."""
+    import shutil
+    import sqlite3
+
+    def in_the_file_alone() -> int:  # the database file read without its WAL
+        shutil.copy(tmp_path / "validator.db", tmp_path / "alone.db")
+        alone = sqlite3.connect(tmp_path / "alone.db")
+        try:
+            return int(alone.execute("SELECT COUNT(*) FROM audit WHERE reason = 'no_device'"
+                                     ).fetchone()[0])
+        finally:
+            alone.close()
+
+    init_dir(tmp_path)
+    d = spawn(tmp_path)
+    with d.client("verifier") as ver, d.client() as adm:
+        for _ in range(20):  # each an audit row
+            assert ver.post("/v1/verify", json={"user": "nobody", "code": "123456"}
+                            ).status_code == 200
+        deadline = time.monotonic() + 20
+        while in_the_file_alone() < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        m = _samples(adm.get("/metrics").text)
+    assert m[("foblab_sqlite_checkpoints_total", ())] >= 2  # at start, and since
+    assert m[("foblab_sqlite_checkpoint_pages_total", ())] >= 1
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PYTHON, "-m", "tools.cli", "validator", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
