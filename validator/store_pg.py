@@ -29,6 +29,7 @@ SQLite store's, with these PostgreSQL means:
 from __future__ import annotations
 
 import json
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -110,6 +111,21 @@ PG_MIGRATIONS: dict[int, tuple[str, ...]] = {
 assert max(PG_MIGRATIONS) == SCHEMA_VERSION
 
 PROBE_INTERVAL = 1.0  # seconds between reconnection probes while the database is down
+IDLE_CHECK_SECONDS = 5.0  # a pooled connection idle this long gets a round trip to check it
+
+
+def _check(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check of a connection it hands out, so a dead one is replaced before a
+    request uses it. A round trip (an empty query) only when the connection's socket has
+    something to read, which an idle connection never has unless the server ended it (a
+    restart, a failover, `pg_terminate_backend`: the server says FATAL and closes), or when
+    it sat idle for `IDLE_CHECK_SECONDS`. Checking every connection with a round trip cost
+    each verification two more, a third of its CPU (docs/benchmarks.md)."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    used = getattr(conn, "_foblab_used", None)
+    if poller.poll(0) or used is None or time.monotonic() - used >= IDLE_CHECK_SECONDS:
+        psycopg_pool.ConnectionPool.check_connection(conn)
 _MIGRATION_LOCK = 0x666F626C  # "fobl": the advisory lock migrations hold
 _COLUMNS = 'serial, state, sealed, "user", version, created, assigned_at'
 _AUDIT_COLUMNS = 'id, time, action, result, reason, serial, "user", via, client, window_steps'
@@ -165,7 +181,7 @@ class PostgresStore:
             raise StoreError("the database URL cannot be parsed") from None
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=min_size, max_size=max_size, kwargs=kwargs, timeout=timeout,
-            check=psycopg_pool.ConnectionPool.check_connection, open=False,
+            check=_check, open=False,
             name="foblab", reconnect_timeout=0)
         try:
             self._pool.open(wait=False)
@@ -195,6 +211,7 @@ class PostgresStore:
         try:
             with self._pool.connection(timeout=self.timeout) as conn:
                 yield conn
+                conn._foblab_used = time.monotonic()  # type: ignore[attr-defined]
         except psycopg_pool.PoolTimeout:
             self._down_at = time.monotonic()
             raise StoreUnavailable("no database connection within "

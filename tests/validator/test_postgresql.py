@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,54 @@ def test_a_rotation_on_one_validator_while_the_other_registers_and_verifies(
     finally:
         a.close()
         b.close()
+
+
+def test_a_connection_the_server_ended_is_replaced_before_use(pg_url: str,
+                                                              monkeypatch) -> None:
+    """The pool checks a connection it hands out with a round trip only when its socket
+    has something to say (the server ended it) or it sat idle: a backend terminated right
+    after its last use (a restart, a failover) still costs no request; a busy connection
+    costs no extra round trip."""
+    import psycopg
+    import psycopg_pool
+
+    from validator import store_pg
+
+    checks: list[int] = []
+    real = psycopg_pool.ConnectionPool.check_connection
+
+    def counted(conn: psycopg.Connection) -> None:
+        checks.append(1)
+        real(conn)
+
+    monkeypatch.setattr(psycopg_pool.ConnectionPool, "check_connection", staticmethod(counted))
+    store = open_store(pg_url)
+    assert isinstance(store, store_pg.PostgresStore)
+    try:
+        store.count_tokens()  # a new connection: checked once, then it is known
+        checks.clear()
+        for _ in range(20):
+            store.count_tokens()
+        assert checks == []  # used just now, nothing to read: no round trip
+        with store._connection() as conn:
+            pid = conn.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 10
+        while True:  # until the FATAL has arrived on the pooled socket
+            with store._connection() as conn:
+                if conn.info.backend_pid != pid:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert store.count_tokens() == 0  # never StoreUnavailable
+        assert checks  # the dead one was checked (and replaced)
+        with store._connection() as conn:
+            assert conn.info.backend_pid != pid
+        # and one idle for IDLE_CHECK_SECONDS is checked with a round trip
+        monkeypatch.setattr(store_pg, "IDLE_CHECK_SECONDS", 0.0)
+        checks.clear()
+        store.count_tokens()
+        assert checks == [1]
+    finally:
+        store.close()
