@@ -160,6 +160,43 @@ def main() -> None:
             stop_server(server)
 
 
+def pg_verifications(n: int) -> None:
+    """`n` accepted verifications in process on PostgreSQL: the unit of work for
+    `python -m bench.instructions --code` (the client's instructions only; the server is
+    another process). The server's URL is in FOBLAB_BENCH_PG (any database on it: this
+    creates a fresh one): a postgresql:// URL, e.g. tests/pg.py's `start_server().url()`."""
+    import uuid
+
+    import psycopg
+
+    from validator.service import Validator
+    from validator.store_copy import copy_database
+
+    admin = os.environ["FOBLAB_BENCH_PG"]
+    name = f"instr_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
+    saved = B.TOKENS
+    B.TOKENS = n
+    try:
+        with tempfile.TemporaryDirectory(prefix="foblab-pg-") as tmp:
+            home = Path(tmp) / "v"
+            step = B._prepare(home)
+            copy_database(str(home / "validator.db"), url)
+            v = Validator.open(url, home / "seed.key")
+            try:
+                for i in range(n):
+                    result = v.verify(f"user{i}", B._code(B._secret(i), step))
+                    assert result.accepted, result
+            finally:
+                v.close()
+    finally:
+        B.TOKENS = saved
+
+
 def _pg_pids(server: Any) -> list[int]:
     """The PostgreSQL postmaster and its backends."""
     pid = int((server.data / "postmaster.pid").read_text().split()[0])
