@@ -326,9 +326,9 @@ class WriterQueue:
         if not self._threads.acquire(timeout=self.timeout_s):
             raise sqlite3.OperationalError("database is locked")
         try:
-            self._depth += 1
-            if self._depth == 1:
+            if self._depth == 0:
                 self._lock_file(deadline)
+            self._depth += 1
             try:
                 yield
             finally:

@@ -89,11 +89,25 @@ def test_a_writer_waits_for_another_process_at_most_the_busy_timeout(
         assert holder.wait(10) == 0
         with db.transaction() as conn:
             conn.execute("UPDATE counter SET n = 1")
+            # and after the time-out it queues as before: the file is locked meanwhile
+            assert _locked_elsewhere(str(path) + "-lock")
+        assert not _locked_elsewhere(str(path) + "-lock")
         assert db.get().execute("SELECT n FROM counter").fetchone()[0] == 1
     finally:
         holder.kill()
         holder.wait(10)
         db.close()
+
+
+def _locked_elsewhere(lock: str) -> bool:
+    """Whether another process finds `lock` flocked."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import fcntl, os, sys\n"
+         "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+         "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+         "except BlockingIOError:\n    sys.exit(3)", lock], timeout=30)
+    assert probe.returncode in (0, 3)
+    return probe.returncode == 3
 
 
 def test_a_nested_transaction_fails_as_sqlite_says_and_never_deadlocks(
