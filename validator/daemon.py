@@ -210,8 +210,8 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 LIVE = frozenset({"policy", "stations", "api_keys_file"})
-CHECKPOINT_SECONDS = 0.1  # how often the Checkpointer copies the WAL into the database
 """The settings a reload applies at once; a change to any other needs a restart."""
+CHECKPOINT_SECONDS = 0.1  # how often the Checkpointer copies the WAL into the database
 
 
 class Reloader:
@@ -345,7 +345,7 @@ class Checkpointer(_Periodic):
     instead of by whichever request's commit crosses 1,000 pages (`SQLiteStore.
     checkpoint_elsewhere`): that took 5-10 ms every 150 or so verifications, the p99 of the
     verify and RADIUS benchmarks (docs/benchmarks.md). SQLite releases the GIL meanwhile.
-    `frames` and `copied` count what the checkpoints found and copied, for /metrics."""
+    `runs` and `copied` count the checkpoints and the pages they copied, for /metrics."""
 
     name = "wal checkpoint"
 

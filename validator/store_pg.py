@@ -113,6 +113,10 @@ assert max(PG_MIGRATIONS) == SCHEMA_VERSION
 PROBE_INTERVAL = 1.0  # seconds between reconnection probes while the database is down
 IDLE_CHECK_SECONDS = 5.0  # a pooled connection idle this long gets a round trip to check it
 
+_MIGRATION_LOCK = 0x666F626C  # "fobl": the advisory lock migrations hold
+_COLUMNS = 'serial, state, sealed, "user", version, created, assigned_at'
+_AUDIT_COLUMNS = 'id, time, action, result, reason, serial, "user", via, client, window_steps'
+
 
 def _check(conn: psycopg.Connection[Any]) -> None:
     """The pool's check of a connection it hands out, so a dead one is replaced before a
@@ -126,9 +130,6 @@ def _check(conn: psycopg.Connection[Any]) -> None:
     used = getattr(conn, "_foblab_used", None)
     if poller.poll(0) or used is None or time.monotonic() - used >= IDLE_CHECK_SECONDS:
         psycopg_pool.ConnectionPool.check_connection(conn)
-_MIGRATION_LOCK = 0x666F626C  # "fobl": the advisory lock migrations hold
-_COLUMNS = 'serial, state, sealed, "user", version, created, assigned_at'
-_AUDIT_COLUMNS = 'id, time, action, result, reason, serial, "user", via, client, window_steps'
 
 
 def _dumps(state: TokenState) -> str:
