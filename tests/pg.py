@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class PgServer:
     prefix: list[str]
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _serial: int = 0
+    _lifeline: int | None = None  # the write end of the watchdog's pipe (see `_watch`)
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@/{dbname}?host={quote(str(self.socket_dir), safe='')}"
@@ -118,12 +120,43 @@ def start_server(*, durable: bool = False) -> PgServer:
         if not durable:  # a throw-away server: no durability needed
             conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
     server.start()
+    server._lifeline = _watch(server)
     return server
+
+
+# The watchdog: waits for end of file on its standard input, a pipe whose only write end
+# this process holds, which comes when this process closes it or dies however it dies
+# (SIGTERM, SIGKILL, a crash); then stops the server and removes its folder.
+_WATCHDOG = """
+import shutil, subprocess, sys
+sys.stdin.buffer.read()
+prefix, pg_ctl, data, root = sys.argv[1].split(), sys.argv[2], sys.argv[3], sys.argv[4]
+subprocess.run([*prefix, pg_ctl, "-D", data, "-w", "-m", "immediate", "stop"],
+               capture_output=True, timeout=60)
+shutil.rmtree(root, ignore_errors=True)
+"""
+
+
+def _watch(server: PgServer) -> int:
+    """Start the server's watchdog (in its own session, so a signal to this process's
+    group does not reach it); the pipe's write end, for `stop_server` to close."""
+    read_end, write_end = os.pipe()  # neither inherited by other children (PEP 446)
+    try:
+        subprocess.Popen([sys.executable, "-c", _WATCHDOG, " ".join(server.prefix),
+                          str(server.bin / "pg_ctl"), str(server.data), str(server.root)],
+                         stdin=read_end, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        os.close(read_end)
+    return write_end
 
 
 def stop_server(server: PgServer) -> None:
     server.run("pg_ctl", "-D", str(server.data), "-w", "-m", "immediate", "stop", check=False)
     shutil.rmtree(server.root, ignore_errors=True)
+    if server._lifeline is not None:
+        os.close(server._lifeline)  # the watchdog finds nothing left to do
+        server._lifeline = None
 
 
 @dataclass(frozen=True)
