@@ -275,17 +275,20 @@ def _thread_hop_vs_verify(home: Path) -> tuple[float, float]:
     return hop, per
 
 
-def start_daemon(home: Path, log: Any, *args: str
+def start_daemon(home: Path, log: Any, *args: str, tree: str | None = None
                  ) -> tuple[subprocess.Popen[str], str, tuple[str, int] | None]:
     """A real `foblab validator serve --dir HOME --port 0 ARGS` process once it listens:
     (the process, its URL, its RADIUS door's (host, port) or None). Its log, read from
-    standard error until then, goes on into `log` so it never blocks on a full pipe."""
+    standard error until then, goes on into `log` so it never blocks on a full pipe.
+    `tree`: the source tree to run it from (bench.side_by_side), else this one."""
     import shutil
     import threading
 
+    env = None if tree is None else {**os.environ, "PYTHONPATH": tree}
     proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "validator", "serve",
-                             "--dir", str(home), "--port", "0", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--dir", str(home), "--port", "0", *args], cwd=tree or ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
     assert proc.stderr is not None
     url, radius = "", None
     for line in proc.stderr:

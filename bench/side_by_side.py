@@ -11,13 +11,11 @@ Usage: python -m bench.side_by_side old=/path/to/old/tree new=/path/to/new/tree
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,20 +35,8 @@ def _cpu(pid: int) -> float:
 def start_daemon(tree: str, home: Path) -> tuple[subprocess.Popen[str], str, int]:
     """`tree`'s `foblab validator serve` on `home`, on a free port; its log is drained into
     home/access.log. Returns the process, host and port."""
-    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "validator", "serve", "--dir",
-                             str(home), "--port", "0"], cwd=tree, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": tree})
-    assert proc.stderr is not None
-    url = ""
-    for line in proc.stderr:
-        if "listening on " in line:
-            url = re.findall(r"listening on (https?://[^\s\"]+)", line)[0]
-            break
-    if not url:
-        raise RuntimeError(f"the daemon of {tree} did not start")
     log = open(home / "access.log", "w")  # noqa: SIM115 - open for the daemon's lifetime
-    threading.Thread(target=shutil.copyfileobj, args=(proc.stderr, log), daemon=True).start()
+    proc, url, _ = B.start_daemon(home, log, tree=tree)
     host, port = url.removeprefix("http://").rsplit(":", 1)
     return proc, host, int(port)
 
