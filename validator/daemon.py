@@ -517,8 +517,9 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
             reloader.api = app.state.api
         except (ValueError, TypeError, KeyError, OSError) as exc:
             raise StartupError(f"cannot build the application: {exc}") from None
-        if checkpointer is not None:
+        if checkpointer is not None:  # before the RADIUS thread opens its connection
             app.state.api.metrics.add_collector(checkpointer.collect_metrics)
+            checkpointer.start()
         if radius is not None:
             from validator.radius.server import RadiusDoor, RadiusListener
 
@@ -537,8 +538,6 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
             log.info("radius door on udp %s (%d client(s))", where, len(clients))
             if on_radius is not None:
                 on_radius(where)
-        if checkpointer is not None:
-            checkpointer.start()
         if pruner is not None:
             pruner.start()
             log.info("audit retention: max age %g days, max rows %d (0: none), every %g s",
