@@ -15,7 +15,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,6 +57,7 @@ from validator.store import (
     Cas,
     Durability,
     StaleDataKey,
+    StateChange,
     Store,
     StoreUnavailable,
     TokenRecord,
@@ -106,6 +107,17 @@ class TokenInfo:
     offset_seconds: float  # believed token-clock offset at the time of the query (TOTP)
     rate_ppm: float  # believed clock rate error (TOTP)
     expires: float | None = None  # from the seed file's key policy; refused after it
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyRequest:
+    """One verification of `verify_many`: `verify`'s arguments."""
+
+    user: str
+    code: str
+    serial: str | None = None
+    via: str | None = None
+    client: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -603,6 +615,63 @@ class Validator:
             return self._answer(user, one, Reason.LOCKED, t, wait, via=via, client=client,
                                 window=window)
         raise Conflict("too many concurrent changes to the same token; try again")
+
+    def verify_many(self, requests: Sequence[VerifyRequest], now: float | None = None
+                    ) -> list[VerifyResult | Exception]:
+        """`verify` of each request, each answer (or the exception `verify` would raise) in
+        its place, with the same outcome as calling `verify` for each in turn. The common
+        case shares its round trips: one read of every user's devices and one write of
+        every accepted code (`Store.set_states`). Anything else (a refusal, a lost race, a
+        second request for a user already in the batch, a seed resealed meanwhile) is
+        decided again by `verify` alone, after that write. A store error in the shared read
+        or write is raised for all."""
+        t = self._now(now)
+        results: list[VerifyResult | Exception | None] = [None] * len(requests)
+        shared: list[int] = []
+        users: set[str] = set()
+        for i, r in enumerate(requests):
+            try:
+                self._check_user(r.user)
+            except Exception as exc:  # noqa: BLE001 - handed back in its place
+                results[i] = exc
+                continue
+            if r.user not in users:
+                users.add(r.user)
+                shared.append(i)
+        devices = self.store.tokens_of_many([requests[i].user for i in shared])
+        wins: list[tuple[int, StateChange, int]] = []
+        for i in shared:
+            r = requests[i]
+            records = [d for d in devices[r.user] if r.serial in (None, d.serial)]
+            code = r.code if isinstance(r.code, str) else ""
+            try:
+                decisions = [(d, core.verify(d.state, self.box.open(d.serial, d.sealed), code,
+                                             t, self.policy)) for d in records]
+            except UnknownDataKey:
+                continue
+            window = sum(d.window for _, d in decisions)
+            winner = next(((d, x) for d, x in decisions if x.accepted), None)
+            if winner is None:
+                continue
+            record, decision = winner
+            wins.append((i, StateChange(record.serial, record.version, decision.state, [
+                AuditEvent(t, "verify", "ok", Reason.ACCEPTED, record.serial, r.user, r.via,
+                           r.client, window)]), window))
+        for (i, change, window), cas in zip(
+                wins, self.store.set_states([c for _, c, _ in wins]), strict=True):
+            if cas is Cas.OK:
+                results[i] = VerifyResult(True, Reason.ACCEPTED, change.serial, 0.0, None,
+                                          window)
+        out: list[VerifyResult | Exception] = []
+        for r, result in zip(requests, results, strict=True):
+            if result is None:
+                try:
+                    result = self.verify(r.user, r.code, t, r.serial, via=r.via,
+                                         client=r.client)
+                except Exception as exc:  # noqa: BLE001 - handed back in its place
+                    result = exc
+            out.append(result)
+        return out
 
     def _commit_failures(self, decisions: list[tuple[TokenRecord, Decision]]) -> bool:
         """Commit every changed (failure-counting) state; False if any lost its CAS, so the

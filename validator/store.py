@@ -208,6 +208,23 @@ class AuditEntry:
     window: int | None = None
 
 
+@dataclass(frozen=True)
+class StateChange:
+    """One compare-and-set of `set_states`: `state` (and `audit`'s rows) only if the token
+    `serial` is still at `version`."""
+
+    serial: str
+    version: int
+    state: TokenState
+    audit: Sequence[AuditEvent] = ()
+
+
+def one_change_per_token(changes: Sequence[StateChange]) -> None:
+    """`set_states`'s precondition: one change per token (ValueError otherwise)."""
+    if len({c.serial for c in changes}) != len(changes):
+        raise ValueError("set_states: one change per token")
+
+
 class _Keep:
     """The `user` argument of compare_and_set meaning: leave the assignment as it is."""
 
@@ -225,6 +242,8 @@ class Store(Protocol):
 
     def tokens_of(self, user: str) -> list[TokenRecord]: ...
 
+    def tokens_of_many(self, users: Sequence[str]) -> dict[str, list[TokenRecord]]: ...
+
     def list_tokens(self, *, user: str | None = None, kind: str | None = None,
                     assigned: bool | None = None, limit: int = 100,
                     offset: int = 0) -> list[TokenRecord]: ...
@@ -233,6 +252,8 @@ class Store(Protocol):
                         user: str | None | _Keep = KEEP, assigned_at: float | None = None,
                         max_devices: int | None = None,
                         audit: Sequence[AuditEvent] = ()) -> Cas: ...
+
+    def set_states(self, changes: Sequence[StateChange]) -> list[Cas]: ...
 
     def delete(self, serial: str, version: int, audit: Sequence[AuditEvent] = ()) -> Cas: ...
 
@@ -583,6 +604,24 @@ class SQLiteStore:
             self._write(conn, audit)
         return Cas.OK
 
+    def set_states(self, changes: Sequence[StateChange]) -> list[Cas]:
+        """Each change's compare-and-set (its state and audit rows, keeping the assignment),
+        all in one transaction: a change that loses its race writes nothing and undoes no
+        other. The serials must differ."""
+        one_change_per_token(changes)
+        if not changes:
+            return []
+        out = []
+        with self._db.transaction() as conn:
+            for c in changes:
+                won = conn.execute("UPDATE tokens SET state = ?, version = version + 1 "
+                                   "WHERE serial = ? AND version = ?",
+                                   (_dumps(c.state), c.serial, c.version)).rowcount == 1
+                if won:
+                    self._write(conn, c.audit)
+                out.append(Cas.OK if won else Cas.CONFLICT)
+        return out
+
     def delete(self, serial: str, version: int, audit: Sequence[AuditEvent] = ()) -> Cas:
         with self._db.transaction() as conn:
             cursor = conn.execute("DELETE FROM tokens WHERE serial = ? AND version = ?",
@@ -720,6 +759,18 @@ class SQLiteStore:
             f"SELECT {_COLUMNS} FROM tokens WHERE user = ? ORDER BY assigned_at, serial",
             (user,)).fetchall()
         return [_record(row) for row in rows]
+
+    def tokens_of_many(self, users: Sequence[str]) -> dict[str, list[TokenRecord]]:
+        """`tokens_of` of each of `users`, one query per 500 users."""
+        out: dict[str, list[TokenRecord]] = {user: [] for user in users}
+        names = list(out)
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            for row in self._conn().execute(
+                    f"SELECT {_COLUMNS} FROM tokens WHERE user IN "
+                    f"({', '.join('?' * len(chunk))}) ORDER BY assigned_at, serial", chunk):
+                out[row[3]].append(_record(row))
+        return out
 
     def list_tokens(self, *, user: str | None = None, kind: str | None = None,
                     assigned: bool | None = None, limit: int = 100,

@@ -49,10 +49,12 @@ from validator.store import (
     AuditEvent,
     Cas,
     StaleDataKey,
+    StateChange,
     StoreError,
     StoreUnavailable,
     TokenRecord,
     _Keep,
+    one_change_per_token,
     prune_audit_rows,
     sealed_key_ids,
 )
@@ -116,6 +118,30 @@ IDLE_CHECK_SECONDS = 5.0  # a pooled connection idle this long gets a round trip
 _MIGRATION_LOCK = 0x666F626C  # "fobl": the advisory lock migrations hold
 _COLUMNS = 'serial, state, sealed, "user", version, created, assigned_at'
 _AUDIT_COLUMNS = 'id, time, action, result, reason, serial, "user", via, client, window_steps'
+
+
+# set_states: the updates, then the audit rows of the changes whose update matched. Arrays
+# (one per column) keep the statement's text the same for any number of changes, so it is
+# prepared once per connection.
+_SET_STATES = """
+WITH u AS (
+    UPDATE tokens t SET state = v.state, version = t.version + 1
+    FROM (SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[])
+          AS v(serial, version, state) ORDER BY serial) AS v
+    WHERE t.serial = v.serial AND t.version = v.version
+    RETURNING t.serial
+), a AS (
+    INSERT INTO audit (time, serial, "user", action, result, reason, via, client,
+                       window_steps)
+    SELECT x.time, x.serial, x."user", x.action, x.result, x.reason, x.via, x.client,
+           x.window_steps
+    FROM unnest(%s::text[], %s::double precision[], %s::text[], %s::text[], %s::text[],
+                %s::text[], %s::text[], %s::text[], %s::text[], %s::integer[])
+         AS x(owner, time, serial, "user", action, result, reason, via, client,
+              window_steps)
+    WHERE x.owner IN (SELECT serial FROM u)
+)
+SELECT serial FROM u"""
 
 
 def _check(conn: psycopg.Connection[Any]) -> None:
@@ -369,6 +395,32 @@ class PostgresStore:
                 f"{', '.join([row] * len(audit))}) AS v WHERE EXISTS (SELECT 1 FROM u)", args)
             return Cas.OK if cur.rowcount == len(audit) else Cas.CONFLICT
 
+    def set_states(self, changes: Sequence[StateChange]) -> list[Cas]:
+        """Every change's compare-and-set and audit rows in one statement, one round trip
+        (atomic on its own in autocommit mode): a change's rows are inserted only if its
+        update matched. The serials must differ."""
+        if not changes:
+            return []
+        one_change_per_token(changes)
+        ordered = sorted(changes, key=lambda c: c.serial)  # rows locked in one order
+        rows = [(c.serial, e) for c in ordered for e in c.audit]
+        args = ([c.serial for c in ordered], [c.version for c in ordered],
+                [_dumps(c.state) for c in ordered],
+                [owner for owner, _ in rows], [e.time for _, e in rows],
+                [e.serial for _, e in rows], [e.user for _, e in rows],
+                [e.action for _, e in rows], [e.result for _, e in rows],
+                [e.reason for _, e in rows], [e.via for _, e in rows],
+                [e.client for _, e in rows], [e.window for _, e in rows])
+        with self._connection() as conn:
+            try:
+                won = {row[0] for row in conn.execute(_SET_STATES, args)}
+            except psycopg.errors.DeadlockDetected:
+                # Another daemon's statement held some of these rows and waited for ours:
+                # PostgreSQL undid this one whole. Nothing was written, so every change
+                # lost its race; the caller decides each again.
+                return [Cas.CONFLICT] * len(changes)
+        return [Cas.OK if c.serial in won else Cas.CONFLICT for c in changes]
+
     def delete(self, serial: str, version: int, audit: Sequence[AuditEvent] = ()) -> Cas:
         with self.transaction() as conn:
             cur = conn.execute("DELETE FROM tokens WHERE serial = %s AND version = %s",
@@ -514,6 +566,14 @@ class PostgresStore:
         return [_record(row) for row in self._rows(
             f'SELECT {_COLUMNS} FROM tokens WHERE "user" = %s '
             "ORDER BY assigned_at NULLS FIRST, serial", (user,))]
+
+    def tokens_of_many(self, users: Sequence[str]) -> dict[str, list[TokenRecord]]:
+        """`tokens_of` of each of `users`, in one query."""
+        out: dict[str, list[TokenRecord]] = {user: [] for user in users}
+        for row in self._rows(f'SELECT {_COLUMNS} FROM tokens WHERE "user" = ANY(%s) '
+                              "ORDER BY assigned_at NULLS FIRST, serial", (list(out),)):
+            out[row[3]].append(_record(row))
+        return out
 
     def list_tokens(self, *, user: str | None = None, kind: str | None = None,
                     assigned: bool | None = None, limit: int = 100,

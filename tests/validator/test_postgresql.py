@@ -232,3 +232,53 @@ def test_a_connection_the_server_ended_is_replaced_before_use(pg_url: str,
         assert checks == [1]
     finally:
         store.close()
+
+
+def test_a_shared_write_caught_in_a_deadlock_loses_every_race_and_nothing_else(
+        pg_url: str, tmp_path: Path) -> None:
+    """`set_states` on two rows meets another session holding the second and then
+    wanting the first: PostgreSQL undoes one of the two (here set_states, whose
+    deadlock check comes first). Every change then reports a lost race, nothing of it is
+    written, the store is not taken for down, and verify_many decides each request
+    again and accepts both codes."""
+    import psycopg
+
+    from validator.service import VerifyRequest
+    from validator.store import AuditEvent, Cas, StateChange
+
+    v = Validator.open(pg_url, tmp_path / "seed.key")
+    try:
+        for user, serial in (("alice", "DL-A"), ("bob", "DL-B")):
+            v.register_token(serial, SEED, now=T0)
+            _enable(v, user, serial)
+        before = {r.serial: r for r in v.store.list_tokens()}
+        audit_before = v.store.count_audit()
+        changes = [StateChange(s, before[s].version, before[s].state,
+                               [AuditEvent(T0, "verify", "ok", serial=s)])
+                   for s in ("DL-B", "DL-A")]
+        got: list[object] = []
+        with psycopg.connect(pg_url) as other:
+            other.execute("SET deadlock_timeout = '20s'")  # its check comes second
+            other.execute("UPDATE tokens SET version = version WHERE serial = 'DL-B'")
+            writer = threading.Thread(target=lambda: got.append(v.store.set_states(changes)))
+            writer.start()
+            with psycopg.connect(pg_url, autocommit=True) as watch:
+                deadline = time.monotonic() + 10
+                while not watch.execute(  # set_states holds DL-A and waits for DL-B
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                        "'Lock' AND query LIKE '%%unnest%%'").fetchone()[0]:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+            other.execute("UPDATE tokens SET version = version WHERE serial = 'DL-A'")
+            writer.join(30)
+            other.rollback()
+        assert got == [[Cas.CONFLICT, Cas.CONFLICT]]
+        assert {r.serial: r for r in v.store.list_tokens()} == before
+        assert v.store.count_audit() == audit_before
+        t = T0 + 30
+        code = hotp(SEED, int(t // 30))
+        out = v.verify_many([VerifyRequest("alice", code), VerifyRequest("bob", code)],
+                            now=t)
+        assert [r.accepted for r in out] == [True, True]  # type: ignore[union-attr]
+    finally:
+        v.close()
