@@ -1,8 +1,9 @@
 """Requests overlap in a PostgreSQL store: one daemon (a real uvicorn server) never waits
-on the database on its event loop. Its store is instrumented so that every compare-and-set
-waits at a barrier for a second one: served one at a time (a blocking call on the loop),
-the first would wait alone until the barrier's timeout; served from the door's thread pool,
-the requests for two users meet there, and both are accepted."""
+on the database on its event loop. Its store is instrumented so that every write of
+accepted codes (`set_states`, which verify batches through) waits at a barrier for a
+second one: served one at a time (a blocking call on the loop, or one batch at a time),
+the first would wait alone until the barrier's timeout; served from the door's thread pool
+by two batch runners, the requests for two users meet there, and both are accepted."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def test_two_requests_are_in_the_postgresql_store_at_once(tmp_path: Path,
         v.enable(user, f"T-{user}", hotp(SEED, 0), hotp(SEED, 1))
     barrier = threading.Barrier(2, timeout=10)
     met: list[bool] = []
-    real = v.store.compare_and_set
+    real = v.store.set_states
 
     def cas(*args: Any, **kw: Any) -> Any:
         try:
@@ -44,7 +45,7 @@ def test_two_requests_are_in_the_postgresql_store_at_once(tmp_path: Path,
             met.append(False)
         return real(*args, **kw)
 
-    v.store.compare_and_set = cas  # type: ignore[method-assign]
+    v.store.set_states = cas  # type: ignore[method-assign]
     server = Server(v, keys, settings)
     try:
         answers: list[dict[str, Any]] = []

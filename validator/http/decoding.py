@@ -31,6 +31,7 @@ from validator import api_schema as S
 from validator import rules
 from validator.api_schema import OpDoc
 from validator.apikeys import KeyRing, Role
+from validator.batching import RUNNERS, VerifyBatcher
 from validator.config import Settings
 from validator.connections import discard_body
 from validator.errors import (
@@ -69,11 +70,17 @@ class Api:
     # Service calls on a store that waits on the network (PostgreSQL) run in threads, at
     # most this many at once (the store's own pool bounds the connections); None: inline.
     limiter: anyio.CapacityLimiter | None = None
+    # verify on such a store: requests that would wait for a thread go together (one read,
+    # one write for all: validator.batching); None: each request its own `call`.
+    batcher: VerifyBatcher | None = None
 
     def __post_init__(self) -> None:
         if self.limiter is None and getattr(self.validator.store, "remote", False):
             self.limiter = anyio.CapacityLimiter(
                 int(getattr(self.validator.store, "max_connections", 8)))
+        if self.batcher is None and self.limiter is not None:
+            self.batcher = VerifyBatcher(self.validator.verify_many, self.call,
+                                         runners=min(RUNNERS, int(self.limiter.total_tokens)))
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)`: on the event loop for a local store, else in a thread."""

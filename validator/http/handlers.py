@@ -36,7 +36,7 @@ from validator.http.decoding import Call
 from validator.http.metrics import CONTENT_TYPE
 from validator.http.middleware import error_response
 from validator.logs import timestamp
-from validator.service import AuditEntry, TokenInfo
+from validator.service import AuditEntry, TokenInfo, VerifyRequest
 from validator.station import Station
 
 log = logging.getLogger("foblab.validator")
@@ -200,8 +200,12 @@ async def resync_device(c: Call) -> Response:
 
 async def verify(c: Call) -> Response:
     b = c.body
-    result = await c.api.call(c.api.validator.verify, b["user"], b["code"],
-                              serial=b.get("serial"))
+    if c.api.batcher is not None:
+        result = await c.api.batcher.verify(VerifyRequest(b["user"], b["code"],
+                                                          b.get("serial")))
+    else:
+        result = await c.api.call(c.api.validator.verify, b["user"], b["code"],
+                                  serial=b.get("serial"))
     reason = result.reason.value
     c.api.metrics.verified(reason, result.window)
     c.outcome(reason)
