@@ -78,6 +78,26 @@ def _start(home: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
     return proc, int(url.rsplit(":", 1)[1])
 
 
+def _batches(homes: list[Path], ports: list[int]) -> tuple[float, float]:
+    """The daemons' `foblab_verify_batch_size` sum and count so far (PostgreSQL)."""
+    import urllib.request
+
+    from validator.config import load
+
+    total = count = 0.0
+    for home, port in zip(homes, ports, strict=True):
+        key = load(home / "foblab.toml").admin_key_file.read_text().strip()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                     headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("foblab_verify_batch_size_sum "):
+                    total += float(line.split()[1])
+                elif line.startswith("foblab_verify_batch_size_count "):
+                    count += float(line.split()[1])
+    return total, count
+
+
 def _configure(template: Path, home: Path, url: str | None) -> None:
     shutil.copytree(template, home)
     if url is None:
@@ -140,8 +160,12 @@ def main() -> None:
                         step = max(first_step, int(time.time() // 30))
                         reqs = B._verify_requests(key, first, count, step)
                         db_before = _cpu(pg_pids)
+                        batched = _batches(homes, ports) if kind else (0.0, 0.0)
                         r = _run_load(ports, reqs, conns, watched)
                         db = _cpu(pg_pids) - db_before
+                        if kind:
+                            total, count = _batches(homes, ports)
+                            batched = (total - batched[0], count - batched[1])
                         first += count
                         per = 1e6 / count
                         print(f"   {name:<22} {conns:>2} conns: {r['rate']:>6,.0f}/s, "
@@ -150,6 +174,8 @@ def main() -> None:
                               f"{r['cpu_servers'] * per:.0f}"
                               + (f", postgres {db * per:.0f}" if kind else "")
                               + f", load generator {r['cpu_load'] * per:.0f}"
+                              + (f"; {batched[0] / batched[1]:.1f} per batch"
+                                 if batched[1] else "")
                               + (f"  e.g. {r['failures'][0]}" if r["failures"] else ""))
                 finally:
                     for proc, _ in procs:

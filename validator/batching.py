@@ -27,12 +27,15 @@ MAX_BATCH = 32
 
 class VerifyBatcher:
     """`await batcher.verify(request)`: `Validator.verify`'s answer (or exception). `run` runs
-    a blocking call off the event loop (the door's thread hop)."""
+    a blocking call off the event loop (the door's thread hop); `on_batch` is told each
+    batch's size (/metrics)."""
 
     def __init__(self, verify_many: Callable[[list[VerifyRequest]], list[Any]],
                  run: Callable[..., Any], *, runners: int = RUNNERS,
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH,
+                 on_batch: Callable[[int], None] = lambda size: None) -> None:
         self._verify_many = verify_many
+        self._on_batch = on_batch
         self._run = run
         self._runners = runners
         self._max_batch = max_batch
@@ -52,6 +55,7 @@ class VerifyBatcher:
         while self._pending:
             batch = self._pending[:self._max_batch]
             del self._pending[:self._max_batch]
+            self._on_batch(len(batch))
             try:
                 results = await self._run(self._verify_many, [r for r, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every request of the batch gets it

@@ -644,7 +644,8 @@ def test_the_path_rules() -> None:
 
 def _api(tmp_path: Path, store: object) -> Api:
     settings = config.parse({}, tmp_path)
-    return Api(SimpleNamespace(store=store), KeyRing({}), settings)  # type: ignore[arg-type]
+    return Api(SimpleNamespace(store=store, verify_many=list),  # type: ignore[arg-type]
+               KeyRing({}), settings)
 
 
 def _where(value: int, *, plus: int) -> tuple[int, int]:
@@ -654,12 +655,13 @@ def _where(value: int, *, plus: int) -> tuple[int, int]:
 def test_a_networked_store_is_called_from_a_bounded_pool_of_threads(tmp_path: Path) -> None:
     here = threading.get_ident()
     local = _api(tmp_path, SimpleNamespace())  # a local store (SQLite): on the event loop
-    assert local.limiter is None
+    assert local.limiter is None and local.batcher is None  # verify: each its own call
     assert anyio.run(functools.partial(local.call, _where, 1, plus=2)) == (here, 3)
     remote = _api(tmp_path, SimpleNamespace(remote=True, max_connections=3))
     assert remote.limiter is not None and remote.limiter.total_tokens == 3
     thread, value = anyio.run(functools.partial(remote.call, _where, 1, plus=2))
     assert thread != here and value == 3
+    assert remote.batcher is not None  # verify: requests waiting together go as one
     # at most max_connections calls at once, however many requests wait
     two = _api(tmp_path, SimpleNamespace(remote=True, max_connections=2))
     running, most = [0], [0]

@@ -70,6 +70,17 @@ def test_two_daemons_one_winner_per_code(tmp_path: Path, pg_url: str, spawn: Any
         audit = c.get("/v1/audit", params={"action": "verify", "result": "ok",
                                            "limit": 100}).json()
     assert audit["total"] == 6
+    # The burst's requests went together (validator.batching): every verification in a
+    # batch, and fewer batches than verifications.
+    size_sum = size_count = 0.0
+    for d in (a, b):
+        with d.client() as c:
+            for line in c.get("/metrics").text.splitlines():
+                if line.startswith("foblab_verify_batch_size_sum "):
+                    size_sum += float(line.split()[1])
+                elif line.startswith("foblab_verify_batch_size_count "):
+                    size_count += float(line.split()[1])
+    assert size_sum == 6 * 50 and 0 < size_count < size_sum
 
 
 def test_rotation_on_one_daemon_while_the_other_verifies(tmp_path: Path, pg_url: str,

@@ -69,7 +69,8 @@ async def _inside(held: Held, n: int = 1) -> None:
 
 def test_requests_waiting_for_the_runner_go_as_one_batch(validator: Validator) -> None:
     held = Held(validator)
-    batcher = VerifyBatcher(held, _to_thread, runners=1)
+    sizes: list[int] = []
+    batcher = VerifyBatcher(held, _to_thread, runners=1, on_batch=sizes.append)
 
     async def main() -> list[Any]:
         first = asyncio.ensure_future(batcher.verify(VerifyRequest("user0", _code(0))))
@@ -83,6 +84,7 @@ def test_requests_waiting_for_the_runner_go_as_one_batch(validator: Validator) -
 
     out = asyncio.run(main())
     assert held.batches == [["user0"], USERS[1:6]]
+    assert sizes == [1, 5]
     assert [(r.accepted, r.serial) for r in out] == [(True, f"S{i}") for i in range(6)]
 
 

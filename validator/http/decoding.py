@@ -80,7 +80,9 @@ class Api:
                 int(getattr(self.validator.store, "max_connections", 8)))
         if self.batcher is None and self.limiter is not None:
             self.batcher = VerifyBatcher(self.validator.verify_many, self.call,
-                                         runners=min(RUNNERS, int(self.limiter.total_tokens)))
+                                         runners=min(RUNNERS, int(self.limiter.total_tokens)),
+                                         on_batch=self.metrics.batched)
+            self.metrics.count_batches()
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)`: on the event loop for a local store, else in a thread."""

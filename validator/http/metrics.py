@@ -90,6 +90,7 @@ class Metrics:
     BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                5.0, 10.0)
     WINDOW_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 24)
+    BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 
     def __init__(self, connections: ConnectionGuard | None = None,
                  gauges: Callable[[], dict[str, int]] | None = None) -> None:
@@ -101,6 +102,7 @@ class Metrics:
         self._requests: dict[tuple[str, str, int], list[Any]] = {}
         self._verify: dict[str, int] = {}
         self._window = _Histogram(self.WINDOW_BUCKETS)
+        self._batches: _Histogram | None = None  # with a VerifyBatcher (PostgreSQL)
         self._stations = Counter("foblab_station_operations", "Station operations by "
                                  "result.", ("station", "op", "result"), registry=registry)
         started = Gauge("foblab_start_time_seconds", "When the daemon started (Unix "
@@ -130,6 +132,17 @@ class Metrics:
         self._verify[reason] = self._verify.get(reason, 0) + 1
         if window is not None:
             self._window.observe(window)
+
+    def batched(self, size: int) -> None:
+        """One batch of verifications that shared their round trips (`VerifyBatcher`)."""
+        if self._batches is None:
+            self._batches = _Histogram(self.BATCH_BUCKETS)
+        self._batches.observe(size)
+
+    def count_batches(self) -> None:
+        """Export the batch sizes from now on, also before the first batch."""
+        if self._batches is None:
+            self._batches = _Histogram(self.BATCH_BUCKETS)
 
     def station(self, name: str, op: str, result: str) -> None:
         self._stations.labels(name, op, result).inc()
@@ -169,6 +182,12 @@ class Metrics:
                                        "have been accepted at.")
         window.add_metric((), self._window.buckets(), self._window.sum)
         yield window
+        if self._batches is not None:
+            batches = HistogramMetricFamily(
+                "foblab_verify_batch_size", "Verifications per batch sharing one read and "
+                "one write of the database (PostgreSQL).")
+            batches.add_metric((), self._batches.buckets(), self._batches.sum)
+            yield batches
 
     def _collect_scraped(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("foblab_http_requests_in_flight", "Requests being answered "
