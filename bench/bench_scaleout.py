@@ -164,8 +164,8 @@ def main() -> None:
                         r = _run_load(ports, reqs, conns, watched)
                         db = _cpu(pg_pids) - db_before
                         if kind:
-                            total, count = _batches(homes, ports)
-                            batched = (total - batched[0], count - batched[1])
+                            in_batches, batches = _batches(homes, ports)
+                            batched = (in_batches - batched[0], batches - batched[1])
                         first += count
                         per = 1e6 / count
                         print(f"   {name:<22} {conns:>2} conns: {r['rate']:>6,.0f}/s, "
