@@ -120,27 +120,35 @@ _COLUMNS = 'serial, state, sealed, "user", version, created, assigned_at'
 _AUDIT_COLUMNS = 'id, time, action, result, reason, serial, "user", via, client, window_steps'
 
 
-# set_states: the updates, then the audit rows of the changes whose update matched. Arrays
-# (one per column) keep the statement's text the same for any number of changes, so it is
-# prepared once per connection.
-_SET_STATES = """
-WITH u AS (
-    UPDATE tokens t SET state = v.state, version = t.version + 1
-    FROM (SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[])
-          AS v(serial, version, state) ORDER BY serial) AS v
-    WHERE t.serial = v.serial AND t.version = v.version
-    RETURNING t.serial
-), a AS (
+# The statements of tokens_of_many and set_states list their values (`IN (%s, ...)`,
+# `VALUES (...), ...`) rather than pass arrays: the planner then knows how many there are
+# in the generic plan of a prepared statement too, which it therefore uses. With arrays it
+# guesses 10 elements, finds its custom plans cheaper, and plans every execution afresh,
+# which cost more than running it (docs/benchmarks.md). One prepared statement per batch
+# size (at most 32).
+_STATE_ROW = "(%s::text, %s::bigint, %s::text)"
+_AUDIT_ROW = ("(%s::text, %s::double precision, %s::text, %s::text, %s::text, %s::text, "
+              "%s::text, %s::text, %s::text, %s::integer)")
+
+
+def _set_states_sql(changes: int, audit_rows: int) -> str:
+    """set_states's statement: the updates, then the audit rows of the changes whose
+    update matched, then the serials that did."""
+    audit = "" if not audit_rows else f""", a AS (
     INSERT INTO audit (time, serial, "user", action, result, reason, via, client,
                        window_steps)
     SELECT x.time, x.serial, x."user", x.action, x.result, x.reason, x.via, x.client,
            x.window_steps
-    FROM unnest(%s::text[], %s::double precision[], %s::text[], %s::text[], %s::text[],
-                %s::text[], %s::text[], %s::text[], %s::text[], %s::integer[])
-         AS x(owner, time, serial, "user", action, result, reason, via, client,
-              window_steps)
+    FROM (VALUES {", ".join([_AUDIT_ROW] * audit_rows)})
+         AS x(owner, time, serial, "user", action, result, reason, via, client, window_steps)
     WHERE x.owner IN (SELECT serial FROM u)
-)
+)"""
+    return f"""WITH v(serial, version, state) AS (VALUES {", ".join([_STATE_ROW] * changes)}),
+u AS (
+    UPDATE tokens t SET state = v.state, version = t.version + 1
+    FROM v WHERE t.serial = v.serial AND t.version = v.version
+    RETURNING t.serial
+){audit}
 SELECT serial FROM u"""
 
 
@@ -403,17 +411,19 @@ class PostgresStore:
             return []
         one_change_per_token(changes)
         ordered = sorted(changes, key=lambda c: c.serial)  # rows locked in one order
-        rows = [(c.serial, e) for c in ordered for e in c.audit]
-        args = ([c.serial for c in ordered], [c.version for c in ordered],
-                [_dumps(c.state) for c in ordered],
-                [owner for owner, _ in rows], [e.time for _, e in rows],
-                [e.serial for _, e in rows], [e.user for _, e in rows],
-                [e.action for _, e in rows], [e.result for _, e in rows],
-                [e.reason for _, e in rows], [e.via for _, e in rows],
-                [e.client for _, e in rows], [e.window for _, e in rows])
+        args: list[Any] = []
+        for c in ordered:
+            args += [c.serial, c.version, _dumps(c.state)]
+        rows = 0
+        for c in ordered:
+            for e in c.audit:
+                args += [c.serial, e.time, e.serial, e.user, e.action, e.result, e.reason,
+                         e.via, e.client, e.window]
+                rows += 1
+        query = _set_states_sql(len(ordered), rows)
         with self._connection() as conn:
             try:
-                won = {row[0] for row in conn.execute(_SET_STATES, args)}
+                won = {row[0] for row in conn.execute(query, args)}
             except psycopg.errors.DeadlockDetected:
                 # Another daemon's statement held some of these rows and waited for ours:
                 # PostgreSQL undid this one whole. Nothing was written, so every change
@@ -568,11 +578,16 @@ class PostgresStore:
             "ORDER BY assigned_at NULLS FIRST, serial", (user,))]
 
     def tokens_of_many(self, users: Sequence[str]) -> dict[str, list[TokenRecord]]:
-        """`tokens_of` of each of `users`, in one query."""
+        """`tokens_of` of each of `users`, one query per 500 users."""
         out: dict[str, list[TokenRecord]] = {user: [] for user in users}
-        for row in self._rows(f'SELECT {_COLUMNS} FROM tokens WHERE "user" = ANY(%s) '
-                              "ORDER BY assigned_at NULLS FIRST, serial", (list(out),)):
-            out[row[3]].append(_record(row))
+        names = list(out)
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            for row in self._rows(
+                    f'SELECT {_COLUMNS} FROM tokens WHERE "user" IN '
+                    f"({', '.join(['%s'] * len(chunk))}) "
+                    "ORDER BY assigned_at NULLS FIRST, serial", chunk):
+                out[row[3]].append(_record(row))
         return out
 
     def list_tokens(self, *, user: str | None = None, kind: str | None = None,

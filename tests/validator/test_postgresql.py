@@ -266,7 +266,7 @@ def test_a_shared_write_caught_in_a_deadlock_loses_every_race_and_nothing_else(
                 deadline = time.monotonic() + 10
                 while not watch.execute(  # set_states holds DL-A and waits for DL-B
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
-                        "'Lock' AND query LIKE '%%unnest%%'").fetchone()[0]:
+                        "'Lock' AND query LIKE 'WITH v(serial%%'").fetchone()[0]:
                     assert time.monotonic() < deadline
                     time.sleep(0.01)
             other.execute("UPDATE tokens SET version = version WHERE serial = 'DL-A'")

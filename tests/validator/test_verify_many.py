@@ -178,7 +178,11 @@ def test_a_store_error_in_the_shared_read_is_raised_for_all(validator: Validator
 
     validator.store.tokens_of_many = down  # type: ignore[method-assign]
     with pytest.raises(OSError, match="disk gone"):
-        validator.verify_many([VerifyRequest("alice", "123456")], now=T0 + 30)
+        validator.verify_many([VerifyRequest("alice", "123456"),
+                               VerifyRequest("bob", "123456")], now=T0 + 30)
+    # One request alone shares nothing: it is verify's own two statements.
+    [alone] = validator.verify_many([VerifyRequest("alice", "123456")], now=T0 + 30)
+    assert isinstance(alone, VerifyResult) and alone.reason is Reason.INVALID_CODE
 
 
 def test_two_validators_batching_the_same_codes_accept_each_once(
