@@ -1,9 +1,10 @@
 """Requests overlap in a PostgreSQL store: one daemon (a real uvicorn server) never waits
-on the database on its event loop. Its store is instrumented so that every write of
-accepted codes (`set_states`, which verify batches through) waits at a barrier for a
-second one: served one at a time (a blocking call on the loop, or one batch at a time),
-the first would wait alone until the barrier's timeout; served from the door's thread pool
-by two batch runners, the requests for two users meet there, and both are accepted."""
+on the database on its event loop. Its store is instrumented so that every write of an
+accepted code (`compare_and_set` for a batch of one, `set_states` for a larger one:
+validator.batching) waits at a barrier for a second one: served one at a time (a blocking
+call on the loop, or one batch at a time), the first would wait alone until the barrier's
+timeout; served from the door's thread pool by two batch runners, the requests for two
+users meet there, and both are accepted."""
 
 from __future__ import annotations
 
@@ -35,17 +36,18 @@ def test_two_requests_are_in_the_postgresql_store_at_once(tmp_path: Path,
         v.enable(user, f"T-{user}", hotp(SEED, 0), hotp(SEED, 1))
     barrier = threading.Barrier(2, timeout=10)
     met: list[bool] = []
-    real = v.store.set_states
+    for name in ("compare_and_set", "set_states"):  # a batch of one, or of several
+        real = getattr(v.store, name)
 
-    def cas(*args: Any, **kw: Any) -> Any:
-        try:
-            barrier.wait()
-            met.append(True)
-        except threading.BrokenBarrierError:
-            met.append(False)
-        return real(*args, **kw)
+        def write(*args: Any, _real: Any = real, **kw: Any) -> Any:
+            try:
+                barrier.wait()
+                met.append(True)
+            except threading.BrokenBarrierError:
+                met.append(False)
+            return _real(*args, **kw)
 
-    v.store.set_states = cas  # type: ignore[method-assign]
+        setattr(v.store, name, write)
     server = Server(v, keys, settings)
     try:
         answers: list[dict[str, Any]] = []
