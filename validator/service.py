@@ -204,11 +204,12 @@ class Validator:
         store = open_store(db_path, durability=durability)
         try:
             box = keys.open_box(store, key_file, settle=True, create=create_key)
-        except BaseException:
+            return cls(store, box, policy, max_user_length=max_user_length,
+                       min_secret_bytes=min_secret_bytes, import_limits=import_limits,
+                       clock=clock)
+        except BaseException:  # a bad key file or setting: nothing left open
             store.close()
             raise
-        return cls(store, box, policy, max_user_length=max_user_length,
-                   min_secret_bytes=min_secret_bytes, import_limits=import_limits, clock=clock)
 
     def view(self, **changes: Any) -> Validator:
         """A validator over the same store, box and settings with some changed (a door

@@ -282,3 +282,31 @@ def test_a_shared_write_caught_in_a_deadlock_loses_every_race_and_nothing_else(
         assert [r.accepted for r in out] == [True, True]  # type: ignore[union-attr]
     finally:
         v.close()
+
+
+def test_a_validator_that_fails_to_open_leaves_no_connection(pg_url: str,
+                                                             tmp_path: Path) -> None:
+    """A setting refused after the store is open (here min_secret_bytes) closes the store:
+    its pooled connections end at once, not whenever the garbage collector finds them (which
+    psycopg_pool then reports as an error from one of its own threads)."""
+    import psycopg
+
+    Validator.open(pg_url, tmp_path / "seed.key").close()
+
+    def others() -> int:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            return int(conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()").fetchone()[0])
+
+    deadline = time.monotonic() + 10
+    while others():  # the first validator's backends are gone
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(ValueError, match="min_secret_bytes") as refused:
+        Validator.open(pg_url, tmp_path / "seed.key", min_secret_bytes=9)
+    deadline = time.monotonic() + 10
+    while others():
+        assert time.monotonic() < deadline, "the refused validator's connections stay open"
+        time.sleep(0.01)
+    assert refused.value is not None  # (held until here, and with it its frames)
