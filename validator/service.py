@@ -109,6 +109,12 @@ class TokenInfo:
     expires: float | None = None  # from the seed file's key policy; refused after it
 
 
+def _accepted(t: float, serial: str, user: str, via: str | None, client: str | None,
+              window: int) -> AuditEvent:
+    """The audit row of an accepted code."""
+    return AuditEvent(t, "verify", "ok", Reason.ACCEPTED, serial, user, via, client, window)
+
+
 @dataclass(frozen=True, slots=True)
 class VerifyRequest:
     """One verification of `verify_many`: `verify`'s arguments."""
@@ -583,16 +589,12 @@ class Validator:
             if not records:
                 return self._answer(user, None, Reason.NO_DEVICE, t, via=via, client=client)
             try:
-                decisions = [(r, core.verify(r.state, self.box.open(r.serial, r.sealed), code,
-                                             t, self.policy)) for r in records]
+                decisions, window, winner = self._decide(records, code, t)
             except UnknownDataKey:  # resealed by a rotation elsewhere since it was read
                 continue
-            window = sum(d.window for _, d in decisions)
-            winner = next(((r, d) for r, d in decisions if d.accepted), None)
             if winner is not None:
                 record, decision = winner
-                audit = [AuditEvent(t, "verify", "ok", Reason.ACCEPTED, record.serial, user,
-                                    via, client, window)]
+                audit = [_accepted(t, record.serial, user, via, client, window)]
                 if self.store.compare_and_set(record.serial, record.version, decision.state,
                                               audit=audit) is Cas.OK:
                     return VerifyResult(True, Reason.ACCEPTED, record.serial, 0.0, None,
@@ -628,11 +630,7 @@ class Validator:
         or write is raised for all."""
         t = self._now(now)
         if len(requests) == 1:  # nothing to share: verify's own statements are cheaper
-            r = requests[0]
-            try:
-                return [self.verify(r.user, r.code, t, r.serial, via=r.via, client=r.client)]
-            except Exception as exc:  # noqa: BLE001 - handed back in its place
-                return [exc]
+            return [self._verify_alone(requests[0], t)]
         results: list[VerifyResult | Exception | None] = [None] * len(requests)
         shared: list[int] = []
         users: set[str] = set()
@@ -650,35 +648,41 @@ class Validator:
         for i in shared:
             r = requests[i]
             records = [d for d in devices[r.user] if r.serial in (None, d.serial)]
-            code = r.code if isinstance(r.code, str) else ""
             try:
-                decisions = [(d, core.verify(d.state, self.box.open(d.serial, d.sealed), code,
-                                             t, self.policy)) for d in records]
+                _, window, winner = self._decide(
+                    records, r.code if isinstance(r.code, str) else "", t)
             except UnknownDataKey:
                 continue
-            window = sum(d.window for _, d in decisions)
-            winner = next(((d, x) for d, x in decisions if x.accepted), None)
             if winner is None:
                 continue
             record, decision = winner
             wins.append((i, StateChange(record.serial, record.version, decision.state, [
-                AuditEvent(t, "verify", "ok", Reason.ACCEPTED, record.serial, r.user, r.via,
-                           r.client, window)]), window))
+                _accepted(t, record.serial, r.user, r.via, r.client, window)]), window))
         for (i, change, window), cas in zip(
                 wins, self.store.set_states([c for _, c, _ in wins]), strict=True):
             if cas is Cas.OK:
                 results[i] = VerifyResult(True, Reason.ACCEPTED, change.serial, 0.0, None,
                                           window)
-        out: list[VerifyResult | Exception] = []
-        for r, result in zip(requests, results, strict=True):
-            if result is None:
-                try:
-                    result = self.verify(r.user, r.code, t, r.serial, via=r.via,
-                                         client=r.client)
-                except Exception as exc:  # noqa: BLE001 - handed back in its place
-                    result = exc
-            out.append(result)
-        return out
+        return [self._verify_alone(r, t) if result is None else result
+                for r, result in zip(requests, results, strict=True)]
+
+    def _verify_alone(self, r: VerifyRequest, t: float) -> VerifyResult | Exception:
+        """`verify` of one request of `verify_many`: its answer, or the exception it raised."""
+        try:
+            return self.verify(r.user, r.code, t, r.serial, via=r.via, client=r.client)
+        except Exception as exc:  # noqa: BLE001 - handed back in its place
+            return exc
+
+    def _decide(self, records: list[TokenRecord], code: str, t: float
+                ) -> tuple[list[tuple[TokenRecord, Decision]], int,
+                           tuple[TokenRecord, Decision] | None]:
+        """Each device's decision on `code` at `t`, the window they span together, and the
+        first that accepts it (None: none does). UnknownDataKey if a seed was resealed
+        since it was read."""
+        decisions = [(r, core.verify(r.state, self.box.open(r.serial, r.sealed), code, t,
+                                     self.policy)) for r in records]
+        return (decisions, sum(d.window for _, d in decisions),
+                next(((r, d) for r, d in decisions if d.accepted), None))
 
     def _commit_failures(self, decisions: list[tuple[TokenRecord, Decision]]) -> bool:
         """Commit every changed (failure-counting) state; False if any lost its CAS, so the
