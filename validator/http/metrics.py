@@ -135,14 +135,13 @@ class Metrics:
 
     def batched(self, size: int) -> None:
         """One batch of verifications that shared their round trips (`VerifyBatcher`)."""
-        if self._batches is None:
-            self._batches = _Histogram(self.BATCH_BUCKETS)
-        self._batches.observe(size)
+        self.count_batches().observe(size)
 
-    def count_batches(self) -> None:
-        """Export the batch sizes from now on, also before the first batch."""
+    def count_batches(self) -> _Histogram:
+        """The batch sizes, exported from now on, also before the first batch."""
         if self._batches is None:
             self._batches = _Histogram(self.BATCH_BUCKETS)
+        return self._batches
 
     def station(self, name: str, op: str, result: str) -> None:
         self._stations.labels(name, op, result).inc()
