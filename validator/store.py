@@ -310,6 +310,8 @@ def _dumps(state: TokenState) -> str:
 
 
 _COLUMNS = "serial, state, sealed, user, version, created, assigned_at"
+# a token's compare-and-set that keeps its assignment (compare_and_set, set_states)
+_SET_STATE = "UPDATE tokens SET state = ?, version = version + 1 WHERE serial = ? AND version = ?"
 
 
 def _record(row: tuple[Any, ...]) -> TokenRecord:
@@ -584,9 +586,7 @@ class SQLiteStore:
         `version`; with `max_devices`, only if `user` then holds fewer tokens than that."""
         with self._db.transaction() as conn:
             if isinstance(user, _Keep):
-                cursor = conn.execute(
-                    "UPDATE tokens SET state = ?, version = version + 1 "
-                    "WHERE serial = ? AND version = ?", (_dumps(state), serial, version))
+                cursor = conn.execute(_SET_STATE, (_dumps(state), serial, version))
             else:
                 if user is not None and max_devices is not None:
                     (held,) = conn.execute("SELECT count(*) FROM tokens WHERE user = ? "
@@ -614,9 +614,8 @@ class SQLiteStore:
         out = []
         with self._db.transaction() as conn:
             for c in changes:
-                won = conn.execute("UPDATE tokens SET state = ?, version = version + 1 "
-                                   "WHERE serial = ? AND version = ?",
-                                   (_dumps(c.state), c.serial, c.version)).rowcount == 1
+                won = conn.execute(_SET_STATE, (_dumps(c.state), c.serial,
+                                                c.version)).rowcount == 1
                 if won:
                     self._write(conn, c.audit)
                 out.append(Cas.OK if won else Cas.CONFLICT)

@@ -127,8 +127,10 @@ _AUDIT_COLUMNS = 'id, time, action, result, reason, serial, "user", via, client,
 # which cost more than running it (docs/benchmarks.md). One prepared statement per batch
 # size (at most 32).
 _STATE_ROW = "(%s::text, %s::bigint, %s::text)"
-_AUDIT_ROW = ("(%s::text, %s::double precision, %s::text, %s::text, %s::text, %s::text, "
-              "%s::text, %s::text, %s::text, %s::integer)")
+# an audit row's values, typed (_set_state), and the same after its token's serial
+_AUDIT_VALUES = ("%s::double precision, %s::text, %s::text, %s::text, %s::text, %s::text, "
+                 "%s::text, %s::text, %s::integer")
+_AUDIT_ROW = f"(%s::text, {_AUDIT_VALUES})"
 
 
 def _set_states_sql(changes: int, audit_rows: int) -> str:
@@ -392,8 +394,7 @@ class PostgresStore:
         with self._connection() as conn:
             if not audit:
                 return Cas.OK if conn.execute(update, args).rowcount == 1 else Cas.CONFLICT
-            row = ("(%s::double precision, %s::text, %s::text, %s::text, %s::text, %s::text, "
-                   "%s::text, %s::text, %s::integer)")
+            row = f"({_AUDIT_VALUES})"
             for e in audit:
                 args += [e.time, e.serial, e.user, e.action, e.result, e.reason, e.via,
                          e.client, e.window]
