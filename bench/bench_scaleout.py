@@ -82,20 +82,21 @@ def _batches(homes: list[Path], ports: list[int]) -> tuple[float, float]:
     """The daemons' `foblab_verify_batch_size` sum and count so far (PostgreSQL)."""
     import urllib.request
 
+    from prometheus_client.parser import text_string_to_metric_families
+
     from validator.config import load
 
-    total = count = 0.0
+    sums = {"foblab_verify_batch_size_sum": 0.0, "foblab_verify_batch_size_count": 0.0}
     for home, port in zip(homes, ports, strict=True):
         key = load(home / "foblab.toml").admin_key_file.read_text().strip()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
                                      headers={"Authorization": f"Bearer {key}"})
         with urllib.request.urlopen(req, timeout=30) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith("foblab_verify_batch_size_sum "):
-                    total += float(line.split()[1])
-                elif line.startswith("foblab_verify_batch_size_count "):
-                    count += float(line.split()[1])
-    return total, count
+            for family in text_string_to_metric_families(r.read().decode()):
+                for sample in family.samples:
+                    if sample.name in sums:
+                        sums[sample.name] += sample.value
+    return sums["foblab_verify_batch_size_sum"], sums["foblab_verify_batch_size_count"]
 
 
 def _configure(template: Path, home: Path, url: str | None) -> None:

@@ -17,6 +17,7 @@ import httpx
 import pyotp
 import serial
 import tomli_w
+from prometheus_client.parser import text_string_to_metric_families
 
 from protocol import TokenClient, pyserial_reader
 from protocol.messages import AdjustOffsetRequest
@@ -205,6 +206,12 @@ class InProcessServer:
 
 SECRET_B32 = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
 """The seed `enabled_token` registers (RFC 6238's, base32)."""
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of sample `name` with exactly `labels` in a /metrics scrape (0 if none)."""
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == name and s.labels == labels)
 
 
 def clear_of_step_edge(margin: float = 6.0, period: int = 30) -> float:

@@ -20,8 +20,7 @@ import anyio
 import httpx
 import pyotp
 import pytest
-from daemon_helpers import InProcessServer, enable_pair
-from prometheus_client.parser import text_string_to_metric_families
+from daemon_helpers import InProcessServer, enable_pair, metric
 
 from firmware_sim.background import serve_token
 from firmware_sim.runner import wall_ms
@@ -164,12 +163,6 @@ def test_a_device_from_enable_to_deactivate(server: Server, admin: httpx.Client)
         assert body["drift"] == body["token"]["drift"] and set(body["token"]) == TOTP_KEYS
     assert admin.delete("/v1/users/dora/devices/IP-D1").status_code == 204
     assert admin.get("/v1/users/dora/devices").json() == {"user": "dora", "devices": []}
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of sample `name` with exactly `labels` in a /metrics scrape (0 if none)."""
-    return sum(s.value for family in text_string_to_metric_families(text)
-               for s in family.samples if s.name == name and s.labels == labels)
 
 
 def outcomes(caplog: pytest.LogCaptureFixture, path: str) -> list[str | None]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon_helpers import Daemon, init_dir
+from daemon_helpers import Daemon, init_dir, metric
 
 from validator.otp import hotp
 
@@ -72,14 +72,12 @@ def test_two_daemons_one_winner_per_code(tmp_path: Path, pg_url: str, spawn: Any
     assert audit["total"] == 6
     # The burst's requests went together (validator.batching): every verification in a
     # batch, and fewer batches than verifications.
-    size_sum = size_count = 0.0
+    scrapes = []
     for d in (a, b):
         with d.client() as c:
-            for line in c.get("/metrics").text.splitlines():
-                if line.startswith("foblab_verify_batch_size_sum "):
-                    size_sum += float(line.split()[1])
-                elif line.startswith("foblab_verify_batch_size_count "):
-                    size_count += float(line.split()[1])
+            scrapes.append(c.get("/metrics").text)
+    size_sum = sum(metric(text, "foblab_verify_batch_size_sum") for text in scrapes)
+    size_count = sum(metric(text, "foblab_verify_batch_size_count") for text in scrapes)
     assert size_sum == 6 * 50 and 0 < size_count < size_sum
 
 
