@@ -2,7 +2,9 @@
 p50/p99 latency at 1 and 8 outstanding requests, each a fresh valid code (PAP, with
 Message-Authenticator, the answer's authenticators checked by the generator), and the
 same number of HTTP verifications at 1 and 8 keep-alive connections against the same
-daemon and SQLite file of 10,000 enabled tokens (bench_daemon's set-up).
+daemon and SQLite file of 10,000 enabled tokens (bench_daemon's set-up). Then RADIUS alone
+at 8 and 32 outstanding on PostgreSQL (a copy of the same validator; access log off, as
+in bench_scaleout), with the mean number of Access-Requests per batch read together.
 
 The server is a real `foblab validator serve --radius` process (access log on); the load
 generators separate processes (HTTP: asyncio on raw sockets; RADIUS: one epoll loop over
@@ -133,17 +135,68 @@ def _radius_requests(first: int, count: int, step: int) -> list[tuple[bytes, byt
 
 # -- the run ---------------------------------------------------------------------------------
 
+def _add_radius(home: Path) -> None:
+    (home / "radius.secret").write_bytes(SECRET)
+    (home / "radius.secret").chmod(0o600)
+    with (home / "foblab.toml").open("a") as f:
+        f.write('\n[radius]\nlisten = "127.0.0.1:0"\n[[radius.clients]]\nname = "bench"\n'
+                'address = "127.0.0.1/32"\nsecret_file = "radius.secret"\n')
+
+
 def main() -> None:
+    _sqlite()
+    _postgresql()
+
+
+def _postgresql() -> None:
+    """RADIUS alone on PostgreSQL at 8 and 32 outstanding, with the batches' mean size."""
+    from bench.bench_scaleout import _batches, _configure
+
+    sys.path.append(str(ROOT / "tests"))
+    from pg import start_server, stop_server  # type: ignore[import-not-found]
+
+    with tempfile.TemporaryDirectory(prefix="foblab-bench-radius-pg-") as tmp:
+        template = Path(tmp) / "t"
+        enabled = _prepare(template)
+        server = start_server(durable=True)
+        try:
+            home = Path(tmp) / "v"
+            _configure(template, home, server.new_database())
+            _add_radius(home)
+            log = open(home / "daemon.log", "w")  # noqa: SIM115 - closed below
+            proc, url, radius = start_daemon(home, log)
+            try:
+                if radius is None:
+                    raise RuntimeError("the daemon did not open its RADIUS door")
+                port = int(url.rsplit(":", 1)[1])
+                first = 0
+                for n, count in ((8, 2_000), (32, 2_000)):
+                    run_radius_load(*radius, _radius_requests(first, WARMUP,
+                                                              _fresh_step(enabled)), n)
+                    first += WARMUP
+                    before = _batches([home], [port], "foblab_radius_batch_size")
+                    r = run_radius_load(*radius, _radius_requests(first, count,
+                                                                  _fresh_step(enabled)), n)
+                    after = _batches([home], [port], "foblab_radius_batch_size")
+                    first += count
+                    per = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+                    _report("RADIUS on PostgreSQL", "outstanding", n, r,
+                            f"; {per:.1f} per batch")
+            finally:
+                proc.terminate()
+                proc.wait(30)
+                log.close()
+        finally:
+            stop_server(server)
+
+
+def _sqlite() -> None:
     with tempfile.TemporaryDirectory(prefix="foblab-bench-radius-") as tmp:
         home = Path(tmp) / "v"
         t0 = time.perf_counter()
         enabled = _prepare(home)  # the step after the enabling pair
         print(f"   prepared 10000 enabled tokens in {time.perf_counter() - t0:.1f} s")
-        (home / "radius.secret").write_bytes(SECRET)
-        (home / "radius.secret").chmod(0o600)
-        with (home / "foblab.toml").open("a") as f:
-            f.write('\n[radius]\nlisten = "127.0.0.1:0"\n[[radius.clients]]\nname = "bench"\n'
-                    'address = "127.0.0.1/32"\nsecret_file = "radius.secret"\n')
+        _add_radius(home)
         log = open(home / "daemon.log", "w")  # noqa: SIM115 - closed below
         proc, url, radius = start_daemon(home, log)
         try:
@@ -195,9 +248,9 @@ def main() -> None:
             log.close()
 
 
-def _report(what: str, unit: str, n: int, r: dict[str, Any]) -> None:
+def _report(what: str, unit: str, n: int, r: dict[str, Any], extra: str = "") -> None:
     print(f"   {what}, {n} {unit}: {r['rate']:,.0f}/s, p50 {r['p50_ms']:.2f} ms, "
-          f"p99 {r['p99_ms']:.2f} ms, {r['ok']}/{r['n']} accepted"
+          f"p99 {r['p99_ms']:.2f} ms, {r['ok']}/{r['n']} accepted{extra}"
           + (f"  e.g. {r['failures'][0]}" if r["failures"] else ""))
 
 

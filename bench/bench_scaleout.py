@@ -78,15 +78,16 @@ def _start(home: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
     return proc, int(url.rsplit(":", 1)[1])
 
 
-def _batches(homes: list[Path], ports: list[int]) -> tuple[float, float]:
-    """The daemons' `foblab_verify_batch_size` sum and count so far (PostgreSQL)."""
+def _batches(homes: list[Path], ports: list[int],
+             family_name: str = "foblab_verify_batch_size") -> tuple[float, float]:
+    """The daemons' `foblab_verify_batch_size` (or `family_name`) sum and count so far."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     from validator.config import load
 
-    sums = {"foblab_verify_batch_size_sum": 0.0, "foblab_verify_batch_size_count": 0.0}
+    sums = {f"{family_name}_sum": 0.0, f"{family_name}_count": 0.0}
     for home, port in zip(homes, ports, strict=True):
         key = load(home / "foblab.toml").admin_key_file.read_text().strip()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
@@ -96,7 +97,7 @@ def _batches(homes: list[Path], ports: list[int]) -> tuple[float, float]:
                 for sample in family.samples:
                     if sample.name in sums:
                         sums[sample.name] += sample.value
-    return sums["foblab_verify_batch_size_sum"], sums["foblab_verify_batch_size_count"]
+    return sums[f"{family_name}_sum"], sums[f"{family_name}_count"]
 
 
 def _configure(template: Path, home: Path, url: str | None) -> None:
