@@ -23,6 +23,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +137,24 @@ def _radius_requests(first: int, count: int, step: int) -> list[tuple[bytes, byt
 
 # -- the run ---------------------------------------------------------------------------------
 
-def _add_radius(home: Path) -> None:
+@contextmanager
+def _serving(home: Path) -> Iterator[tuple[str, tuple[str, int]]]:
+    """The daemon on `home` with a RADIUS door for the generator's address: its HTTP URL and
+    RADIUS address; stopped on the way out."""
     (home / "radius.secret").write_bytes(SECRET)
     (home / "radius.secret").chmod(0o600)
     with (home / "foblab.toml").open("a") as f:
         f.write('\n[radius]\nlisten = "127.0.0.1:0"\n[[radius.clients]]\nname = "bench"\n'
                 'address = "127.0.0.1/32"\nsecret_file = "radius.secret"\n')
+    with (home / "daemon.log").open("w") as log:
+        proc, url, radius = start_daemon(home, log)
+        try:
+            if radius is None:
+                raise RuntimeError("the daemon did not open its RADIUS door")
+            yield url, radius
+        finally:
+            proc.terminate()
+            proc.wait(30)
 
 
 def main() -> None:
@@ -162,12 +176,7 @@ def _postgresql() -> None:
         try:
             home = Path(tmp) / "v"
             _configure(template, home, server.new_database())
-            _add_radius(home)
-            log = open(home / "daemon.log", "w")  # noqa: SIM115 - closed below
-            proc, url, radius = start_daemon(home, log)
-            try:
-                if radius is None:
-                    raise RuntimeError("the daemon did not open its RADIUS door")
+            with _serving(home) as (url, radius):
                 port = int(url.rsplit(":", 1)[1])
                 first = 0
                 for n, count in ((8, 2_000), (32, 2_000)):
@@ -182,10 +191,6 @@ def _postgresql() -> None:
                     per = (after[0] - before[0]) / max(1.0, after[1] - before[1])
                     _report("RADIUS on PostgreSQL", "outstanding", n, r,
                             f"; {per:.1f} per batch")
-            finally:
-                proc.terminate()
-                proc.wait(30)
-                log.close()
         finally:
             stop_server(server)
 
@@ -196,12 +201,7 @@ def _sqlite() -> None:
         t0 = time.perf_counter()
         enabled = _prepare(home)  # the step after the enabling pair
         print(f"   prepared 10000 enabled tokens in {time.perf_counter() - t0:.1f} s")
-        _add_radius(home)
-        log = open(home / "daemon.log", "w")  # noqa: SIM115 - closed below
-        proc, url, radius = start_daemon(home, log)
-        try:
-            if radius is None:
-                raise RuntimeError("the daemon did not open its RADIUS door")
+        with _serving(home) as (url, radius):
             host, port = url.removeprefix("http://").rsplit(":", 1)
             key = (home / "verifier.key").read_text().strip()
             first = 0
@@ -242,10 +242,6 @@ def _sqlite() -> None:
             side.join()
             _report("HTTP verify during RADIUS load", "conns", 1, r)
             _report("  the RADIUS load meanwhile", "outstanding", 8, box["r"])
-        finally:
-            proc.terminate()
-            proc.wait(30)
-            log.close()
 
 
 def _report(what: str, unit: str, n: int, r: dict[str, Any], extra: str = "") -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from store_calls import count_calls  # type: ignore[import-not-found]
 
 from validator.core import Policy
 from validator.errors import DatabaseUnavailable
@@ -164,19 +165,6 @@ def test_a_batch_answers_as_one_by_one(tmp_path: Path, seed: int) -> None:
     assert audits[1] == audits[0]
 
 
-def _count(v: Validator, *names: str) -> dict[str, int]:
-    calls = dict.fromkeys(names, 0)
-    for name in names:
-        real = getattr(v.store, name)
-
-        def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
-            calls[_name] += 1
-            return _real(*args, **kw)
-
-        setattr(v.store, name, counted)
-    return calls
-
-
 def _batch_family(door: RadiusDoor) -> Any:
     return next(m for m in door.collect_metrics() if m.name == "foblab_radius_batch_size")
 
@@ -184,7 +172,7 @@ def _batch_family(door: RadiusDoor) -> Any:
 def test_a_batch_shares_one_read_and_one_write(tmp_path: Path) -> None:
     v = _validator(tmp_path / "v.db")
     door = _door(v)
-    calls = _count(v, "tokens_of", "tokens_of_many", "compare_and_set", "set_states")
+    calls = count_calls(v, "tokens_of", "tokens_of_many", "compare_and_set", "set_states")
     step = int(NOW // 30)
     requests = [codec.access_request(f"u{i}", _code(i, step), SECRET) for i in range(5)]
     outs = door.handle_many([(r.RequestPacket(), VPN) for r in requests], NOW)

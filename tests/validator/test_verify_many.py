@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 import pytest
+from store_calls import count_calls  # type: ignore[import-not-found]
 
 from validator.core import Reason, TokenState
 from validator.errors import InvalidUser
@@ -28,20 +29,6 @@ def _enable(v: Validator, user: str, serial: str, key: bytes, t: float = T0) -> 
     v.register_token(serial, key, now=t)
     s = int(t // 30)
     v.enable(user, serial, hotp(key, s - 1), hotp(key, s), now=t)
-
-
-def _count(v: Validator, *names: str) -> dict[str, int]:
-    """Count the calls of the store's `names` from here on."""
-    calls = dict.fromkeys(names, 0)
-    for name in names:
-        real = getattr(v.store, name)
-
-        def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
-            calls[_name] += 1
-            return _real(*args, **kw)
-
-        setattr(v.store, name, counted)
-    return calls
 
 
 def test_tokens_of_many_reads_each_users_devices_in_order(validator: Validator) -> None:
@@ -104,7 +91,7 @@ def test_a_mixed_batch_answers_as_one_verify_after_another(validator: Validator)
         VerifyRequest("dave", code["dave"], serial="T-erin"),  # not dave's token
         VerifyRequest("erin", code["erin"], via="radius", client="vpn"),
     ]
-    calls = _count(validator, "tokens_of_many", "set_states", "tokens_of")
+    calls = count_calls(validator, "tokens_of_many", "set_states", "tokens_of")
     out = validator.verify_many(requests, now=t)
     assert isinstance(out[4], InvalidUser)
     answers = [(r.accepted, r.reason, r.serial) for r in out
@@ -131,7 +118,7 @@ def test_accepted_codes_share_one_read_and_one_write(validator: Validator) -> No
     users = [f"user{i}" for i in range(6)]
     for i, user in enumerate(users):
         _enable(validator, user, f"S-{user}", _key(i + 1))
-    calls = _count(validator, "tokens_of_many", "set_states", "tokens_of",
+    calls = count_calls(validator, "tokens_of_many", "set_states", "tokens_of",
                    "compare_and_set", "add_audit")
     out = validator.verify_many(
         [VerifyRequest(u, hotp(_key(i + 1), int(t // 30))) for i, u in enumerate(users)],
