@@ -516,13 +516,17 @@ def rotate_key(client: ApiClient, as_json: bool, master: bool) -> None:
 
 @client_command(validator, "reload")
 def reload_(client: ApiClient, as_json: bool) -> None:
-    """Make the daemon re-read its config file and API keys (as `kill -HUP` does): new and
-    revoked keys, [policy] and [stations] apply at once; no connection is dropped."""
+    """Make the daemon re-read its config file, API keys and TLS certificate (as `kill -HUP`
+    does): new and revoked keys, [policy], [stations] and a renewed certificate apply at
+    once; no connection is dropped."""
     data = client.request("POST", "/v1/admin/reload")
 
     def human(d: dict[str, Any]) -> None:
         click.echo(f"reloaded: {len(d['api_keys'])} API key(s); applied: "
                    f"{', '.join(d['applied']) or '-'}")
+        if "tls_certificate" in d:
+            cert = d["tls_certificate"]
+            click.echo(f"TLS certificate: {cert['subject']}, valid until {cert['not_after']}")
         if d["restart_needed"]:
             click.echo(f"a restart is needed for: {', '.join(d['restart_needed'])}", err=True)
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from validator import logs
 from validator.apikeys import (
@@ -210,7 +210,56 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 LIVE = frozenset({"policy", "stations", "api_keys_file"})
-"""The settings a reload applies at once; a change to any other needs a restart."""
+"""The settings a reload applies at once; a change to any other needs a restart. (TLS: the
+certificate and key are read again by every reload, new paths too: `ServedCertificate`.)"""
+
+
+class ServedCertificate:
+    """The TLS context the listening socket hands to each new connection, and what its
+    certificate says. `reload` loads a renewed certificate and key into that very context,
+    so connections made from then on get the new certificate, open ones keep theirs, and
+    nothing is dropped (certbot, an ACME client or a CA's renewal, then `systemctl
+    reload`). A pair that does not load changes nothing."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.context: ssl.SSLContext | None = None
+        self.subject = ""
+        self.not_after = 0.0  # Unix time
+        self._read(settings)
+
+    def factory(self, _config: Any, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        """uvicorn's `ssl_context_factory`: its own context (the files, the client CAs,
+        its ciphers), kept here to be reloaded."""
+        self.context = default()
+        return self.context
+
+    def reload(self, settings: Settings) -> None:
+        """Load `settings`' certificate and key into the live context; StartupError (and
+        nothing changed) when the pair does not load or the certificate does not parse."""
+        tls_context(settings)  # on a context of its own first: a bad pair touches nothing
+        assert self.context is not None and settings.tls_cert and settings.tls_key
+        self._read(settings)
+        self.context.load_cert_chain(settings.tls_cert, settings.tls_key)
+
+    def _read(self, settings: Settings) -> None:
+        from cryptography import x509
+
+        assert settings.tls_cert is not None
+        try:
+            cert = x509.load_pem_x509_certificates(settings.tls_cert.read_bytes())[0]
+        except (OSError, ValueError, IndexError) as exc:
+            raise StartupError(f"TLS: cannot read the certificate {settings.tls_cert}: "
+                               f"{exc}") from None
+        self.subject = cert.subject.rfc4514_string()
+        self.not_after = cert.not_valid_after_utc.timestamp()
+
+    def describe(self) -> dict[str, Any]:
+        return {"subject": self.subject, "not_after": logs.timestamp(self.not_after)}
+
+    def collect_metrics(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("foblab_tls_certificate_expiry_timestamp_seconds",
+                                "When the served TLS certificate expires (Unix time).",
+                                value=self.not_after)
 CHECKPOINT_SECONDS = 0.1  # how often the Checkpointer copies the WAL into the database
 
 
@@ -226,6 +275,7 @@ class Reloader:
         self.keys = keys
         self.overrides = overrides
         self.api: Any = None  # validator.http.decoding.Api, once the app is made
+        self.tls: ServedCertificate | None = None  # with TLS, once uvicorn made its context
 
     def __call__(self) -> dict[str, Any]:
         old = self.settings
@@ -236,12 +286,18 @@ class Reloader:
             if self.overrides is not None:
                 new = self.overrides(new)
             keys = load_keys(new)
-        except (ConfigError, ApiKeyError) as exc:
+            # TLS stays on: the certificate and key are read again (renewed in place, or
+            # at new paths); turning it on or off, or new client CAs, needs a restart
+            tls = self.tls if self.tls is not None and new.tls_cert is not None else None
+            if tls is not None:
+                tls.reload(new)
+        except (ConfigError, ApiKeyError, StartupError) as exc:
             log.error("reload refused, nothing changed: %s", exc)
             raise ReloadFailed(f"nothing changed: {exc}") from None
+        live = LIVE | ({"tls_cert", "tls_key"} if tls is not None else set())
         changed = [f.name for f in fields(Settings)
                    if f.name != "source" and getattr(new, f.name) != getattr(old, f.name)]
-        restart = sorted(name for name in changed if name not in LIVE)
+        restart = sorted(name for name in changed if name not in live)
         self.keys.replace(keys)
         self.validator.policy = new.policy
         if self.api is not None:
@@ -254,23 +310,32 @@ class Reloader:
             for name, url in new.stations.items():
                 if name not in stations:
                     stations[name] = Station(name, url, timeout=old.station_timeout)
-            self.api.settings = old.replace(policy=new.policy, stations=dict(new.stations),
-                                            api_keys_file=new.api_keys_file)
-        self.settings = old.replace(policy=new.policy, stations=dict(new.stations),
-                                    api_keys_file=new.api_keys_file)
-        applied = sorted(name for name in changed if name in LIVE)
+        now = old.replace(policy=new.policy, stations=dict(new.stations),
+                          api_keys_file=new.api_keys_file)
+        if tls is not None:
+            now = now.replace(tls_cert=new.tls_cert, tls_key=new.tls_key)
+        if self.api is not None:
+            self.api.settings = now
+        self.settings = now
+        applied = sorted(name for name in changed if name in live)
         try:
             self.validator.store.add_audit([AuditEvent(time.time(), "reload", "ok")])
         except (sqlite3.Error, OSError) as exc:  # the reload itself has happened
             log.error("reload: cannot write the audit event: %s", exc)
         log.info("reloaded %s: %d API key(s); applied: %s", old.source,
                  len(keys.keys), ", ".join(applied) or "-")
+        if tls is not None:
+            log.info("TLS certificate read again: %s, valid until %s", tls.subject,
+                     logs.timestamp(tls.not_after))
         if restart:
             log.warning("reload: a restart is needed for: %s (left as they were)",
                         ", ".join(restart))
-        return {"reloaded": True, "api_keys": [{"name": k.name, "role": k.role.value}
-                                               for k in keys.keys],
-                "applied": applied, "restart_needed": restart}
+        answer = {"reloaded": True, "api_keys": [{"name": k.name, "role": k.role.value}
+                                                 for k in keys.keys],
+                  "applied": applied, "restart_needed": restart}
+        if self.tls is not None:
+            answer["tls_certificate"] = self.tls.describe()
+        return answer
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -547,10 +612,14 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
         url = f"{scheme}://{host}:{port}" if ":" not in host else f"{scheme}://[{host}]:{port}"
         tls: dict[str, Any] = {}
         if settings.tls_cert is not None:
-            tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+            served = ServedCertificate(settings)
+            tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key),
+                   "ssl_context_factory": served.factory}
             if settings.tls_client_ca is not None:
                 tls.update(ssl_ca_certs=str(settings.tls_client_ca),
                            ssl_cert_reqs=ssl.CERT_REQUIRED)
+            reloader.tls = served
+            app.state.api.metrics.add_collector(served.collect_metrics)
         config = uvicorn.Config(
             app, loop="uvloop" if _fast("uvloop") else "asyncio",
             # our httptools protocol with the head deadline and the connection cap

@@ -1,23 +1,27 @@
 """TLS: `serve --tls-cert/--tls-key` (or the config's tls_cert/tls_key) speaks HTTPS, with
 a certificate the test makes; the CLI trusts it with --ca-file (or FOBLAB_CA_FILE) and says
-so clearly when it does not; `--tls-client-ca` refuses a client without a certificate."""
+so clearly when it does not; `--tls-client-ca` refuses a client without a certificate; a
+reload serves a renewed certificate without dropping a connection."""
 
 from __future__ import annotations
 
 import os
+import signal
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon_helpers import PYTHON, ROOT, init_dir, set_config  # noqa: E402
-from tls_helpers import make_pki  # noqa: E402
+from daemon_helpers import PYTHON, ROOT, init_dir, metric, set_config  # noqa: E402
+from tls_helpers import make_pki, renew  # noqa: E402
 
 from tools.api_client import ApiClient, ApiError
 from tools.cli import main
@@ -128,3 +132,92 @@ def test_bad_tls_settings_are_one_line(tmp_path: Path) -> None:
         assert out.returncode == 1, (args, out.stderr)
         assert words in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr
+
+
+def _served(url: str) -> x509.Certificate:
+    """The certificate a new TLS connection to the daemon gets."""
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    return x509.load_pem_x509_certificate(
+        ssl.get_server_certificate((host, int(port))).encode())
+
+
+def _wait_for(d: Any, words: str, after: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(words in line for line in d.lines[after:]):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {words!r} in the log:\n" + "".join(d.lines[after:]))
+
+
+def test_a_reload_serves_a_renewed_certificate(tmp_path: Path, spawn: Any) -> None:
+    """The certificate renewed in place (as certbot does), then SIGHUP: new connections get
+    the new one, an open connection goes on, /metrics shows the new expiry. A renewal whose
+    key does not match changes nothing."""
+    pki = make_pki(tmp_path / "pki")
+    admin, _ = init_dir(tmp_path / "v")
+    cert, key = tmp_path / "v" / "cert.pem", tmp_path / "v" / "key.pem"
+    cert.write_bytes(pki.cert.read_bytes())
+    key.write_bytes(pki.key.read_bytes())
+    d = spawn(tmp_path / "v", "--tls-cert", str(cert), "--tls-key", str(key))
+    first = x509.load_pem_x509_certificate(pki.cert.read_bytes())
+    assert _served(d.url) == first
+    trusted = ssl.create_default_context(cafile=pki.ca)
+    with d.client("admin", verify=trusted) as http:
+        expiry = metric(http.get("/metrics").text,
+                        "foblab_tls_certificate_expiry_timestamp_seconds")
+        assert expiry == first.not_valid_after_utc.timestamp()
+
+        new_cert, new_key = renew(pki, tmp_path / "renewed", days=90)
+        cert.write_bytes(new_cert.read_bytes())
+        key.write_bytes(new_key.read_bytes())
+        renewed = x509.load_pem_x509_certificate(new_cert.read_bytes())
+        mark = len(d.lines)
+        d.proc.send_signal(signal.SIGHUP)
+        _wait_for(d, "TLS certificate read again", mark)
+        assert _served(d.url) == renewed
+        # the connection made before the reload is still open and answers
+        assert http.get("/healthz").status_code == 200
+        assert metric(http.get("/metrics").text,
+                      "foblab_tls_certificate_expiry_timestamp_seconds") == \
+            renewed.not_valid_after_utc.timestamp()
+        out = cli("reload", "--url", d.url, "--key", admin, "--ca-file", str(pki.ca))
+        assert out.returncode == 0, out.stderr
+        until = f"{renewed.not_valid_after_utc:%Y-%m-%dT%H:%M:%S}"
+        assert f"TLS certificate: CN=127.0.0.1, valid until {until}" in out.stdout
+
+        # a renewal gone wrong: the new certificate with the old key
+        other_cert, _ = renew(pki, tmp_path / "broken", days=30)
+        cert.write_bytes(other_cert.read_bytes())
+        key.write_bytes(pki.key.read_bytes())
+        r = http.post("/v1/admin/reload")
+        assert r.status_code == 409 and r.json()["error"] == "reload_failed", r.text
+        assert "nothing changed" in r.json()["message"]
+        assert "TLS" in r.json()["message"] and "BEGIN" not in r.json()["message"]
+        assert _served(d.url) == renewed  # still the renewed certificate, still serving
+        assert http.get("/healthz").status_code == 200
+    assert d.stop() == 0
+
+
+def test_sighup_renews_the_certificate_of_every_worker(tmp_path: Path, spawn: Any) -> None:
+    """`serve --workers 2`: SIGHUP to the parent reaches both workers, and every new
+    connection, whichever worker takes it, gets the renewed certificate."""
+    pki = make_pki(tmp_path / "pki")
+    init_dir(tmp_path / "v")
+    cert, key = tmp_path / "v" / "cert.pem", tmp_path / "v" / "key.pem"
+    cert.write_bytes(pki.cert.read_bytes())
+    key.write_bytes(pki.key.read_bytes())
+    d = spawn(tmp_path / "v", "--workers", "2", "--tls-cert", str(cert), "--tls-key",
+              str(key))
+    new_cert, new_key = renew(pki, tmp_path / "renewed", days=90)
+    cert.write_bytes(new_cert.read_bytes())
+    key.write_bytes(new_key.read_bytes())
+    mark = len(d.lines)
+    d.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while sum("TLS certificate read again" in line for line in d.lines[mark:]) < 2:
+        assert time.monotonic() < deadline, "".join(d.lines[mark:])
+        time.sleep(0.05)
+    renewed = x509.load_pem_x509_certificate(new_cert.read_bytes())
+    assert {_served(d.url).serial_number for _ in range(20)} == {renewed.serial_number}
+    assert d.stop() == 0
