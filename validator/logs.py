@@ -43,7 +43,8 @@ FIELDS = {
     "level": "debug, info, warning, error, critical",
     "logger": "foblab.validator, foblab.access, foblab.radius, foblab.aws, uvicorn.error, ...",
     "msg": "the message",
-    "request_id": "the request the line belongs to (X-Request-Id)",
+    "request_id": "the request the line belongs to (X-Request-Id; audit entries carry it "
+                  "too)",
     "method": "HTTP method", "path": "HTTP path (no query string)",
     "route": "the route template, e.g. /v1/tokens/{serial}", "status": "HTTP status",
     "ms": "milliseconds to answer", "role": "the API key's role", "outcome": "what the "

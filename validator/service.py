@@ -49,6 +49,7 @@ from validator.importers import (
     parse_csv,
     parse_pskc,
 )
+from validator.logs import REQUEST_ID
 from validator.retention import Retention
 from validator.secrets_box import SecretBox, UnknownDataKey
 from validator.store import (
@@ -110,9 +111,10 @@ class TokenInfo:
 
 
 def _accepted(t: float, serial: str, user: str, via: str | None, client: str | None,
-              window: int) -> AuditEvent:
+              window: int, request_id: str | None) -> AuditEvent:
     """The audit row of an accepted code."""
-    return AuditEvent(t, "verify", "ok", Reason.ACCEPTED, serial, user, via, client, window)
+    return AuditEvent(t, "verify", "ok", Reason.ACCEPTED, serial, user, via, client, window,
+                      request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,9 @@ class VerifyRequest:
     serial: str | None = None
     via: str | None = None
     client: str | None = None
+    request_id: str | None = None
+    """The request's id (validator.logs) for its audit rows: a batch runs in one context,
+    so each request names its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,7 +599,8 @@ class Validator:
                 continue
             if winner is not None:
                 record, decision = winner
-                audit = [_accepted(t, record.serial, user, via, client, window)]
+                audit = [_accepted(t, record.serial, user, via, client, window,
+                                   REQUEST_ID.get())]
                 if self.store.compare_and_set(record.serial, record.version, decision.state,
                                               audit=audit) is Cas.OK:
                     return VerifyResult(True, Reason.ACCEPTED, record.serial, 0.0, None,
@@ -657,7 +663,8 @@ class Validator:
                 continue
             record, decision = winner
             wins.append((i, StateChange(record.serial, record.version, decision.state, [
-                _accepted(t, record.serial, r.user, r.via, r.client, window)]), window))
+                _accepted(t, record.serial, r.user, r.via, r.client, window, r.request_id)]),
+                window))
         for (i, change, window), cas in zip(
                 wins, self.store.set_states([c for _, c, _ in wins]), strict=True):
             if cas is Cas.OK:
@@ -667,11 +674,16 @@ class Validator:
                 for r, result in zip(requests, results, strict=True)]
 
     def _verify_alone(self, r: VerifyRequest, t: float) -> VerifyResult | Exception:
-        """`verify` of one request of `verify_many`: its answer, or the exception it raised."""
+        """`verify` of one request of `verify_many` (under its request id): its answer, or
+        the exception it raised."""
+        token = None if r.request_id is None else REQUEST_ID.set(r.request_id)
         try:
             return self.verify(r.user, r.code, t, r.serial, via=r.via, client=r.client)
         except Exception as exc:  # noqa: BLE001 - handed back in its place
             return exc
+        finally:
+            if token is not None:
+                REQUEST_ID.reset(token)
 
     def _decide(self, records: list[TokenRecord], code: str, t: float
                 ) -> tuple[list[tuple[TokenRecord, Decision]], int,

@@ -34,8 +34,9 @@ from typing import Any, Protocol
 
 from validator.core import TokenState
 from validator.errors import DatabaseUnavailable, DuplicateSerial
+from validator.logs import REQUEST_ID
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BACKSTOP_PAGES = 10_000  # WAL pages (of 4 KiB) a writer lets pass before it checkpoints
 
 # Each migration takes the schema from version n-1 to n; appended, never edited.
@@ -94,6 +95,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             current INTEGER NOT NULL DEFAULT 0
         )""",
     ),
+    # The request an entry was written for: the `request_id` of the daemon's log lines and
+    # the X-Request-Id of the HTTP answer (validator.logs). Older rows have none.
+    6: ("ALTER TABLE audit ADD COLUMN request_id TEXT",),
 }
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
@@ -190,6 +194,9 @@ class AuditEvent:
     client: str | None = None  # the RADIUS client's configured name
     window: int | None = None
     """verify: how many steps or counters a code would have been accepted at."""
+    request_id: str | None = field(default_factory=REQUEST_ID.get)
+    """The request it was written for (validator.logs): by default the one being handled
+    in this context, None outside any request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +213,7 @@ class AuditEntry:
     via: str | None = None
     client: str | None = None
     window: int | None = None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -534,9 +542,9 @@ class SQLiteStore:
         if events:
             conn.executemany(
                 "INSERT INTO audit (time, serial, user, action, result, reason, via, client, "
-                "window_steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "window_steps, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(e.time, e.serial, e.user, e.action, e.result, e.reason, e.via, e.client,
-                  e.window)
+                  e.window, e.request_id)
                  for e in events])
 
     def _hold_data_keys(self, conn: sqlite3.Connection, sealed: Sequence[bytes]) -> None:
@@ -806,7 +814,8 @@ class SQLiteStore:
         clause, args = _audit_filter(serial, user, action, result, since, until)
         order = "DESC" if newest_first else "ASC"
         rows = self._conn().execute(
-            f"SELECT id, time, action, result, reason, serial, user, via, client, window_steps "
+            f"SELECT id, time, action, result, reason, serial, user, via, client, window_steps, "
+            f"request_id "
             f"FROM audit {clause} ORDER BY id {order} LIMIT ? OFFSET ?",
             (*args, int(limit), int(offset))).fetchall()
         return [AuditEntry(*row) for row in rows]
@@ -822,7 +831,8 @@ class SQLiteStore:
             args.append(int(after))
         order = "DESC" if newest_first else "ASC"
         rows = self._conn().execute(
-            f"SELECT id, time, action, result, reason, serial, user, via, client, window_steps "
+            f"SELECT id, time, action, result, reason, serial, user, via, client, window_steps, "
+            f"request_id "
             f"FROM audit {clause} ORDER BY id {order} LIMIT ?", (*args, int(limit))).fetchall()
         return [AuditEntry(*row) for row in rows]
 

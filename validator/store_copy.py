@@ -25,7 +25,7 @@ _TABLES = (
     ("tokens", ("serial", "kind", '"user"', "state", "sealed", "version", "created",
                 "assigned_at")),
     ("audit", ("time", "serial", '"user"', "action", "result", "reason", "via", "client",
-               "window_steps")),
+               "window_steps", "request_id")),
 )
 _BATCH = 1000
 

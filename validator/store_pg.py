@@ -112,6 +112,7 @@ PG_MIGRATIONS: dict[int, tuple[str, ...]] = {
             current BOOLEAN NOT NULL DEFAULT false
         )""",
     ),
+    6: ("ALTER TABLE audit ADD COLUMN request_id TEXT",),
 }
 assert max(PG_MIGRATIONS) == SCHEMA_VERSION
 
@@ -120,7 +121,11 @@ IDLE_CHECK_SECONDS = 5.0  # a pooled connection idle this long gets a round trip
 
 _MIGRATION_LOCK = 0x666F626C  # "fobl": the advisory lock migrations hold
 _COLUMNS = 'serial, state, sealed, "user", version, created, assigned_at'
-_AUDIT_COLUMNS = 'id, time, action, result, reason, serial, "user", via, client, window_steps'
+_AUDIT_COLUMNS = ('id, time, action, result, reason, serial, "user", via, client, window_steps, '
+                  'request_id')
+# an audit row's columns as written (_write, _set_state, set_states), and their values
+_AUDIT_WRITTEN = ('time, serial, "user", action, result, reason, via, client, window_steps, '
+                  'request_id')
 
 
 # The statements of tokens_of_many and set_states list their values (`IN (%s, ...)`,
@@ -132,7 +137,7 @@ _AUDIT_COLUMNS = 'id, time, action, result, reason, serial, "user", via, client,
 _STATE_ROW = "(%s::text, %s::bigint, %s::text)"
 # an audit row's values, typed (_set_state), and the same after its token's serial
 _AUDIT_VALUES = ("%s::double precision, %s::text, %s::text, %s::text, %s::text, %s::text, "
-                 "%s::text, %s::text, %s::integer")
+                 "%s::text, %s::text, %s::integer, %s::text")
 _AUDIT_ROW = f"(%s::text, {_AUDIT_VALUES})"
 
 
@@ -150,12 +155,11 @@ def _set_states_sql(changes: int, audit_rows: int) -> str:
 
 def _set_states_sql_format(changes: int, audit_rows: int) -> str:
     audit = "" if not audit_rows else f""", a AS (
-    INSERT INTO audit (time, serial, "user", action, result, reason, via, client,
-                       window_steps)
+    INSERT INTO audit ({_AUDIT_WRITTEN})
     SELECT x.time, x.serial, x."user", x.action, x.result, x.reason, x.via, x.client,
-           x.window_steps
+           x.window_steps, x.request_id
     FROM (VALUES {", ".join([_AUDIT_ROW] * audit_rows)})
-         AS x(owner, time, serial, "user", action, result, reason, via, client, window_steps)
+         AS x(owner, {_AUDIT_WRITTEN})
     WHERE x.owner IN (SELECT serial FROM u)
 )"""
     return f"""WITH v(serial, version, state) AS (VALUES {", ".join([_STATE_ROW] * changes)}),
@@ -179,6 +183,12 @@ def _check(conn: psycopg.Connection[Any]) -> None:
     used = getattr(conn, "_foblab_used", None)
     if poller.poll(0) or used is None or time.monotonic() - used >= IDLE_CHECK_SECONDS:
         psycopg_pool.ConnectionPool.check_connection(conn)
+
+
+def _audit_values(e: AuditEvent) -> tuple[Any, ...]:
+    """An audit row's values in _AUDIT_WRITTEN's order."""
+    return (e.time, e.serial, e.user, e.action, e.result, e.reason, e.via, e.client, e.window,
+            e.request_id)
 
 
 def _dumps(state: TokenState) -> str:
@@ -330,10 +340,9 @@ class PostgresStore:
         if events:
             with conn.cursor() as cur:
                 cur.executemany(
-                    'INSERT INTO audit (time, serial, "user", action, result, reason, via, '
-                    "client, window_steps) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [(e.time, e.serial, e.user, e.action, e.result, e.reason, e.via,
-                      e.client, e.window) for e in events])
+                    f"INSERT INTO audit ({_AUDIT_WRITTEN}) VALUES "
+                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [_audit_values(e) for e in events])
 
     @staticmethod
     def _hold_data_keys(conn: psycopg.Connection[Any], sealed: Sequence[bytes]) -> None:
@@ -409,11 +418,10 @@ class PostgresStore:
                 return Cas.OK if conn.execute(update, args).rowcount == 1 else Cas.CONFLICT
             row = f"({_AUDIT_VALUES})"
             for e in audit:
-                args += [e.time, e.serial, e.user, e.action, e.result, e.reason, e.via,
-                         e.client, e.window]
+                args += _audit_values(e)
             cur = conn.execute(
-                f"WITH u AS ({update}) INSERT INTO audit (time, serial, \"user\", action, "
-                "result, reason, via, client, window_steps) SELECT v.* FROM (VALUES "
+                f"WITH u AS ({update}) INSERT INTO audit ({_AUDIT_WRITTEN}) "
+                "SELECT v.* FROM (VALUES "
                 f"{', '.join([row] * len(audit))}) AS v WHERE EXISTS (SELECT 1 FROM u)", args)
             return Cas.OK if cur.rowcount == len(audit) else Cas.CONFLICT
 
@@ -431,8 +439,7 @@ class PostgresStore:
         rows = 0
         for c in ordered:
             for e in c.audit:
-                args += [c.serial, e.time, e.serial, e.user, e.action, e.result, e.reason,
-                         e.via, e.client, e.window]
+                args += [c.serial, *_audit_values(e)]
                 rows += 1
         query = _set_states_sql(len(ordered), rows)
         with self._connection() as conn:

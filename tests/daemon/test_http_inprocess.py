@@ -334,7 +334,7 @@ def test_audit_pages_and_export(admin: httpx.Client) -> None:
     page = admin.get("/v1/audit", params={"serial": "IP-A1", "limit": 1}).json()
     entry = page["entries"][0]
     assert set(entry) == {"id", "time", "action", "result", "reason", "serial", "user", "via",
-                          "client", "window"}
+                          "client", "window", "request_id"}
     assert (entry["action"], entry["serial"]) == ("register", "IP-A1")
     assert (page["limit"], page["offset"], page["next_offset"], page["total"]) == (1, 0, 1, 2)
     newest = admin.get("/v1/audit", params={"serial": "IP-A1", "order": "newest"}).json()
@@ -349,7 +349,7 @@ def test_audit_pages_and_export(admin: httpx.Client) -> None:
     mine = [e for e in lines if e["serial"] == "IP-A1"]
     assert [e["action"] for e in mine] == ["enable", "register"]
     assert set(mine[0]) == {"id", "ts", "time", "action", "result", "reason", "serial",
-                            "user", "via", "client", "window"}
+                            "user", "via", "client", "window", "request_id"}
     assert r.text.endswith("\n") and ": " not in r.text.splitlines()[0]
     assert lines[0]["id"] > lines[-1]["id"]
 

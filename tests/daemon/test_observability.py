@@ -61,6 +61,15 @@ def test_json_logs_one_object_per_line_and_a_request_id_per_request(tmp_path: Pa
     ids = traffic(d)
     assert len(set(ids.values())) == 3 and all(re.fullmatch(r"[0-9a-f]{16}", i)
                                                 for i in ids.values())
+    # the audit row of the verification names its request: the same id as its log lines
+    with d.client() as adm:
+        rows = adm.get("/v1/audit", params={"action": "verify"}).json()["entries"]
+        export = [json.loads(line) for line in adm.get("/v1/audit/export").text.splitlines()]
+    assert [(r["result"], r["request_id"]) for r in rows] == [("ok", ids["verify"])]
+    assert ids["verify"] in {e["request_id"] for e in export}
+    made = [e for e in export if e["action"] in ("register", "enable")]  # through the API
+    assert len(made) == 2 and all(re.fullmatch(r"[0-9a-f]{16}", e["request_id"] or "")
+                                  for e in made), export
     lines = stopped(d)
     records = [json.loads(line) for line in lines]  # every line, start-up to shutdown
     for r in records:

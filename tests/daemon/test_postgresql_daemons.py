@@ -60,16 +60,23 @@ async def _burst(daemons: list[Daemon], user: str, code: str, n: int) -> list[ht
 def test_two_daemons_one_winner_per_code(tmp_path: Path, pg_url: str, spawn: Any) -> None:
     a, b = _pair(tmp_path, pg_url, spawn)
     _hotp_user(a, b, "alice", "PG-1")
+    answers: dict[str, str] = {}  # X-Request-Id -> the answer's reason
     for counter in range(2, 8):  # several rounds, each a fresh valid code
         responses = asyncio.run(_burst([a, b], "alice", hotp(SEED, counter), 50))
         assert {r.status_code for r in responses} == {200}
         bodies = [r.json() for r in responses]
         assert sum(body["ok"] for body in bodies) == 1, counter
         assert {body["reason"] for body in bodies if not body["ok"]} == {"replayed"}
+        answers.update((r.headers["x-request-id"], r.json()["reason"]) for r in responses)
     with b.client() as c:  # both daemons wrote the one audit trail
         audit = c.get("/v1/audit", params={"action": "verify", "result": "ok",
                                            "limit": 100}).json()
+        rows = c.get("/v1/audit", params={"action": "verify", "order": "newest",
+                                          "limit": 300}).json()["entries"]
     assert audit["total"] == 6
+    # each audit row names the request it was written for, batched or not: its own
+    assert len(answers) == 300
+    assert {row["request_id"]: row["reason"] for row in rows} == answers
     # The burst's requests went together (validator.batching): every verification in a
     # batch, and fewer batches than verifications.
     scrapes = []

@@ -181,6 +181,9 @@ def test_a_batch_shares_one_read_and_one_write(tmp_path: Path) -> None:
     assert calls == {"tokens_of": 0, "tokens_of_many": 1, "compare_and_set": 0,
                      "set_states": 1}
     assert door.batches[5] == 1
+    # each row names its own datagram's request id, though they were written together
+    ids = [e.request_id for e in v.audit(action="verify")]
+    assert len(ids) == 5 and len(set(ids)) == 5 and None not in ids
     samples = {(s.name, s.labels.get("le")): s.value for s in _batch_family(door).samples}
     assert samples[("foblab_radius_batch_size_count", None)] == 1
     assert samples[("foblab_radius_batch_size_sum", None)] == 5

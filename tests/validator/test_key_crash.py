@@ -236,6 +236,7 @@ def _legacy(folder: Path) -> tuple[Path, Path, dict[str, bytes]]:
             conn.execute(f"UPDATE {table} SET sealed = ? WHERE {column} = ?",
                          (legacy_seal(prefix + name, plain[prefix + name]), name))
     conn.execute("DROP TABLE data_keys")
+    conn.execute("ALTER TABLE audit DROP COLUMN request_id")  # schema 6's
     conn.execute("UPDATE schema_version SET version = 4")
     conn.execute("COMMIT")
     store.close()

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from tools.validator_cmd import validator as validator_cli
 from validator.config import CONFIG_NAME, ConfigError, load
 from validator.core import Reason
+from validator.logs import REQUEST_ID
 from validator.otp import hotp
 from validator.service import Validator
 from validator.store import SCHEMA_VERSION, StoreError, open_store
@@ -78,6 +79,7 @@ def test_migrate_reports_and_upgrades(pg_url: str, tmp_path: Path) -> None:
     assert json.loads(result.output) == {"from": 0, "to": SCHEMA_VERSION}
     with psycopg.connect(pg_url, autocommit=True) as conn:  # back to version 4
         conn.execute("DROP TABLE data_keys")
+        conn.execute("ALTER TABLE audit DROP COLUMN request_id")  # schema 6's
         conn.execute("UPDATE schema_version SET version = 4")
     result = runner.invoke(validator_cli, ["migrate", "--database", pg_url, "--json"])
     assert json.loads(result.output) == {"from": 4, "to": SCHEMA_VERSION}
@@ -95,12 +97,17 @@ def test_migrate_reports_and_upgrades(pg_url: str, tmp_path: Path) -> None:
 def test_copy_sqlite_to_postgresql_and_back(pg_url: str, tmp_path: Path) -> None:
     key = tmp_path / "seed.key"
     v = Validator.open(tmp_path / "a.db", key)
-    v.register_token("TOK1", SEED, now=T0)
+    token = REQUEST_ID.set("req-register")  # as inside a request: its audit row names it
+    try:
+        v.register_token("TOK1", SEED, now=T0)
+    finally:
+        REQUEST_ID.reset(token)
     v.register_token("TOK2", SEED[::-1], now=T0)
     _enable(v, "alice", "TOK1")
     v.rotate_key(now=T0 + 1)
     sealed = v.store.get("TOK1").sealed  # type: ignore[union-attr]
-    audit = [(e.action, e.result, e.serial) for e in v.audit(limit=1000)]
+    audit = [(e.action, e.result, e.serial, e.request_id) for e in v.audit(limit=1000)]
+    assert ("register", "ok", "TOK1", "req-register") in audit
     v.close()
     runner = CliRunner()
     result = runner.invoke(validator_cli, ["copy", "--from", str(tmp_path / "a.db"),
@@ -112,7 +119,8 @@ def test_copy_sqlite_to_postgresql_and_back(pg_url: str, tmp_path: Path) -> None
     assert again.exit_code == 1 and "empty" in again.output
     pg = Validator.open(pg_url, key, create_key=False)
     assert pg.store.get("TOK1").sealed == sealed  # type: ignore[union-attr]  # as it was
-    assert [(e.action, e.result, e.serial) for e in pg.audit(limit=1000)] == audit
+    assert [(e.action, e.result, e.serial, e.request_id)
+            for e in pg.audit(limit=1000)] == audit
     t = T0 + 60
     code = hotp(SEED, int(t // 30))
     assert pg.verify("alice", code, now=t).accepted

@@ -55,18 +55,18 @@ def store(tmp_path: Path):
 
 def test_a_new_file_is_at_the_current_schema_and_reopens(tmp_path: Path) -> None:
     s = SQLiteStore(tmp_path / "v.db", durability=Durability.FULL)
-    assert s.schema_version() == st.SCHEMA_VERSION == 5
+    assert s.schema_version() == st.SCHEMA_VERSION == 6
     assert repr(s) == f"SQLiteStore({str(tmp_path / 'v.db')!r}, durability=FULL)"
     assert s._conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert s._conn().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert s._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
     s.close()
     again = SQLiteStore(tmp_path / "v.db", busy_timeout_ms=2_500)
-    assert again.schema_version() == 5 and again.durability is Durability.NORMAL
+    assert again.schema_version() == 6 and again.durability is Durability.NORMAL
     assert again._conn().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert again._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 2_500
     rows = again._conn().execute("SELECT version FROM schema_version").fetchall()
-    assert rows == [(5,)]
+    assert rows == [(6,)]
     again.close()
 
 
@@ -80,10 +80,30 @@ def test_an_old_schema_is_migrated_in_place(tmp_path: Path) -> None:
                 conn.execute(statement)
     conn.close()
     s = SQLiteStore(path)
-    assert s.schema_version() == 5
-    assert s._conn().execute("SELECT version FROM schema_version").fetchall() == [(5,)]
+    assert s.schema_version() == 6
+    assert s._conn().execute("SELECT version FROM schema_version").fetchall() == [(6,)]
     assert s.data_keys() == []  # the table exists now, empty
     s.close()
+
+
+def test_audit_rows_from_before_request_ids_read_back_without_one(tmp_path: Path) -> None:
+    """Schema 5 to 6: the audit gains request_id; the rows written before have none, and
+    new rows carry theirs."""
+    path = tmp_path / "v5.db"
+    _old_database(path, 5)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO audit (time, action, result, serial) "
+                     "VALUES (1.0, 'verify', 'ok', 'OLD1')")
+    conn.close()
+    s = SQLiteStore(path)
+    try:
+        assert s.schema_version() == 6
+        s.add_audit([st.AuditEvent(2.0, "verify", "refused", serial="OLD1",
+                                   request_id="r-42")])
+        assert [(e.time, e.request_id) for e in s.audit()] == [(1.0, None), (2.0, "r-42")]
+        assert [e.request_id for e in s.audit_after(None)] == [None, "r-42"]
+    finally:
+        s.close()
 
 
 def _old_database(path: Path, version: int) -> None:
@@ -150,9 +170,9 @@ def test_a_newer_schema_is_refused_read_write_and_read_only(tmp_path: Path) -> N
     path = tmp_path / "new.db"
     SQLiteStore(path).close()
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE schema_version SET version = 6")
+        conn.execute("UPDATE schema_version SET version = 7")
     conn.close()
-    message = ("database schema version 6 is newer than this validator's (5); "
+    message = ("database schema version 7 is newer than this validator's (6); "
                "upgrade foblab")
     with pytest.raises(StoreError) as raised:
         SQLiteStore(path)
@@ -166,7 +186,7 @@ def test_read_only_reads_and_never_writes(tmp_path: Path, store: SQLiteStore) ->
     store.insert_tokens([_record("A")], [])
     ro = SQLiteStore(store.path, readonly=True)
     try:
-        assert ro.get("A") is not None and ro.schema_version() == 5
+        assert ro.get("A") is not None and ro.schema_version() == 6
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             ro._conn().execute("DELETE FROM tokens")
         assert ro._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 10_000

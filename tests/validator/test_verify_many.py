@@ -207,3 +207,25 @@ def test_two_validators_batching_the_same_codes_accept_each_once(
                 assert len(won) == 1, (round_, user, results)
     finally:
         other.close()
+
+
+def test_each_audit_row_names_its_own_request(validator: Validator) -> None:
+    """A batch runs in one context: the request ids of its rows come with the requests,
+    the shared write's and those decided alone after it (a refusal, a second request for
+    the same user) alike."""
+    for i, user in enumerate(("ann", "ben")):
+        _enable(validator, user, f"R{i}", _key(i + 1))
+    s = int(T0 // 30)
+    results = validator.verify_many([
+        VerifyRequest("ann", hotp(_key(1), s + 1), request_id="req-ann"),
+        VerifyRequest("ben", "000000", request_id="req-ben-wrong"),
+        VerifyRequest("ann", hotp(_key(1), s + 1), request_id="req-ann-again"),
+        VerifyRequest("ben", hotp(_key(2), s + 1), request_id="req-ben")], T0 + 30)
+    assert [r.reason for r in results if isinstance(r, VerifyResult)] == [
+        Reason.ACCEPTED, Reason.INVALID_CODE, Reason.REPLAYED, Reason.ACCEPTED]
+    rows = {e.request_id: (e.user, e.result, e.reason)
+            for e in validator.audit(action="verify")}
+    assert rows == {"req-ann": ("ann", "ok", "accepted"),
+                    "req-ben-wrong": ("ben", "refused", "invalid_code"),
+                    "req-ann-again": ("ann", "refused", "replayed"),
+                    "req-ben": ("ben", "ok", "accepted")}

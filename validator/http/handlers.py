@@ -35,7 +35,7 @@ from validator.errors import (
 from validator.http.decoding import Call
 from validator.http.metrics import CONTENT_TYPE
 from validator.http.middleware import error_response
-from validator.logs import timestamp
+from validator.logs import REQUEST_ID, timestamp
 from validator.service import AuditEntry, TokenInfo, VerifyRequest
 from validator.station import Station
 
@@ -201,8 +201,8 @@ async def resync_device(c: Call) -> Response:
 async def verify(c: Call) -> Response:
     b = c.body
     if c.api.batcher is not None:
-        result = await c.api.batcher.verify(VerifyRequest(b["user"], b["code"],
-                                                          b.get("serial")))
+        result = await c.api.batcher.verify(VerifyRequest(
+            b["user"], b["code"], b.get("serial"), request_id=REQUEST_ID.get()))
     else:
         result = await c.api.call(c.api.validator.verify, b["user"], b["code"],
                                   serial=b.get("serial"))
@@ -227,7 +227,7 @@ async def audit(c: Call) -> Response:
     return _json({"entries": [{"id": e.id, "time": e.time, "action": e.action,
                                "result": e.result, "reason": e.reason, "serial": e.serial,
                                "user": e.user, "via": e.via, "client": e.client,
-                               "window": e.window}
+                               "window": e.window, "request_id": e.request_id}
                               for e in entries],
                   "limit": limit, "offset": offset,
                   "next_offset": _next(entries, limit, offset),
@@ -240,7 +240,8 @@ def audit_line(e: AuditEntry) -> bytes:
     return json.dumps({"id": e.id, "ts": timestamp(e.time), "time": e.time,
                        "action": e.action, "result": e.result, "reason": e.reason,
                        "serial": e.serial, "user": e.user, "via": e.via, "client": e.client,
-                       "window": e.window}, separators=(",", ":")).encode() + b"\n"
+                       "window": e.window, "request_id": e.request_id},
+                      separators=(",", ":")).encode() + b"\n"
 
 
 async def audit_export(c: Call) -> Response:

@@ -176,10 +176,13 @@ class RadiusDoor:
         results: list[VerifyResult | Exception] = []
         if len(verifies) == 1:  # the idle door's case: verify_many's work is verify's
             r = verifies[0]
+            token = REQUEST_ID.set(r.request_id)  # its audit row's
             try:
                 results = [self.validator.verify(r.user, r.code, t, via=VIA, client=r.client)]
             except Exception as exc:  # noqa: BLE001 - the request's answer
                 results = [exc]
+            finally:
+                REQUEST_ID.reset(token)
         elif verifies:
             try:
                 results = self.validator.verify_many(verifies, t)
@@ -261,7 +264,7 @@ class RadiusDoor:
         if request.password is not None and request.user and request.state is None:
             step.verify = len(verifies)
             verifies.append(VerifyRequest(request.user, request.password, via=VIA,
-                                          client=client.name))
+                                          client=client.name, request_id=request_id))
         return step
 
     def _answer(self, step: _Step, results: list[VerifyResult | Exception],
