@@ -287,3 +287,22 @@ def test_the_listener_reads_what_waits_as_one_batch(tmp_path: Path) -> None:
     assert door.batches[1] == 1 and door.batches[USERS] == 1
     assert sum(door.batches) == 2
 
+
+
+def test_a_batch_larger_than_the_listener_reads_is_answered_too(tmp_path: Path) -> None:
+    """The listener reads at most MAX_BATCH datagrams at once; a caller of handle_many may
+    pass more, and each still gets its answer (and the histogram its last bucket)."""
+    from validator.radius.server import MAX_BATCH
+
+    v = _validator(tmp_path / "v.db")
+    door = _door(v)
+    requests = [codec.access_request(f"nobody{i}", "123456", SECRET)
+                for i in range(MAX_BATCH + 8)]
+    outs = door.handle_many([(r.RequestPacket(), VPN) for r in requests], NOW)
+    assert [_read(r, o) for r, o in zip(requests, outs, strict=True)] == [
+        (codec.ACCESS_REJECT, WRONG)] * (MAX_BATCH + 8)
+    assert door.batches[MAX_BATCH] == 1 and door.batched == MAX_BATCH + 8
+    samples = {(s.name, s.labels.get("le")): s.value for s in _batch_family(door).samples}
+    assert samples[("foblab_radius_batch_size_sum", None)] == MAX_BATCH + 8
+    assert samples[("foblab_radius_batch_size_bucket", "+Inf")] == 1
+    v.close()

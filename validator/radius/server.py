@@ -145,8 +145,10 @@ class RadiusDoor:
         self._cache: OrderedDict[tuple[Any, ...], tuple[float, bytes]] = OrderedDict()
         self._challenges: OrderedDict[bytes, _Challenge] = OrderedDict()
         self._replies = codec.Replies()
-        # verifications per batch (index: size), counted by the listener thread alone
+        # verifications per batch (index: size; the last, MAX_BATCH or more), and their
+        # sum, counted by the listener thread alone
         self.batches = [0] * (MAX_BATCH + 1)
+        self.batched = 0
 
     # -- the exchange ----------------------------------------------------------------------
 
@@ -172,7 +174,8 @@ class RadiusDoor:
                 len(steps))
             steps.append(step)
         if verifies:
-            self.batches[len(verifies)] += 1
+            self.batches[min(len(verifies), MAX_BATCH)] += 1
+            self.batched += len(verifies)
         results: list[VerifyResult | Exception] = []
         if len(verifies) == 1:  # the idle door's case: verify_many's work is verify's
             r = verifies[0]
@@ -394,7 +397,7 @@ class RadiusDoor:
                                         "verifications shared one read and one write.")
         batches.add_metric((), [(str(float(b)), sum(counts[:b + 1])) for b in BATCH_BUCKETS]
                            + [("+Inf", sum(counts))],
-                           sum(size * n for size, n in enumerate(counts)))
+                           self.batched)
         yield batches
 
 
