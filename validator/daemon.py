@@ -260,6 +260,8 @@ class ServedCertificate:
         yield GaugeMetricFamily("foblab_tls_certificate_expiry_timestamp_seconds",
                                 "When the served TLS certificate expires (Unix time).",
                                 value=self.not_after)
+
+
 CHECKPOINT_SECONDS = 0.1  # how often the Checkpointer copies the WAL into the database
 
 

@@ -306,3 +306,37 @@ def test_a_batch_larger_than_the_listener_reads_is_answered_too(tmp_path: Path) 
     assert samples[("foblab_radius_batch_size_sum", None)] == MAX_BATCH + 8
     assert samples[("foblab_radius_batch_size_bucket", "+Inf")] == 1
     v.close()
+
+
+def test_the_listener_outlives_a_batch_that_raises(tmp_path: Path) -> None:
+    """handle_many answers for each datagram and never raises; should a bug make it, the
+    listener drops that batch, counts it, and answers the next."""
+    v = _validator(tmp_path / "v.db")
+    door = _door(v)
+    real = door.handle_many
+    calls = []
+
+    def first_fails(batch: Any, now: float | None = None) -> Any:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(batch, now)
+
+    door.handle_many = first_fails  # type: ignore[method-assign]
+    listener = RadiusListener(door, bind("127.0.0.1", 0))
+    listener.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.5)
+            lost = codec.access_request("nobody", "123456", SECRET)
+            s.sendto(lost.RequestPacket(), listener.address)
+            with pytest.raises(TimeoutError):
+                s.recv(4096)
+            s.settimeout(10)
+            asked = codec.access_request("nobody", "654321", SECRET)
+            s.sendto(asked.RequestPacket(), listener.address)
+            assert _read(asked, s.recv(4096)) == (codec.ACCESS_REJECT, WRONG)
+    finally:
+        listener.stop()
+        v.close()
+    assert door.dropped["error"] == 1 and calls == [1, 1]

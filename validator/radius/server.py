@@ -455,7 +455,13 @@ class RadiusListener:
             batch = self._read(sock)
             if not batch:
                 continue
-            for (_, address), out in zip(batch, handle_many(batch), strict=True):
+            try:
+                answers = handle_many(batch)
+            except Exception:  # handle_many answers for each datagram; this is a last resort
+                log.exception("radius batch failed")
+                self.door.dropped["error"] += len(batch)
+                continue
+            for (_, address), out in zip(batch, answers, strict=True):
                 if out is not None:
                     try:
                         sock.sendto(out, address)
