@@ -241,11 +241,12 @@ class ApiClient:
     def audit(self, *, serial: str | None = None, user: str | None = None,
               action: str | None = None, result: str | None = None,
               order: str | None = None, limit: int | None = None,
-              offset: int | None = None) -> Any:
-        """The audit log; `order` "newest" (the API's default) or "oldest"."""
+              offset: int | None = None, request_id: str | None = None) -> Any:
+        """The audit log; `order` "newest" (the API's default) or "oldest"; `request_id`:
+        the entries one request wrote (its X-Request-Id, its log lines' request_id)."""
         return self.request("GET", "/v1/audit", params={
             "serial": serial, "user": user, "action": action, "result": result,
-            "order": order, "limit": limit, "offset": offset})
+            "order": order, "limit": limit, "offset": offset, "request_id": request_id})
 
     def audit_export(self, *, since: float | None = None, until: float | None = None,
                      order: str | None = None) -> Iterator[bytes]:

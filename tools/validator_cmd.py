@@ -827,15 +827,19 @@ def verify(client: ApiClient, as_json: bool, user: str, code: str, serial: str |
 @click.option("--user")
 @click.option("--action")
 @click.option("--result", type=click.Choice(["ok", "refused"]))
+@click.option("--request-id", help="The entries one request wrote (its X-Request-Id, the "
+              "request_id of its log lines).")
 @click.option("--oldest-first", is_flag=True, help="Oldest entries first.")
 @page_options
 def audit(client: ApiClient, as_json: bool, serial: str | None, user: str | None,
-          action: str | None, result: str | None, oldest_first: bool, limit: int,
-          page: int, all_: bool, offset: int | None) -> None:
+          action: str | None, result: str | None, request_id: str | None,
+          oldest_first: bool, limit: int, page: int, all_: bool,
+          offset: int | None) -> None:
     """The audit log, newest first (a page of 100 unless --all; a note says when there is
     more). `audit export` streams all of it as JSON lines."""
     filters: dict[str, Any] = {"serial": serial, "user": user, "action": action,
-                               "result": result, "order": "oldest" if oldest_first else "newest"}
+                               "result": result, "request_id": request_id,
+                               "order": "oldest" if oldest_first else "newest"}
     data = fetch(lambda p: client.audit(**filters, **p),
                  "entries", limit=limit, page=page, all_=all_, offset=offset)
 

@@ -751,13 +751,13 @@ class Validator:
               action: str | None = None, result: str | None = None,
               since: float | None = None, until: float | None = None,
               limit: int = 100, offset: int = 0,
-              newest_first: bool = False) -> list[AuditEntry]:
+              newest_first: bool = False, request_id: str | None = None) -> list[AuditEntry]:
         """Audit entries, oldest (or newest) first, filtered and paginated (limit 1-1000)."""
         if not 1 <= limit <= 1000 or offset < 0:
             raise InvalidParameter("limit must be 1-1000 and offset >= 0")
         return self.store.audit(serial=serial, user=user, action=action, result=result,
                                 since=since, until=until, limit=limit, offset=offset,
-                                newest_first=newest_first)
+                                newest_first=newest_first, request_id=request_id)
 
     def audit_export(self, *, since: float | None = None, until: float | None = None,
                      newest_first: bool = False, batch: int = 1000) -> Iterator[list[AuditEntry]]:
@@ -787,10 +787,11 @@ class Validator:
 
     def count_audit(self, *, serial: str | None = None, user: str | None = None,
                     action: str | None = None, result: str | None = None,
-                    since: float | None = None, until: float | None = None) -> int:
+                    since: float | None = None, until: float | None = None,
+                    request_id: str | None = None) -> int:
         """How many entries `audit` pages through (for "showing N of TOTAL")."""
         return self.store.count_audit(serial=serial, user=user, action=action, result=result,
-                                      since=since, until=until)
+                                      since=since, until=until, request_id=request_id)
 
     def rotate_key(self, now: float | None = None, *, master: bool = False) -> int:
         """Rotate a key (see `validator.keys`; crash-safe at every step). By default the

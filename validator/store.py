@@ -271,7 +271,7 @@ class Store(Protocol):
               action: str | None = None, result: str | None = None,
               since: float | None = None, until: float | None = None,
               limit: int = 100, offset: int = 0,
-              newest_first: bool = False) -> list[AuditEntry]: ...
+              newest_first: bool = False, request_id: str | None = None) -> list[AuditEntry]: ...
 
     # -- what validator.keys needs (envelope encryption) --
 
@@ -308,7 +308,8 @@ class Store(Protocol):
 
     def count_audit(self, *, serial: str | None = None, user: str | None = None,
                     action: str | None = None, result: str | None = None,
-                    since: float | None = None, until: float | None = None) -> int: ...
+                    since: float | None = None, until: float | None = None,
+                    request_id: str | None = None) -> int: ...
 
     def close(self) -> None: ...
 
@@ -809,9 +810,10 @@ class SQLiteStore:
               action: str | None = None, result: str | None = None,
               since: float | None = None, until: float | None = None,
               limit: int = 100, offset: int = 0,
-              newest_first: bool = False) -> list[AuditEntry]:
+              newest_first: bool = False, request_id: str | None = None) -> list[AuditEntry]:
         """Audit entries matching every given filter, oldest (or newest) first, paginated."""
-        clause, args = _audit_filter(serial, user, action, result, since, until)
+        clause, args = _audit_filter(serial, user, action, result, since, until,
+                                     request_id=request_id)
         order = "DESC" if newest_first else "ASC"
         rows = self._conn().execute(
             f"SELECT id, time, action, result, reason, serial, user, via, client, window_steps, "
@@ -845,9 +847,11 @@ class SQLiteStore:
 
     def count_audit(self, *, serial: str | None = None, user: str | None = None,
                     action: str | None = None, result: str | None = None,
-                    since: float | None = None, until: float | None = None) -> int:
+                    since: float | None = None, until: float | None = None,
+                    request_id: str | None = None) -> int:
         """How many entries `audit` would page through."""
-        clause, args = _audit_filter(serial, user, action, result, since, until)
+        clause, args = _audit_filter(serial, user, action, result, since, until,
+                                     request_id=request_id)
         return int(self._conn().execute(f"SELECT COUNT(*) FROM audit {clause}",
                                         args).fetchone()[0])
 
@@ -871,12 +875,14 @@ def _token_filter(user: str | None, kind: str | None, assigned: bool | None, *,
 
 def _audit_filter(serial: str | None, user: str | None, action: str | None,
                   result: str | None, since: float | None, until: float | None, *,
-                  mark: str = "?", user_column: str = "user") -> tuple[str, list[object]]:
-    """The WHERE clause of an audit query and its arguments, in the database's dialect."""
+                  request_id: str | None = None, mark: str = "?",
+                  user_column: str = "user") -> tuple[str, list[object]]:
+    """The WHERE clause of an audit query and its arguments, in the database's dialect.
+    (No index serves `request_id`: bound such a search by time on a large audit.)"""
     where: list[str] = []
     args: list[object] = []
     for column, value in (("serial", serial), (user_column, user), ("action", action),
-                          ("result", result)):
+                          ("result", result), ("request_id", request_id)):
         if value is not None:
             where.append(f"{column} = {mark}")
             args.append(value)

@@ -629,8 +629,8 @@ class PostgresStore:
               action: str | None = None, result: str | None = None,
               since: float | None = None, until: float | None = None,
               limit: int = 100, offset: int = 0,
-              newest_first: bool = False) -> list[AuditEntry]:
-        clause, args = _audit_filter(serial, user, action, result, since, until)
+              newest_first: bool = False, request_id: str | None = None) -> list[AuditEntry]:
+        clause, args = _audit_filter(serial, user, action, result, since, until, request_id)
         order = "DESC" if newest_first else "ASC"
         return [AuditEntry(*row) for row in self._rows(
             f"SELECT {_AUDIT_COLUMNS} FROM audit {clause} ORDER BY id {order} "
@@ -638,8 +638,9 @@ class PostgresStore:
 
     def count_audit(self, *, serial: str | None = None, user: str | None = None,
                     action: str | None = None, result: str | None = None,
-                    since: float | None = None, until: float | None = None) -> int:
-        clause, args = _audit_filter(serial, user, action, result, since, until)
+                    since: float | None = None, until: float | None = None,
+                    request_id: str | None = None) -> int:
+        clause, args = _audit_filter(serial, user, action, result, since, until, request_id)
         return int(self._rows(f"SELECT count(*) FROM audit {clause}", args)[0][0])
 
     def token_gauges(self, now: float) -> dict[str, int]:
@@ -693,7 +694,7 @@ def _token_filter(user: str | None, kind: str | None,
 
 
 def _audit_filter(serial: str | None, user: str | None, action: str | None,
-                  result: str | None, since: float | None,
-                  until: float | None) -> tuple[str, list[object]]:
-    return store_audit_filter(serial, user, action, result, since, until, mark="%s",
-                              user_column='"user"')
+                  result: str | None, since: float | None, until: float | None,
+                  request_id: str | None = None) -> tuple[str, list[object]]:
+    return store_audit_filter(serial, user, action, result, since, until,
+                              request_id=request_id, mark="%s", user_column='"user"')

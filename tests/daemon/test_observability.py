@@ -66,6 +66,17 @@ def test_json_logs_one_object_per_line_and_a_request_id_per_request(tmp_path: Pa
         rows = adm.get("/v1/audit", params={"action": "verify"}).json()["entries"]
         export = [json.loads(line) for line in adm.get("/v1/audit/export").text.splitlines()]
     assert [(r["result"], r["request_id"]) for r in rows] == [("ok", ids["verify"])]
+    with d.client() as adm:  # and found by it, from the API and the command line
+        by_id = adm.get("/v1/audit", params={"request_id": ids["verify"]}).json()
+    assert [(e["action"], e["user"]) for e in by_id["entries"]] == [("verify", "olga")]
+    assert by_id["total"] == 1
+    from click.testing import CliRunner
+
+    from tools.cli import main
+    out = CliRunner().invoke(main, ["validator", "audit", "--url", d.url, "--key", d.admin,
+                                    "--request-id", ids["verify"], "--json"])
+    assert out.exit_code == 0, out.output
+    assert [e["request_id"] for e in json.loads(out.output)["entries"]] == [ids["verify"]]
     assert ids["verify"] in {e["request_id"] for e in export}
     made = [e for e in export if e["action"] in ("register", "enable")]  # through the API
     assert len(made) == 2 and all(re.fullmatch(r"[0-9a-f]{16}", e["request_id"] or "")

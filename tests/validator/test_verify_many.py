@@ -229,3 +229,9 @@ def test_each_audit_row_names_its_own_request(validator: Validator) -> None:
                     "req-ben-wrong": ("ben", "refused", "invalid_code"),
                     "req-ann-again": ("ann", "refused", "replayed"),
                     "req-ben": ("ben", "ok", "accepted")}
+    # and the audit is searched by it
+    found = validator.audit(request_id="req-ann-again")
+    assert [(e.user, e.reason) for e in found] == [("ann", "replayed")]
+    assert validator.count_audit(request_id="req-ann-again") == 1
+    assert validator.count_audit(request_id="req-nobody") == 0
+    assert validator.count_audit(request_id="req-ben", result="refused") == 0

@@ -221,7 +221,8 @@ async def audit(c: Call) -> Response:
     q = c.query
     filters: dict[str, Any] = dict(serial=q.get("serial"), user=q.get("user"),
                                    action=q.get("action"), result=q.get("result"),
-                                   since=q.get("since"), until=q.get("until"))
+                                   since=q.get("since"), until=q.get("until"),
+                                   request_id=q.get("request_id"))
     entries = await c.api.call(c.api.validator.audit, **filters, limit=limit, offset=offset,
                                     newest_first=q.get("order") == "newest")
     return _json({"entries": [{"id": e.id, "time": e.time, "action": e.action,

@@ -80,6 +80,7 @@ def operations() -> list[Op]:
             Param("serial", S.SERIAL), Param("user", S.USER), Param("action", string),
             Param("result", string), Param("since", {"type": "number"}),
             Param("until", {"type": "number"}),
+            Param("request_id", {"type": "string", "maxLength": 64}),
             Param("order", {"type": "string", "enum": ["oldest", "newest"]}), *page)),
            "/v1/audit", audit),
         Op(OpDoc("GET", "/v1/audit/export", "Every audit entry in [since, until) as JSON "
