@@ -214,6 +214,21 @@ def metric(text: str, name: str, **labels: str) -> float:
                for s in family.samples if s.name == name and s.labels == labels)
 
 
+def wait_for_lines(d: Daemon, words: str, after: int, count: int = 1,
+                   timeout: float = 30) -> list[str]:
+    """The daemon's log lines since line `after` that hold `words`, once there are `count`
+    of them (AssertionError, with those lines, after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [line for line in d.lines[after:] if words in line]
+        if len(found) >= count:
+            return found
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{len(found)} of {count} {words!r} in the log:\n"
+                                 + "".join(d.lines[after:]))
+        time.sleep(0.05)
+
+
 def clear_of_step_edge(margin: float = 6.0, period: int = 30) -> float:
     """The time now, after waiting out the end of the current step if fewer than `margin`
     seconds of it are left: a pair of codes read at this time and the request after it

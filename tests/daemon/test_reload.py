@@ -11,7 +11,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,14 @@ from tools.cli import main
 from validator.daemon import init_dir as make_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon_helpers import PYTHON, ROOT, Daemon, init_dir, set_config  # noqa: E402
+from daemon_helpers import (  # noqa: E402
+    PYTHON,
+    ROOT,
+    Daemon,
+    init_dir,
+    set_config,
+    wait_for_lines,
+)
 
 B32 = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 
@@ -41,16 +47,6 @@ def offline(*args: str) -> subprocess.CompletedProcess[str]:
     result = CliRunner().invoke(main, ["validator", *args], env={
         k: None for k in os.environ if k.startswith("FOBLAB_")})
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
-
-
-def wait_for(d: Daemon, words: str, after: int, timeout: float = 20) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in d.lines[after:]:
-            if words in line:
-                return line
-        time.sleep(0.05)
-    raise AssertionError(f"no {words!r} in the log:\n" + "".join(d.lines[after:]))
 
 
 def status_with(d: Daemon, key: str, method: str = "GET", path: str = "/v1/tokens") -> int:
@@ -107,7 +103,7 @@ def test_named_keys_reload_by_sighup_and_by_api(tmp_path: Path, spawn: Any) -> N
 
     mark = len(d.lines)
     d.proc.send_signal(signal.SIGHUP)
-    wait_for(d, "reloaded", mark)
+    wait_for_lines(d, "reloaded", mark)
     assert status_with(d, gw) == 403  # known now, and a verifier may not list tokens
     assert status_with(d, gw, "POST", "/v1/verify") == 400  # ...but may verify (no body)
     assert conn.get("/healthz") == 200  # the same connection, still open

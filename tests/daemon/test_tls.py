@@ -10,7 +10,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,14 @@ from click.testing import CliRunner
 from cryptography import x509
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon_helpers import PYTHON, ROOT, init_dir, metric, set_config  # noqa: E402
+from daemon_helpers import (  # noqa: E402
+    PYTHON,
+    ROOT,
+    init_dir,
+    metric,
+    set_config,
+    wait_for_lines,
+)
 from tls_helpers import make_pki, renew  # noqa: E402
 
 from tools.api_client import ApiClient, ApiError
@@ -141,15 +147,6 @@ def _served(url: str) -> x509.Certificate:
         ssl.get_server_certificate((host, int(port))).encode())
 
 
-def _wait_for(d: Any, words: str, after: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(words in line for line in d.lines[after:]):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no {words!r} in the log:\n" + "".join(d.lines[after:]))
-
-
 def test_a_reload_serves_a_renewed_certificate(tmp_path: Path, spawn: Any) -> None:
     """The certificate renewed in place (as certbot does), then SIGHUP: new connections get
     the new one, an open connection goes on, /metrics shows the new expiry. A renewal whose
@@ -174,7 +171,7 @@ def test_a_reload_serves_a_renewed_certificate(tmp_path: Path, spawn: Any) -> No
         renewed = x509.load_pem_x509_certificate(new_cert.read_bytes())
         mark = len(d.lines)
         d.proc.send_signal(signal.SIGHUP)
-        _wait_for(d, "TLS certificate read again", mark)
+        wait_for_lines(d, "TLS certificate read again", mark)
         assert _served(d.url) == renewed
         # the connection made before the reload is still open and answers
         assert http.get("/healthz").status_code == 200
@@ -214,10 +211,7 @@ def test_sighup_renews_the_certificate_of_every_worker(tmp_path: Path, spawn: An
     key.write_bytes(new_key.read_bytes())
     mark = len(d.lines)
     d.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 30
-    while sum("TLS certificate read again" in line for line in d.lines[mark:]) < 2:
-        assert time.monotonic() < deadline, "".join(d.lines[mark:])
-        time.sleep(0.05)
+    wait_for_lines(d, "TLS certificate read again", mark, count=2)  # one per worker
     renewed = x509.load_pem_x509_certificate(new_cert.read_bytes())
     assert {_served(d.url).serial_number for _ in range(20)} == {renewed.serial_number}
     assert d.stop() == 0
