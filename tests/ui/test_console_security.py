@@ -157,7 +157,8 @@ def test_pages_escape_what_they_echo(world: Any) -> None:
     validator.register_token(EVIL, b"k" * 20)
     csrf = sign_in(client)
     for path in ("/ui/tokens", f"/ui/token?serial={EVIL}", f"/ui/tokens?q={EVIL}",
-                 "/ui/audit?serial=" + EVIL, f"/ui/users?open={EVIL}"):
+                 "/ui/audit?serial=" + EVIL, "/ui/audit?request_id=" + EVIL,
+                 f"/ui/users?open={EVIL}"):
         r = client.get(path)
         assert r.status_code in (200, 400), path
         assert EVIL not in r.text, path
@@ -265,6 +266,25 @@ def test_tokens_page_search_filter_and_paging(world: Any) -> None:
     audit = client.get("/ui/audit").text
     serials = re.findall(r'<td class="mono">(GAHT\d+)</td>', audit)
     assert serials[:2] == ["GAHT00000029", "GAHT00000028"]  # newest first
+
+
+def test_the_audit_page_shows_and_finds_an_entrys_request(world: Any) -> None:
+    from validator.logs import REQUEST_ID
+
+    client, _, clock, validator = world
+    validator.register_token("GAHT00000100", b"k" * 20, now=clock.t)
+    token = REQUEST_ID.set("0123456789abcdef")  # as a request of the API would
+    try:
+        validator.register_token("GAHT00000101", b"k" * 20, now=clock.t)
+    finally:
+        REQUEST_ID.reset(token)
+    sign_in(client)
+    page = client.get("/ui/audit").text
+    assert '<a class="mono muted" href="?request_id=0123456789abcdef">0123456789abcdef</a>' \
+        in page
+    found = client.get("/ui/audit?request_id=0123456789abcdef").text
+    assert re.findall(r'<td class="mono">(GAHT\d+)</td>', found) == ["GAHT00000101"]
+    assert 'name="request_id" value="0123456789abcdef"' in found
 
 
 def test_fuzzed_forms_never_break_the_console(world: Any) -> None:

@@ -514,11 +514,13 @@ class Console:
     async def audit(self, request: Request, session: Session, form: dict[str, str]
                     ) -> Response:
         q = request.query_params
-        filters = {k: q.get(k, "")[:256] for k in ("user", "serial", "action", "result")}
+        filters = {k: q.get(k, "")[:256] for k in ("user", "serial", "action", "result",
+                                                    "request_id")}
         offset = _int(q.get("offset"), 0)
         entries = self.validator.audit(
             user=filters["user"] or None, serial=filters["serial"] or None,
             action=filters["action"] or None, result=filters["result"] or None,
+            request_id=filters["request_id"] or None,
             limit=PAGE + 1, offset=offset, newest_first=True)
         more = len(entries) > PAGE
         return self._page(request, session, "audit.html", entries=entries[:PAGE],
