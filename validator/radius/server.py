@@ -177,16 +177,7 @@ class RadiusDoor:
             self.batches[min(len(verifies), MAX_BATCH)] += 1
             self.batched += len(verifies)
         results: list[VerifyResult | Exception] = []
-        if len(verifies) == 1:  # the idle door's case: verify_many's work is verify's
-            r = verifies[0]
-            token = REQUEST_ID.set(r.request_id)  # its audit row's
-            try:
-                results = [self.validator.verify(r.user, r.code, t, via=VIA, client=r.client)]
-            except Exception as exc:  # noqa: BLE001 - the request's answer
-                results = [exc]
-            finally:
-                REQUEST_ID.reset(token)
-        elif verifies:
+        if verifies:  # one alone is verify's own work, under its request id (verify_many)
             try:
                 results = self.validator.verify_many(verifies, t)
             except Exception as exc:  # noqa: BLE001 - each request's answer, as alone
