@@ -319,6 +319,8 @@ def _dumps(state: TokenState) -> str:
 
 
 _COLUMNS = "serial, state, sealed, user, version, created, assigned_at"
+_AUDIT_COLUMNS = ("id, time, action, result, reason, serial, user, via, client, window_steps, "
+                  "request_id")  # an AuditEntry's, in its order
 # a token's compare-and-set that keeps its assignment (compare_and_set, set_states)
 _SET_STATE = "UPDATE tokens SET state = ?, version = version + 1 WHERE serial = ? AND version = ?"
 
@@ -816,9 +818,7 @@ class SQLiteStore:
                                      request_id=request_id)
         order = "DESC" if newest_first else "ASC"
         rows = self._conn().execute(
-            f"SELECT id, time, action, result, reason, serial, user, via, client, window_steps, "
-            f"request_id "
-            f"FROM audit {clause} ORDER BY id {order} LIMIT ? OFFSET ?",
+            f"SELECT {_AUDIT_COLUMNS} FROM audit {clause} ORDER BY id {order} LIMIT ? OFFSET ?",
             (*args, int(limit), int(offset))).fetchall()
         return [AuditEntry(*row) for row in rows]
 
@@ -833,9 +833,8 @@ class SQLiteStore:
             args.append(int(after))
         order = "DESC" if newest_first else "ASC"
         rows = self._conn().execute(
-            f"SELECT id, time, action, result, reason, serial, user, via, client, window_steps, "
-            f"request_id "
-            f"FROM audit {clause} ORDER BY id {order} LIMIT ?", (*args, int(limit))).fetchall()
+            f"SELECT {_AUDIT_COLUMNS} FROM audit {clause} ORDER BY id {order} LIMIT ?",
+            (*args, int(limit))).fetchall()
         return [AuditEntry(*row) for row in rows]
 
     def prune_audit(self, *, before: float | None = None, keep: int | None = None,
