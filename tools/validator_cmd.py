@@ -131,7 +131,7 @@ def _station_option(values: Sequence[str]) -> dict[str, str]:
               default="info", show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Processes answering on the one port (SQLite in WAL mode or PostgreSQL; "
-                   "not with [radius] or stations).")
+                   "RADIUS is answered by one of them; not with stations).")
 @click.option("--log-format", type=click.Choice(["json", "text", "auto"]),
               help="Every log line as JSON or as text (default from the config's log_format, "
                    "else auto: JSON unless stderr is a terminal).")

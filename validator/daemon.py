@@ -340,6 +340,11 @@ class Reloader:
         return answer
 
 
+def _host_port(host: str, port: int) -> str:
+    """HOST:PORT, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -477,8 +482,10 @@ def _fast(module: str) -> bool:
     return True
 
 
-def _radius(settings: Settings) -> tuple[Any, Any] | None:
-    """The RADIUS clients and bound UDP socket, or None without a [radius] table."""
+def _radius(settings: Settings, sock: socket.socket | None = None
+            ) -> tuple[Any, Any] | None:
+    """The RADIUS clients and bound UDP socket (`sock`, else bound here), or None without
+    a [radius] table."""
     if settings.radius is None:
         return None
     try:
@@ -491,7 +498,7 @@ def _radius(settings: Settings) -> tuple[Any, Any] | None:
                            "dropped")
     try:
         clients = radius.load_clients(settings.radius)
-        sock = radius.bind(settings.radius.host, settings.radius.port)
+        sock = sock or radius.bind(settings.radius.host, settings.radius.port)
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
     return clients, sock
@@ -502,7 +509,7 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
           on_radius: Callable[[str], None] | None = None,
           overrides: Callable[[Settings], Settings] | None = None, workers: int = 1,
           sock: socket.socket | None = None, log_format: str | None = None,
-          parent: int | None = None) -> int:
+          parent: int | None = None, radius_socket: socket.socket | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads. Raises StartupError before
     serving; returns 0 after a clean shutdown, 1 if uvicorn could not start. `on_radius`
     gets the RADIUS door's `HOST:PORT` once it answers (before `on_ready`); `overrides`
@@ -510,11 +517,12 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
     processes on one port (`serve_workers`). `sock`: an already bound listening socket.
     `log_format`: json, text or auto (validator.logs); None: the config's `log_format`.
     `parent`: the pid of `serve_workers` when this is one of its workers (a reload through
-    the API then asks the parent to reload every worker)."""
+    the API then asks the parent to reload every worker); of its workers, only the one
+    given the bound `radius_socket` answers RADIUS."""
     if workers > 1:
         return serve_workers(settings, workers, on_ready=on_ready, log_level=log_level,
                              graceful_timeout=graceful_timeout, log_format=log_format,
-                             overrides=overrides)
+                             overrides=overrides, on_radius=on_radius)
     from validator.app import create_app
 
     logs.configure(log_format or settings.log_format, log_level)
@@ -528,7 +536,8 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
     except ApiKeyError as exc:
         raise StartupError(str(exc)) from None
     tls_context(settings)
-    radius = _radius(settings)
+    radius = _radius(settings, radius_socket) \
+        if parent is None or radius_socket is not None else None
     try:
         sock = sock or bind(settings.host, settings.port)
     except BaseException:
@@ -600,8 +609,7 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
                                 "Message-Authenticator (BlastRADIUS, CVE-2024-3596)",
                                 client.name, client.network)
             listener.start()
-            rhost, rport = listener.address
-            where = f"[{rhost}]:{rport}" if ":" in rhost else f"{rhost}:{rport}"
+            where = _host_port(*listener.address)
             log.info("radius door on udp %s (%d client(s))", where, len(clients))
             if on_radius is not None:
                 on_radius(where)
@@ -611,7 +619,7 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
                      retention.max_age_days, retention.max_rows, settings.audit_prune_seconds)
         host, port = sock.getsockname()[:2]
         scheme = settings.scheme
-        url = f"{scheme}://{host}:{port}" if ":" not in host else f"{scheme}://[{host}]:{port}"
+        url = f"{scheme}://{_host_port(host, port)}"
         tls: dict[str, Any] = {}
         if settings.tls_cert is not None:
             served = ServedCertificate(settings)
@@ -652,7 +660,8 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
 def serve_workers(settings: Settings, workers: int, *,
                   on_ready: Callable[[str], None] | None = None, log_level: str = "info",
                   graceful_timeout: int | None = 30, log_format: str | None = None,
-                  overrides: Callable[[Settings], Settings] | None = None) -> int:
+                  overrides: Callable[[Settings], Settings] | None = None,
+                  on_radius: Callable[[str], None] | None = None) -> int:
     """`workers` processes answering on one listening socket (bound here, inherited by
     each forked worker; the kernel spreads the connections). Each worker opens its own
     database connections: a SQLite file in WAL mode, or PostgreSQL. The database and keys
@@ -662,19 +671,32 @@ def serve_workers(settings: Settings, workers: int, *,
     database; returns 0 when all exited cleanly. A worker that dies otherwise is replaced.
     SIGHUP is passed to every worker too: each re-reads the config and API keys (`overrides`
     re-applies the command line, as in `serve`).
+
+    With a `[radius]` table, worker 0 alone answers RADIUS, on a UDP socket bound here
+    (`on_radius` gets its address once every worker listens): a retransmission and the
+    answer to an Access-Challenge must reach the process that remembers the first
+    request, whatever source port the client sends them from. This process keeps the
+    socket open, so a replacement of worker 0 answers on the same port, and datagrams that
+    arrive meanwhile wait in the socket's buffer.
     """
     logs.configure(log_format or settings.log_format, log_level)
-    if settings.radius is not None:
-        raise StartupError("--workers needs a config without [radius]: a RADIUS challenge "
-                           "is remembered by one process (run one daemon for RADIUS)")
     if settings.stations:
         raise StartupError("--workers needs a config without [stations]: a serial port is "
                            "opened by one process only")
-    sock = bind(settings.host, settings.port)
+    radius = _radius(settings)  # its clients' secrets read now: a bad one stops us here
+    udp = None if radius is None else radius[1]
+    try:
+        sock = bind(settings.host, settings.port)
+    except BaseException:
+        if udp is not None:
+            udp.close()
+        raise
     try:
         open_validator(settings).close()
     except BaseException:
         sock.close()
+        if udp is not None:
+            udp.close()
         raise
     ready_r, ready_w = os.pipe()
     children: dict[int, int] = {}  # pid -> worker number
@@ -688,6 +710,9 @@ def serve_workers(settings: Settings, workers: int, *,
             code = 1
             try:
                 os.close(ready_r)
+                door = udp if number == 0 else None  # the RADIUS socket: worker 0's alone
+                if udp is not None and door is None:
+                    udp.close()
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 # until its event loop takes SIGHUP over (a reload), a hang-up passed on
@@ -698,7 +723,7 @@ def serve_workers(settings: Settings, workers: int, *,
 
                 code = serve(settings, log_level=log_level, graceful_timeout=graceful_timeout,
                              sock=sock, on_ready=say_ready, log_format=log_format,
-                             overrides=overrides, parent=parent)
+                             overrides=overrides, parent=parent, radius_socket=door)
             except StartupError as exc:
                 log.error("worker %d: %s", number, exc)
             except BaseException:  # noqa: BLE001 - a worker reports, never unwinds the parent
@@ -742,8 +767,13 @@ def serve_workers(settings: Settings, workers: int, *,
             raise StartupError(f"only {ready} of {workers} workers started (see the log)")
         host, port = sock.getsockname()[:2]
         scheme = "https" if settings.tls_cert is not None else "http"
-        url = f"{scheme}://{host}:{port}" if ":" not in host else f"{scheme}://[{host}]:{port}"
+        url = f"{scheme}://{_host_port(host, port)}"
         log.info("%d workers serving on %s", workers, url)
+        if udp is not None and not stopping:
+            where = _host_port(*udp.getsockname()[:2])
+            log.info("radius door on udp %s, in worker 0", where)
+            if on_radius is not None:
+                on_radius(where)
         if on_ready is not None and not stopping:
             on_ready(url)
         while children:
@@ -765,6 +795,8 @@ def serve_workers(settings: Settings, workers: int, *,
         os.close(ready_r)
         os.close(ready_w)  # open until here: a replacement worker says ready too
         sock.close()
+        if udp is not None:
+            udp.close()
     # -SIGTERM: a worker still starting when asked to stop (no request in flight yet)
     return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
 

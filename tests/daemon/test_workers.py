@@ -58,13 +58,20 @@ def test_workers_share_a_port_and_a_database(tmp_path: Path, spawn: Any, backend
     assert not any(_alive(p) for p in workers)
 
 
-def test_workers_refuse_radius(tmp_path: Path, spawn: Any) -> None:
+def test_workers_check_radius_before_forking(tmp_path: Path, spawn: Any) -> None:
+    """A [radius] client whose secret file others can read stops `--workers` at start-up,
+    with the reason, as it stops one daemon: no worker is forked to fail on its own."""
     from daemon_helpers import set_config
     init_dir(tmp_path / "v")
+    secret = tmp_path / "v" / "vpn.secret"
+    secret.write_text("s" * 16 + "\n")
+    secret.chmod(0o644)
     set_config(tmp_path / "v", "radius", listen="127.0.0.1:0",
-               clients=[{"name": "vpn", "address": "127.0.0.1/32", "secret": "s" * 16}])
-    with pytest.raises(AssertionError, match="without \\[radius\\]"):
+               clients=[{"name": "vpn", "address": "127.0.0.1/32",
+                         "secret_file": str(secret)}])
+    with pytest.raises(AssertionError, match="vpn.*secret file") as failed:
         spawn(tmp_path / "v", "--workers", "2")
+    assert "workers started" not in str(failed.value) and "worker 0" not in str(failed.value)
 
 
 def test_sighup_reaches_every_worker(tmp_path: Path, spawn: Any) -> None:

@@ -268,12 +268,17 @@ def test_foblab_radius_test_command(home: Home, tmp_path: Path) -> None:
 
 @pytest.fixture
 def pam(home: Home, tmp_path: Path) -> Any:
+    return _pam_login(home.radius, tmp_path)
+
+
+def _pam_login(radius: tuple[str, int], tmp_path: Path) -> Any:
+    """`login(user, code)`: pamtester through pam_radius_auth to the door at `radius`."""
     need_binary("pamtester", "pamtester")
     need("pam_radius_auth.so (libpam-radius-auth)", have_pam_module("pam_radius_auth.so"))
     need(f"{PAM_WRAPPER} (libpam-wrapper)", have_library(PAM_WRAPPER))
     conf = tmp_path / "pam_radius_auth.conf"
     # server[:port] secret timeout source_ip: the PAM host is 127.0.0.2, a legacy client
-    conf.write_text(f"{home.radius[0]}:{home.radius[1]} {PAM_SECRET} 3 127.0.0.2\n")
+    conf.write_text(f"{radius[0]}:{radius[1]} {PAM_SECRET} 3 127.0.0.2\n")
     conf.chmod(0o600)
     services = tmp_path / "pam.d"
     services.mkdir()
@@ -334,3 +339,117 @@ def test_emulated_token_code_over_serial_then_radius(home: Home, tmp_path: Path)
             assert again.code == "Access-Reject"
         finally:
             port.close()
+
+
+# -- several workers ------------------------------------------------------------------------
+
+def _holders(port: int, pids: list[int]) -> list[int]:
+    """Those of `pids` with the UDP socket bound to `port` open."""
+    inodes = set()
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+            inodes.add(f"socket:[{fields[9]}]")
+    held = []
+    for pid in pids:
+        try:
+            fds = [os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:  # it ended meanwhile
+            continue
+        if inodes & set(fds):
+            held.append(pid)
+    return held
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_workers_answer_radius_in_one_of_them(tmp_path: Path) -> None:
+    """`serve --workers 2` with [radius]: worker 0 answers RADIUS, HTTP goes to both, and
+    the database is shared, so a code used through one door is refused through the other.
+    A challenge's answer comes from another source port (each radclient is a new socket)
+    and still finds the challenge; a retransmission gets its first answer; when worker 0
+    dies, its replacement answers on the same port."""
+    import signal
+
+    directory = tmp_path / "home"
+    init_dir(directory)
+    _prepare(directory)
+    write_radius_config(directory, CLIENTS, {"radius-vpn.secret": VPN_SECRET.encode()})
+    daemon = start(directory, "--radius", "127.0.0.1:0", "--workers", "2")
+    try:
+        door = radius_address(daemon)
+        workers = _children(daemon.proc.pid)
+        assert len(workers) == 2
+        first, = _holders(door[1], workers)  # one worker holds the socket (and the parent)
+        assert _holders(door[1], [daemon.proc.pid]) == [daemon.proc.pid]
+        counters = {"alice": 2, "bob": 2, "erin": 2, "pam": 2}
+
+        def code(user: str) -> str:
+            counters[user] += 1
+            return hotp(KEYS[user], counters[user] - 1)
+
+        def ask(user: str, password: str, **attributes: str) -> tuple[str | None, str | None]:
+            a = radclient(door, VPN_SECRET, {"User-Name": user, "User-Password": password,
+                                             **attributes})
+            return a.code, a.message
+
+        accepted = ("Access-Accept", "Accepted")
+        replayed = ("Access-Reject",
+                    "That code was used already; wait for the next one")
+        c = code("alice")
+        assert ask("alice", c) == accepted
+        assert ask("alice", c) == replayed
+        # HTTP, whichever worker answers, and RADIUS share one replay protection
+        used = code("bob")
+        with daemon.client("verifier") as http:
+            for _ in range(4):  # new connections: the kernel spreads them over the workers
+                r = http.post("/v1/verify", json={"user": "bob", "code": code("bob")},
+                              headers={"Connection": "close"})
+                assert r.status_code == 200 and r.json()["ok"], r.text
+            r = http.post("/v1/verify", json={"user": "bob", "code": used})
+            assert r.json()["reason"] == "replayed"  # older than the last accepted code
+        assert ask("bob", used) == replayed
+        # a challenge and its answer, from two source ports
+        center = int((time.time() - 2.5) // 30)
+        miss, following = totp_at(TOTP_KEY, center + 6), totp_at(TOTP_KEY, center + 7)
+        challenge = radclient(door, VPN_SECRET, {"User-Name": "carol", "User-Password": miss})
+        assert challenge.code == "Access-Challenge", challenge.output
+        assert ask("carol", following, State=f"0x{challenge.state}") == accepted
+        # a retransmission: one verification, the same answer
+        relay = DropFirstReply(door)
+        try:
+            again = radclient(relay.address, VPN_SECRET,
+                              {"User-Name": "erin", "User-Password": code("erin")},
+                              retries=3, timeout=0.7)
+        finally:
+            relay.close()
+        assert relay.dropped == 1 and (again.code, again.message) == accepted, again.output
+        with daemon.client() as http:
+            rows = http.get("/v1/audit", params={"user": "erin"}).json()["entries"]
+        assert [r["result"] for r in rows if r["action"] == "verify"] == ["ok"]
+        # worker 0 dies: its replacement answers on the same port
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            others = [p for p in _children(daemon.proc.pid) if p != first]
+            held = _holders(door[1], others)
+            if len(others) == 2 and held:
+                break
+            assert time.monotonic() < deadline, "worker 0 was not replaced"
+            time.sleep(0.1)
+        assert held != [first] and len(held) == 1
+        late = code("alice")
+        deadline = time.monotonic() + 30
+        while (answer := ask("alice", late))[0] is None:  # until the replacement listens
+            assert time.monotonic() < deadline, "no answer after the replacement"
+        assert answer == accepted
+        login = _pam_login(door, tmp_path)
+        assert login("pam", code("pam")) is True
+        workers = _children(daemon.proc.pid)
+        assert daemon.stop(signal.SIGTERM) == 0, "".join(daemon.lines[-20:])
+        assert not any(Path(f"/proc/{p}").exists() and
+                       Path(f"/proc/{p}/stat").read_text().split()[2] != "Z" for p in workers)
+    finally:
+        daemon.stop()
