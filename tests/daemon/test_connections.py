@@ -8,7 +8,6 @@ a silent socket is held for ever and a client behind the cap waits for ever."""
 from __future__ import annotations
 
 import json
-import re
 import resource
 import socket
 import sys
@@ -20,7 +19,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon_helpers import Daemon, enable_pair, init_dir, set_config  # noqa: E402
+from daemon_helpers import Daemon, enable_pair, init_dir, metric, set_config  # noqa: E402
 
 SILENT = 3000
 
@@ -30,11 +29,10 @@ def _addr(d: Daemon) -> tuple[str, int]:
     return host, int(port)
 
 
-def _metric(d: Daemon, name: str) -> float:
+def _metric(d: Daemon, name: str, **labels: str) -> float:
     text = httpx.get(d.url + "/metrics", timeout=10).text
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    assert m, f"{name} not in /metrics"
-    return float(m.group(1))
+    assert f"\n{name}" in text, f"{name} not in /metrics"
+    return metric(text, name, **labels)
 
 
 def _enable(d: Daemon, serial: str, user: str) -> Any:
@@ -53,7 +51,7 @@ def _wait_accepted(d: Daemon, count: int) -> None:
     deadline = time.monotonic() + 60
     while True:
         got = _metric(d, "foblab_connections_open") + \
-            _metric(d, 'foblab_connections_limited_total{reason="shed"}')
+            _metric(d, "foblab_connections_limited_total", reason="shed")
         if got >= count:
             return
         assert time.monotonic() < deadline, got
@@ -105,7 +103,7 @@ def test_silent_connections_do_not_starve_real_clients(
         assert b'"ok":true' in answer and took < 1.0, (answer[-100:], took)
         print(f"with {SILENT} silent connections: verify answered in {took * 1000:.0f} ms")
         opened = _metric(d, "foblab_connections_open")
-        shed = _metric(d, 'foblab_connections_limited_total{reason="shed"}')
+        shed = _metric(d, "foblab_connections_limited_total", reason="shed")
         if max_connections is None:  # the default cap (1024): the oldest silent ones shed
             assert opened <= 1024 + 5 and shed >= SILENT - 1024
             assert sum("idle connections closed to admit new ones" in line
@@ -134,7 +132,7 @@ def test_a_head_that_never_ends_is_closed(tmp_path: Path, spawn: Any) -> None:
         assert first.startswith(b"HTTP/1.1 200 ")
         s.sendall(b"GET /healthz HTTP/1.1\r\n")
         assert s.recv(1000) == b""
-    assert _metric(d, 'foblab_connections_limited_total{reason="head_timeout"}') >= 6
+    assert _metric(d, "foblab_connections_limited_total", reason="head_timeout") >= 6
     logged = [line for line in d.lines if "no complete request head" in line]
     assert len(logged) == 1, logged
 
@@ -159,7 +157,7 @@ def test_when_every_connection_is_busy_the_next_gets_a_503(tmp_path: Path,
     deadline = time.monotonic() + 10
     while True:  # the busy ones close; then there is room again
         try:
-            refused = _metric(d, 'foblab_connections_limited_total{reason="refused"}')
+            refused = _metric(d, "foblab_connections_limited_total", reason="refused")
             break
         except httpx.HTTPError:
             assert time.monotonic() < deadline

@@ -19,9 +19,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemon"))
 
-from daemon_helpers import Daemon, init_dir, start  # noqa: E402
+from daemon_helpers import Daemon, init_dir, metric, start  # noqa: E402
 
-__all__ = ["Daemon", "init_dir", "start", "need", "radius_address", "radclient", "Answer",
+__all__ = ["Daemon", "init_dir", "metric", "start", "need", "radius_address", "radclient", "Answer",
            "hotp", "totp_at", "DropFirstReply", "write_radius_config", "PAM_WRAPPER"]
 
 PAM_WRAPPER = "libpam_wrapper.so"

@@ -32,6 +32,7 @@ from radius_helpers import (  # noqa: E402
     have_pam_module,
     hotp,
     init_dir,
+    metric,
     need,
     need_binary,
     radclient,
@@ -182,10 +183,8 @@ def test_wrong_shared_secret_is_dropped_and_counted(home: Home) -> None:
 
 
 def _count(metrics: str, reason: str) -> int:
-    for line in metrics.splitlines():
-        if line.startswith(f'foblab_radius_dropped_total{{reason="{reason}"}}'):
-            return int(float(line.rsplit(" ", 1)[1]))
-    raise AssertionError(f"no {reason} counter in:\n{metrics}")
+    assert f'foblab_radius_dropped_total{{reason="{reason}"}}' in metrics, metrics
+    return int(metric(metrics, "foblab_radius_dropped_total", reason=reason))
 
 
 def test_unknown_client_address_is_dropped_and_counted(tmp_path: Path) -> None:
