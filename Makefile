@@ -50,7 +50,7 @@ mutation: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check protocol firmware_sim validator tools foblab tests bench
 	$(VENV)/bin/mypy --strict protocol
-	$(VENV)/bin/mypy firmware_sim validator tools foblab
+	$(VENV)/bin/mypy firmware_sim validator tools foblab bench
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache mutants

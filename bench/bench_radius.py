@@ -77,10 +77,10 @@ def _load(host: str, port: int, requests: list[tuple[bytes, bytes]],
             failures.append(f"timeout with {len(inflight)} in flight")
             break
         for key, _ in events:
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
-            raw = sock.recv(4096)
-            t0, authenticator = inflight.pop(sock)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
+            raw = ready.recv(4096)
+            t0, authenticator = inflight.pop(ready)
             latencies.append(time.perf_counter() - t0)
             # Response Authenticator = MD5(code+id+length+request auth+attrs+secret)
             good = hashlib.md5(raw[:4] + authenticator + raw[20:] + SECRET).digest() \
@@ -90,7 +90,7 @@ def _load(host: str, port: int, requests: list[tuple[bytes, bytes]],
             elif len(failures) < 5:
                 failures.append(f"code {raw[0]}, authentic {good}: {raw[20:]!r}")
             if queue:
-                send(sock)
+                send(ready)
     elapsed = time.perf_counter() - start
     for key in list(sel.get_map().values()):
         key.fileobj.close()  # type: ignore[union-attr]
@@ -167,7 +167,7 @@ def _postgresql() -> None:
     from bench.bench_scaleout import _batches, _configure
 
     sys.path.append(str(ROOT / "tests"))
-    from pg import start_server, stop_server  # type: ignore[import-not-found]
+    from pg import start_server, stop_server
 
     with tempfile.TemporaryDirectory(prefix="foblab-bench-radius-pg-") as tmp:
         template = Path(tmp) / "t"

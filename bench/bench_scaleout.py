@@ -120,7 +120,7 @@ def _configure(template: Path, home: Path, url: str | None) -> None:
 
 def main() -> None:
     sys.path.append(str(ROOT / "tests"))
-    from pg import start_server, stop_server  # type: ignore[import-not-found]
+    from pg import start_server, stop_server
 
     with tempfile.TemporaryDirectory(prefix="foblab-scaleout-") as tmp:
         template = Path(tmp) / "template"
@@ -140,7 +140,7 @@ def main() -> None:
                        ("postgresql, 2 daemons", "pg", 1, 2))
             for n, (name, kind, workers, daemons) in enumerate(configs):
                 url = server.new_database() if kind else None
-                homes = []
+                homes: list[Path] = []
                 for d in range(daemons):
                     home = Path(tmp) / f"c{n}-{d}"
                     if d == 0:
