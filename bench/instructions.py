@@ -9,6 +9,11 @@ two totals divided by the difference in requests is the cost of one verification
 and imports cancelled out. uvicorn's HTTP parsing is left out (the same library in every
 tree).
 
+With `--pg` first, the same on PostgreSQL: each run's folder is copied into a fresh
+database of a server started here (tests/pg.py), so a verification goes through the
+HTTP door's batcher, its hop to a thread and psycopg (the client's instructions: the
+server is another process, not counted).
+
 With `--core` first, the pure core instead: `core.verify` of one TOTP token's current codes,
 one every 37 s with the state carried (bench.bench_validator_core's loop), no HTTP, no
 database.
@@ -19,12 +24,13 @@ MANY - FEW. For example the protocol's round trip, `bench.bench_protocol.round_t
 
     --code "from bench.bench_protocol import round_trips; round_trips(N)" 200 2200
 
-Usage: python -m bench.instructions [--core] old=/path/to/old/tree new=/path/to/new/tree
+Usage: python -m bench.instructions [--core | --pg] old=/path/to/old/tree new=/path/to/new/tree
        (not part of `make bench`: needs valgrind, and takes minutes)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -33,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import bench_daemon as B
 from bench.side_by_side import _prepared
@@ -159,10 +166,25 @@ def _callgrind(tree: str, out_file: Path, args: list[str], count: int) -> int:
     return int(found.group(1))
 
 
-def _count(tree: str, master: Path, work: Path, count: int, first: int) -> int:
-    """Instructions of one run of `count` verifications on a fresh copy of `master`."""
+def _count(tree: str, master: Path, work: Path, count: int, first: int,
+           server: Any = None) -> int:
+    """Instructions of one run of `count` verifications on a fresh copy of `master` (in a
+    fresh database of `server`, a tests/pg.py PostgreSQL server, if given)."""
     home = work / f"run{count}"
     shutil.copytree(master, home)
+    if server is not None:
+        import tomllib
+
+        import tomli_w
+
+        from validator.store_copy import copy_database
+
+        url = server.new_database()
+        copy_database(str(home / "validator.db"), url)
+        (home / "validator.db").unlink()
+        doc = tomllib.loads((home / "foblab.toml").read_text())
+        doc["validator"]["database_url"] = url
+        (home / "foblab.toml").write_text(tomli_w.dumps(doc))
     try:
         worker = _WORKER.replace("SECRET_FORMAT", repr(B.SECRET.decode()))
         return _callgrind(tree, work / f"callgrind.{count}",
@@ -173,13 +195,22 @@ def _count(tree: str, master: Path, work: Path, count: int, first: int) -> int:
 
 def main(argv: list[str]) -> None:
     core_only = argv[:1] == ["--core"]
+    on_pg = argv[:1] == ["--pg"]
     code = argv[1:4] if argv[:1] == ["--code"] else None
     trees = dict(a.split("=", 1) for a in (argv[4:] if code else argv[1:] if core_only
-                                           else argv))
+                                           or on_pg else argv))
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is needed (Debian: valgrind)")
     per: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="foblab-instr-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="foblab-instr-"))
+        server = None
+        if on_pg:
+            sys.path.append(str(B.ROOT / "tests"))
+            from pg import start_server, stop_server
+
+            server = start_server()
+            stack.callback(stop_server, server)
         for n, (name, tree) in enumerate(trees.items()):
             work = Path(tmp) / f"t{n}"
             work.mkdir()
@@ -197,8 +228,8 @@ def main(argv: list[str]) -> None:
                 master, enabled_at = _prepared(tree, work / "master")
                 while int(time.time() // 30) <= enabled_at:
                     time.sleep(0.5)
-                few = _count(tree, master, work, FEW, 0)
-                many = _count(tree, master, work, MANY, FEW)
+                few = _count(tree, master, work, FEW, 0, server)
+                many = _count(tree, master, work, MANY, FEW, server)
             per[name] = (many - few) / (many_n - few_n)
             print(f"   {name:>6}: {per[name]:,.0f} instructions per unit "
                   f"({few:,} for {few_n}, {many:,} for {many_n})", flush=True)
