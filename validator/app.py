@@ -105,6 +105,7 @@ def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         yield
+        api.close()  # the store's calls under way end before the store closes
         if on_shutdown is not None:
             on_shutdown()
 

@@ -648,10 +648,10 @@ def _where(value: int, *, plus: int) -> tuple[int, int]:
 def test_a_networked_store_is_called_from_a_bounded_pool_of_threads(tmp_path: Path) -> None:
     here = threading.get_ident()
     local = _api(tmp_path, SimpleNamespace())  # a local store (SQLite): on the event loop
-    assert local.limiter is None and local.batcher is None  # verify: each its own call
+    assert local.offload is None and local.batcher is None  # verify: each its own call
     assert anyio.run(functools.partial(local.call, _where, 1, plus=2)) == (here, 3)
     remote = _api(tmp_path, SimpleNamespace(remote=True, max_connections=3))
-    assert remote.limiter is not None and remote.limiter.total_tokens == 3
+    assert remote.offload is not None and remote.offload.size == 3
     thread, value = anyio.run(functools.partial(remote.call, _where, 1, plus=2))
     assert thread != here and value == 3
     assert remote.batcher is not None  # verify: requests waiting together go as one
@@ -676,8 +676,8 @@ def test_a_networked_store_is_called_from_a_bounded_pool_of_threads(tmp_path: Pa
     anyio.run(six_at_once)
     assert most[0] == 2
     default = _api(tmp_path, SimpleNamespace(remote=True))
-    assert default.limiter is not None and default.limiter.total_tokens == 8
-    assert _api(tmp_path, SimpleNamespace(remote=False)).limiter is None
+    assert default.offload is not None and default.offload.size == 8
+    assert _api(tmp_path, SimpleNamespace(remote=False)).offload is None
 
 UNAUTHORIZED = (401, "unauthorized", "send an API key as Authorization: Bearer KEY")
 

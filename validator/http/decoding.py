@@ -21,8 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
-import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -46,6 +44,7 @@ from validator.errors import (
 )
 from validator.http.metrics import Metrics
 from validator.http.middleware import KEY, OUTCOME, ROLE, refusal_response
+from validator.offload import Offload
 from validator.service import Validator
 
 T = TypeVar("T")
@@ -68,28 +67,34 @@ class Api:
     metrics: Metrics = field(default_factory=Metrics)
     reload: Callable[[], dict[str, Any]] | None = None  # the daemon's, None elsewhere
     # Service calls on a store that waits on the network (PostgreSQL) run in threads, at
-    # most this many at once (the store's own pool bounds the connections); None: inline.
-    limiter: anyio.CapacityLimiter | None = None
+    # most as many at once as the store's pool has connections; None: inline.
+    offload: Offload | None = None
     # verify on such a store: requests that would wait for a thread go together (one read,
     # one write for all: validator.batching); None: each request its own `call`.
     batcher: VerifyBatcher | None = None
 
     def __post_init__(self) -> None:
-        if self.limiter is None and getattr(self.validator.store, "remote", False):
-            self.limiter = anyio.CapacityLimiter(
-                int(getattr(self.validator.store, "max_connections", 8)))
-        if self.batcher is None and self.limiter is not None:
+        if self.offload is None and getattr(self.validator.store, "remote", False):
+            self.offload = Offload(int(getattr(self.validator.store, "max_connections", 8)),
+                                   "foblab-store")
+        if self.batcher is None and self.offload is not None:
             self.batcher = VerifyBatcher(self.validator.verify_many, self.call,
-                                         runners=min(RUNNERS, int(self.limiter.total_tokens)),
+                                         runners=min(RUNNERS, self.offload.size),
                                          on_batch=self.metrics.batched)
             self.metrics.count_batches()
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)`: on the event loop for a local store, else in a thread."""
-        if self.limiter is None:
+        if self.offload is None:
             return fn(*args, **kwargs)
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
-                                              limiter=self.limiter)
+        if kwargs:
+            return await self.offload.run(functools.partial(fn, *args, **kwargs))
+        return await self.offload.run(fn, *args)
+
+    def close(self) -> None:
+        """At shutdown, before the store closes: wait for the calls under way."""
+        if self.offload is not None:
+            self.offload.close()
 
 
 @dataclass
