@@ -582,8 +582,12 @@ class Validator:
         accepted code's new state is committed before this returns. `via` and `client`
         name the door and its client in the audit row (None: the HTTP API)."""
         self._check_user(user)
-        t = self._now(now)
-        code = code if isinstance(code, str) else ""
+        with self.store.pinned():  # its read and write on one connection
+            return self._verify(user, code if isinstance(code, str) else "",
+                                self._now(now), serial, via, client)
+
+    def _verify(self, user: str, code: str, t: float, serial: str | None,
+                via: str | None, client: str | None) -> VerifyResult:
         for _ in range(_MAX_ATTEMPTS):
             records = self.store.tokens_of(user)
             if serial is not None:
@@ -637,6 +641,11 @@ class Validator:
         t = self._now(now)
         if len(requests) == 1:  # nothing to share: verify's own statements are cheaper
             return [self._verify_alone(requests[0], t)]
+        with self.store.pinned():  # the batch's calls on one connection
+            return self._verify_many(requests, t)
+
+    def _verify_many(self, requests: Sequence[VerifyRequest], t: float
+                     ) -> list[VerifyResult | Exception]:
         results: list[VerifyResult | Exception | None] = [None] * len(requests)
         shared: list[int] = []
         users: set[str] = set()

@@ -311,6 +311,11 @@ class Store(Protocol):
                     since: float | None = None, until: float | None = None,
                     request_id: str | None = None) -> int: ...
 
+    def pinned(self) -> AbstractContextManager[None]:
+        """A scope in which this thread's calls share one connection (PostgreSQL: one
+        checkout from the pool; SQLite: each thread has its own already)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -535,6 +540,11 @@ class SQLiteStore:
         if busy:
             return 0, 0
         return max(int(frames), 0), max(int(copied), 0)
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Nothing to do: each thread has its own connection already."""
+        yield
 
     def close(self) -> None:
         self._db.close()

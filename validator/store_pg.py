@@ -227,6 +227,7 @@ class PostgresStore:
         self.max_connections = max_size
         self._down_at: float | None = None  # monotonic time the database last failed
         self._probe_lock = threading.Lock()
+        self._pinned = threading.local()  # .conn: this thread's connection inside `pinned`
         self._connect_timeout = connect_timeout
         self.readonly = readonly
         self.timeout = timeout
@@ -262,13 +263,31 @@ class PostgresStore:
     # -- connections and schema -------------------------------------------------------
 
     @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """The calls this thread makes inside share one pooled connection: one checkout
+        from the pool instead of one per call (a verification reads, then writes)."""
+        if getattr(self._pinned, "conn", None) is not None:
+            yield
+            return
+        with self._connection() as conn:
+            self._pinned.conn = conn
+            try:
+                yield
+            finally:
+                self._pinned.conn = None
+
+    @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection. Once the database has failed, requests fail at once (no
-        wait for the pool's timeout each) until a direct probe, at most once a second,
-        connects again."""
-        if self._down_at is not None:
+        """A pooled connection (this thread's inside `pinned`). Once the database has
+        failed, requests fail at once (no wait for the pool's timeout each) until a direct
+        probe, at most once a second, connects again."""
+        pinned = getattr(self._pinned, "conn", None)
+        if pinned is None and self._down_at is not None:
             self._probe()
         try:
+            if pinned is not None:
+                yield pinned
+                return
             with self._pool.connection(timeout=self.timeout) as conn:
                 yield conn
                 conn._foblab_used = time.monotonic()  # type: ignore[attr-defined]

@@ -318,3 +318,48 @@ def test_a_validator_that_fails_to_open_leaves_no_connection(pg_url: str,
         assert time.monotonic() < deadline, "the refused validator's connections stay open"
         time.sleep(0.01)
     assert refused.value is not None  # (held until here, and with it its frames)
+
+
+def test_a_verification_checks_one_connection_out_of_the_pool(pg_url: str,
+                                                              tmp_path: Path) -> None:
+    """A verification's read and write (and a batch's) share one pooled connection
+    (`Store.pinned`): one checkout each, not one per statement. A connection the server
+    ends while pinned is an unavailable store for that call alone."""
+    import psycopg
+
+    from validator.service import VerifyRequest
+    from validator.store import StoreUnavailable
+
+    v = Validator.open(pg_url, tmp_path / "seed.key")
+    try:
+        for n in range(6):
+            v.register_token(f"PIN-{n}", SEED, kind="hotp", now=T0)
+            v.enable(f"u{n}", f"PIN-{n}", hotp(SEED, 0), hotp(SEED, 1), now=T0)
+        pool = v.store._pool  # type: ignore[attr-defined]
+
+        def checkouts() -> int:
+            return int(pool.get_stats().get("requests_num", 0))
+
+        before = checkouts()
+        assert v.verify("u0", hotp(SEED, 2), T0).accepted  # a read, then the write
+        assert checkouts() - before == 1
+        assert v.verify("u0", "000000", T0).reason is Reason.INVALID_CODE  # + the failure
+        assert checkouts() - before == 2
+        before = checkouts()
+        results = v.verify_many([VerifyRequest(f"u{n}", hotp(SEED, 2)) for n in range(1, 6)]
+                                + [VerifyRequest("u1", hotp(SEED, 3))], T0)
+        assert [getattr(r, "accepted", r) for r in results] == [True] * 6
+        assert checkouts() - before == 1  # the shared read and write, and u1's second alone
+        with v.store.pinned():
+            with v.store._connection() as conn:  # type: ignore[attr-defined]
+                pid = conn.info.backend_pid
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with pytest.raises(StoreUnavailable):
+                for _ in range(50):  # until the backend has gone
+                    v.store.count_tokens()
+                    time.sleep(0.02)
+        time.sleep(1.1)  # the store's probe waits a second after a failure
+        assert v.store.count_tokens() == 6  # the next call has a working connection
+    finally:
+        v.close()
