@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -319,6 +319,9 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+_NOTHING: AbstractContextManager[None] = nullcontext()
+
+
 def _dumps(state: TokenState) -> str:
     return json.dumps(state.to_json(), separators=(",", ":"))
 
@@ -541,10 +544,9 @@ class SQLiteStore:
             return 0, 0
         return max(int(frames), 0), max(int(copied), 0)
 
-    @contextmanager
-    def pinned(self) -> Iterator[None]:
+    def pinned(self) -> AbstractContextManager[None]:
         """Nothing to do: each thread has its own connection already."""
-        yield
+        return _NOTHING
 
     def close(self) -> None:
         self._db.close()
