@@ -35,10 +35,12 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import sqlite3
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -509,7 +511,8 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
           on_radius: Callable[[str], None] | None = None,
           overrides: Callable[[Settings], Settings] | None = None, workers: int = 1,
           sock: socket.socket | None = None, log_format: str | None = None,
-          parent: int | None = None, radius_socket: socket.socket | None = None) -> int:
+          parent: int | None = None, radius_socket: socket.socket | None = None,
+          worker: tuple[int, Path] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads. Raises StartupError before
     serving; returns 0 after a clean shutdown, 1 if uvicorn could not start. `on_radius`
     gets the RADIUS door's `HOST:PORT` once it answers (before `on_ready`); `overrides`
@@ -518,7 +521,8 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
     `log_format`: json, text or auto (validator.logs); None: the config's `log_format`.
     `parent`: the pid of `serve_workers` when this is one of its workers (a reload through
     the API then asks the parent to reload every worker); of its workers, only the one
-    given the bound `radius_socket` answers RADIUS."""
+    given the bound `radius_socket` answers RADIUS. `worker`: its number and the folder
+    where the workers share their metrics (`Metrics.share`)."""
     if workers > 1:
         return serve_workers(settings, workers, on_ready=on_ready, log_level=log_level,
                              graceful_timeout=graceful_timeout, log_format=log_format,
@@ -553,6 +557,7 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
         raise
     closed = False
     listener: Any = None
+    metrics: Any = None  # the app's, once made
     retention = Retention(settings.audit_max_age_days, settings.audit_max_rows)
     pruner = AuditPruner(validator, retention, settings.audit_prune_seconds) \
         if retention.active else None
@@ -571,6 +576,8 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
                 listener.stop()
             elif radius is not None:
                 radius[1].close()
+            if metrics is not None:
+                metrics.stop_sharing()
             validator.close()
             if not quiet:
                 log.info("database closed")
@@ -591,6 +598,9 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
             app = create_app(validator, keys, settings, on_shutdown=close,
                              connections=guard, reload=api_reload)
             reloader.api = app.state.api
+            if worker is not None:
+                metrics = app.state.api.metrics
+                metrics.share(worker[1], worker[0])
         except (ValueError, TypeError, KeyError, OSError) as exc:
             raise StartupError(f"cannot build the application: {exc}") from None
         if checkpointer is not None:  # before the RADIUS thread opens its connection
@@ -698,6 +708,8 @@ def serve_workers(settings: Settings, workers: int, *,
         if udp is not None:
             udp.close()
         raise
+    # each worker writes its metrics here, and shows the others' (Metrics.share)
+    shared = Path(tempfile.mkdtemp(prefix="foblab-metrics-"))
     ready_r, ready_w = os.pipe()
     children: dict[int, int] = {}  # pid -> worker number
     stopping = False
@@ -723,7 +735,8 @@ def serve_workers(settings: Settings, workers: int, *,
 
                 code = serve(settings, log_level=log_level, graceful_timeout=graceful_timeout,
                              sock=sock, on_ready=say_ready, log_format=log_format,
-                             overrides=overrides, parent=parent, radius_socket=door)
+                             overrides=overrides, parent=parent, radius_socket=door,
+                             worker=(number, shared))
             except StartupError as exc:
                 log.error("worker %d: %s", number, exc)
             except BaseException:  # noqa: BLE001 - a worker reports, never unwinds the parent
@@ -797,6 +810,7 @@ def serve_workers(settings: Settings, workers: int, *,
         sock.close()
         if udp is not None:
             udp.close()
+        shutil.rmtree(shared, ignore_errors=True)
     # -SIGTERM: a worker still starting when asked to stop (no request in flight yet)
     return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
 

@@ -116,3 +116,60 @@ def test_sighup_reaches_every_worker(tmp_path: Path, spawn: Any) -> None:
     assert statuses() == {200}
     assert _workers(d) == pids
     assert d.stop(signal.SIGTERM) == 0
+
+
+def test_every_scrape_shows_every_workers_series(tmp_path: Path, spawn: Any) -> None:
+    """With `--workers 2` a Prometheus scrape lands on one worker, and still holds both
+    workers' series (`worker` label; the other's as it wrote them at most a second ago),
+    so counters never jump between two processes' values; the store's gauges come once.
+    A replaced worker's series start again from zero, as a restarted daemon's would."""
+    from daemon_helpers import metric
+    from prometheus_client.parser import text_string_to_metric_families
+
+    init_dir(tmp_path / "v")
+    d = spawn(tmp_path / "v", "--workers", "2")
+    _hotp_user(d, d, "alice", "W-1")
+
+    def scrape() -> str:
+        with d.client() as c:  # a new connection: either worker answers
+            return c.get("/metrics", headers={"Connection": "close"}).text
+
+    def verifies(text: str) -> dict[str, float]:
+        return {s.labels["worker"]: s.value
+                for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "foblab_http_requests_total"
+                and s.labels.get("route") == "/v1/verify"}
+
+    with d.client("verifier") as c:
+        for counter in range(2, 22):
+            r = c.post("/v1/verify", json={"user": "alice", "code": hotp(SEED, counter)},
+                       headers={"Connection": "close"})
+            assert r.json()["ok"], r.text
+    time.sleep(1.5)  # each worker has written its counts since
+
+    def starts(text: str) -> dict[str, float]:
+        return {s.labels["worker"]: s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == "foblab_start_time_seconds"}
+
+    for _ in range(12):
+        text = scrape()
+        assert set(starts(text)) == {"0", "1"}, text
+        assert sum(verifies(text).values()) == 20
+        assert metric(text, "foblab_tokens") == 1  # once, without a worker label
+        assert text.count("# TYPE foblab_http_requests_total counter") == 1
+    text = scrape()
+    started, counted = starts(text), verifies(text)
+    victim = _workers(d)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while len([p for p in _workers(d) if p != victim]) < 2:
+        assert time.monotonic() < deadline, "the worker was not replaced"
+        time.sleep(0.1)
+    time.sleep(1.5)
+    text = scrape()
+    restarted = [w for w, t in starts(text).items() if t != started[w]]
+    assert len(restarted) == 1, text
+    other = "1" if restarted == ["0"] else "0"
+    assert verifies(text).get(restarted[0], 0) == 0  # from zero, as a restarted daemon's
+    assert verifies(text).get(other, 0) == counted.get(other, 0)  # the other's all there
+    assert d.stop(signal.SIGTERM) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -76,3 +77,39 @@ def test_each_app_counts_in_its_own_registry() -> None:
     assert va["foblab_verify_total[('reason', 'accepted')]"] == 1
     assert "foblab_tokens[]" not in va and vb["foblab_tokens[]"] == 4
     assert vb["foblab_tokens_locked[]"] == 1
+
+
+def test_workers_share_their_series_and_skip_what_is_not_theirs(tmp_path: Path) -> None:
+    """`Metrics.share` (serve --workers): each worker's series with its `worker` label,
+    the others' read from their files, one family per name, the store's gauges once; a
+    file that does not parse or is too large is left out, never an error."""
+    gauges = {"tokens": 4, "devices_enabled": 2, "tokens_locked": 0}
+    first, second = Metrics(gauges=lambda: gauges), Metrics(gauges=lambda: gauges)
+    first.share(tmp_path, 0)
+    second.share(tmp_path, 1)
+    try:
+        first.verified("accepted", 3)
+        second.verified("accepted", 3)
+        second.verified("replayed", 3)
+        second.stop_sharing()  # its last counts written
+
+        def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            text = m.render().decode()
+            assert text.count("# TYPE foblab_verify_total counter") == 1
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for f in text_string_to_metric_families(text) for s in f.samples}
+
+        seen = samples(first)
+        assert seen[("foblab_verify_total", (("reason", "accepted"), ("worker", "0")))] == 1
+        assert seen[("foblab_verify_total", (("reason", "accepted"), ("worker", "1")))] == 1
+        assert seen[("foblab_verify_total", (("reason", "replayed"), ("worker", "1")))] == 1
+        assert seen[("foblab_tokens", ())] == 4
+        assert not any(name == "foblab_tokens" and labels for name, labels in seen)
+        (tmp_path / "worker-7.prom").write_text("not { the exposition format\n")
+        (tmp_path / "worker-8.prom").write_bytes(b"# " + b"x" * (4 << 20) + b"\n")
+        assert samples(first) == seen  # both left out
+        first.verified("accepted", 2)  # its own series are live, not as last written
+        assert samples(first)[("foblab_verify_total", (("reason", "accepted"),
+                                                        ("worker", "0")))] == 2
+    finally:
+        first.stop_sharing()

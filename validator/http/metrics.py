@@ -16,9 +16,13 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import logging
+import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -28,12 +32,14 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from validator.connections import ConnectionGuard
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+log = logging.getLogger("foblab.metrics")
 
 _CONVERTER = re.compile(r"\{(\w+):\w+\}")
 
@@ -109,6 +115,7 @@ class Metrics:
                         "seconds).", registry=registry)
         started.set(time.time())
         self._gauges = gauges
+        self._shared: _Shared | None = None  # with serve --workers: every worker's series
         registry.register(_Scraped(self._collect_counted))
         registry.register(_Scraped(self._collect_scraped))
 
@@ -188,9 +195,8 @@ class Metrics:
             batches.add_metric((), self._batches.buckets(), self._batches.sum)
             yield batches
 
-    def _collect_scraped(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily("foblab_http_requests_in_flight", "Requests being answered "
-                                "now.", value=self.in_flight)
+    def _collect_store(self) -> Iterator[Metric]:
+        """The store's gauges: the same whichever process reads them."""
         if self._gauges is not None:
             values = self._gauges()
             for name, help_ in (("tokens", "Tokens in the store."),
@@ -198,6 +204,10 @@ class Metrics:
                                  "(assigned)."),
                                 ("tokens_locked", "Tokens locked after failed codes now.")):
                 yield GaugeMetricFamily(f"foblab_{name}", help_, value=values[name])
+
+    def _collect_scraped(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("foblab_http_requests_in_flight", "Requests being answered "
+                                "now.", value=self.in_flight)
         guard = self.connections
         if guard is not None:
             yield GaugeMetricFamily("foblab_connections_open", "HTTP connections open now.",
@@ -212,9 +222,110 @@ class Metrics:
                 limited.add_metric((event,), guard.events[event])
             yield limited
 
+    def share(self, directory: Path, worker: int) -> None:
+        """One of `serve --workers`' processes: from now on this process's series carry a
+        `worker` label and are written to `directory` every `SHARE_SECONDS` (and at
+        `stop_sharing`), and a scrape of any worker shows every worker's, the others' as
+        last written. The store's gauges are read once, without the label."""
+        self._shared = _Shared(directory, worker, self.registry)
+        self._shared.start()
+
+    def stop_sharing(self) -> None:
+        """At shutdown: this process's last counts written for the others to show."""
+        if self._shared is not None:
+            self._shared.stop()
+
     def render(self) -> bytes:
         """The text exposition of everything (runs the scrape-time collectors)."""
-        return generate_latest(self.registry)
+        if self._shared is None:
+            families = list(self.registry.collect())
+        else:
+            families = self._shared.families()
+        return generate_latest(_Families([*families, *self._collect_store()]))
+
+
+SHARE_SECONDS = 1.0
+"""How often a worker of `serve --workers` writes its series for the others' scrapes."""
+MAX_SHARED_BYTES = 4 << 20
+"""A worker's file larger than this is not read (its series are few: templates, reasons)."""
+
+
+class _Families:
+    """Families already collected, as `generate_latest` reads a registry."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+class _Shared:
+    """A worker's series, labelled with its number, in `worker-N.prom` (the text
+    exposition, replaced whole: a reader never sees half a file), and its siblings' read
+    back at a scrape."""
+
+    def __init__(self, directory: Path, worker: int, registry: CollectorRegistry) -> None:
+        self.directory = Path(directory)
+        self.worker = str(worker)
+        self.path = self.directory / f"worker-{worker}.prom"
+        self._registry = registry
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="foblab-metrics",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self.write()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.write()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SHARE_SECONDS):
+            try:
+                self.write()
+            except Exception:  # noqa: BLE001 - a full disk must not end the metrics
+                log.exception("cannot write this worker's metrics to %s", self.path)
+
+    def own(self) -> list[Metric]:
+        out = []
+        for family in self._registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [s._replace(labels={**s.labels, "worker": self.worker})
+                                for s in family.samples]
+            out.append(labelled)
+        return out
+
+    def write(self) -> None:
+        text = generate_latest(_Families(self.own()))
+        scratch = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        scratch.write_bytes(text)
+        os.replace(scratch, self.path)
+
+    def families(self) -> list[Metric]:
+        """This worker's series now and the others' as they last wrote them, one family
+        per name."""
+        merged = {family.name: family for family in self.own()}
+        for path in sorted(self.directory.glob("worker-*.prom")):
+            if path == self.path:
+                continue
+            try:
+                if path.stat().st_size > MAX_SHARED_BYTES:
+                    continue
+                theirs = list(text_string_to_metric_families(path.read_text()))
+            except (OSError, ValueError, UnicodeDecodeError):  # gone, or not ours
+                continue
+            for family in theirs:
+                mine = merged.get(family.name)
+                if mine is None:
+                    merged[family.name] = family
+                elif mine.type == family.type:
+                    mine.samples.extend(family.samples)
+        return list(merged.values())
 
 
 __all__ = ["CONTENT_TYPE", "Metrics", "route_template"]
