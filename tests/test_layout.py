@@ -126,9 +126,11 @@ DOORS = {
     "validator/ui": {"validator.service", "validator.ui", "validator.rules", "validator.errors",
                      "protocol"},
     # the HTTP API: its own modules, the service, and the request's leaf modules (schema,
-    # rules, errors, keys, config, stations), and validator.batching (which calls only the
-    # service's verify_many); never the store, the core or the drift tracker
-    "validator/http": {"validator.service", "validator.batching", "validator.http",
+    # rules, errors, keys, config, stations), validator.batching (which calls only the
+    # service's verify_many) and validator.offload (threads, nothing of ours); never the
+    # store, the core or the drift tracker
+    "validator/http": {"validator.service", "validator.batching", "validator.offload",
+                       "validator.http",
                        "validator.api_schema",
                        "validator.rules", "validator.errors", "validator.apikeys",
                        "validator.config", "validator.station", "validator.connections",
