@@ -21,7 +21,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from validator import api_schema as S
 from validator.apikeys import KeyRing
@@ -114,9 +113,8 @@ def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         HTTPException: _http_error, Exception: _internal_error})
     app.state.api = api
-    if settings.trusted_proxies:  # inside Observe, which must see the real peer
-        app.add_middleware(ProxyHeadersMiddleware,
-                           trusted_hosts=list(settings.trusted_proxies))
+    # outermost: Observe sees the real peer, and hands a trusted proxy's request to the
+    # X-Forwarded-For handling inside it
     app.add_middleware(Observe, metrics=api.metrics, log_requests=settings.access_log,
-                       trusted_proxies=settings.trusted_proxies)
+                       proxies=api.proxies)
     return app

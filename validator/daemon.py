@@ -211,7 +211,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-LIVE = frozenset({"policy", "stations", "api_keys_file"})
+LIVE = frozenset({"policy", "stations", "api_keys_file", "trusted_proxies"})
 """The settings a reload applies at once; a change to any other needs a restart. (TLS: the
 certificate and key are read again by every reload, new paths too: `ServedCertificate`.)"""
 
@@ -314,8 +314,10 @@ class Reloader:
             for name, url in new.stations.items():
                 if name not in stations:
                     stations[name] = Station(name, url, timeout=old.station_timeout)
+            self.api.proxies.set(new.trusted_proxies)
         now = old.replace(policy=new.policy, stations=dict(new.stations),
-                          api_keys_file=new.api_keys_file)
+                          api_keys_file=new.api_keys_file,
+                          trusted_proxies=new.trusted_proxies)
         if tls is not None:
             now = now.replace(tls_cert=new.tls_cert, tls_key=new.tls_key)
         if self.api is not None:

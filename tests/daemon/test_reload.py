@@ -200,3 +200,37 @@ def test_api_keys_refusals(tmp_path: Path) -> None:
     (folder / "api-keys.toml").chmod(0o644)
     out = offline("api-keys", "list", "--dir", str(folder))
     assert out.returncode == 1 and "readable by others" in out.stderr
+
+
+def test_trusted_proxies_change_on_reload(tmp_path: Path, spawn: Any) -> None:
+    """A load balancer added to `trusted_proxies` counts from the reload on, as nginx's
+    `set_real_ip_from` does after `nginx -s reload`: its X-Forwarded-For is the client in
+    the access log and its X-Request-Id is kept; taken out again, neither is."""
+    folder = tmp_path / "v"
+    admin, _ = init_dir(folder)
+    d = spawn(folder)
+    forwarded = {"X-Forwarded-For": "203.0.113.9", "X-Request-Id": "lb-7f3a"}
+
+    def through_the_balancer() -> tuple[str, str]:
+        """(the request id answered, the access log's remote_addr for it)"""
+        mark = len(d.lines)
+        with d.client(None) as http:
+            answered = http.get("/healthz", headers=forwarded).headers["x-request-id"]
+        line, = wait_for_lines(d, f'"request_id":"{answered}"', mark)
+        return answered, json.loads(line)["remote_addr"]
+
+    assert through_the_balancer()[1] == "127.0.0.1"
+    assert through_the_balancer()[0] != "lb-7f3a"
+
+    def reload_with(proxies: list[str]) -> dict[str, Any]:
+        set_config(folder, trusted_proxies=proxies)
+        out = cli("reload", "--url", d.url, "--key", admin, "--json")
+        assert out.returncode == 0, out.stderr
+        return dict(json.loads(out.stdout))
+
+    answer = reload_with(["127.0.0.0/8"])
+    assert answer["applied"] == ["trusted_proxies"] and answer["restart_needed"] == []
+    assert through_the_balancer() == ("lb-7f3a", "203.0.113.9")
+    assert reload_with([])["applied"] == ["trusted_proxies"]
+    answered, peer = through_the_balancer()
+    assert answered != "lb-7f3a" and peer == "127.0.0.1"

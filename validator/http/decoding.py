@@ -43,7 +43,7 @@ from validator.errors import (
     ValidatorError,
 )
 from validator.http.metrics import Metrics
-from validator.http.middleware import KEY, OUTCOME, ROLE, refusal_response
+from validator.http.middleware import KEY, OUTCOME, ROLE, TrustedProxies, refusal_response
 from validator.offload import Offload
 from validator.service import Validator
 
@@ -66,6 +66,8 @@ class Api:
     stations: dict[str, Station] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     reload: Callable[[], dict[str, Any]] | None = None  # the daemon's, None elsewhere
+    # trusted_proxies, which a reload replaces (the Observe middleware reads them)
+    proxies: TrustedProxies = field(default_factory=TrustedProxies)
     # Service calls on a store that waits on the network (PostgreSQL) run in threads, at
     # most as many at once as the store's pool has connections; None: inline.
     offload: Offload | None = None
@@ -74,6 +76,8 @@ class Api:
     batcher: VerifyBatcher | None = None
 
     def __post_init__(self) -> None:
+        if not self.proxies.entries:
+            self.proxies.set(self.settings.trusted_proxies)
         if self.offload is None and getattr(self.validator.store, "remote", False):
             self.offload = Offload(int(getattr(self.validator.store, "max_connections", 8)),
                                    "foblab-store")

@@ -4,8 +4,9 @@ X-Request-Id header of the answer), counts it for /metrics, writes one access-lo
 body, a code, a key or a query string) and answers a JSON 500 for a bug that escaped
 everything else.
 
-It runs outside the X-Forwarded-For handling (`create_app` puts that inside), so it sees the
-real peer: an incoming X-Request-Id is kept only from a trusted proxy."""
+It runs outside the X-Forwarded-For handling (which it calls for a trusted proxy's
+request), so it sees the real peer: an incoming X-Request-Id is kept only from a trusted
+proxy."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import logging
 import time
 import traceback
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from validator.errors import InvalidAuthenticationCode, ValidatorError
 from validator.http.metrics import Metrics, route_template
@@ -50,26 +52,57 @@ def refusal_response(exc: ValidatorError) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.headers, **extra)
 
 
+class TrustedProxies:
+    """The peers whose X-Forwarded-For, X-Forwarded-Proto and X-Request-Id are believed
+    (`trusted_proxies`: addresses or networks). A reload replaces them whole (`set`); the
+    next request sees the new ones."""
+
+    def __init__(self, entries: Iterable[str] = ()) -> None:
+        self.set(entries)
+
+    def set(self, entries: Iterable[str]) -> None:
+        given = tuple(entries)
+        self.networks = tuple(ipaddress.ip_network(p, strict=False) for p in given)
+        self.entries = given
+
+
 class Observe:
-    """Outermost middleware: request id, metrics, one access-log record, a JSON 500."""
+    """Outermost middleware: request id, metrics, one access-log record, a JSON 500.
+    Inside it, for a request from a trusted proxy, uvicorn's ProxyHeadersMiddleware takes
+    the client's address and scheme from X-Forwarded-For and X-Forwarded-Proto."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool,
-                 trusted_proxies: Iterable[str] = ()) -> None:
+                 proxies: TrustedProxies | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.log_requests = log_requests
-        self.trusted = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
+        self.proxies = proxies or TrustedProxies()
+        self._forwarded: tuple[tuple[str, ...], ASGIApp] = ((), app)
+
+    def _inner(self) -> ASGIApp:
+        """The app behind this middleware: with X-Forwarded-For handling for the proxies
+        trusted now (remade when a reload changed them), or without any."""
+        entries = self.proxies.entries
+        if not entries:
+            return self.app
+        made_for, forwarded = self._forwarded
+        if made_for is not entries:
+            forwarded = cast(ASGIApp, ProxyHeadersMiddleware(
+                cast(Any, self.app), trusted_hosts=list(entries)))
+            self._forwarded = (entries, forwarded)
+        return forwarded
 
     def _request_id(self, scope: Scope) -> str:
         """The proxy's X-Request-Id when the peer is a trusted proxy and the id is sane;
         else a new one."""
-        if self.trusted:
+        trusted = self.proxies.networks
+        if trusted:
             client = scope.get("client")
             try:
                 peer = ipaddress.ip_address(client[0]) if client else None
             except ValueError:
                 peer = None
-            if peer is not None and any(peer in net for net in self.trusted):
+            if peer is not None and any(peer in net for net in trusted):
                 for name, value in scope["headers"]:
                     if name == b"x-request-id":
                         found = incoming_request_id(value)
@@ -100,7 +133,7 @@ class Observe:
 
         metrics.in_flight += 1
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self._inner()(scope, receive, send_wrapper)
         except Exception as exc:
             # Starlette has already answered with our JSON 500 if it could; record the bug
             # (type and frames, not locals: never a secret) and make sure the client hears.
