@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import re
 import select
 import threading
@@ -57,6 +56,8 @@ from validator.store import (
     StoreUnavailable,
     TokenRecord,
     _Keep,
+    decode_state,
+    encode_state,
     one_change_per_token,
     prune_audit_rows,
     sealed_key_ids,
@@ -191,14 +192,11 @@ def _audit_values(e: AuditEvent) -> tuple[Any, ...]:
             e.request_id)
 
 
-def _dumps(state: TokenState) -> str:
-    return json.dumps(state.to_json(), separators=(",", ":"))
-
 
 def _record(row: tuple[Any, ...]) -> TokenRecord:
     serial, state, sealed, user, version, created, assigned_at = row
     return TokenRecord(
-        serial=serial, state=TokenState.from_json(json.loads(state)), sealed=bytes(sealed),
+        serial=serial, state=decode_state(state), sealed=bytes(sealed),
         user=user, version=int(version), created=float(created),
         assigned_at=None if assigned_at is None else float(assigned_at))
 
@@ -390,7 +388,7 @@ class PostgresStore:
                     cur.executemany(
                         'INSERT INTO tokens (serial, kind, "user", state, sealed, version, '
                         "created, assigned_at) VALUES (%s, %s, %s, %s, %s, 0, %s, %s)",
-                        [(r.serial, r.state.kind.value, r.user, _dumps(r.state), r.sealed,
+                        [(r.serial, r.state.kind.value, r.user, encode_state(r.state), r.sealed,
                           r.created, r.assigned_at) for r in fresh])
                 inserted = {r.serial for r in fresh}
                 self._write(conn, [e for e in audit
@@ -419,7 +417,7 @@ class PostgresStore:
                 cur = conn.execute(
                     'UPDATE tokens SET state = %s, "user" = %s, assigned_at = %s, '
                     "version = version + 1 WHERE serial = %s AND version = %s",
-                    (_dumps(state), user, assigned_at, serial, version))
+                    (encode_state(state), user, assigned_at, serial, version))
                 if cur.rowcount != 1:
                     return Cas.CONFLICT
                 self._write(conn, audit)
@@ -431,7 +429,7 @@ class PostgresStore:
         its own in autocommit mode): the rows are inserted only if the update matched."""
         update = ("UPDATE tokens SET state = %s, version = version + 1 "
                   "WHERE serial = %s AND version = %s RETURNING 1")
-        args: list[Any] = [_dumps(state), serial, version]
+        args: list[Any] = [encode_state(state), serial, version]
         with self._connection() as conn:
             if not audit:
                 return Cas.OK if conn.execute(update, args).rowcount == 1 else Cas.CONFLICT
@@ -454,7 +452,7 @@ class PostgresStore:
         ordered = sorted(changes, key=lambda c: c.serial)  # rows locked in one order
         args: list[Any] = []
         for c in ordered:
-            args += [c.serial, c.version, _dumps(c.state)]
+            args += [c.serial, c.version, encode_state(c.state)]
         rows = 0
         for c in ordered:
             for e in c.audit:

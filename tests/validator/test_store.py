@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st_h
 
 from protocol import Kind
 from validator import store as st
@@ -555,3 +557,32 @@ def test_audit_pages_default_to_100_and_keyset_pages_to_1000(store: SQLiteStore)
     assert len(store.list_tokens()) == 0
     store.insert_tokens([_record(f"S{i:03d}") for i in range(101)], [])
     assert len(store.list_tokens()) == 100
+
+
+@given(drifts=st_h.lists(st_h.floats(min_value=-400, max_value=400), min_size=1,
+                         max_size=12),
+       gap=st_h.floats(min_value=31, max_value=86_400 * 90))
+@settings(max_examples=60, deadline=None)
+def test_a_drifted_state_is_stored_and_read_back_exactly(drifts: list[float],
+                                                         gap: float) -> None:
+    """`encode_state` (orjson) keeps every float of a drifted token's state exactly, writes
+    JSON the json module reads to the same values, and reads what the json module wrote
+    (the stores' rows from before)."""
+    import json
+
+    from validator import core
+    from validator.otp import hotp
+
+    key = bytes(range(20))
+    t = 1_700_000_000.0
+    s = int(t // 30)
+    state = core.check_enable(TokenState(kind=Kind.TOTP), key, hotp(key, s - 1),
+                              hotp(key, s), t).state
+    for drift in drifts:  # the token's clock off by `drift` seconds, `gap` later each time
+        t += gap
+        state = core.verify(state, key, hotp(key, int((t + drift) // 30)), t).state
+    text = st.encode_state(state)
+    assert st.decode_state(text) == state
+    assert json.loads(text) == state.to_json()
+    old = json.dumps(state.to_json(), separators=(",", ":"))
+    assert st.decode_state(old) == state
