@@ -140,6 +140,11 @@ def test_raw_bodies(daemon: Daemon) -> None:
             (b'{"user": "a", "code": "1' + b"1" * 20000 + b'"}', json_ct, 413,
              "body_too_large"),
             (b'\xff\xfe{"user"', json_ct, 400, "invalid_json"),
+            (b'{"user": "a", "code": 1e400}', json_ct, 400, "invalid_json"),  # not a float
+            (b'{"user": "a\\ud800", "code": "123456"}', json_ct, 400, "invalid_json"),
+            (b'\xef\xbb\xbf{"user": "a", "code": "123456"}', json_ct, 400, "invalid_json"),
+            (b'{"user": "a", "code": "123456", "serial": 1' + b"0" * 30 + b'}', json_ct,
+             400, "invalid_request"),  # read as a float, refused as not a string
             (b"user=a&code=123456", {"content-type": "application/x-www-form-urlencoded"},
              415, "unsupported_media_type"),
         ]

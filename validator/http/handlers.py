@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -64,8 +65,16 @@ def token_json(t: TokenInfo) -> dict[str, Any]:
     return out
 
 
+class _OrJson(JSONResponse):
+    """Starlette's JSONResponse, its body written by orjson (the same compact UTF-8 JSON,
+    a few times faster)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def _json(content: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(content, status_code=status)
+    return _OrJson(content, status_code=status)
 
 
 def _decode_secret(body: dict[str, Any]) -> bytes:
