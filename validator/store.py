@@ -335,7 +335,6 @@ def decode_state(text: str | bytes) -> TokenState:
     return TokenState.from_json(orjson.loads(text))
 
 
-
 _COLUMNS = "serial, state, sealed, user, version, created, assigned_at"
 _AUDIT_COLUMNS = ("id, time, action, result, reason, serial, user, via, client, window_steps, "
                   "request_id")  # an AuditEntry's, in its order
