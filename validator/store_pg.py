@@ -56,7 +56,7 @@ from validator.store import (
     StoreUnavailable,
     TokenRecord,
     _Keep,
-    decode_state,
+    _record,
     encode_state,
     one_change_per_token,
     prune_audit_rows,
@@ -190,15 +190,6 @@ def _audit_values(e: AuditEvent) -> tuple[Any, ...]:
     """An audit row's values in _AUDIT_WRITTEN's order."""
     return (e.time, e.serial, e.user, e.action, e.result, e.reason, e.via, e.client, e.window,
             e.request_id)
-
-
-
-def _record(row: tuple[Any, ...]) -> TokenRecord:
-    serial, state, sealed, user, version, created, assigned_at = row
-    return TokenRecord(
-        serial=serial, state=decode_state(state), sealed=bytes(sealed),
-        user=user, version=int(version), created=float(created),
-        assigned_at=None if assigned_at is None else float(assigned_at))
 
 
 def redact(url: str) -> str:
