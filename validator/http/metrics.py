@@ -241,23 +241,14 @@ class Metrics:
             families = list(self.registry.collect())
         else:
             families = self._shared.families()
-        return generate_latest(_Families([*families, *self._collect_store()]))
+        families.extend(self._collect_store())
+        return generate_latest(_Scraped(lambda: families))
 
 
 SHARE_SECONDS = 1.0
 """How often a worker of `serve --workers` writes its series for the others' scrapes."""
 MAX_SHARED_BYTES = 4 << 20
 """A worker's file larger than this is not read (its series are few: templates, reasons)."""
-
-
-class _Families:
-    """Families already collected, as `generate_latest` reads a registry."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> list[Metric]:
-        return self._families
 
 
 class _Shared:
@@ -301,7 +292,8 @@ class _Shared:
         return out
 
     def write(self) -> None:
-        text = generate_latest(_Families(self.own()))
+        own = self.own()
+        text = generate_latest(_Scraped(lambda: own))
         scratch = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         scratch.write_bytes(text)
         os.replace(scratch, self.path)
