@@ -67,7 +67,7 @@ class Api:
     metrics: Metrics = field(default_factory=Metrics)
     reload: Callable[[], dict[str, Any]] | None = None  # the daemon's, None elsewhere
     # trusted_proxies, which a reload replaces (the Observe middleware reads them)
-    proxies: TrustedProxies = field(default_factory=TrustedProxies)
+    proxies: TrustedProxies = field(init=False)
     # Service calls on a store that waits on the network (PostgreSQL) run in threads, at
     # most as many at once as the store's pool has connections; None: inline.
     offload: Offload | None = None
@@ -76,8 +76,7 @@ class Api:
     batcher: VerifyBatcher | None = None
 
     def __post_init__(self) -> None:
-        if not self.proxies.entries:
-            self.proxies.set(self.settings.trusted_proxies)
+        self.proxies = TrustedProxies(self.settings.trusted_proxies)
         if self.offload is None and getattr(self.validator.store, "remote", False):
             self.offload = Offload(int(getattr(self.validator.store, "max_connections", 8)),
                                    "foblab-store")
