@@ -40,7 +40,6 @@ import signal
 import socket
 import sqlite3
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -711,7 +710,9 @@ def serve_workers(settings: Settings, workers: int, *,
             udp.close()
         raise
     # each worker writes its metrics here, and shows the others' (Metrics.share)
-    shared = Path(tempfile.mkdtemp(prefix="foblab-metrics-"))
+    from validator.http.metrics import shared_folder
+
+    shared = shared_folder()
     ready_r, ready_w = os.pipe()
     children: dict[int, int] = {}  # pid -> worker number
     stopping = False

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,17 @@ def test_every_scrape_shows_every_workers_series(tmp_path: Path, spawn: Any) -> 
     from prometheus_client.parser import text_string_to_metric_families
 
     init_dir(tmp_path / "v")
-    d = spawn(tmp_path / "v", "--workers", "2")
+    scratch = tmp_path / "tmp"  # the daemon's temporary directory
+    scratch.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    left = scratch / f"foblab-metrics-{gone.pid}-x1"  # a SIGKILLed parent's, a while ago
+    left.mkdir()
+    (left / "worker-0.prom").write_text("# old\n")
+    for path in (left / "worker-0.prom", left):
+        os.utime(path, (time.time() - 3600,) * 2)
+    d = spawn(tmp_path / "v", "--workers", "2", env={**os.environ, "TMPDIR": str(scratch)})
+    assert [p.name.split("-")[2] for p in scratch.iterdir()] == [str(d.proc.pid)]
     _hotp_user(d, d, "alice", "W-1")
 
     def scrape() -> str:
@@ -173,3 +184,4 @@ def test_every_scrape_shows_every_workers_series(tmp_path: Path, spawn: Any) -> 
     assert verifies(text).get(restarted[0], 0) == 0  # from zero, as a restarted daemon's
     assert verifies(text).get(other, 0) == counted.get(other, 0)  # the other's all there
     assert d.stop(signal.SIGTERM) == 0
+    assert list(scratch.iterdir()) == []  # its own folder removed at the end

@@ -6,11 +6,20 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from validator.http.metrics import Metrics, route_template
+from validator.http.metrics import (
+    STALE_SECONDS,
+    Metrics,
+    route_template,
+    shared_folder,
+    sweep_shared,
+)
 from validator.logs import REQUEST_ID, configure, incoming_request_id, resolve, timestamp
 
 
@@ -113,3 +122,49 @@ def test_workers_share_their_series_and_skip_what_is_not_theirs(tmp_path: Path) 
                                                         ("worker", "0")))] == 2
     finally:
         first.stop_sharing()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_folders_of_dead_parents_are_swept_and_nothing_else(tmp_path: Path) -> None:
+    """A `serve --workers` parent SIGKILLed leaves its metrics folder behind; the next one
+    removes it, and never a live parent's folder, a fresh one, another user's file in it,
+    or anything not named as ours."""
+    now = time.time()
+    old = now - STALE_SECONDS - 5
+
+    def folder(name: str, *files: str, mtime: float = old) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        for f in files:
+            (path / f).write_text("# nothing\n")
+            os.utime(path / f, (mtime, mtime))
+        os.utime(path, (mtime, mtime))
+        return path
+
+    dead = _dead_pid()
+    stale = folder(f"foblab-metrics-{dead}-ab12", "worker-0.prom", "worker-1.prom",
+                   f".worker-1.prom.{dead}")
+    live = folder(f"foblab-metrics-{os.getpid()}-cd34", "worker-0.prom")
+    fresh = folder(f"foblab-metrics-{dead}-ef56", "worker-0.prom", mtime=now - 2)
+    foreign = folder(f"foblab-metrics-{dead}-gh78", "worker-0.prom", "notes.txt")
+    unnamed = folder("foblab-metrics-xyz-ij90", "worker-0.prom")
+    (tmp_path / "target").mkdir()
+    link = tmp_path / f"foblab-metrics-{dead}-kl12"
+    link.symlink_to(tmp_path / "target")
+
+    assert sweep_shared(tmp_path, now) == 1
+    assert not stale.exists()
+    assert (live / "worker-0.prom").exists() and (fresh / "worker-0.prom").exists()
+    assert (foreign / "notes.txt").exists() and not (foreign / "worker-0.prom").exists()
+    assert (unnamed / "worker-0.prom").exists() and link.is_symlink()
+    made = shared_folder(tmp_path)
+    assert made.name.startswith(f"foblab-metrics-{os.getpid()}-")
+    assert made.stat().st_mode & 0o777 == 0o700
+    sweep_shared(tmp_path, now + 10 * STALE_SECONDS)  # much later
+    assert not fresh.exists()  # its time came
+    assert made.is_dir() and live.is_dir()  # this process lives

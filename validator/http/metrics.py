@@ -19,6 +19,8 @@ import itertools
 import logging
 import os
 import re
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -245,6 +247,67 @@ class Metrics:
         return generate_latest(_Scraped(lambda: families))
 
 
+SHARED_PREFIX = "foblab-metrics-"
+"""`serve --workers`' folder for its workers' series: this, the parent's pid, a dash, a
+random part (`shared_folder`)."""
+STALE_SECONDS = 60.0
+"""A folder of a dead parent whose files are older than this is swept (`shared_folder`);
+a live one's workers rewrite theirs every `SHARE_SECONDS`."""
+_SHARED_FILE = re.compile(r"\.?worker-\d+\.prom(\.\d+)?")
+
+
+def shared_folder(root: Path | None = None) -> Path:
+    """A new private folder (mode 0700) in the temporary directory (or `root`) for the
+    workers of this `serve --workers` parent to share their series, named after its pid.
+    The parent removes it when it ends; one SIGKILLed could not, so the folders of dead
+    parents are swept first (`sweep_shared`)."""
+    where = Path(tempfile.gettempdir() if root is None else root)
+    swept = sweep_shared(where, time.time())
+    if swept:
+        log.info("removed %d metrics folder(s) left by workers' parents that died", swept)
+    return Path(tempfile.mkdtemp(prefix=f"{SHARED_PREFIX}{os.getpid()}-", dir=where))
+
+
+def sweep_shared(root: Path, now: float) -> int:
+    """Remove the folders `shared_folder` made in `root` for parents that are gone: ours
+    (same user, a real folder, not a link), named after a pid no process has, and with
+    nothing written for `STALE_SECONDS` (so not a live parent's in another pid namespace
+    that shares this directory). Only our files are removed, and the folder if it is then
+    empty. Returns how many folders went."""
+    swept = 0
+    for folder in root.glob(f"{SHARED_PREFIX}*-*"):
+        pid = folder.name[len(SHARED_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _process_exists(int(pid)):
+            continue
+        try:
+            info = folder.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            files = [f for f in folder.iterdir() if _SHARED_FILE.fullmatch(f.name)]
+            newest = max([info.st_mtime, *(f.lstat().st_mtime for f in files)])
+            if now - newest < STALE_SECONDS:
+                continue
+            for f in files:
+                f.unlink()
+            folder.rmdir()  # fails, and the folder stays, if it holds anything else
+        except OSError:
+            continue
+        swept += 1
+    return swept
+
+
+def _process_exists(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we would have written: leave the folder alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (EPERM): it exists
+        return True
+    return True
+
+
 SHARE_SECONDS = 1.0
 """How often a worker of `serve --workers` writes its series for the others' scrapes."""
 MAX_SHARED_BYTES = 4 << 20
@@ -320,4 +383,4 @@ class _Shared:
         return list(merged.values())
 
 
-__all__ = ["CONTENT_TYPE", "Metrics", "route_template"]
+__all__ = ["CONTENT_TYPE", "Metrics", "route_template", "shared_folder", "sweep_shared"]
