@@ -107,6 +107,8 @@ def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
     async def lifespan(app: Starlette) -> Any:
         yield
         api.close()  # the store's calls under way end before the store closes
+        if aws is not None and hasattr(aws, "close"):
+            aws.close()  # so do the AWS endpoint's
         if on_shutdown is not None:
             on_shutdown()
 

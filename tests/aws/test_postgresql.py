@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -110,6 +111,10 @@ class Endpoint:
 
     def signed(self, key: tuple[str, str]) -> httpx.Response:
         """A SigV4-signed IAM call (ListVirtualMFADevices)."""
+        return self.signed_at_once(key, 1)[0]
+
+    def signed_at_once(self, key: tuple[str, str], count: int) -> list[httpx.Response]:
+        """`count` of `signed`'s calls, all sent at once."""
         import asyncio
 
         from botocore.auth import SigV4Auth
@@ -120,11 +125,12 @@ class Endpoint:
             "Content-Type": "application/x-www-form-urlencoded"})
         SigV4Auth(Credentials(*key), "iam", "us-east-1").add_auth(request)
 
-        async def go() -> httpx.Response:
+        async def go() -> list[httpx.Response]:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
                                          base_url="http://testserver") as client:
-                return await client.post("/aws", content=LIST,
-                                         headers=dict(request.headers))
+                return list(await asyncio.gather(*(
+                    client.post("/aws", content=LIST, headers=dict(request.headers))
+                    for _ in range(count))))
 
         return asyncio.run(go())
 
@@ -165,6 +171,36 @@ def test_the_endpoint_answers_503_while_its_database_is_unreachable(tmp_path: Pa
             while (answer := endpoint.signed(key)).status_code != 200:
                 assert answer.status_code == 503 and time.monotonic() < deadline, answer.text
                 time.sleep(0.2)
+    finally:
+        v.close()
+
+
+def test_requests_beyond_the_pool_wait_their_turn(tmp_path: Path, pg_url: str) -> None:
+    """On PostgreSQL the endpoint runs at most as many requests at once as the store has
+    connections; the others wait their turn (never the pool's timeout, a 503)."""
+    v = Validator.open(pg_url, tmp_path / "seed.key")
+    try:
+        with Endpoint(v) as endpoint:
+            key = endpoint.endpoint.store.create_key(time.time())
+            handle = endpoint.endpoint._handle
+            running, peak, lock = [0], [0], threading.Lock()
+
+            def held(*args: object) -> object:
+                with lock:
+                    running[0] += 1
+                    peak[0] = max(peak[0], running[0])
+                try:
+                    time.sleep(0.05)  # long enough for the others to pile up
+                    return handle(*args)  # type: ignore[arg-type]
+                finally:
+                    with lock:
+                        running[0] -= 1
+
+            endpoint.endpoint._handle = held  # type: ignore[method-assign]
+            limit = v.store.max_connections  # type: ignore[attr-defined]
+            answers = endpoint.signed_at_once(key, 3 * limit)
+            assert [a.status_code for a in answers] == [200] * (3 * limit)
+            assert peak[0] == limit
     finally:
         v.close()
 

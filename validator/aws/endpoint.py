@@ -10,7 +10,6 @@ PostgreSQL, are blocking), answer AWS's XML. Every failure is an AWS error answe
 
 from __future__ import annotations
 
-import functools
 import hmac
 import logging
 import math
@@ -23,8 +22,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-import anyio
-import anyio.to_thread
 from prometheus_client.core import CounterMetricFamily, Metric
 from starlette.requests import Request
 from starlette.responses import Response
@@ -37,6 +34,7 @@ from validator.aws.params import Params
 from validator.aws.store import Credentials, open_aws_store, token_digest
 from validator.connections import discard_body
 from validator.logs import REQUEST_ID
+from validator.offload import Offload
 from validator.secrets_box import SealError
 from validator.service import Validator
 
@@ -46,6 +44,7 @@ IAM_VERSION = "2010-05-08"
 STS_VERSION = "2011-06-15"
 MAX_BODY = 256 * 1024
 USER_NAME_MAX = 128  # IAM's limit for EnableMFADevice & co.
+THREADS = 8  # requests in the store at once on SQLite (on PostgreSQL: its connections)
 _ACCOUNT = re.compile(r"[0-9]{12}")
 _DEFAULTS: dict[str, Any] = {"account_id": "123456789012", "allow_any_signature": False,
                              "max_skew_s": 300}
@@ -105,11 +104,12 @@ class AwsEndpoint:
         self._count_lock = threading.Lock()  # answers are counted from worker threads
         # Its tables on the validator's own database (SQLite file or PostgreSQL).
         self.store = open_aws_store(validator.store, lambda: validator.box)
-        # Requests run in threads; on a store across the network (PostgreSQL) at most as
-        # many at once as it has connections, the rest wait here rather than for the pool.
-        self._limiter = anyio.CapacityLimiter(int(getattr(validator.store, "max_connections",
-                                                          8))) \
-            if getattr(validator.store, "remote", False) else None
+        # Requests run on threads of the endpoint's own (the HTTP door's hop,
+        # validator.offload); on a store across the network (PostgreSQL) at most as many at
+        # once as it has connections, the rest wait their turn rather than for the pool.
+        self._offload = Offload(int(getattr(validator.store, "max_connections", THREADS))
+                                if getattr(validator.store, "remote", False) else THREADS,
+                                name="foblab-aws")
         self._clock = clock
         self._signing_clock = clock if signing_clock is None else signing_clock
         if self.allow_any_signature:
@@ -118,6 +118,8 @@ class AwsEndpoint:
                         "signature or access key. For a closed lab only.")
 
     def close(self) -> None:
+        """At shutdown: the requests under way end, then the AWS tables' store closes."""
+        self._offload.close()
         self.store.close()
 
     def _core(self) -> Validator:
@@ -147,9 +149,7 @@ class AwsEndpoint:
         request_id = REQUEST_ID.get() or str(uuid.uuid4())  # the daemon's log's id
         try:
             body = await self._body(request)
-            return await anyio.to_thread.run_sync(
-                functools.partial(self._handle, request, body, request_id),
-                limiter=self._limiter)
+            return await self._offload.run(self._handle, request, body, request_id)
         except AwsError as exc:
             return self._error(exc, x.IAM_NS, request_id, "?")
         except Exception:  # a bug: never let it out as a traceback page
