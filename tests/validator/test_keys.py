@@ -240,3 +240,161 @@ def test_check_reads_without_writing(db_path: Path) -> None:
     finally:
         store.close()
     assert pending.exists()  # a check never settles
+
+
+def _private(path: Path, key: bytes) -> None:
+    path.write_bytes(key.hex().encode() + b"\n")
+    os.chmod(path, 0o600)
+
+
+def test_a_master_rotation_rewraps_every_data_key_and_swaps_the_file(
+        database: Database) -> None:
+    v = database.open()
+    key_file = database.key_file
+    try:
+        v.register_token("TOK1", SEED_A, now=T0)
+        old = read_key(key_file)
+        stored = v.store.data_keys()
+        assert keys.rotate_master_key(v.store, v.box, T0) == len(stored) == 1
+        new = read_key(key_file)
+        assert new != old and v.box.master == new
+        assert sorted(key_file.parent.glob(key_file.name + ".*")) == []  # no .next left
+        [(kid, wrapped, current)] = v.store.data_keys()
+        assert current and kid == stored[0][0]
+        assert unwrap(new, kid, wrapped) == unwrap(old, kid, stored[0][1])
+        with pytest.raises(SealError):
+            unwrap(old, kid, wrapped)
+        assert [e.reason for e in v.audit(action="rotate_key")] == ["master_key"]
+        assert v.box.open("TOK1", v.store.get("TOK1").sealed) == SEED_A  # type: ignore[union-attr]
+    finally:
+        v.close()
+    again = database.open(create_key=False)  # what a restart reads: the new file
+    try:
+        assert again.box.master == new
+        assert again.box.open("TOK1", again.store.get("TOK1").sealed) == SEED_A  # type: ignore[union-attr]
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("leftover", [".next", ".next.tmp"])
+def test_a_master_rotation_refuses_while_an_interrupted_one_holds_the_rows(
+        database: Database, leftover: str) -> None:
+    """A rotation that committed under the pending key file and stopped before the swap
+    (the process died): the next rotation must not overwrite that file, which alone opens
+    the data keys now. A restart finishes the first (open_box)."""
+    v = database.open()
+    key_file = database.key_file
+    try:
+        v.register_token("TOK1", SEED_A, now=T0)
+        old, pending = read_key(key_file), os.urandom(32)
+        pending_file = key_file.with_name(key_file.name + leftover)
+        _private(pending_file, pending)
+        v.store.rewrap_data_keys(lambda kid, wrapped: wrap(pending, kid,
+                                                           unwrap(old, kid, wrapped)))
+        with pytest.raises(keys.KeyRecoveryError, match="restart the validator") as exc:
+            keys.rotate_master_key(v.store, v.box, T0)
+        assert str(key_file.with_name(key_file.name + ".next")) in str(exc.value)
+        assert read_key(pending_file) == pending and read_key(key_file) == old
+        assert v.audit(action="rotate_key") == []
+    finally:
+        v.close()
+    again = database.open(create_key=False)  # the restart: the pending file becomes the key
+    try:
+        assert read_key(key_file) == pending and not pending_file.exists()
+        assert again.box.open("TOK1", again.store.get("TOK1").sealed) == SEED_A  # type: ignore[union-attr]
+    finally:
+        again.close()
+
+
+def test_a_box_without_a_key_file_cannot_rotate_its_master(db_path: Path) -> None:
+    store = SQLiteStore(db_path)
+    try:
+        with pytest.raises(KeyFileError, match="this box has no key file"):
+            keys.rotate_master_key(store, _box(), T0)
+    finally:
+        store.close()
+
+
+def test_what_opens_no_data_key_is_refused_with_what_was_tried(database: Database) -> None:
+    """No key file opens a stored data key: refused, naming the key, every file tried and
+    why an unreadable one was not, and nothing changed; a master rotation says the same."""
+    v = database.open()
+    key_file = database.key_file
+    v.register_token("TOK1", SEED_A, now=T0)
+    [(kid, _, _)] = v.store.data_keys()
+    right = key_file.read_bytes()
+    try:
+        _private(key_file, os.urandom(32))  # a wrong key where the right one was
+        pending = key_file.with_name(key_file.name + ".next")
+        pending.write_bytes(b"66" * 32 + b"\n")
+        os.chmod(pending, 0o644)  # unreadable for us: readable by others
+        for attempt in (lambda: keys.open_box(v.store, key_file),
+                        lambda: keys.rotate_master_key(v.store, SecretBox(
+                            read_key(key_file), path=key_file), T0)):
+            wrong = key_file.read_bytes()
+            with pytest.raises(keys.KeyRecoveryError) as exc:
+                attempt()
+            message = str(exc.value)
+            assert message.startswith(f"no key file opens data key {kid.hex()} (key files "
+                                      f"tried: {key_file.name}; ")
+            assert "readable by others" in message
+            assert message.endswith("nothing was changed: restore the key file the "
+                                    f"database was sealed with to {key_file}")
+            assert key_file.read_bytes() == wrong and pending.read_bytes() == b"66" * 32 + b"\n"
+        key_file.unlink()  # only the unreadable file left: none tried
+        with pytest.raises(keys.KeyRecoveryError, match=r"\(key files tried: none; "):
+            keys.open_box(v.store, key_file)
+        pending.unlink()  # no file at all
+        with pytest.raises(KeyFileError, match="does not exist, and the database's secrets"):
+            keys.open_box(v.store, key_file)
+    finally:
+        key_file.write_bytes(right)
+        os.chmod(key_file, 0o600)
+        v.close()
+
+
+def test_a_refusal_names_at_most_three_missing_keys(tmp_path: Path) -> None:
+    found = keys._Found(missing=[f"data key {i}" for i in range(5)])
+    message = str(keys._refuse(found, tmp_path / "seed.key"))
+    assert "data key 0, data key 1, data key 2 (key files tried: none)" in message
+    assert "data key 3" not in message
+
+
+def test_an_unreadable_key_file_in_place_is_refused_with_its_reason(
+        database: Database) -> None:
+    """The data keys open under the pending file, but the key file itself cannot be read:
+    refused with the reason, rather than a silent switch to the other file."""
+    v = database.open()
+    key_file = database.key_file
+    v.register_token("TOK1", SEED_A, now=T0)
+    right = key_file.read_bytes()
+    v.close()
+    pending = key_file.with_name(key_file.name + ".next")
+    pending.write_bytes(right)
+    os.chmod(pending, 0o600)
+    os.chmod(key_file, 0o644)
+    with pytest.raises(KeyFileError, match="readable by others") as exc:
+        database.open(create_key=False)
+    assert not isinstance(exc.value, keys.KeyRecoveryError)
+    assert key_file.read_bytes() == right and pending.exists()
+
+
+def test_a_box_follows_the_data_key_another_process_made_current(
+        database: Database) -> None:
+    """Two validators on one database: after a rotation on the first, the second, once it
+    follows the store's current key, seals new secrets under that key, not its old one."""
+    first = database.open()
+    first.register_token("TOK1", SEED_A, now=T0)
+    second = database.open(create_key=False)
+    try:
+        before = second.box.data_key_id
+        first.rotate_key(now=T0)
+        assert second.box.data_key_id == before != first.box.data_key_id
+        keys.follow_current(second.store, second.box)
+        assert second.box.data_key_id == first.box.data_key_id
+        sealed = second.box.seal("TOK2", SEED_B)
+        assert sealed[1:9].hex() == first.box.data_key_id
+        assert first.box.open("TOK2", sealed) == SEED_B
+    finally:
+        first.close()
+        second.close()
