@@ -265,13 +265,13 @@ def test_a_master_rotation_rewraps_every_data_key_and_swaps_the_file(
         with pytest.raises(SealError):
             unwrap(old, kid, wrapped)
         assert [e.reason for e in v.audit(action="rotate_key")] == ["master_key"]
-        assert v.box.open("TOK1", v.store.get("TOK1").sealed) == SEED_A  # type: ignore[union-attr]
+        assert v.box.open("TOK1", v.store.get("TOK1").sealed) == SEED_A
     finally:
         v.close()
     again = database.open(create_key=False)  # what a restart reads: the new file
     try:
         assert again.box.master == new
-        assert again.box.open("TOK1", again.store.get("TOK1").sealed) == SEED_A  # type: ignore[union-attr]
+        assert again.box.open("TOK1", again.store.get("TOK1").sealed) == SEED_A
     finally:
         again.close()
 
@@ -301,7 +301,7 @@ def test_a_master_rotation_refuses_while_an_interrupted_one_holds_the_rows(
     again = database.open(create_key=False)  # the restart: the pending file becomes the key
     try:
         assert read_key(key_file) == pending and not pending_file.exists()
-        assert again.box.open("TOK1", again.store.get("TOK1").sealed) == SEED_A  # type: ignore[union-attr]
+        assert again.box.open("TOK1", again.store.get("TOK1").sealed) == SEED_A
     finally:
         again.close()
 
