@@ -5,6 +5,7 @@ file, and a fresh database on the session's PostgreSQL server (tests/pg.py)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from pg import Database  # type: ignore[import-not-found]
 
 from validator.core import Policy
 from validator.service import Validator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # one test file's helpers in another
 
 T0 = 1_700_000_000.0  # a fixed "now"; every call passes time explicitly
 

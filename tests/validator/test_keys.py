@@ -22,6 +22,7 @@ from validator.secrets_box import (
     wrap,
     write_key_atomically,
 )
+from validator.secrets_box import key_id as secrets_key_id
 from validator.service import Validator
 from validator.store import SQLiteStore
 
@@ -398,3 +399,111 @@ def test_a_box_follows_the_data_key_another_process_made_current(
     finally:
         first.close()
         second.close()
+
+
+def test_a_rewrap_committed_in_part_is_finished_under_the_newest_key(db_path: Path) -> None:
+    """Should the data keys ever be wrapped under two key files (one rewrap cannot commit
+    in part, but open_box does not count on it), start-up re-wraps the stray ones under
+    the newest file's key, which becomes the key file; everything opens under it."""
+    v = Validator.open(db_path)
+    key_file = Path(f"{db_path}.key")
+    v.register_token("TOK1", SEED_A, now=T0)
+    v.close()
+    store = SQLiteStore(db_path)
+    try:
+        old, newest = read_key(key_file), os.urandom(32)
+        [(first, _, _)] = store.data_keys()
+        second, data_key = new_data_key()  # a second data key, the rows left under the first
+        store.rotate_data_key(second, wrap(old, second, data_key), T0,
+                              lambda aad, sealed: sealed, [], lambda: None)
+        store.rewrap_data_keys(lambda kid, wrapped: wrap(newest, kid, unwrap(old, kid, wrapped))
+                               if kid == second else wrapped)
+        pending = key_file.with_name(key_file.name + ".next")
+        _private(pending, newest)
+        box = keys.open_box(store, key_file, now=T0 + 5)  # settle, by default
+        assert box.master == newest and read_key(key_file) == newest
+        assert not pending.exists()
+        wrapped = {kid: w for kid, w, _ in store.data_keys()}
+        assert set(wrapped) == {first, second}
+        assert unwrap(newest, second, wrapped[second]) == data_key
+        unwrap(newest, first, wrapped[first])  # re-wrapped: opens under the newest key
+        with pytest.raises(SealError):
+            unwrap(old, first, wrapped[first])
+        assert [(e.time, e.action, e.reason) for e in store.audit(action="recover_keys")] \
+            == [(T0 + 5, "recover_keys", "rewrapped")]
+        assert box.open("TOK1", store.get("TOK1").sealed) == SEED_A  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_open_box_by_default_makes_no_key_file(db_path: Path) -> None:
+    key_file = Path(f"{db_path}.key")
+    store = SQLiteStore(db_path)
+    try:
+        for kwargs in ({}, {"settle": False, "create": True}):  # a check makes none either
+            with pytest.raises(KeyFileError, match=f"^seed key file {key_file} does not "
+                                                   "exist$"):
+                keys.open_box(store, key_file, **kwargs)
+            assert not key_file.exists()
+        box = keys.open_box(store, key_file, create=True)
+        assert read_key(key_file) == box.master and box.data_key_id is not None
+    finally:
+        store.close()
+
+
+def test_a_refusal_lists_every_file_tried_and_every_reason(database: Database) -> None:
+    v = database.open()
+    key_file = database.key_file
+    v.register_token("TOK1", SEED_A, now=T0)
+    right = key_file.read_bytes()
+    v.close()
+    pending = key_file.with_name(key_file.name + ".next")
+    tmp = key_file.with_name(key_file.name + ".next.tmp")
+    try:
+        for path in (key_file, pending, tmp):
+            _private(path, os.urandom(32))
+        os.chmod(pending, 0o644)
+        reasons = []
+        for path in (pending,):
+            with pytest.raises(KeyFileError) as exc:
+                read_key(path)
+            reasons.append(str(exc.value))
+        with pytest.raises(keys.KeyRecoveryError) as refused:
+            database.open(create_key=False)
+        assert f"(key files tried: {key_file.name}, {tmp.name}; {reasons[0]}); " \
+            in str(refused.value)
+        os.chmod(tmp, 0o644)
+        with pytest.raises(KeyFileError) as exc:
+            read_key(tmp)
+        reasons.append(str(exc.value))
+        with pytest.raises(keys.KeyRecoveryError) as refused:
+            database.open(create_key=False)
+        assert f"(key files tried: {key_file.name}; {reasons[0]}; {reasons[1]}); " \
+            in str(refused.value)
+    finally:
+        for path in (pending, tmp):
+            path.unlink(missing_ok=True)
+        key_file.write_bytes(right)
+        os.chmod(key_file, 0o600)
+
+
+def test_legacy_secrets_open_in_a_check_and_are_named_when_no_file_opens_them(
+        tmp_path: Path) -> None:
+    """A database from before envelope keys (secrets sealed under the key file's own key):
+    a check beside it (no settling) opens them; with that key gone, the refusal names the
+    key they are sealed under."""
+    from test_key_crash import _legacy
+
+    db, key, plain = _legacy(tmp_path / "v")
+    store = SQLiteStore(db, readonly=True)
+    try:
+        box = keys.open_box(store, key, settle=False)
+        assert {aad: box.open(aad, sealed) for _, aad, sealed in store.sealed_rows()} == plain
+        master = read_key(key)
+        _private(key, os.urandom(32))
+        with pytest.raises(keys.KeyRecoveryError,
+                           match="no key file opens secrets sealed under master key "
+                                 f"{secrets_key_id(master).hex()} "):
+            keys.open_box(store, key, settle=False)
+    finally:
+        store.close()
