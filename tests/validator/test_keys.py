@@ -507,3 +507,27 @@ def test_legacy_secrets_open_in_a_check_and_are_named_when_no_file_opens_them(
             keys.open_box(store, key, settle=False)
     finally:
         store.close()
+
+
+def test_the_health_sample_counts_what_it_read_and_names_a_failure(db_path: Path) -> None:
+    v = Validator.open(db_path)
+    try:
+        for i in range(6):
+            v.register_token(f"TOK{i}", SEED_A, now=T0)
+        assert keys.spot_check(v.store, v.box) is None
+        with v.store._db.transaction() as conn:  # one secret that no key opens
+            conn.execute("UPDATE tokens SET sealed = ? WHERE serial = 'TOK3'",
+                         (b"\x02" + bytes(8) + bytes(40),))
+        assert keys.spot_check(v.store, v.box) == (
+            "1 of 6 sampled sealed secrets do not open under the key file's key")
+        with v.store._db.transaction() as conn:  # now none opens
+            conn.execute("UPDATE tokens SET sealed = ?", (b"\x02" + bytes(8) + bytes(40),))
+        assert keys.spot_check(v.store, v.box, sample=2) == (
+            "2 of 2 sampled sealed secrets do not open under the key file's key")
+        with v.store._db.transaction() as conn:  # where the sealed columns are: gone
+            conn.execute("DROP TABLE sealed_columns")
+        # a store that cannot be read: the error's type, never a traceback or its text
+        assert keys.spot_check(v.store, v.box) == (
+            "the sealed secrets cannot be read: OperationalError")
+    finally:
+        v.close()
