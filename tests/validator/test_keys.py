@@ -7,6 +7,7 @@ import os
 import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pg import Database  # type: ignore[import-not-found]
@@ -529,5 +530,65 @@ def test_the_health_sample_counts_what_it_read_and_names_a_failure(db_path: Path
         # a store that cannot be read: the error's type, never a traceback or its text
         assert keys.spot_check(v.store, v.box) == (
             "the sealed secrets cannot be read: OperationalError")
+    finally:
+        v.close()
+
+
+def test_a_rotation_whose_commit_fails_keeps_sealing_under_the_old_key(db_path: Path) -> None:
+    """The new data key is switched in just before the commit; if the commit then fails,
+    the box goes back to the old key, which is the one still stored."""
+    v = Validator.open(db_path)
+    try:
+        v.register_token("TOK1", SEED_A, now=T0)
+        current, stored = v.box.data_key_id, v.store.data_keys()
+        real = v.store.rotate_data_key
+
+        def commit_fails(key_id: bytes, wrapped: bytes, now: float, reseal: Any,
+                         audit: Any = (), before_commit: Any = lambda: None) -> int:
+            def switched_then_failed() -> None:
+                before_commit()
+                raise sqlite3.OperationalError("disk I/O error")
+            return real(key_id, wrapped, now, reseal, audit, switched_then_failed)
+
+        v.store.rotate_data_key = commit_fails  # type: ignore[method-assign]
+        with pytest.raises(sqlite3.OperationalError):
+            v.rotate_key(now=T0)
+        assert v.box.data_key_id == current and v.store.data_keys() == stored
+        v.register_token("TOK2", SEED_B, now=T0)
+        assert v.store.get("TOK2").sealed[1:9].hex() == current  # type: ignore[union-attr]
+        v.store.rotate_data_key = real  # type: ignore[method-assign]
+        assert v.rotate_key(now=T0 + 1) == 2
+        assert [(e.time, e.result, e.reason) for e in v.audit(action="rotate_key")] == [
+            (T0 + 1, "ok", "data_key")]
+    finally:
+        v.close()
+
+
+def test_a_reseal_leaves_what_is_already_under_the_new_key_as_it_is() -> None:
+    box = _box()
+    kid, data_key = new_data_key()
+    box.add_data_key(kid, data_key)
+    under_old = box.seal("TOK1", SEED_A)
+    under_new = box.seal("TOK1", SEED_A, kid)
+    assert keys._reseal(box, kid, "TOK1", under_new) is under_new
+    moved = keys._reseal(box, kid, "TOK1", under_old)
+    assert moved[0] == 2 and moved[1:9] == kid and box.open("TOK1", moved) == SEED_A
+
+
+def test_check_counts_every_secret_and_names_the_first_five_failures(db_path: Path) -> None:
+    v = Validator.open(db_path)
+    try:
+        for i in range(9):
+            v.register_token(f"TOK{i}", SEED_A, now=T0)
+        with v.store._db.transaction() as conn:  # seven that no key opens
+            conn.execute("UPDATE tokens SET sealed = ? WHERE serial > 'TOK1'",
+                         (b"\x02" + bytes(8) + bytes(40),))
+        result = keys.check(v.store, v.box)
+        assert (result.opened, result.failed) == ({"tokens": 2}, {"tokens": 7})
+        assert not result.ok and result.data_keys == 1
+        assert len(result.examples) == 5
+        assert all(e.startswith("tokens: ") and "TOK" in e for e in result.examples)
+        sampled = keys.check(v.store, v.box, sample=3)
+        assert sum(sampled.opened.values()) + sum(sampled.failed.values()) == 3
     finally:
         v.close()
