@@ -266,7 +266,8 @@ def test_a_master_rotation_rewraps_every_data_key_and_swaps_the_file(
         assert unwrap(new, kid, wrapped) == unwrap(old, kid, stored[0][1])
         with pytest.raises(SealError):
             unwrap(old, kid, wrapped)
-        assert [e.reason for e in v.audit(action="rotate_key")] == ["master_key"]
+        assert [(e.time, e.result, e.reason) for e in v.audit(action="rotate_key")] == [
+            (T0, "ok", "master_key")]
         assert v.box.open("TOK1", v.store.get("TOK1").sealed) == SEED_A
     finally:
         v.close()
@@ -293,9 +294,11 @@ def test_a_master_rotation_refuses_while_an_interrupted_one_holds_the_rows(
         _private(pending_file, pending)
         v.store.rewrap_data_keys(lambda kid, wrapped: wrap(pending, kid,
                                                            unwrap(old, kid, wrapped)))
-        with pytest.raises(keys.KeyRecoveryError, match="restart the validator") as exc:
+        with pytest.raises(keys.KeyRecoveryError) as exc:
             keys.rotate_master_key(v.store, v.box, T0)
-        assert str(key_file.with_name(key_file.name + ".next")) in str(exc.value)
+        assert str(exc.value) == (f"{key_file.with_name(key_file.name + '.next')} opens "
+                                  "stored data keys: restart the validator to finish the "
+                                  "interrupted rotation first")
         assert read_key(pending_file) == pending and read_key(key_file) == old
         assert v.audit(action="rotate_key") == []
     finally:
@@ -311,7 +314,7 @@ def test_a_master_rotation_refuses_while_an_interrupted_one_holds_the_rows(
 def test_a_box_without_a_key_file_cannot_rotate_its_master(db_path: Path) -> None:
     store = SQLiteStore(db_path)
     try:
-        with pytest.raises(KeyFileError, match="this box has no key file"):
+        with pytest.raises(KeyFileError, match="^this box has no key file$"):
             keys.rotate_master_key(store, _box(), T0)
     finally:
         store.close()
@@ -430,8 +433,8 @@ def test_a_rewrap_committed_in_part_is_finished_under_the_newest_key(db_path: Pa
         unwrap(newest, first, wrapped[first])  # re-wrapped: opens under the newest key
         with pytest.raises(SealError):
             unwrap(old, first, wrapped[first])
-        assert [(e.time, e.action, e.reason) for e in store.audit(action="recover_keys")] \
-            == [(T0 + 5, "recover_keys", "rewrapped")]
+        assert [(e.time, e.result, e.reason) for e in store.audit(action="recover_keys")] \
+            == [(T0 + 5, "ok", "rewrapped")]
         assert box.open("TOK1", store.get("TOK1").sealed) == SEED_A  # type: ignore[union-attr]
     finally:
         store.close()
@@ -506,6 +509,17 @@ def test_legacy_secrets_open_in_a_check_and_are_named_when_no_file_opens_them(
                            match="no key file opens secrets sealed under master key "
                                  f"{secrets_key_id(master).hex()} "):
             keys.open_box(store, key, settle=False)
+    finally:
+        store.close()
+    _private(key, master)  # the right key back: the first open that settles migrates them
+    store = SQLiteStore(db)
+    try:
+        box = keys.open_box(store, key, now=T0)
+        rows = list(store.sealed_rows())
+        assert {sealed[0] for _, _, sealed in rows} == {2}  # under a data key now
+        assert {aad: box.open(aad, sealed) for _, aad, sealed in rows} == plain
+        assert [(e.time, e.result, e.reason) for e in store.audit(action="rotate_key")] == [
+            (T0, "ok", "migrated")]
     finally:
         store.close()
 
