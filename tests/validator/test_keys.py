@@ -539,6 +539,10 @@ def test_the_health_sample_counts_what_it_read_and_names_a_failure(db_path: Path
             conn.execute("UPDATE tokens SET sealed = ?", (b"\x02" + bytes(8) + bytes(40),))
         assert keys.spot_check(v.store, v.box, sample=2) == (
             "2 of 2 sampled sealed secrets do not open under the key file's key")
+        for i in range(6, 40):
+            v.register_token(f"TOK{i}", SEED_A, now=T0)
+        assert keys.spot_check(v.store, v.box) == (  # 32 of a table by default
+            "6 of 32 sampled sealed secrets do not open under the key file's key")
         with v.store._db.transaction() as conn:  # where the sealed columns are: gone
             conn.execute("DROP TABLE sealed_columns")
         # a store that cannot be read: the error's type, never a traceback or its text
