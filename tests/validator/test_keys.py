@@ -365,15 +365,19 @@ def test_a_refusal_names_at_most_three_missing_keys(tmp_path: Path) -> None:
     assert "data key 3" not in message
 
 
+def _one_token(database: Database) -> tuple[Path, bytes]:
+    """`database` with one token in it, closed; its key file and the file's bytes."""
+    v = database.open()
+    v.register_token("TOK1", SEED_A, now=T0)
+    v.close()
+    return database.key_file, database.key_file.read_bytes()
+
+
 def test_an_unreadable_key_file_in_place_is_refused_with_its_reason(
         database: Database) -> None:
     """The data keys open under the pending file, but the key file itself cannot be read:
     refused with the reason, rather than a silent switch to the other file."""
-    v = database.open()
-    key_file = database.key_file
-    v.register_token("TOK1", SEED_A, now=T0)
-    right = key_file.read_bytes()
-    v.close()
+    key_file, right = _one_token(database)
     pending = key_file.with_name(key_file.name + ".next")
     pending.write_bytes(right)
     os.chmod(pending, 0o600)
@@ -456,34 +460,28 @@ def test_open_box_by_default_makes_no_key_file(db_path: Path) -> None:
 
 
 def test_a_refusal_lists_every_file_tried_and_every_reason(database: Database) -> None:
-    v = database.open()
-    key_file = database.key_file
-    v.register_token("TOK1", SEED_A, now=T0)
-    right = key_file.read_bytes()
-    v.close()
+    key_file, right = _one_token(database)
     pending = key_file.with_name(key_file.name + ".next")
     tmp = key_file.with_name(key_file.name + ".next.tmp")
+
+    def why_unreadable(path: Path) -> str:
+        os.chmod(path, 0o644)
+        with pytest.raises(KeyFileError) as exc:
+            read_key(path)
+        return str(exc.value)
+
+    def refusal() -> str:
+        with pytest.raises(keys.KeyRecoveryError) as refused:
+            database.open(create_key=False)
+        return str(refused.value)
+
     try:
         for path in (key_file, pending, tmp):
-            _private(path, os.urandom(32))
-        os.chmod(pending, 0o644)
-        reasons = []
-        for path in (pending,):
-            with pytest.raises(KeyFileError) as exc:
-                read_key(path)
-            reasons.append(str(exc.value))
-        with pytest.raises(keys.KeyRecoveryError) as refused:
-            database.open(create_key=False)
-        assert f"(key files tried: {key_file.name}, {tmp.name}; {reasons[0]}); " \
-            in str(refused.value)
-        os.chmod(tmp, 0o644)
-        with pytest.raises(KeyFileError) as exc:
-            read_key(tmp)
-        reasons.append(str(exc.value))
-        with pytest.raises(keys.KeyRecoveryError) as refused:
-            database.open(create_key=False)
-        assert f"(key files tried: {key_file.name}; {reasons[0]}; {reasons[1]}); " \
-            in str(refused.value)
+            _private(path, os.urandom(32))  # keys that open nothing
+        first = why_unreadable(pending)
+        assert f"(key files tried: {key_file.name}, {tmp.name}; {first}); " in refusal()
+        second = why_unreadable(tmp)
+        assert f"(key files tried: {key_file.name}; {first}; {second}); " in refusal()
     finally:
         for path in (pending, tmp):
             path.unlink(missing_ok=True)
