@@ -9,6 +9,10 @@ local server started here (Debian's binaries, tests/pg.py) with its default dura
 (WAL flushed at every commit), on a Unix socket. Also prints the CPU seconds the daemons,
 the database server and the load generator used per phase, to see what bounds the figure.
 
+With FOBLAB_BENCH_PG_NO_FLUSH=1, PostgreSQL runs without flushing its WAL at each commit
+(the test suite's throw-away settings), to measure what the flush costs; a validator must
+never run so (a server crash would forget accepted codes, which could be accepted again).
+
 Usage: python -m bench scaleout
 """
 
@@ -133,7 +137,11 @@ def main() -> None:
         doc["validator"]["access_log"] = False  # the same for every configuration
         (template / "foblab.toml").write_text(tomli_w.dumps(doc))
         print(f"   prepared {B.TOKENS} enabled tokens in {time.perf_counter() - t0:.1f} s")
-        server = start_server(durable=True)
+        durable = os.environ.get("FOBLAB_BENCH_PG_NO_FLUSH") != "1"
+        if not durable:
+            print("   PostgreSQL WITHOUT its commit flush (fsync, synchronous_commit off): "
+                  "to see what the flush costs, never a way to run a validator")
+        server = start_server(durable=durable)
         try:
             configs = (("sqlite, 1 worker", None, 1, 1), ("sqlite, 2 workers", None, 2, 1),
                        ("postgresql, 1 daemon", "pg", 1, 1),
