@@ -190,7 +190,7 @@ def test_requests_beyond_the_pool_wait_their_turn(tmp_path: Path, pg_url: str) -
                     running[0] += 1
                     peak[0] = max(peak[0], running[0])
                 try:
-                    time.sleep(0.05)  # long enough for the others to pile up
+                    time.sleep(0.2)  # long enough for the others to pile up
                     return handle(*args)  # type: ignore[arg-type]
                 finally:
                     with lock:
