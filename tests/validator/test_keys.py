@@ -17,13 +17,13 @@ from validator.secrets_box import (
     KeyFileError,
     SealError,
     SecretBox,
+    key_id,
     new_data_key,
     read_key,
     unwrap,
     wrap,
     write_key_atomically,
 )
-from validator.secrets_box import key_id as secrets_key_id
 from validator.service import Validator
 from validator.store import SQLiteStore
 
@@ -244,11 +244,6 @@ def test_check_reads_without_writing(db_path: Path) -> None:
     assert pending.exists()  # a check never settles
 
 
-def _private(path: Path, key: bytes) -> None:
-    path.write_bytes(key.hex().encode() + b"\n")
-    os.chmod(path, 0o600)
-
-
 def test_a_master_rotation_rewraps_every_data_key_and_swaps_the_file(
         database: Database) -> None:
     v = database.open()
@@ -291,7 +286,7 @@ def test_a_master_rotation_refuses_while_an_interrupted_one_holds_the_rows(
         v.register_token("TOK1", SEED_A, now=T0)
         old, pending = read_key(key_file), os.urandom(32)
         pending_file = key_file.with_name(key_file.name + leftover)
-        _private(pending_file, pending)
+        write_key_atomically(pending_file, pending)
         v.store.rewrap_data_keys(lambda kid, wrapped: wrap(pending, kid,
                                                            unwrap(old, kid, wrapped)))
         with pytest.raises(keys.KeyRecoveryError) as exc:
@@ -329,7 +324,7 @@ def test_what_opens_no_data_key_is_refused_with_what_was_tried(database: Databas
     [(kid, _, _)] = v.store.data_keys()
     right = key_file.read_bytes()
     try:
-        _private(key_file, os.urandom(32))  # a wrong key where the right one was
+        write_key_atomically(key_file, os.urandom(32))  # a wrong key where the right one was
         pending = key_file.with_name(key_file.name + ".next")
         pending.write_bytes(b"66" * 32 + b"\n")
         os.chmod(pending, 0o644)  # unreadable for us: readable by others
@@ -427,7 +422,7 @@ def test_a_rewrap_committed_in_part_is_finished_under_the_newest_key(db_path: Pa
         store.rewrap_data_keys(lambda kid, wrapped: wrap(newest, kid, unwrap(old, kid, wrapped))
                                if kid == second else wrapped)
         pending = key_file.with_name(key_file.name + ".next")
-        _private(pending, newest)
+        write_key_atomically(pending, newest)
         box = keys.open_box(store, key_file, now=T0 + 5)  # settle, by default
         assert box.master == newest and read_key(key_file) == newest
         assert not pending.exists()
@@ -477,7 +472,7 @@ def test_a_refusal_lists_every_file_tried_and_every_reason(database: Database) -
 
     try:
         for path in (key_file, pending, tmp):
-            _private(path, os.urandom(32))  # keys that open nothing
+            write_key_atomically(path, os.urandom(32))  # keys that open nothing
         first = why_unreadable(pending)
         assert f"(key files tried: {key_file.name}, {tmp.name}; {first}); " in refusal()
         second = why_unreadable(tmp)
@@ -502,14 +497,14 @@ def test_legacy_secrets_open_in_a_check_and_are_named_when_no_file_opens_them(
         box = keys.open_box(store, key, settle=False)
         assert {aad: box.open(aad, sealed) for _, aad, sealed in store.sealed_rows()} == plain
         master = read_key(key)
-        _private(key, os.urandom(32))
+        write_key_atomically(key, os.urandom(32))
         with pytest.raises(keys.KeyRecoveryError,
                            match="no key file opens secrets sealed under master key "
-                                 f"{secrets_key_id(master).hex()} "):
+                                 f"{key_id(master).hex()} "):
             keys.open_box(store, key, settle=False)
     finally:
         store.close()
-    _private(key, master)  # the right key back: the first open that settles migrates them
+    write_key_atomically(key, master)  # the right key back: the first settling open migrates
     store = SQLiteStore(db)
     try:
         box = keys.open_box(store, key, now=T0)
