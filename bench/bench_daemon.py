@@ -76,11 +76,11 @@ async def _load(host: str, ports: list[int], requests: list[bytes],
         finally:
             writer.close()
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(ports[i % len(ports)]) for i in range(conns)))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     latencies.sort()
-    return {"conns": conns, "n": len(latencies), "ok": ok, "seconds": elapsed,
+    return {"conns": conns, "n": len(latencies), "ok": ok, "seconds": elapsed, "cpu": cpu,
             "rate": len(latencies) / elapsed,
             "p50_ms": 1000 * latencies[len(latencies) // 2],
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
