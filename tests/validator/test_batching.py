@@ -172,3 +172,104 @@ def test_a_request_cancelled_while_waiting_leaves_the_others(validator: Validato
     # Its verification was still decided (and written): the code is spent, as with a
     # client that goes away after sending it.
     assert validator.verify("user1", _code(1), now=T).reason is Reason.REPLAYED
+
+
+async def _inline(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
+@pytest.mark.parametrize("run", [_to_thread, _inline], ids=["thread", "inline"])
+def test_a_request_made_as_the_last_batch_ends_is_served(validator: Validator,
+                                                         run: Any) -> None:
+    """A caller answered by a runner's last batch asks again at once: its request comes
+    while that runner is ending (its batch answered, nothing pending, its task not yet
+    done) and must get a runner of its own, not wait for the ending one for ever."""
+    batcher = VerifyBatcher(lambda rs: validator.verify_many(rs, now=T), run, runners=1)
+
+    async def main() -> tuple[Any, Any]:
+        first = await batcher.verify(VerifyRequest("user0", _code(0)))
+        # awaited directly (wait_for would start it a step later, once the runner is gone)
+        me = asyncio.current_task()
+        assert me is not None
+        watchdog = asyncio.get_running_loop().call_later(5, me.cancel)
+        try:
+            return first, await batcher.verify(VerifyRequest("user1", _code(1)))
+        except asyncio.CancelledError:
+            pytest.fail("the second request was never answered")
+        finally:
+            watchdog.cancel()
+
+    first, second = asyncio.run(main())
+    assert first.accepted and second.accepted
+
+
+# -- on the event loop (SQLite: `run` None) ---------------------------------------------
+
+
+def test_on_the_loop_the_requests_of_one_pass_go_as_one_batch(validator: Validator) -> None:
+    given: list[list[str]] = []
+
+    def verify_many(requests: list[VerifyRequest]) -> list[Any]:
+        given.append([r.user for r in requests])
+        return validator.verify_many(requests, now=T)
+
+    sizes: list[int] = []
+    batcher = VerifyBatcher(verify_many, None, max_batch=3, on_batch=sizes.append)
+
+    async def main() -> tuple[list[Any], Any]:
+        together = await asyncio.gather(*(batcher.verify(VerifyRequest(u, _code(i)))
+                                          for i, u in enumerate(USERS[:7])))
+        alone = await batcher.verify(VerifyRequest("user7", _code(7)))  # nobody else
+        return together, alone
+
+    together, alone = asyncio.run(main())
+    # seven made in one pass: at most three a call, one call a pass, in their order
+    assert given == [USERS[0:3], USERS[3:6], USERS[6:7], ["user7"]]
+    assert sizes == [3, 3, 1, 1]
+    assert [r.serial for r in together] == [f"S{i}" for i in range(7)]
+    assert all(r.accepted for r in together) and alone.accepted
+
+
+def test_on_the_loop_a_failed_batch_fails_its_requests_only(validator: Validator) -> None:
+    calls = 0
+
+    def flaky(requests: list[VerifyRequest]) -> list[Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StoreUnavailable("database is locked")
+        return validator.verify_many(requests, now=T)
+
+    batcher = VerifyBatcher(flaky, None, max_batch=2)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(batcher.verify(VerifyRequest(u, _code(i)))
+                                      for i, u in enumerate(USERS[:3])),
+                                    return_exceptions=True)
+
+    first, second, third = asyncio.run(main())
+    assert isinstance(first, StoreUnavailable) and isinstance(second, StoreUnavailable)
+    assert third.accepted  # the next pass's batch
+    # the failed batch wrote nothing: its codes are still good
+    assert validator.verify("user0", _code(0), now=T).accepted
+
+
+def test_who_joins_a_batch(validator: Validator) -> None:
+    crowd = [False]
+    on_loop = VerifyBatcher(lambda rs: validator.verify_many(rs, now=T), None,
+                            crowded=lambda: crowd[0])
+    assert not on_loop.joins()  # alone: verified at once, as without a batcher
+    crowd[0] = True
+    assert on_loop.joins()  # others in progress may join it
+    assert not VerifyBatcher(validator.verify_many, None).joins()  # crowding unknown
+    assert VerifyBatcher(validator.verify_many, _to_thread).joins()  # a hop anyway
+
+    async def forming() -> tuple[bool, Any]:
+        crowd[0] = True
+        first = asyncio.ensure_future(on_loop.verify(VerifyRequest("user0", _code(0))))
+        await asyncio.sleep(0)  # it is pending, its call due later in the pass
+        crowd[0] = False
+        return on_loop.joins(), await first
+
+    joins, first = asyncio.run(forming())
+    assert joins and first.accepted  # a batch forming: the next request joins it
