@@ -76,7 +76,8 @@ def create_app(validator: Validator, keys: KeyRing, settings: Settings, *,
         stations = {name: Station(name, url, timeout=settings.station_timeout)
                     for name, url in settings.stations.items()}
     api = Api(validator, keys, settings, stations,
-              metrics=Metrics(connections, gauges=validator.gauges), reload=reload)
+              metrics=Metrics(connections, gauges=validator.gauges), reload=reload,
+              crowded=None if connections is None else connections.crowded)
     ops = operations()
     routes: list[BaseRoute] = []
     # Starlette tries the routes in order, a regular expression each: the verification,

@@ -98,6 +98,11 @@ class ConnectionGuard:
         # dicts keep insertion order: the first key is the connection idle the longest
         self.idle: dict[Any, None] = {}
 
+    def crowded(self) -> bool:
+        """Whether more than one connection is answering a request (between its head and
+        its response): another request is in progress beside the caller's."""
+        return self.open - len(self.idle) > 1
+
     def fit_fd_limit(self) -> None:
         """Lower the cap to what the process's descriptor limit can hold (logged)."""
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)

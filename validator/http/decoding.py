@@ -71,19 +71,25 @@ class Api:
     # Service calls on a store that waits on the network (PostgreSQL) run in threads, at
     # most as many at once as the store's pool has connections; None: inline.
     offload: Offload | None = None
-    # verify on such a store: requests that would wait for a thread go together (one read,
-    # one write for all: validator.batching); None: each request its own `call`.
+    # verify: requests that would wait for a thread, or that the event loop read together
+    # (SQLite), go together (one read, one write for all: validator.batching); None: each
+    # request its own `call`.
     batcher: VerifyBatcher | None = None
+    # whether other HTTP requests of this server are in progress (its ConnectionGuard's
+    # busy connections; None: unknown, taken as no): a verification on the event loop then
+    # waits for them, to go in one batch
+    crowded: Callable[[], bool] | None = None
 
     def __post_init__(self) -> None:
         self.proxies = TrustedProxies(self.settings.trusted_proxies)
         if self.offload is None and getattr(self.validator.store, "remote", False):
             self.offload = Offload(int(getattr(self.validator.store, "max_connections", 8)),
                                    "foblab-store")
-        if self.batcher is None and self.offload is not None:
-            self.batcher = VerifyBatcher(self.validator.verify_many, self.call,
-                                         runners=min(RUNNERS, self.offload.size),
-                                         on_batch=self.metrics.batched)
+        if self.batcher is None:
+            self.batcher = VerifyBatcher(
+                self.validator.verify_many, None if self.offload is None else self.call,
+                runners=RUNNERS if self.offload is None else min(RUNNERS, self.offload.size),
+                on_batch=self.metrics.batched, crowded=self.crowded)
             self.metrics.count_batches()
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

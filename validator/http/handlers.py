@@ -209,7 +209,7 @@ async def resync_device(c: Call) -> Response:
 
 async def verify(c: Call) -> Response:
     b = c.body
-    if c.api.batcher is not None:
+    if c.api.batcher is not None and c.api.batcher.joins():
         result = await c.api.batcher.verify(VerifyRequest(
             b["user"], b["code"], b.get("serial"), request_id=REQUEST_ID.get()))
     else:

@@ -193,7 +193,7 @@ class Metrics:
         if self._batches is not None:
             batches = HistogramMetricFamily(
                 "foblab_verify_batch_size", "Verifications per batch sharing one read and "
-                "one write of the database (PostgreSQL).")
+                "one write of the database.")
             batches.add_metric((), self._batches.buckets(), self._batches.sum)
             yield batches
 
