@@ -129,17 +129,23 @@ def test_each_request_gets_its_own_answer_or_exception(validator: Validator) -> 
     assert out[4].reason is Reason.REPLAYED  # decided after user1's first, in its batch
 
 
-def test_a_failed_batch_fails_its_requests_and_the_next_batch_runs(
-        validator: Validator) -> None:
+def _failing_once(validator: Validator, message: str) -> Any:
+    """verify_many whose first call fails with StoreUnavailable(message), writing nothing."""
     calls = 0
 
     def flaky(requests: list[VerifyRequest]) -> list[Any]:
         nonlocal calls
         calls += 1
         if calls == 1:
-            raise StoreUnavailable("the database is unreachable (OperationalError)")
+            raise StoreUnavailable(message)
         return validator.verify_many(requests, now=T)
 
+    return flaky
+
+
+def test_a_failed_batch_fails_its_requests_and_the_next_batch_runs(
+        validator: Validator) -> None:
+    flaky = _failing_once(validator, "the database is unreachable (OperationalError)")
     batcher = VerifyBatcher(flaky, _to_thread, runners=1)
 
     async def main() -> list[Any]:
@@ -231,16 +237,7 @@ def test_on_the_loop_the_requests_of_one_pass_go_as_one_batch(validator: Validat
 
 
 def test_on_the_loop_a_failed_batch_fails_its_requests_only(validator: Validator) -> None:
-    calls = 0
-
-    def flaky(requests: list[VerifyRequest]) -> list[Any]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise StoreUnavailable("database is locked")
-        return validator.verify_many(requests, now=T)
-
-    batcher = VerifyBatcher(flaky, None, max_batch=2)
+    batcher = VerifyBatcher(_failing_once(validator, "database is locked"), None, max_batch=2)
 
     async def main() -> list[Any]:
         return await asyncio.gather(*(batcher.verify(VerifyRequest(u, _code(i)))
