@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import re
 import secrets
 import sys
@@ -61,8 +62,21 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _BARE = re.compile(r"[^\s\"=\\]+")
 
 
-_ID_PREFIX = secrets.token_hex(4)  # this process's; then a counter: unique, and no syscall
+_ID_PREFIX = ""  # this process's random prefix; then a counter: unique, and no syscall
 _ID_COUNTER = itertools.count()
+
+
+def _fresh_ids() -> None:
+    """This process's own prefix and counter. Run again in every forked child: the
+    workers of `serve --workers` would otherwise share their parent's, and number their
+    requests with the same ids."""
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX = secrets.token_hex(4)
+    _ID_COUNTER = itertools.count()
+
+
+_fresh_ids()
+os.register_at_fork(after_in_child=_fresh_ids)
 
 
 def new_request_id() -> str:

@@ -20,7 +20,14 @@ from validator.http.metrics import (
     shared_folder,
     sweep_shared,
 )
-from validator.logs import REQUEST_ID, configure, incoming_request_id, resolve, timestamp
+from validator.logs import (
+    REQUEST_ID,
+    configure,
+    incoming_request_id,
+    new_request_id,
+    resolve,
+    timestamp,
+)
 
 
 def _one_record(fmt: str) -> str:
@@ -54,6 +61,24 @@ def test_json_and_text_are_one_line_per_record_with_the_same_fields() -> None:
 def test_auto_is_json_off_a_terminal() -> None:
     assert resolve("auto", io.StringIO()) == "json"
     assert resolve("text", io.StringIO()) == "text"
+
+
+def test_a_forked_worker_numbers_its_requests_with_ids_of_its_own() -> None:
+    """`serve --workers` forks its workers after importing this module: each must draw
+    its own prefix, or two workers hand out the same ids."""
+    ours = new_request_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, then out at once
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == len(ours) == 16
+    assert child[:8] != ours[:8]  # another prefix
+    assert child[8:] == "00000000"  # and its own count, from zero
 
 
 def test_incoming_request_ids_are_bounded() -> None:
