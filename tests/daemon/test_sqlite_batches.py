@@ -36,22 +36,16 @@ async def _burst(d: Daemon, counter: int) -> list[httpx.Response]:
             for _ in range(COPIES) for i in range(USERS))))
 
 
-def _batches(d: Daemon, sent: int) -> tuple[float, float]:
-    """The batch sizes' sum and count on /metrics, every worker's (labelled `worker` with
-    `--workers`), once the sum counts all `sent` (another worker's series are written
-    every second)."""
-    deadline = time.monotonic() + 10
-    while True:
-        with d.client() as c:
-            samples: dict[str, float] = {}
-            for family in text_string_to_metric_families(c.get("/metrics").text):
-                for s in family.samples:
-                    samples[s.name] = samples.get(s.name, 0.0) + s.value
-        found = (samples.get("foblab_verify_batch_size_sum", 0.0),
-                 samples.get("foblab_verify_batch_size_count", 0.0))
-        if found[0] >= sent or time.monotonic() > deadline:
-            return found
-        time.sleep(0.2)
+def _batches(d: Daemon) -> tuple[float, float]:
+    """The batch sizes' sum and count on /metrics, summed over every worker's series
+    (labelled `worker` with `--workers`)."""
+    samples: dict[str, float] = {}
+    with d.client() as c:
+        for family in text_string_to_metric_families(c.get("/metrics").text):
+            for s in family.samples:
+                samples[s.name] = samples.get(s.name, 0.0) + s.value
+    return (samples.get("foblab_verify_batch_size_sum", 0.0),
+            samples.get("foblab_verify_batch_size_count", 0.0))
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -79,8 +73,11 @@ def test_concurrent_verifications_go_in_batches_with_their_own_answers(
                 ["accepted"] + ["replayed"] * (COPIES - 1)), (counter, i, mine)
             assert [body["serial"] for body in mine if body["ok"]] == [f"B{i}"]
         answers.update((r.headers["x-request-id"], r.json()["reason"]) for r in responses)
-        in_batches, batches = _batches(d, sent)
-        assert in_batches == sent  # every verification went through a batch
+        if workers != "1":
+            time.sleep(1.2)  # each worker writes its series for the others every second
+        # (a request that found no other in progress was verified at once, in no batch)
+        in_batches, batches = _batches(d)
+        assert in_batches <= sent
         if batches < in_batches:
             break
     assert batches < in_batches, "no two requests ever went together"
