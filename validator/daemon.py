@@ -263,6 +263,26 @@ class ServedCertificate:
                                 value=self.not_after)
 
 
+PARENT_CHECK_SECONDS = 1.0
+"""How often a worker of `serve --workers` checks that its parent is still there."""
+
+
+def watch_parent(parent: int) -> threading.Thread:
+    """A worker of `serve --workers` stops (SIGTERM to itself: its usual clean shutdown)
+    once its parent `parent` is gone, killed without the chance to stop its workers (a
+    SIGKILL): an orphan would go on holding the port, with nobody to stop or replace it.
+    The check is a `getppid` a second, as gunicorn's workers do."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        log.warning("the parent process (pid %d) is gone: this worker stops", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="foblab-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 CHECKPOINT_SECONDS = 0.1  # how often the Checkpointer copies the WAL into the database
 
 
@@ -586,6 +606,7 @@ def serve(settings: Settings, *, on_ready: Callable[[str], None] | None = None,
     reloader = Reloader(settings, validator, keys, overrides)
     api_reload: Callable[[], dict[str, Any]] = reloader
     if parent is not None:
+        watch_parent(parent)
         def api_reload() -> dict[str, Any]:
             """POST /v1/admin/reload in a worker: this worker at once, then every worker
             through the parent's SIGHUP (so the next connection, wherever it lands, has

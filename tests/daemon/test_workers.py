@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from daemon_helpers import Daemon, init_dir, wait_for_lines
 from test_postgresql_daemons import SEED, _burst, _hotp_user
@@ -57,6 +58,25 @@ def test_workers_share_a_port_and_a_database(tmp_path: Path, spawn: Any, backend
     workers = _workers(d)
     assert d.stop(signal.SIGTERM) == 0, "".join(d.lines[-20:])
     assert not any(_alive(p) for p in workers)
+
+
+def test_workers_stop_when_their_parent_is_killed(tmp_path: Path, spawn: Any) -> None:
+    """SIGKILL leaves the parent no chance to stop its workers: they notice it is gone
+    and stop themselves, instead of holding the port with nobody to stop them."""
+    init_dir(tmp_path / "v")
+    d = spawn(tmp_path / "v", "--workers", "2")
+    workers = _workers(d)
+    assert len(workers) == 2
+    with d.client() as c:
+        assert c.get("/healthz").status_code == 200
+    d.proc.kill()
+    d.proc.wait(10)
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in workers):
+        assert time.monotonic() < deadline, "a worker outlived its parent"
+        time.sleep(0.1)
+    with pytest.raises(httpx.ConnectError):  # and nothing holds the port any more
+        httpx.get(f"{d.url}/healthz", timeout=5)
 
 
 def test_workers_check_radius_before_forking(tmp_path: Path, spawn: Any) -> None:
