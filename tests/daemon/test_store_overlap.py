@@ -4,7 +4,8 @@ accepted code (`compare_and_set` for a batch of one, `set_states` for a larger o
 validator.batching) waits at a barrier for a second one: served one at a time (a blocking
 call on the loop, or one batch at a time), the first would wait alone until the barrier's
 timeout; served from the door's thread pool by two batch runners, the requests for two
-users meet there, and both are accepted."""
+users meet there, and both are accepted. The second is sent once the first is in the
+store, so that the two never go as one batch."""
 
 from __future__ import annotations
 
@@ -35,11 +36,13 @@ def test_two_requests_are_in_the_postgresql_store_at_once(tmp_path: Path,
         v.register_token(f"T-{user}", SEED, kind="hotp")
         v.enable(user, f"T-{user}", hotp(SEED, 0), hotp(SEED, 1))
     barrier = threading.Barrier(2, timeout=10)
+    inside = threading.Event()  # the first write has begun
     met: list[bool] = []
     for name in ("compare_and_set", "set_states"):  # a batch of one, or of several
         real = getattr(v.store, name)
 
         def write(*args: Any, _real: Any = real, **kw: Any) -> Any:
+            inside.set()
             try:
                 barrier.wait()
                 met.append(True)
@@ -59,9 +62,13 @@ def test_two_requests_are_in_the_postgresql_store_at_once(tmp_path: Path,
                            timeout=30)
             answers.append(r.json())
 
+        # The second request is sent once the first is inside the store: sent together,
+        # the two could be read in one pass of the event loop and go as one batch, one
+        # write, which would wait at the barrier alone.
         threads = [threading.Thread(target=send, args=(u,)) for u in ("u1", "u2")]
-        for t in threads:
-            t.start()
+        threads[0].start()
+        assert inside.wait(10), "the first request never reached the store"
+        threads[1].start()
         for t in threads:
             t.join(30)
     finally:
